@@ -1,0 +1,327 @@
+//! The messages of MinPBFT (MinBFT sections 4–5) and the one place that defines which
+//! bytes each UI and signature certifies (STYLE principle 7).
+//!
+//! Every message a replica certifies with its USIG is a [`UiMessage`]; receivers process
+//! those strictly in the order of the sender's counter (the FIFO rule). Other replica
+//! messages (REQ-VIEW-CHANGE, fetches, status) travel on authenticated point-to-point
+//! channels and are never relayed.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use crate::types::{ClientId, Digest, ReplicaId, SeqNum, Ui, View};
+
+/// ⟨REQUEST, c, seq, op⟩σc. `read_only` requests take the unordered read path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub client: ClientId,
+    pub seq: u64,
+    pub read_only: bool,
+    #[serde(with = "serde_bytes")]
+    pub op: Vec<u8>,
+    /// The client's signature over [`Request::digest`].
+    #[serde(with = "serde_bytes")]
+    pub sig: Vec<u8>,
+}
+
+impl Request {
+    pub fn digest(&self) -> Digest {
+        let mut h = Sha256::new();
+        h.update(b"bftnfs/request/v1");
+        h.update(self.client.to_be_bytes());
+        h.update(self.seq.to_be_bytes());
+        h.update([u8::from(self.read_only)]);
+        h.update((self.op.len() as u64).to_be_bytes());
+        h.update(&self.op);
+        h.finalize().into()
+    }
+}
+
+/// The ordered requests of one PREPARE.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Batch {
+    pub requests: Vec<Request>,
+}
+
+impl Batch {
+    pub fn digest(&self) -> Digest {
+        let mut h = Sha256::new();
+        h.update(b"bftnfs/batch/v1");
+        h.update((self.requests.len() as u64).to_be_bytes());
+        for r in &self.requests {
+            h.update(r.digest());
+        }
+        h.finalize().into()
+    }
+
+    pub fn op_bytes(&self) -> usize {
+        self.requests.iter().map(|r| r.op.len()).sum()
+    }
+}
+
+/// ⟨REPLY, s, seq, res⟩ authenticated with the MAC key shared by replica and client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub view: View,
+    pub replica: ReplicaId,
+    pub client: ClientId,
+    pub seq: u64,
+    pub read_only: bool,
+    #[serde(with = "serde_bytes")]
+    pub result: Vec<u8>,
+    pub mac: [u8; 32],
+}
+
+impl Reply {
+    /// What the MAC covers. The view is left out on purpose: replies from replicas that
+    /// executed the request in different views still match.
+    pub fn mac_bytes(&self) -> Digest {
+        let mut h = Sha256::new();
+        h.update(b"bftnfs/reply/v1");
+        h.update(self.replica.to_be_bytes());
+        h.update(self.client.to_be_bytes());
+        h.update(self.seq.to_be_bytes());
+        h.update([u8::from(self.read_only)]);
+        h.update(result_digest(&self.result));
+        h.finalize().into()
+    }
+}
+
+pub fn result_digest(result: &[u8]) -> Digest {
+    Sha256::digest(result).into()
+}
+
+/// The part of a PREPARE that the primary's UI certifies; COMMITs carry it instead of
+/// the requests (the paper's hash-only COMMIT optimisation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PrepareHeader {
+    pub view: View,
+    pub n: SeqNum,
+    pub timestamp_ns: u64,
+    pub batch_digest: Digest,
+}
+
+/// ⟨PREPARE, v, p, batch, UIp⟩.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prepare {
+    pub header: PrepareHeader,
+    pub primary: ReplicaId,
+    pub batch: Batch,
+    pub ui: Ui,
+}
+
+/// ⟨COMMIT, v, j, p, header, UIp, UIj⟩.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Commit {
+    pub header: PrepareHeader,
+    pub primary: ReplicaId,
+    pub primary_ui: Ui,
+    pub sender: ReplicaId,
+    pub ui: Ui,
+}
+
+/// ⟨CHECKPOINT, n, d, UIj⟩; `view` is the sender's view when it executed `n`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub n: SeqNum,
+    pub state_digest: Digest,
+    pub view: View,
+    pub sender: ReplicaId,
+    pub ui: Ui,
+}
+
+/// f+1 matching CHECKPOINTs: proof that a correct replica reached `n` with that digest.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointCert {
+    pub n: SeqNum,
+    pub state_digest: Digest,
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+/// ⟨VIEW-CHANGE, j, v', C_last, O, UIj⟩: the sender's stable checkpoint certificate and
+/// every PREPARE it accepted above it, each self-certified by its primary's UI.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewChange {
+    pub new_view: View,
+    pub sender: ReplicaId,
+    pub cert: CheckpointCert,
+    pub accepted: Vec<Prepare>,
+    pub ui: Ui,
+}
+
+/// One batch the new primary must re-propose with its original timestamp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reproposal {
+    pub n: SeqNum,
+    pub timestamp_ns: u64,
+    pub batch_digest: Digest,
+}
+
+/// ⟨NEW-VIEW, p', v', V_vc, S, UIp'⟩. Every replica recomputes `base` and `reproposals`
+/// from `view_changes` and rejects a NEW-VIEW that differs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewView {
+    pub new_view: View,
+    pub sender: ReplicaId,
+    pub view_changes: Vec<ViewChange>,
+    pub base: SeqNum,
+    pub reproposals: Vec<Reproposal>,
+    pub ui: Ui,
+}
+
+/// A message certified by its sender's USIG, processed in FIFO order per sender.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UiMessage {
+    Prepare(Prepare),
+    Commit(Commit),
+    Checkpoint(Checkpoint),
+    ViewChange(ViewChange),
+    NewView(NewView),
+}
+
+impl UiMessage {
+    pub fn sender(&self) -> ReplicaId {
+        match self {
+            UiMessage::Prepare(m) => m.primary,
+            UiMessage::Commit(m) => m.sender,
+            UiMessage::Checkpoint(m) => m.sender,
+            UiMessage::ViewChange(m) => m.sender,
+            UiMessage::NewView(m) => m.sender,
+        }
+    }
+
+    pub fn ui(&self) -> &Ui {
+        match self {
+            UiMessage::Prepare(m) => &m.ui,
+            UiMessage::Commit(m) => &m.ui,
+            UiMessage::Checkpoint(m) => &m.ui,
+            UiMessage::ViewChange(m) => &m.ui,
+            UiMessage::NewView(m) => &m.ui,
+        }
+    }
+
+    pub fn ui_mut(&mut self) -> &mut Ui {
+        match self {
+            UiMessage::Prepare(m) => &mut m.ui,
+            UiMessage::Commit(m) => &mut m.ui,
+            UiMessage::Checkpoint(m) => &mut m.ui,
+            UiMessage::ViewChange(m) => &mut m.ui,
+            UiMessage::NewView(m) => &mut m.ui,
+        }
+    }
+
+    pub fn counter(&self) -> u64 {
+        self.ui().counter
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UiMessage::Prepare(_) => "PREPARE",
+            UiMessage::Commit(_) => "COMMIT",
+            UiMessage::Checkpoint(_) => "CHECKPOINT",
+            UiMessage::ViewChange(_) => "VIEW-CHANGE",
+            UiMessage::NewView(_) => "NEW-VIEW",
+        }
+    }
+
+    /// The digest the sender's UI certifies: everything in the message except the UI.
+    pub fn certified_digest(&self) -> Digest {
+        match self {
+            UiMessage::Prepare(m) => prepare_digest(&m.header, m.primary),
+            UiMessage::Commit(m) => {
+                let mut h = Sha256::new();
+                h.update(b"bftnfs/commit/v1");
+                h.update(prepare_digest(&m.header, m.primary));
+                h.update(m.primary_ui.counter.to_be_bytes());
+                h.update(m.sender.to_be_bytes());
+                h.finalize().into()
+            }
+            UiMessage::Checkpoint(m) => {
+                let mut h = Sha256::new();
+                h.update(b"bftnfs/checkpoint/v1");
+                h.update(m.n.to_be_bytes());
+                h.update(m.state_digest);
+                h.update(m.view.to_be_bytes());
+                h.update(m.sender.to_be_bytes());
+                h.finalize().into()
+            }
+            UiMessage::ViewChange(m) => view_change_digest(m),
+            UiMessage::NewView(m) => {
+                let mut h = Sha256::new();
+                h.update(b"bftnfs/new-view/v1");
+                h.update(m.new_view.to_be_bytes());
+                h.update(m.sender.to_be_bytes());
+                h.update((m.view_changes.len() as u64).to_be_bytes());
+                for vc in &m.view_changes {
+                    h.update(vc.sender.to_be_bytes());
+                    h.update(vc.ui.counter.to_be_bytes());
+                    h.update(view_change_digest(vc));
+                }
+                h.update(m.base.to_be_bytes());
+                for r in &m.reproposals {
+                    h.update(r.n.to_be_bytes());
+                    h.update(r.timestamp_ns.to_be_bytes());
+                    h.update(r.batch_digest);
+                }
+                h.finalize().into()
+            }
+        }
+    }
+}
+
+/// What the primary's UI on a PREPARE certifies: the header, never the requests
+/// themselves (they are bound through the batch digest).
+pub fn prepare_digest(header: &PrepareHeader, primary: ReplicaId) -> Digest {
+    let mut h = Sha256::new();
+    h.update(b"bftnfs/prepare/v1");
+    h.update(header.view.to_be_bytes());
+    h.update(header.n.to_be_bytes());
+    h.update(header.timestamp_ns.to_be_bytes());
+    h.update(header.batch_digest);
+    h.update(primary.to_be_bytes());
+    h.finalize().into()
+}
+
+fn view_change_digest(m: &ViewChange) -> Digest {
+    let mut h = Sha256::new();
+    h.update(b"bftnfs/view-change/v1");
+    h.update(m.new_view.to_be_bytes());
+    h.update(m.sender.to_be_bytes());
+    h.update(m.cert.n.to_be_bytes());
+    h.update(m.cert.state_digest);
+    for c in &m.cert.checkpoints {
+        h.update(c.sender.to_be_bytes());
+        h.update(c.ui.counter.to_be_bytes());
+    }
+    h.update((m.accepted.len() as u64).to_be_bytes());
+    for p in &m.accepted {
+        h.update(prepare_digest(&p.header, p.primary));
+        h.update(p.ui.counter.to_be_bytes());
+    }
+    h.finalize().into()
+}
+
+/// Messages between replicas.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerMessage {
+    /// A USIG-certified protocol message, direct or relayed.
+    Ui(UiMessage),
+    /// ⟨REQ-VIEW-CHANGE, j, v, v'⟩ on an authenticated channel.
+    ReqViewChange { view: View, new_view: View },
+    /// "Send me what you hold of `sender`'s messages with counters in `from..=to`."
+    Fetch { sender: ReplicaId, from: u64, to: u64 },
+    /// "I have sent messages up to `last_counter`; my stable checkpoint is `stable`."
+    Status { last_counter: u64, stable: SeqNum, view: View },
+    /// "Send me the stable checkpoint certificate for at least `n`."
+    CertRequest { n: SeqNum },
+    /// Answer to [`PeerMessage::CertRequest`].
+    Cert(CheckpointCert),
+}
+
+/// Everything that crosses the network, replica or client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    Peer(PeerMessage),
+    Request(Request),
+    Reply(Reply),
+}

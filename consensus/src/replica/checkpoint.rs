@@ -1,0 +1,248 @@
+//! Checkpoints, log truncation and state transfer (MinBFT section 5, garbage collection;
+//! the Prime model of telling the application when it must fetch state).
+//!
+//! Every `checkpoint_interval` batches a replica certifies CHECKPOINT(n, d) where d binds
+//! the application's digest and the exactly-once client table. f+1 matching CHECKPOINTs
+//! make `n` stable: one of them comes from a correct replica, so the state is right, and
+//! everything below `n` may be forgotten. A replica behind a stable checkpoint (or whose
+//! own digest disagrees with a certified one: self-repair) asks the driver for that state.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+use super::fifo::Flow;
+use super::{Intent, Output, PersistRecord, Replica, Status};
+use crate::message::{Checkpoint, CheckpointCert, PeerMessage};
+use crate::types::{ClientId, Digest, ReplicaId, SeqNum};
+
+/// Exactly-once state per client: the last executed request and its reply.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRecord {
+    pub last_seq: u64,
+    /// None while the request is executing.
+    pub result: Option<Vec<u8>>,
+    /// Batch in which the client last executed (for bounded, deterministic eviction).
+    pub last_n: SeqNum,
+}
+
+/// The replicated state the core owns, part of every checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CoreState {
+    pub clients: BTreeMap<ClientId, ClientRecord>,
+}
+
+impl CoreState {
+    pub fn digest(&self) -> Digest {
+        let mut h = Sha256::new();
+        h.update(b"bftnfs/core-state/v1");
+        for (client, rec) in &self.clients {
+            h.update(client.to_be_bytes());
+            h.update(rec.last_seq.to_be_bytes());
+            h.update(rec.last_n.to_be_bytes());
+            match &rec.result {
+                Some(r) => {
+                    h.update([1]);
+                    h.update((r.len() as u64).to_be_bytes());
+                    h.update(r);
+                }
+                None => h.update([0]),
+            }
+        }
+        h.finalize().into()
+    }
+}
+
+/// The digest a CHECKPOINT certifies; drivers use it to verify transferred state.
+pub fn checkpoint_digest(app_digest: &Digest, core: &CoreState) -> Digest {
+    let mut h = Sha256::new();
+    h.update(b"bftnfs/checkpoint-state/v1");
+    h.update(app_digest);
+    h.update(core.digest());
+    h.finalize().into()
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Transfer {
+    pub cert: CheckpointCert,
+    pub started_tick: u64,
+}
+
+impl Replica {
+    pub(super) fn take_checkpoint(&mut self, n: SeqNum, app_digest: Digest) {
+        self.evict_clients(n);
+        let core = super::CoreState { clients: self.clients.clone() };
+        let state_digest = checkpoint_digest(&app_digest, &core);
+        self.outputs.push(Output::TakeSnapshot { n, core_state: core.clone() });
+        self.own_checkpoints.insert(n, (state_digest, core));
+        self.enqueue(Intent::Checkpoint { n, state_digest });
+    }
+
+    /// Keeps the client table bounded, deterministically: the least recently active
+    /// clients go first.
+    fn evict_clients(&mut self, n: SeqNum) {
+        for rec in self.clients.values_mut() {
+            if rec.last_n == 0 {
+                rec.last_n = n;
+            }
+        }
+        while self.clients.len() > self.config.clients_max {
+            let oldest = self
+                .clients
+                .iter()
+                .min_by_key(|(id, r)| (r.last_n, **id))
+                .map(|(id, _)| *id)
+                .expect("non-empty");
+            self.clients.remove(&oldest);
+        }
+    }
+
+    pub(super) fn on_checkpoint(&mut self, c: &Checkpoint) -> Flow {
+        if c.n <= self.stable.n {
+            return Flow::Done;
+        }
+        let votes = self.checkpoint_votes.entry(c.n).or_default();
+        votes.insert(c.sender, c.clone());
+        let matching: Vec<Checkpoint> =
+            votes.values().filter(|v| v.state_digest == c.state_digest).cloned().collect();
+        if matching.len() >= self.config.quorum() {
+            let cert = CheckpointCert { n: c.n, state_digest: c.state_digest, checkpoints: matching };
+            self.consider_cert(cert);
+        }
+        Flow::Done
+    }
+
+    /// A valid certificate for a checkpoint above ours: adopt it, or, if we have not
+    /// reached it (or our own state disagrees), remember it and fetch its state.
+    pub(super) fn consider_cert(&mut self, cert: CheckpointCert) {
+        if cert.n <= self.stable.n {
+            return;
+        }
+        if self.executed_n >= cert.n {
+            match self.own_checkpoints.get(&cert.n) {
+                Some((d, _)) if *d == cert.state_digest => {
+                    self.make_stable(cert);
+                    return;
+                }
+                Some(_) => {
+                    // Self-repair: f+1 replicas, one of them correct, certified another
+                    // state than ours for the same batch: our backing state is corrupt.
+                    self.drop_input("own_state_diverged");
+                    self.start_transfer(cert);
+                    return;
+                }
+                None => {
+                    // We executed past n but took no checkpoint at n (restart mid-way).
+                }
+            }
+        }
+        let better = self.best_cert.as_ref().is_none_or(|c| c.n < cert.n);
+        if better {
+            if self.behind_since_tick.is_none() {
+                self.behind_since_tick = Some(self.ticks);
+            }
+            self.best_cert = Some(cert);
+        }
+    }
+
+    pub(super) fn make_stable(&mut self, cert: CheckpointCert) {
+        let n = cert.n;
+        assert!(n > self.stable.n, "I6: stable checkpoints only move forward");
+        self.outputs.push(Output::Persist(PersistRecord::Stable(cert.clone())));
+        self.outputs.push(Output::Stable { n });
+        self.stable = cert;
+        self.log = self.log.split_off(&(0, 0)).into_iter().filter(|((_, k), _)| *k > n).collect();
+        self.votes.retain(|(_, k), _| *k > n);
+        self.executed_log = self.executed_log.split_off(&(n + 1));
+        self.checkpoint_votes = self.checkpoint_votes.split_off(&(n + 1));
+        self.own_checkpoints = self.own_checkpoints.split_off(&n);
+        for pa in &mut self.peer_accepted {
+            pa.retain(|(_, k), _| *k > n);
+        }
+        if self.best_cert.as_ref().is_some_and(|c| c.n <= n) {
+            self.best_cert = None;
+            self.behind_since_tick = None;
+        }
+        self.truncate_streams(n);
+    }
+
+    /// Starts a state transfer once we stayed behind a certified checkpoint too long.
+    pub(super) fn check_behind(&mut self) {
+        if let Some(t) = &self.state_transfer {
+            // The driver retries other replicas; re-ask if it has been silent too long.
+            if self.ticks - t.started_tick > 4 * self.config.state_transfer_timeout_ticks {
+                let cert = t.cert.clone();
+                self.start_transfer(cert);
+            }
+            return;
+        }
+        let Some(since) = self.behind_since_tick else { return };
+        let Some(cert) = self.best_cert.clone() else { return };
+        if self.executed_n >= cert.n {
+            self.best_cert = None;
+            self.behind_since_tick = None;
+            return;
+        }
+        if self.ticks - since >= self.config.state_transfer_timeout_ticks
+            && self.exec_n == self.executed_n
+        {
+            self.start_transfer(cert);
+        }
+    }
+
+    pub(super) fn start_transfer(&mut self, cert: CheckpointCert) {
+        if self.exec_n != self.executed_n {
+            // Wait until the application is idle; check_behind retries.
+            self.best_cert = Some(cert);
+            self.behind_since_tick.get_or_insert(self.ticks);
+            return;
+        }
+        self.outputs.push(Output::FetchState { cert: cert.clone() });
+        self.state_transfer = Some(super::checkpoint::Transfer { cert, started_tick: self.ticks });
+    }
+
+    pub(super) fn on_state_installed(&mut self, cert: CheckpointCert, core_state: super::CoreState) {
+        let Some(t) = self.state_transfer.take() else {
+            self.drop_input("unexpected_state");
+            return;
+        };
+        // I6: the driver installs exactly the state we asked for, verified against it.
+        assert_eq!(t.cert.n, cert.n, "I6: installed another checkpoint than requested");
+        assert_eq!(t.cert.state_digest, cert.state_digest, "I6: installed unverified state");
+        let n = cert.n;
+        self.clients = core_state.clients.clone();
+        self.exec_n = n;
+        self.executed_n = n;
+        self.executing.clear();
+        self.prepared_n = self.prepared_n.max(n);
+        self.proposed_n = self.proposed_n.max(n);
+        self.own_checkpoints.insert(n, (cert.state_digest, core_state));
+        self.best_cert = None;
+        self.behind_since_tick = None;
+        // Join the view the certificate's signers were in, taking the lowest so that a
+        // faulty signer cannot push us into a view that does not exist.
+        let view = cert.checkpoints.iter().map(|c| c.view).min().unwrap_or(self.view);
+        if view > self.view {
+            self.view = view;
+            self.status = Status::Normal;
+            self.prepared_n = n;
+            self.proposed_n = n;
+            self.outputs.push(Output::Persist(PersistRecord::View(view)));
+        }
+        if n > self.stable.n {
+            self.make_stable(cert.clone());
+        }
+        self.cut_streams(&cert);
+    }
+
+    pub(super) fn on_cert_request(&mut self, from: ReplicaId, n: SeqNum) {
+        if self.stable.n >= n && self.stable.n > 0 {
+            self.outputs.push(Output::Send { to: from, msg: PeerMessage::Cert(self.stable.clone()) });
+        }
+    }
+
+    pub(super) fn on_cert(&mut self, cert: CheckpointCert) {
+        self.consider_cert(cert);
+    }
+}

@@ -1,0 +1,253 @@
+//! FIFO processing of USIG-certified messages (MinBFT section 5, "FIFO order").
+//!
+//! A replica processes replica j's messages strictly in the order of j's USIG counter,
+//! with no gaps: it holds back what arrives early (bounded), asks every replica for what
+//! is missing (any of them can relay it, the UI makes it self-certifying), and treats a
+//! sender whose gap never closes as faulty. This is what stops a faulty replica from
+//! telling different stories to different replicas: a message can only be read after
+//! everything its sender certified before it.
+//!
+//! A stream may also be *cut* at a stable checkpoint: because a correct replica sends
+//! CHECKPOINT(n) before any message about a batch above `n` (the clean-cut rule in
+//! `normal`), a replica that installs checkpoint `n` may resume j's stream right after
+//! j's CHECKPOINT(n).
+
+use std::collections::BTreeMap;
+
+use super::{Output, Recovered, Replica};
+use crate::message::{CheckpointCert, PeerMessage, UiMessage};
+use crate::types::{ReplicaId, SeqNum, View};
+use crate::validate::FETCH_RANGE_MAX;
+
+/// Fetch rounds a gap may survive before its sender is treated as faulty.
+const GAP_FETCH_ROUNDS_MAX: u64 = 20;
+
+#[derive(Debug)]
+pub(super) struct Stream {
+    /// Counter of the next message to process.
+    pub next: u64,
+    pub holdback: BTreeMap<u64, UiMessage>,
+    /// Processed messages, kept to relay to peers until a stable checkpoint cuts them.
+    pub retained: BTreeMap<u64, UiMessage>,
+    /// Highest counter this sender is known to have used.
+    pub known_max: u64,
+    pub gap_since_tick: Option<u64>,
+    pub last_fetch_tick: u64,
+    /// Position unknown (after a state transfer without this sender's CHECKPOINT): the
+    /// next CHECKPOINT from it at or above the stable checkpoint resumes the stream.
+    pub awaiting_cut: bool,
+    /// Counter of this sender's CHECKPOINT(n) messages, by n.
+    pub checkpoint_counters: BTreeMap<SeqNum, u64>,
+    pub suspected: bool,
+}
+
+impl Stream {
+    pub fn new() -> Self {
+        Stream {
+            next: 1,
+            holdback: BTreeMap::new(),
+            retained: BTreeMap::new(),
+            known_max: 0,
+            gap_since_tick: None,
+            last_fetch_tick: 0,
+            awaiting_cut: false,
+            checkpoint_counters: BTreeMap::new(),
+            suspected: false,
+        }
+    }
+}
+
+/// Whether a stream head could be processed now.
+pub(super) enum Flow {
+    Done,
+    /// Not yet: keep it at the head and try again after the next state change.
+    Defer,
+}
+
+impl Replica {
+    pub(super) fn recover_streams(&mut self, recovered: &Recovered) {
+        let me = self.id as usize;
+        self.cut_streams(&recovered.stable.clone());
+        let own = &mut self.streams[me];
+        own.awaiting_cut = false;
+        own.next = recovered.usig_counter + 1;
+        for m in &recovered.sent {
+            own.retained.insert(m.counter(), m.clone());
+        }
+        for p in &recovered.accepted {
+            self.log.insert((p.header.view, p.header.n), super::Slot { prepare: p.clone() });
+        }
+        for m in &recovered.sent {
+            if let UiMessage::Prepare(p) = m {
+                self.prepared_n = self.prepared_n.max(p.header.n);
+            }
+        }
+        self.proposed_n = self.prepared_n;
+    }
+
+    /// Resumes every stream right after its sender's CHECKPOINT in `cert` (or marks it
+    /// as waiting for its next CHECKPOINT when the sender is not in the certificate).
+    pub(super) fn cut_streams(&mut self, cert: &CheckpointCert) {
+        if cert.n == 0 {
+            return;
+        }
+        for j in 0..self.config.n() {
+            if j == self.id {
+                continue;
+            }
+            let s = &mut self.streams[j as usize];
+            match cert.checkpoints.iter().find(|c| c.sender == j) {
+                Some(c) => {
+                    if s.next <= c.ui.counter {
+                        s.next = c.ui.counter + 1;
+                        s.awaiting_cut = false;
+                    }
+                }
+                None => {
+                    if s.checkpoint_counters.get(&cert.n).is_none_or(|&c| s.next <= c) {
+                        s.awaiting_cut = true;
+                    }
+                }
+            }
+            let next = s.next;
+            s.holdback.retain(|&c, _| c >= next);
+            s.gap_since_tick = None;
+        }
+    }
+
+    /// Entry point for every USIG-certified message, direct or relayed.
+    pub(super) fn receive_ui(&mut self, msg: UiMessage) {
+        let j = msg.sender() as usize;
+        let c = msg.counter();
+        let stable_n = self.stable.n;
+        let holdback_max = self.config.holdback_max;
+        let s = &mut self.streams[j];
+        s.known_max = s.known_max.max(c);
+        if s.awaiting_cut {
+            if let UiMessage::Checkpoint(cp) = &msg {
+                if cp.n >= stable_n {
+                    s.awaiting_cut = false;
+                    s.next = c;
+                    s.holdback.retain(|&k, _| k > c);
+                }
+            }
+        }
+        if c < s.next || s.holdback.contains_key(&c) {
+            self.drop_input("duplicate_ui");
+            return;
+        }
+        if s.holdback.len() >= holdback_max {
+            self.drop_input("holdback_full");
+            return;
+        }
+        s.holdback.insert(c, msg);
+    }
+
+    /// Processes every stream head that can be processed; true if anything happened.
+    pub(super) fn pump_streams(&mut self) -> bool {
+        let mut progressed = false;
+        for j in 0..self.config.n() as usize {
+            loop {
+                let s = &mut self.streams[j];
+                if s.awaiting_cut {
+                    break;
+                }
+                let next = s.next;
+                let Some(msg) = s.holdback.remove(&next) else { break };
+                match self.handle_ui(&msg) {
+                    Flow::Done => {
+                        let s = &mut self.streams[j];
+                        s.next += 1;
+                        s.gap_since_tick = None;
+                        if let UiMessage::Checkpoint(cp) = &msg {
+                            s.checkpoint_counters.insert(cp.n, next);
+                        }
+                        s.retained.insert(next, msg);
+                        if s.retained.len() > self.config.retain_max {
+                            s.retained.pop_first();
+                        }
+                        progressed = true;
+                    }
+                    Flow::Defer => {
+                        self.streams[j].holdback.insert(next, msg);
+                        break;
+                    }
+                }
+            }
+        }
+        progressed
+    }
+
+    fn handle_ui(&mut self, msg: &UiMessage) -> Flow {
+        match msg {
+            UiMessage::Prepare(p) => self.on_prepare(p),
+            UiMessage::Commit(c) => self.on_commit(c),
+            UiMessage::Checkpoint(c) => self.on_checkpoint(c),
+            UiMessage::ViewChange(vc) => self.on_view_change(vc),
+            UiMessage::NewView(nv) => self.on_new_view(nv),
+        }
+    }
+
+    /// Asks for missing messages; suspects a sender whose gap never closes.
+    pub(super) fn check_gaps(&mut self) {
+        let primary = self.config.primary(self.view);
+        for j in 0..self.config.n() {
+            if j == self.id {
+                continue;
+            }
+            let ticks = self.ticks;
+            let timeout = self.config.fetch_timeout_ticks;
+            let s = &mut self.streams[j as usize];
+            if s.awaiting_cut {
+                continue;
+            }
+            let want = s.known_max.max(s.holdback.keys().next_back().copied().unwrap_or(0));
+            if want < s.next || s.holdback.contains_key(&s.next) {
+                s.gap_since_tick = None;
+                continue;
+            }
+            let since = *s.gap_since_tick.get_or_insert(ticks);
+            if ticks.saturating_sub(s.last_fetch_tick) >= timeout {
+                s.last_fetch_tick = ticks;
+                let from = s.next;
+                let to = want.min(from + FETCH_RANGE_MAX - 1);
+                self.outputs.push(Output::Broadcast(PeerMessage::Fetch { sender: j, from, to }));
+            }
+            let s = &mut self.streams[j as usize];
+            if ticks - since > GAP_FETCH_ROUNDS_MAX * timeout && !s.suspected {
+                s.suspected = true;
+                self.drop_input("sender_gap");
+                if j == primary {
+                    self.suspect_primary();
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_fetch(&mut self, from: ReplicaId, sender: ReplicaId, lo: u64, hi: u64) {
+        let s = &self.streams[sender as usize];
+        let msgs: Vec<UiMessage> = s.retained.range(lo..=hi).map(|(_, m)| m.clone()).collect();
+        for m in msgs {
+            self.outputs.push(Output::Send { to: from, msg: PeerMessage::Ui(m) });
+        }
+    }
+
+    pub(super) fn on_status(&mut self, from: ReplicaId, last_counter: u64, stable: SeqNum, _view: View) {
+        let s = &mut self.streams[from as usize];
+        s.known_max = s.known_max.max(last_counter);
+        if stable > self.stable.n && self.ticks.saturating_sub(s.last_fetch_tick) >= 1 {
+            self.outputs.push(Output::Send { to: from, msg: PeerMessage::CertRequest { n: stable } });
+        }
+    }
+
+    /// Drops relayable messages that a stable checkpoint made useless: everything a
+    /// sender certified up to and including its CHECKPOINT(n).
+    pub(super) fn truncate_streams(&mut self, n: SeqNum) {
+        for s in &mut self.streams {
+            if let Some(&c) = s.checkpoint_counters.get(&n) {
+                s.retained = s.retained.split_off(&c);
+            }
+            s.checkpoint_counters = s.checkpoint_counters.split_off(&n);
+        }
+    }
+}

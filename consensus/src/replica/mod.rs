@@ -1,0 +1,457 @@
+//! A MinPBFT replica as a deterministic state machine (MinBFT section 5).
+//!
+//! `Replica::step(input) -> Vec<Output>`: inputs are verified messages, client requests,
+//! clock ticks and completions (a UI created, a batch executed, state installed); outputs
+//! are sends, UI creations, executions, replies and records to persist. The driver performs
+//! outputs in order, and must make every `Persist` durable before any later `Send`.
+//!
+//! Modules follow the protocol's phases: `fifo` (per-sender ordering by USIG counter),
+//! `normal` (requests, PREPARE, COMMIT, execution, replies), `checkpoint` (checkpoints,
+//! log truncation, state transfer) and `view_change`. Invariants are numbered in
+//! `consensus/README.md` and cited as `I<k>` at the asserts.
+
+mod checkpoint;
+mod fifo;
+mod normal;
+mod view_change;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::Crypto;
+use crate::message::{
+    CheckpointCert, NewView, PeerMessage, Prepare, PrepareHeader, Reply, Request, UiMessage,
+};
+use crate::types::{ClientId, Config, Digest, ReplicaId, SeqNum, Ui, View};
+use crate::validate::{Reject, Verified};
+
+pub use checkpoint::{checkpoint_digest, ClientRecord, CoreState};
+
+/// What the driver feeds the replica.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A message from replica `from`, validated by [`crate::validate::peer_message`].
+    Peer { from: ReplicaId, msg: Verified<PeerMessage> },
+    /// A client request, validated by [`crate::validate::request`].
+    Request(Verified<Request>),
+    /// The clock advanced by one tick and now reads `now_ns`.
+    Tick { now_ns: u64 },
+    /// The USIG finished the `CreateUi` asked for last.
+    UiCreated(Ui),
+    /// The application executed batch `n`: one result per request in the `Execute`, and,
+    /// for a checkpoint batch, the application's state digest.
+    Executed { n: SeqNum, results: Vec<Vec<u8>>, app_digest: Option<Digest> },
+    /// The application answered a read-only request.
+    ReadOnlyExecuted { client: ClientId, seq: u64, result: Vec<u8> },
+    /// The driver installed the application state certified by `cert` (after verifying
+    /// `checkpoint_digest(app, core_state) == cert.state_digest`).
+    StateInstalled { cert: CheckpointCert, core_state: CoreState },
+}
+
+/// What the replica asks the driver to do, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    Send { to: ReplicaId, msg: PeerMessage },
+    /// Send to every other replica.
+    Broadcast(PeerMessage),
+    /// Ask the USIG for a UI over `digest`; answered by [`Input::UiCreated`]. At most one
+    /// is outstanding at a time.
+    CreateUi { digest: Digest },
+    /// Execute these requests (already filtered for exactly-once) as batch `n`.
+    Execute { n: SeqNum, timestamp_ns: u64, requests: Vec<Request> },
+    ExecuteReadOnly { request: Request },
+    Reply(Reply),
+    Persist(PersistRecord),
+    /// Keep the application's state as of batch `n` (just executed) together with
+    /// `core_state`, to serve state transfer; drop snapshots older than the stable one.
+    TakeSnapshot { n: SeqNum, core_state: CoreState },
+    /// Checkpoint `n` is stable: snapshots below `n` may go.
+    Stable { n: SeqNum },
+    /// This replica is behind `cert`: fetch and install that state, then answer with
+    /// [`Input::StateInstalled`].
+    FetchState { cert: CheckpointCert },
+}
+
+/// Records the driver must make durable before later sends (crash recovery).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PersistRecord {
+    /// A UI message this replica created (its own log; needed for view changes and
+    /// retransmission, and to never lose a counter value).
+    Sent(UiMessage),
+    /// A PREPARE this replica accepted.
+    Accepted(Prepare),
+    /// The current view.
+    View(View),
+    /// A new stable checkpoint: records below it may be discarded.
+    Stable(CheckpointCert),
+}
+
+/// What a restarting replica read back from its durable records.
+#[derive(Clone, Debug, Default)]
+pub struct Recovered {
+    pub view: View,
+    pub stable: CheckpointCert,
+    /// Its own messages above the stable checkpoint, in counter order.
+    pub sent: Vec<UiMessage>,
+    pub accepted: Vec<Prepare>,
+    /// The client table at `stable` (the application restores its own snapshot).
+    pub core_state: CoreState,
+    /// The last counter the USIG issued (from `Usig::last_issued`).
+    pub usig_counter: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Status {
+    Normal,
+    /// Sent VIEW-CHANGE for `self.view`, waiting for its NEW-VIEW.
+    ViewChange,
+}
+
+/// A message waiting for this replica's USIG.
+#[derive(Clone, Debug)]
+enum Intent {
+    Prepare { header: PrepareHeader, batch: crate::message::Batch },
+    Commit { header: PrepareHeader, primary_ui: Ui },
+    Checkpoint { n: SeqNum, state_digest: Digest },
+    ViewChange { new_view: View },
+    NewView { nv: NewView },
+}
+
+#[derive(Clone, Debug)]
+struct PendingRequest {
+    request: Request,
+    arrived_tick: u64,
+    /// Set on the primary once the request is in a batch it proposed.
+    proposed: bool,
+}
+
+/// One batch slot above the stable checkpoint.
+#[derive(Clone, Debug)]
+struct Slot {
+    prepare: Prepare,
+}
+
+/// A MinPBFT replica.
+pub struct Replica {
+    id: ReplicaId,
+    config: Config,
+    crypto: Box<dyn Crypto + Send>,
+
+    view: View,
+    status: Status,
+    now_ns: u64,
+    ticks: u64,
+
+    // USIG: messages waiting for a UI; the head is outstanding when `ui_outstanding`.
+    ui_queue: VecDeque<Intent>,
+    ui_outstanding: Option<UiMessage>,
+    own_counter: u64,
+
+    streams: Vec<fifo::Stream>,
+
+    // Normal case.
+    pending: BTreeMap<ClientId, PendingRequest>,
+    /// Accepted PREPAREs above the stable checkpoint, by (view, n).
+    log: BTreeMap<(View, SeqNum), Slot>,
+    /// COMMIT votes (the primary's PREPARE counts as its vote), by (view, n).
+    votes: BTreeMap<(View, SeqNum), BTreeMap<ReplicaId, PrepareHeader>>,
+    /// Highest n accepted from the primary in the current view.
+    prepared_n: SeqNum,
+    /// Highest n this primary has proposed (>= prepared_n).
+    proposed_n: SeqNum,
+    last_timestamp_ns: u64,
+    /// Batches handed to the application (`exec_n`) and completed (`executed_n`).
+    exec_n: SeqNum,
+    executed_n: SeqNum,
+    executed_log: BTreeMap<SeqNum, PrepareHeader>,
+    executing: BTreeMap<SeqNum, Vec<(ClientId, u64)>>,
+    clients: BTreeMap<ClientId, ClientRecord>,
+    /// What each peer accepted (its PREPAREs as primary, its COMMITs as backup), for the
+    /// omission check on its VIEW-CHANGE.
+    peer_accepted: Vec<BTreeMap<(View, SeqNum), PrepareHeader>>,
+
+    // Checkpoints.
+    stable: CheckpointCert,
+    checkpoint_votes: BTreeMap<SeqNum, BTreeMap<ReplicaId, crate::message::Checkpoint>>,
+    own_checkpoints: BTreeMap<SeqNum, (Digest, CoreState)>,
+    state_transfer: Option<checkpoint::Transfer>,
+    best_cert: Option<CheckpointCert>,
+    behind_since_tick: Option<u64>,
+
+    // View change.
+    req_view_change: BTreeMap<View, BTreeSet<ReplicaId>>,
+    sent_req_view_change: Option<View>,
+    view_changes: BTreeMap<View, BTreeMap<ReplicaId, crate::message::ViewChange>>,
+    view_change_started_tick: u64,
+    view_change_timeout_ticks: u64,
+    reproposals: BTreeMap<SeqNum, crate::message::Reproposal>,
+    new_view_sent: Option<View>,
+    last_new_view: Option<NewView>,
+    invalid_view_changes: BTreeSet<(ReplicaId, u64)>,
+
+    dropped: BTreeMap<&'static str, u64>,
+    outputs: Vec<Output>,
+}
+
+impl Replica {
+    /// A fresh replica at genesis.
+    pub fn new(id: ReplicaId, config: Config, crypto: Box<dyn Crypto + Send>) -> Self {
+        Self::recover(id, config, crypto, Recovered::default())
+    }
+
+    /// A replica restarting from its durable records. The driver has already restored the
+    /// application to the snapshot of `recovered.stable`.
+    pub fn recover(
+        id: ReplicaId,
+        config: Config,
+        crypto: Box<dyn Crypto + Send>,
+        recovered: Recovered,
+    ) -> Self {
+        assert!(id < config.n(), "replica id {id} out of range");
+        let n = config.n() as usize;
+        let vc_timeout = config.view_change_timeout_ticks;
+        let mut replica = Replica {
+            id,
+            crypto,
+            view: recovered.view,
+            status: Status::Normal,
+            now_ns: 0,
+            ticks: 0,
+            ui_queue: VecDeque::new(),
+            ui_outstanding: None,
+            own_counter: recovered.usig_counter,
+            streams: (0..n).map(|_| fifo::Stream::new()).collect(),
+            pending: BTreeMap::new(),
+            log: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            prepared_n: recovered.stable.n,
+            proposed_n: recovered.stable.n,
+            last_timestamp_ns: 0,
+            exec_n: recovered.stable.n,
+            executed_n: recovered.stable.n,
+            executed_log: BTreeMap::new(),
+            executing: BTreeMap::new(),
+            clients: recovered.core_state.clients.clone(),
+            peer_accepted: vec![BTreeMap::new(); n],
+            stable: recovered.stable.clone(),
+            checkpoint_votes: BTreeMap::new(),
+            own_checkpoints: BTreeMap::new(),
+            state_transfer: None,
+            best_cert: None,
+            behind_since_tick: None,
+            req_view_change: BTreeMap::new(),
+            sent_req_view_change: None,
+            view_changes: BTreeMap::new(),
+            view_change_started_tick: 0,
+            view_change_timeout_ticks: vc_timeout,
+            reproposals: BTreeMap::new(),
+            new_view_sent: None,
+            last_new_view: None,
+            invalid_view_changes: BTreeSet::new(),
+            dropped: BTreeMap::new(),
+            outputs: Vec::new(),
+            config,
+        };
+        replica.own_checkpoints.insert(
+            recovered.stable.n,
+            (recovered.stable.state_digest, recovered.core_state.clone()),
+        );
+        replica.recover_streams(&recovered);
+        replica
+    }
+
+    pub fn id(&self) -> ReplicaId {
+        self.id
+    }
+    pub fn view(&self) -> View {
+        self.view
+    }
+    pub fn is_primary(&self) -> bool {
+        self.config.primary(self.view) == self.id
+    }
+    pub fn in_view_change(&self) -> bool {
+        self.status == Status::ViewChange
+    }
+    /// Highest batch whose execution completed.
+    pub fn executed_n(&self) -> SeqNum {
+        self.executed_n
+    }
+    pub fn stable_checkpoint(&self) -> &CheckpointCert {
+        &self.stable
+    }
+    /// Byzantine or malformed input dropped so far, by reason.
+    pub fn dropped(&self) -> &BTreeMap<&'static str, u64> {
+        &self.dropped
+    }
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+    /// Header of the batch executed at `n`, while it is above the stable checkpoint.
+    pub fn executed_header(&self, n: SeqNum) -> Option<&PrepareHeader> {
+        self.executed_log.get(&n)
+    }
+
+    /// Feeds one input; returns what to do, in order.
+    pub fn step(&mut self, input: Input) -> Vec<Output> {
+        debug_assert!(self.outputs.is_empty());
+        match input {
+            Input::Peer { from, msg } => self.on_peer(from, msg.into_inner()),
+            Input::Request(req) => self.on_request(req.into_inner()),
+            Input::Tick { now_ns } => self.on_tick(now_ns),
+            Input::UiCreated(ui) => self.on_ui_created(ui),
+            Input::Executed { n, results, app_digest } => self.on_executed(n, results, app_digest),
+            Input::ReadOnlyExecuted { client, seq, result } => {
+                self.on_read_only_executed(client, seq, result)
+            }
+            Input::StateInstalled { cert, core_state } => self.on_state_installed(cert, core_state),
+        }
+        self.pump();
+        std::mem::take(&mut self.outputs)
+    }
+
+    fn on_peer(&mut self, from: ReplicaId, msg: PeerMessage) {
+        match msg {
+            PeerMessage::Ui(m) => self.receive_ui(m),
+            PeerMessage::ReqViewChange { view, new_view } => {
+                self.on_req_view_change(from, view, new_view)
+            }
+            PeerMessage::Fetch { sender, from: lo, to: hi } => self.on_fetch(from, sender, lo, hi),
+            PeerMessage::Status { last_counter, stable, view } => {
+                self.on_status(from, last_counter, stable, view)
+            }
+            PeerMessage::CertRequest { n } => self.on_cert_request(from, n),
+            PeerMessage::Cert(cert) => self.on_cert(cert),
+        }
+    }
+
+    fn on_tick(&mut self, now_ns: u64) {
+        self.ticks += 1;
+        self.now_ns = self.now_ns.max(now_ns);
+        if self.ticks % self.config.status_interval_ticks == 0 {
+            self.outputs.push(Output::Broadcast(PeerMessage::Status {
+                last_counter: self.own_counter,
+                stable: self.stable.n,
+                view: self.view,
+            }));
+        }
+        self.check_gaps();
+        self.check_request_timers();
+        self.check_view_change_timer();
+        self.check_behind();
+    }
+
+    /// Runs everything that may have become possible: deferred stream heads, execution,
+    /// the next batch, the next UI.
+    fn pump(&mut self) {
+        loop {
+            let progressed = self.pump_streams() | self.try_execute();
+            if !progressed {
+                break;
+            }
+        }
+        self.maybe_propose();
+        self.maybe_new_view();
+        self.request_next_ui();
+    }
+
+    fn drop_input(&mut self, reason: &'static str) {
+        *self.dropped.entry(reason).or_insert(0) += 1;
+    }
+
+    /// Counts a message the driver dropped in stateless validation.
+    pub fn record_rejected(&mut self, r: Reject) {
+        let reason = match r {
+            Reject::UnknownSender => "unknown_sender",
+            Reject::BadUi => "bad_ui",
+            Reject::BadClientSignature => "bad_client_signature",
+            Reject::NotPrimary => "not_primary",
+            Reject::BadBatchDigest => "bad_batch_digest",
+            Reject::BatchTooLarge => "batch_too_large",
+            Reject::Malformed => "malformed",
+            Reject::BadCertificate => "bad_certificate",
+            Reject::RequestTooLarge => "request_too_large",
+        };
+        self.drop_input(reason);
+    }
+
+    // ----- the USIG pipeline -------------------------------------------------------------
+
+    fn enqueue(&mut self, intent: Intent) {
+        self.ui_queue.push_back(intent);
+    }
+
+    /// Materialises the next queued message and asks the USIG to certify it. The content
+    /// is fixed only now, so that a VIEW-CHANGE reflects everything sent before it.
+    fn request_next_ui(&mut self) {
+        while self.ui_outstanding.is_none() {
+            let Some(intent) = self.ui_queue.pop_front() else { return };
+            let Some(msg) = self.materialise(intent) else { continue };
+            self.outputs.push(Output::CreateUi { digest: msg.certified_digest() });
+            self.ui_outstanding = Some(msg);
+        }
+    }
+
+    fn materialise(&mut self, intent: Intent) -> Option<UiMessage> {
+        let blank = Ui { counter: 0, cert: Vec::new() };
+        Some(match intent {
+            Intent::Prepare { header, batch } => {
+                if header.view != self.view || self.status != Status::Normal {
+                    return None;
+                }
+                UiMessage::Prepare(Prepare { header, primary: self.id, batch, ui: blank })
+            }
+            Intent::Commit { header, primary_ui } => {
+                if header.view != self.view || self.status != Status::Normal {
+                    return None;
+                }
+                UiMessage::Commit(crate::message::Commit {
+                    header,
+                    primary: self.config.primary(header.view),
+                    primary_ui,
+                    sender: self.id,
+                    ui: blank,
+                })
+            }
+            Intent::Checkpoint { n, state_digest } => {
+                UiMessage::Checkpoint(crate::message::Checkpoint {
+                    n,
+                    state_digest,
+                    view: self.view,
+                    sender: self.id,
+                    ui: blank,
+                })
+            }
+            Intent::ViewChange { new_view } => {
+                if new_view != self.view || self.status != Status::ViewChange {
+                    return None;
+                }
+                UiMessage::ViewChange(self.build_view_change(new_view))
+            }
+            Intent::NewView { nv } => {
+                if nv.new_view != self.view {
+                    return None;
+                }
+                UiMessage::NewView(nv)
+            }
+        })
+    }
+
+    fn on_ui_created(&mut self, ui: Ui) {
+        let Some(mut msg) = self.ui_outstanding.take() else {
+            panic!("I1: UiCreated without an outstanding CreateUi");
+        };
+        // I1: a USIG hands out consecutive counters; a gap would leave a hole in this
+        // replica's FIFO stream that no peer could ever fill.
+        assert_eq!(ui.counter, self.own_counter + 1, "I1: USIG counter not consecutive");
+        self.own_counter = ui.counter;
+        *msg.ui_mut() = ui;
+        self.outputs.push(Output::Persist(PersistRecord::Sent(msg.clone())));
+        self.outputs.push(Output::Broadcast(PeerMessage::Ui(msg.clone())));
+        // Our own message enters our own stream like anybody's.
+        self.receive_ui(msg);
+    }
+}
+
+#[cfg(test)]
+mod tests;

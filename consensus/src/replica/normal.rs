@@ -1,0 +1,296 @@
+//! Normal-case operation (MinBFT section 5, Figure 1): the primary batches client
+//! requests into PREPAREs certified by its USIG; a backup that accepts a PREPARE sends a
+//! COMMIT carrying the batch digest; f+1 matching votes (the PREPARE counts as the
+//! primary's) execute the batch in the order of the primary's counters.
+//!
+//! Clean-cut rule: a batch right after a checkpoint boundary is neither proposed nor
+//! accepted before the boundary batch executed, so every correct replica's CHECKPOINT(n)
+//! precedes, in its own counter order, all its messages about batches above `n`.
+
+use super::fifo::Flow;
+use super::{Intent, Output, PendingRequest, Replica, Slot, Status};
+use crate::message::{Batch, Commit, Prepare, PrepareHeader, Reply, Request};
+use crate::types::{ClientId, Digest, SeqNum};
+
+impl Replica {
+    pub(super) fn on_request(&mut self, req: Request) {
+        if req.read_only {
+            self.outputs.push(Output::ExecuteReadOnly { request: req });
+            return;
+        }
+        if let Some(rec) = self.clients.get(&req.client) {
+            if req.seq < rec.last_seq {
+                self.drop_input("old_request");
+                return;
+            }
+            if req.seq == rec.last_seq {
+                // Exactly-once: a re-sent request gets the cached reply (once executed).
+                if let Some(result) = rec.result.clone() {
+                    self.send_reply(req.client, req.seq, false, result);
+                }
+                return;
+            }
+        }
+        if let Some(p) = self.pending.get(&req.client) {
+            if p.request.seq >= req.seq {
+                return;
+            }
+        }
+        if self.pending.len() >= self.config.clients_max && !self.pending.contains_key(&req.client)
+        {
+            self.drop_input("pending_full");
+            return;
+        }
+        let arrived_tick = self.ticks;
+        self.pending
+            .insert(req.client, PendingRequest { request: req, arrived_tick, proposed: false });
+    }
+
+    /// The primary cuts the next batch while no UI is outstanding: requests arriving
+    /// during a createUI ride in the next PREPARE (the paper's batching optimisation).
+    pub(super) fn maybe_propose(&mut self) {
+        if !self.is_primary()
+            || self.status != Status::Normal
+            || self.ui_outstanding.is_some()
+            || !self.ui_queue.is_empty()
+            || self.state_transfer.is_some()
+        {
+            return;
+        }
+        let n = self.proposed_n + 1;
+        if n > self.exec_n + self.config.pipeline_max {
+            return;
+        }
+        if self.config.is_checkpoint(n - 1) && self.executed_n < n - 1 {
+            return; // clean-cut rule
+        }
+        if let Some(r) = self.reproposals.get(&n).copied() {
+            // Re-propose what the NEW-VIEW fixed, with its original timestamp.
+            let Some(batch) = self.reproposal_batch(&r) else {
+                panic!("I7: the new primary lacks a batch its own NEW-VIEW re-proposes");
+            };
+            let header = PrepareHeader {
+                view: self.view,
+                n,
+                timestamp_ns: r.timestamp_ns,
+                batch_digest: r.batch_digest,
+            };
+            self.proposed_n = n;
+            self.enqueue(Intent::Prepare { header, batch });
+            return;
+        }
+        if !self.reproposals.is_empty() && n <= *self.reproposals.keys().next_back().unwrap() {
+            return;
+        }
+        let mut batch = Batch::default();
+        let mut bytes = 0;
+        for p in self.pending.values_mut() {
+            if p.proposed {
+                continue;
+            }
+            if batch.requests.len() >= self.config.batch_requests_max
+                || (bytes + p.request.op.len() > self.config.batch_bytes_max
+                    && !batch.requests.is_empty())
+            {
+                break;
+            }
+            bytes += p.request.op.len();
+            p.proposed = true;
+            batch.requests.push(p.request.clone());
+        }
+        if batch.requests.is_empty() {
+            return;
+        }
+        let timestamp_ns = self.now_ns.max(self.last_timestamp_ns + 1);
+        let header = PrepareHeader { view: self.view, n, timestamp_ns, batch_digest: batch.digest() };
+        self.proposed_n = n;
+        self.enqueue(Intent::Prepare { header, batch });
+    }
+
+    pub(super) fn on_prepare(&mut self, p: &Prepare) -> Flow {
+        let h = p.header;
+        if h.view > self.view || (h.view == self.view && self.status != Status::Normal) {
+            return Flow::Defer;
+        }
+        self.peer_accepted[p.primary as usize].insert((h.view, h.n), h);
+        if h.view < self.view {
+            self.drop_input("old_view");
+            return Flow::Done;
+        }
+        if h.n <= self.prepared_n {
+            if h.n > self.stable.n {
+                // A second PREPARE for a number already used in this view: equivocation.
+                self.drop_input("prepare_equivocation");
+                self.suspect_primary();
+            }
+            return Flow::Done;
+        }
+        if self.config.is_checkpoint(h.n - 1) && self.executed_n < h.n - 1 {
+            return Flow::Defer; // clean-cut rule
+        }
+        if h.n != self.prepared_n + 1 {
+            self.drop_input("prepare_out_of_order");
+            self.suspect_primary();
+            return Flow::Done;
+        }
+        if let Some(r) = self.reproposals.get(&h.n) {
+            if r.timestamp_ns != h.timestamp_ns || r.batch_digest != h.batch_digest {
+                self.drop_input("reproposal_mismatch");
+                self.suspect_primary();
+                return Flow::Done;
+            }
+        } else if !self.timestamp_ok(h.timestamp_ns) {
+            self.drop_input("bad_timestamp");
+            self.suspect_primary();
+            return Flow::Done;
+        }
+        // Accept.
+        self.prepared_n = h.n;
+        self.proposed_n = self.proposed_n.max(h.n);
+        self.last_timestamp_ns = self.last_timestamp_ns.max(h.timestamp_ns);
+        self.outputs.push(Output::Persist(super::PersistRecord::Accepted(p.clone())));
+        self.log.insert((h.view, h.n), Slot { prepare: p.clone() });
+        self.votes.entry((h.view, h.n)).or_default().insert(p.primary, h);
+        if p.primary != self.id {
+            self.enqueue(Intent::Commit { header: h, primary_ui: p.ui.clone() });
+        }
+        Flow::Done
+    }
+
+    /// Backups check the primary's clock: monotonic, and within the configured skew of
+    /// their own clock input.
+    fn timestamp_ok(&self, ts: u64) -> bool {
+        ts > self.last_timestamp_ns
+            && ts <= self.now_ns.saturating_add(self.config.timestamp_skew_ns)
+            && ts >= self.now_ns.saturating_sub(self.config.timestamp_skew_ns)
+    }
+
+    pub(super) fn on_commit(&mut self, c: &Commit) -> Flow {
+        let h = c.header;
+        if h.view > self.view || (h.view == self.view && self.status != Status::Normal) {
+            return Flow::Defer;
+        }
+        self.peer_accepted[c.sender as usize].insert((h.view, h.n), h);
+        if h.view < self.view {
+            self.drop_input("old_view");
+            return Flow::Done;
+        }
+        if h.n <= self.stable.n {
+            return Flow::Done;
+        }
+        // The commit proves the primary certified this PREPARE: make sure we fetch it.
+        let ps = &mut self.streams[c.primary as usize];
+        ps.known_max = ps.known_max.max(c.primary_ui.counter);
+        self.votes.entry((h.view, h.n)).or_default().insert(c.sender, h);
+        Flow::Done
+    }
+
+    /// Executes the next batch once f+1 matching votes cover it. True if it did.
+    pub(super) fn try_execute(&mut self) -> bool {
+        let mut progressed = false;
+        loop {
+            if self.state_transfer.is_some() {
+                return progressed;
+            }
+            let n = self.exec_n + 1;
+            let Some(slot) = self.log.get(&(self.view, n)) else { return progressed };
+            let h = slot.prepare.header;
+            let votes = self
+                .votes
+                .get(&(self.view, n))
+                .map_or(0, |v| v.values().filter(|&&vh| vh == h).count());
+            if votes < self.config.quorum() {
+                return progressed;
+            }
+            let batch = slot.prepare.batch.clone();
+            self.execute(h, batch);
+            progressed = true;
+        }
+    }
+
+    fn execute(&mut self, h: PrepareHeader, batch: Batch) {
+        // I2: batches are handed to the application in order, each exactly once.
+        assert_eq!(h.n, self.exec_n + 1, "I2: execution out of order");
+        self.exec_n = h.n;
+        self.executed_log.insert(h.n, h);
+        let mut included = Vec::new();
+        let mut ids = Vec::new();
+        for r in batch.requests {
+            let rec = self.clients.entry(r.client).or_default();
+            if r.seq <= rec.last_seq {
+                continue; // exactly-once: already executed
+            }
+            rec.last_seq = r.seq;
+            rec.result = None;
+            ids.push((r.client, r.seq));
+            if self.pending.get(&r.client).is_some_and(|p| p.request.seq <= r.seq) {
+                self.pending.remove(&r.client);
+            }
+            included.push(r);
+        }
+        self.executing.insert(h.n, ids);
+        self.outputs.push(Output::Execute { n: h.n, timestamp_ns: h.timestamp_ns, requests: included });
+    }
+
+    pub(super) fn on_executed(&mut self, n: SeqNum, results: Vec<Vec<u8>>, app_digest: Option<Digest>) {
+        // I3: completions arrive in the order executions were asked for.
+        assert_eq!(n, self.executed_n + 1, "I3: completion out of order");
+        let ids = self.executing.remove(&n).expect("I3: completion for an unknown batch");
+        assert_eq!(ids.len(), results.len(), "I3: one result per executed request");
+        self.executed_n = n;
+        // Progress in this view: the next view change starts from the base timeout again.
+        self.view_change_timeout_ticks = self.config.view_change_timeout_ticks;
+        for ((client, seq), result) in ids.into_iter().zip(results) {
+            if let Some(rec) = self.clients.get_mut(&client) {
+                if rec.last_seq == seq {
+                    rec.result = Some(result.clone());
+                }
+            }
+            self.send_reply(client, seq, false, result);
+        }
+        if self.config.is_checkpoint(n) {
+            let app = app_digest.expect("I4: a checkpoint batch needs the application digest");
+            self.take_checkpoint(n, app);
+        }
+    }
+
+    pub(super) fn on_read_only_executed(&mut self, client: ClientId, seq: u64, result: Vec<u8>) {
+        self.send_reply(client, seq, true, result);
+    }
+
+    pub(super) fn send_reply(&mut self, client: ClientId, seq: u64, read_only: bool, result: Vec<u8>) {
+        let mut reply = Reply {
+            view: self.view,
+            replica: self.id,
+            client,
+            seq,
+            read_only,
+            result,
+            mac: [0; 32],
+        };
+        reply.mac = self.crypto.reply_mac(self.id, client, &reply.mac_bytes());
+        self.outputs.push(Output::Reply(reply));
+    }
+
+    /// A backup suspects the primary when a request waits longer than the timeout.
+    pub(super) fn check_request_timers(&mut self) {
+        if self.status != Status::Normal || self.is_primary() {
+            return;
+        }
+        let timeout = self.config.request_timeout_ticks;
+        let ticks = self.ticks;
+        if self.pending.values().any(|p| ticks.saturating_sub(p.arrived_tick) > timeout) {
+            self.suspect_primary();
+        }
+    }
+
+    /// After a view change every pending request gets a fresh timer and may be proposed
+    /// again by the new primary (execution filters duplicates).
+    pub(super) fn reset_pending(&mut self) {
+        let ticks = self.ticks;
+        for p in self.pending.values_mut() {
+            p.arrived_tick = ticks;
+            p.proposed = false;
+        }
+    }
+}

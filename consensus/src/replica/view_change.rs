@@ -1,0 +1,286 @@
+//! View change (MinBFT section 5, Figure 2; appendix B.2).
+//!
+//! A backup that suspects the primary sends REQ-VIEW-CHANGE; on f+1 of them a replica
+//! moves to the next view and certifies VIEW-CHANGE with its stable checkpoint
+//! certificate and every PREPARE it accepted above it. Because receivers process each
+//! sender's messages in counter order, a VIEW-CHANGE that leaves out something its
+//! sender accepted is caught (the omission check) — a faulty replica cannot hide a
+//! COMMIT. The new primary, on f+1 valid VIEW-CHANGEs, certifies NEW-VIEW; every replica
+//! recomputes its base checkpoint and the batches to re-propose, and rejects a NEW-VIEW
+//! that differs. The new primary then re-proposes those batches, with their original
+//! timestamps, through the normal case. Timeouts double on consecutive view changes.
+
+use std::collections::BTreeMap;
+
+use super::fifo::Flow;
+use super::{Intent, Output, PersistRecord, Replica, Status};
+use crate::message::{
+    Batch, CheckpointCert, NewView, PeerMessage, Prepare, Reproposal, UiMessage, ViewChange,
+};
+use crate::types::{ReplicaId, SeqNum, View};
+
+/// What a NEW-VIEW decides, recomputed by every replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewViewDecision {
+    pub base: SeqNum,
+    pub base_cert: CheckpointCert,
+    pub reproposals: Vec<Reproposal>,
+}
+
+/// The deterministic choice from f+1 VIEW-CHANGEs: the highest certified checkpoint is
+/// the base; above it, for each batch number, the PREPARE from the highest view; a
+/// number nobody accepted becomes an empty batch.
+pub fn decide_new_view(view_changes: &[ViewChange]) -> NewViewDecision {
+    let base_cert = view_changes
+        .iter()
+        .map(|vc| &vc.cert)
+        .max_by_key(|c| c.n)
+        .cloned()
+        .unwrap_or_default();
+    let base = base_cert.n;
+    let mut chosen: BTreeMap<SeqNum, &Prepare> = BTreeMap::new();
+    for vc in view_changes {
+        for p in &vc.accepted {
+            if p.header.n <= base {
+                continue;
+            }
+            let e = chosen.entry(p.header.n).or_insert(p);
+            if p.header.view > e.header.view {
+                *e = p;
+            }
+        }
+    }
+    let top = chosen.keys().next_back().copied().unwrap_or(base);
+    let null = Batch::default().digest();
+    let reproposals = (base + 1..=top)
+        .map(|n| match chosen.get(&n) {
+            Some(p) => Reproposal {
+                n,
+                timestamp_ns: p.header.timestamp_ns,
+                batch_digest: p.header.batch_digest,
+            },
+            None => Reproposal { n, timestamp_ns: 0, batch_digest: null },
+        })
+        .collect();
+    NewViewDecision { base, base_cert, reproposals }
+}
+
+impl Replica {
+    /// Asks for the next view (once per view).
+    pub(super) fn suspect_primary(&mut self) {
+        let target = self.view + 1;
+        if self.sent_req_view_change.is_some_and(|v| v >= target) {
+            return;
+        }
+        self.sent_req_view_change = Some(target);
+        self.outputs.push(Output::Broadcast(PeerMessage::ReqViewChange {
+            view: self.view,
+            new_view: target,
+        }));
+        self.on_req_view_change(self.id, self.view, target);
+    }
+
+    pub(super) fn on_req_view_change(&mut self, from: ReplicaId, _view: View, new_view: View) {
+        if new_view <= self.view || new_view > self.view + u64::from(self.config.n()) {
+            return;
+        }
+        let set = self.req_view_change.entry(new_view).or_default();
+        set.insert(from);
+        if set.len() >= self.config.quorum() {
+            self.start_view_change(new_view);
+        }
+    }
+
+    fn start_view_change(&mut self, new_view: View) {
+        debug_assert!(new_view > self.view);
+        self.view = new_view;
+        self.status = Status::ViewChange;
+        self.view_change_started_tick = self.ticks;
+        self.sent_req_view_change = Some(new_view);
+        self.reproposals.clear();
+        self.req_view_change = self.req_view_change.split_off(&(new_view + 1));
+        self.view_changes = self.view_changes.split_off(&new_view);
+        self.outputs.push(Output::Persist(PersistRecord::View(new_view)));
+        self.enqueue(Intent::ViewChange { new_view });
+    }
+
+    pub(super) fn build_view_change(&self, new_view: View) -> ViewChange {
+        let accepted = self
+            .log
+            .values()
+            .filter(|s| s.prepare.header.n > self.stable.n && s.prepare.header.view < new_view)
+            .map(|s| s.prepare.clone())
+            .collect();
+        ViewChange {
+            new_view,
+            sender: self.id,
+            cert: self.stable.clone(),
+            accepted,
+            ui: usig::Ui { counter: 0, cert: Vec::new() },
+        }
+    }
+
+    pub(super) fn on_view_change(&mut self, vc: &ViewChange) -> Flow {
+        let sender = vc.sender;
+        if vc.new_view < self.view {
+            return Flow::Done;
+        }
+        // Omission check: everything we saw this sender accept above its checkpoint, in
+        // a view before the new one, must be in its VIEW-CHANGE.
+        let omitted = self.peer_accepted[sender as usize].iter().any(|(&(v, n), h)| {
+            n > vc.cert.n
+                && v < vc.new_view
+                && !vc.accepted.iter().any(|p| p.header == *h)
+        });
+        if omitted {
+            self.drop_input("view_change_omission");
+            self.invalid_view_changes.insert((sender, vc.ui.counter));
+            return Flow::Done;
+        }
+        let entry = self.view_changes.entry(vc.new_view).or_default();
+        if entry.contains_key(&sender) {
+            self.drop_input("duplicate_view_change");
+            return Flow::Done;
+        }
+        entry.insert(sender, vc.clone());
+        self.consider_cert(vc.cert.clone());
+        // A VIEW-CHANGE is also its sender's request for that view.
+        self.on_req_view_change(sender, vc.new_view - 1, vc.new_view);
+        Flow::Done
+    }
+
+    /// The new primary certifies NEW-VIEW once it holds f+1 valid VIEW-CHANGEs.
+    pub(super) fn maybe_new_view(&mut self) {
+        if !self.is_primary()
+            || self.status != Status::ViewChange
+            || self.new_view_sent == Some(self.view)
+        {
+            return;
+        }
+        let Some(vcs) = self.view_changes.get(&self.view) else { return };
+        if vcs.len() < self.config.quorum() || !vcs.contains_key(&self.id) {
+            return;
+        }
+        let chosen: Vec<ViewChange> = vcs.values().take(self.config.quorum()).cloned().collect();
+        let decision = decide_new_view(&chosen);
+        self.new_view_sent = Some(self.view);
+        let nv = NewView {
+            new_view: self.view,
+            sender: self.id,
+            view_changes: chosen,
+            base: decision.base,
+            reproposals: decision.reproposals,
+            ui: usig::Ui { counter: 0, cert: Vec::new() },
+        };
+        self.enqueue(Intent::NewView { nv });
+    }
+
+    pub(super) fn on_new_view(&mut self, nv: &NewView) -> Flow {
+        if nv.new_view < self.view || (nv.new_view == self.view && self.status == Status::Normal) {
+            self.drop_input("stale_new_view");
+            return Flow::Done;
+        }
+        // Every VIEW-CHANGE inside must first be processed in its sender's own stream.
+        let mut deferred = false;
+        for vc in &nv.view_changes {
+            let s = &self.streams[vc.sender as usize];
+            if vc.ui.counter >= s.next && !s.awaiting_cut {
+                self.receive_ui(UiMessage::ViewChange(vc.clone()));
+                deferred = true;
+            } else if self.invalid_view_changes.contains(&(vc.sender, vc.ui.counter)) {
+                self.drop_input("new_view_with_invalid_view_change");
+                self.suspect_primary_of(nv.new_view);
+                return Flow::Done;
+            }
+        }
+        if deferred {
+            return Flow::Defer;
+        }
+        let decision = decide_new_view(&nv.view_changes);
+        if decision.base != nv.base || decision.reproposals != nv.reproposals {
+            self.drop_input("bad_new_view");
+            self.suspect_primary_of(nv.new_view);
+            return Flow::Done;
+        }
+        // I5: whatever we executed above the base is exactly what the new view
+        // re-proposes (quorum intersection plus the omission check).
+        for r in &decision.reproposals {
+            if let Some(h) = self.executed_log.get(&r.n) {
+                assert_eq!(
+                    h.batch_digest, r.batch_digest,
+                    "I5: replica {} executed batch {} that the new view replaces",
+                    self.id, r.n
+                );
+            }
+        }
+        if let Some(top) = decision.reproposals.last() {
+            assert!(self.exec_n <= top.n || self.exec_n <= decision.base,
+                "I5: replica {} executed {} beyond the new view's last batch {}",
+                self.id, self.exec_n, top.n);
+        } else {
+            assert!(self.exec_n <= decision.base.max(self.stable.n),
+                "I5: replica {} executed {} beyond the new view's base {}",
+                self.id, self.exec_n, decision.base);
+        }
+        if nv.new_view > self.view {
+            self.outputs.push(Output::Persist(PersistRecord::View(nv.new_view)));
+        }
+        self.view = nv.new_view;
+        self.status = Status::Normal;
+        self.sent_req_view_change = None;
+        self.view_changes = self.view_changes.split_off(&(nv.new_view + 1));
+        self.req_view_change = self.req_view_change.split_off(&(nv.new_view + 1));
+        self.prepared_n = decision.base;
+        self.proposed_n = decision.base;
+        self.last_timestamp_ns = decision.reproposals.iter().map(|r| r.timestamp_ns).max().unwrap_or(0);
+        self.reproposals = decision.reproposals.iter().map(|r| (r.n, *r)).collect();
+        self.last_new_view = Some(nv.clone());
+        self.reset_pending();
+        if self.executed_n < decision.base {
+            self.consider_cert(decision.base_cert);
+            if let Some(cert) = self.best_cert.clone() {
+                self.start_transfer(cert);
+            }
+        }
+        Flow::Done
+    }
+
+    fn suspect_primary_of(&mut self, view: View) {
+        if view == self.view {
+            self.suspect_primary();
+        }
+    }
+
+    /// The batch a re-proposal names, from the VIEW-CHANGEs of our own NEW-VIEW.
+    pub(super) fn reproposal_batch(&self, r: &Reproposal) -> Option<Batch> {
+        if r.batch_digest == Batch::default().digest() {
+            return Some(Batch::default());
+        }
+        let nv = self.last_new_view.as_ref()?;
+        nv.view_changes
+            .iter()
+            .flat_map(|vc| vc.accepted.iter())
+            .find(|p| p.header.n == r.n && p.header.batch_digest == r.batch_digest)
+            .map(|p| p.batch.clone())
+    }
+
+    /// In a view change for too long: ask for the next one, with a doubled timeout.
+    pub(super) fn check_view_change_timer(&mut self) {
+        if self.status != Status::ViewChange {
+            return;
+        }
+        if self.ticks - self.view_change_started_tick >= self.view_change_timeout_ticks {
+            self.view_change_timeout_ticks = self.view_change_timeout_ticks.saturating_mul(2);
+            self.view_change_started_tick = self.ticks;
+            let target = self.view + 1;
+            if self.sent_req_view_change.is_none_or(|v| v < target) {
+                self.sent_req_view_change = Some(target);
+                self.outputs.push(Output::Broadcast(PeerMessage::ReqViewChange {
+                    view: self.view,
+                    new_view: target,
+                }));
+                self.on_req_view_change(self.id, self.view, target);
+            }
+        }
+    }
+}

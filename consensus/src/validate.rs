@@ -1,0 +1,237 @@
+//! Stateless validation: signatures, UIs, structure and limits. The core accepts only
+//! [`Verified`] messages, whose constructor lives here, so no unchecked input can reach
+//! the protocol state (STYLE: "validated statelessly first").
+//!
+//! Everything here is a pure function of the message, the configuration and the keys,
+//! so a runtime may run it on another thread, or cache it, without changing behaviour.
+
+use std::collections::BTreeSet;
+
+use crate::crypto::Crypto;
+use crate::message::{
+    prepare_digest, Checkpoint, CheckpointCert, Commit, NewView, PeerMessage, Prepare, Request,
+    UiMessage, ViewChange,
+};
+use crate::types::{Config, ReplicaId};
+
+/// Most messages one FETCH may ask for.
+pub const FETCH_RANGE_MAX: u64 = 256;
+
+/// A message that passed stateless validation. Only this module can make one.
+#[derive(Clone, Debug)]
+pub struct Verified<T>(T);
+
+impl<T> Verified<T> {
+    pub fn get(&self) -> &T {
+        &self.0
+    }
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+/// Why a message was dropped; counted per reason by the replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, thiserror::Error)]
+pub enum Reject {
+    #[error("unknown replica or client id")]
+    UnknownSender,
+    #[error("invalid USIG identifier")]
+    BadUi,
+    #[error("invalid client signature")]
+    BadClientSignature,
+    #[error("message from a replica that is not the primary of that view")]
+    NotPrimary,
+    #[error("batch digest does not match the requests")]
+    BadBatchDigest,
+    #[error("batch exceeds configured limits")]
+    BatchTooLarge,
+    #[error("malformed message")]
+    Malformed,
+    #[error("invalid checkpoint certificate")]
+    BadCertificate,
+    #[error("request exceeds configured limits")]
+    RequestTooLarge,
+}
+
+/// Validates a message received from replica `from` on an authenticated channel.
+pub fn peer_message(
+    config: &Config,
+    crypto: &dyn Crypto,
+    from: ReplicaId,
+    msg: PeerMessage,
+) -> Result<Verified<PeerMessage>, Reject> {
+    if from >= config.n() {
+        return Err(Reject::UnknownSender);
+    }
+    match &msg {
+        PeerMessage::Ui(m) => ui_message(config, crypto, m)?,
+        PeerMessage::ReqViewChange { view, new_view } => {
+            if new_view <= view {
+                return Err(Reject::Malformed);
+            }
+        }
+        PeerMessage::Fetch { sender, from, to } => {
+            if *sender >= config.n() || from > to || to - from >= FETCH_RANGE_MAX || *from == 0 {
+                return Err(Reject::Malformed);
+            }
+        }
+        PeerMessage::Status { .. } | PeerMessage::CertRequest { .. } => {}
+        PeerMessage::Cert(cert) => checkpoint_cert(config, crypto, cert)?,
+    }
+    Ok(Verified(msg))
+}
+
+/// Validates a client request: size, signature.
+pub fn request(
+    config: &Config,
+    crypto: &dyn Crypto,
+    req: Request,
+) -> Result<Verified<Request>, Reject> {
+    request_ref(config, crypto, &req)?;
+    Ok(Verified(req))
+}
+
+fn request_ref(config: &Config, crypto: &dyn Crypto, req: &Request) -> Result<(), Reject> {
+    if req.op.len() > config.request_bytes_max {
+        return Err(Reject::RequestTooLarge);
+    }
+    if !crypto.verify_request(req.client, &req.digest(), &req.sig) {
+        return Err(Reject::BadClientSignature);
+    }
+    Ok(())
+}
+
+fn check_ui(crypto: &dyn Crypto, config: &Config, m: &UiMessage) -> Result<(), Reject> {
+    let sender = m.sender();
+    if sender >= config.n() {
+        return Err(Reject::UnknownSender);
+    }
+    if m.counter() == 0 || !crypto.verify_ui(sender, &m.certified_digest(), m.ui()) {
+        return Err(Reject::BadUi);
+    }
+    Ok(())
+}
+
+/// Validates one USIG-certified message (and everything embedded in it).
+pub fn ui_message(config: &Config, crypto: &dyn Crypto, m: &UiMessage) -> Result<(), Reject> {
+    check_ui(crypto, config, m)?;
+    match m {
+        UiMessage::Prepare(p) => prepare_body(config, crypto, p),
+        UiMessage::Commit(c) => commit_body(config, crypto, c),
+        UiMessage::Checkpoint(_) => Ok(()),
+        UiMessage::ViewChange(vc) => view_change_body(config, crypto, vc),
+        UiMessage::NewView(nv) => new_view_body(config, crypto, nv),
+    }
+}
+
+fn prepare_body(config: &Config, crypto: &dyn Crypto, p: &Prepare) -> Result<(), Reject> {
+    if p.primary != config.primary(p.header.view) {
+        return Err(Reject::NotPrimary);
+    }
+    if p.header.n == 0 {
+        return Err(Reject::Malformed);
+    }
+    if p.batch.requests.len() > config.batch_requests_max
+        || p.batch.op_bytes() > config.batch_bytes_max
+    {
+        return Err(Reject::BatchTooLarge);
+    }
+    if p.batch.digest() != p.header.batch_digest {
+        return Err(Reject::BadBatchDigest);
+    }
+    let mut clients = BTreeSet::new();
+    for r in &p.batch.requests {
+        // One request per client per batch keeps execution order unambiguous.
+        if r.read_only || !clients.insert(r.client) {
+            return Err(Reject::Malformed);
+        }
+        request_ref(config, crypto, r)?;
+    }
+    Ok(())
+}
+
+/// A PREPARE embedded in another message carries its own UI; check it fully.
+fn embedded_prepare(config: &Config, crypto: &dyn Crypto, p: &Prepare) -> Result<(), Reject> {
+    if !crypto.verify_ui(p.primary, &prepare_digest(&p.header, p.primary), &p.ui) {
+        return Err(Reject::BadUi);
+    }
+    prepare_body(config, crypto, p)
+}
+
+fn commit_body(config: &Config, crypto: &dyn Crypto, c: &Commit) -> Result<(), Reject> {
+    if c.primary != config.primary(c.header.view) || c.sender == c.primary {
+        return Err(Reject::NotPrimary);
+    }
+    if c.header.n == 0 {
+        return Err(Reject::Malformed);
+    }
+    if !crypto.verify_ui(c.primary, &prepare_digest(&c.header, c.primary), &c.primary_ui) {
+        return Err(Reject::BadUi);
+    }
+    Ok(())
+}
+
+/// f+1 CHECKPOINTs from distinct replicas for the same (n, digest), each with a valid UI.
+/// The genesis certificate (n = 0) is empty.
+pub fn checkpoint_cert(
+    config: &Config,
+    crypto: &dyn Crypto,
+    cert: &CheckpointCert,
+) -> Result<(), Reject> {
+    if cert.n == 0 {
+        return if cert.checkpoints.is_empty() {
+            Ok(())
+        } else {
+            Err(Reject::BadCertificate)
+        };
+    }
+    if cert.checkpoints.len() < config.quorum() || cert.checkpoints.len() > config.n() as usize {
+        return Err(Reject::BadCertificate);
+    }
+    let mut senders = BTreeSet::new();
+    for c in &cert.checkpoints {
+        if c.n != cert.n || c.state_digest != cert.state_digest || !senders.insert(c.sender) {
+            return Err(Reject::BadCertificate);
+        }
+        check_ui(crypto, config, &UiMessage::Checkpoint(c.clone()))
+            .map_err(|_| Reject::BadCertificate)?;
+    }
+    Ok(())
+}
+
+fn view_change_body(config: &Config, crypto: &dyn Crypto, vc: &ViewChange) -> Result<(), Reject> {
+    checkpoint_cert(config, crypto, &vc.cert)?;
+    let mut seen = BTreeSet::new();
+    for p in &vc.accepted {
+        if p.header.view >= vc.new_view
+            || p.header.n <= vc.cert.n
+            || !seen.insert((p.header.view, p.header.n))
+        {
+            return Err(Reject::Malformed);
+        }
+        embedded_prepare(config, crypto, p)?;
+    }
+    Ok(())
+}
+
+fn new_view_body(config: &Config, crypto: &dyn Crypto, nv: &NewView) -> Result<(), Reject> {
+    if nv.sender != config.primary(nv.new_view) {
+        return Err(Reject::NotPrimary);
+    }
+    let mut senders = BTreeSet::new();
+    if nv.view_changes.len() < config.quorum() || nv.view_changes.len() > config.n() as usize {
+        return Err(Reject::Malformed);
+    }
+    for vc in &nv.view_changes {
+        if vc.new_view != nv.new_view || !senders.insert(vc.sender) {
+            return Err(Reject::Malformed);
+        }
+        ui_message(config, crypto, &UiMessage::ViewChange(vc.clone()))?;
+    }
+    Ok(())
+}
+
+/// Checks a CHECKPOINT's UI (used when a certificate member arrives on its own).
+pub fn checkpoint(config: &Config, crypto: &dyn Crypto, c: &Checkpoint) -> Result<(), Reject> {
+    check_ui(crypto, config, &UiMessage::Checkpoint(c.clone()))
+}

@@ -1,0 +1,242 @@
+//! Confinement: nothing outside the backing directory is ever read or written.
+//!
+//! Names from clients are checked here before anything else sees them: a valid name is a
+//! single component with no `/` or NUL, not `.`/`..`, and not longer than `name_max`,
+//! so it can only ever denote an entry of the directory it is resolved in. Host calls
+//! are `*at` calls relative to a directory descriptor with `O_NOFOLLOW`, one component
+//! at a time, and the descriptors come from walking the replicated metadata by fileid
+//! from the export's root descriptor, never from a client-supplied path. Symbolic links
+//! are stored as real symlinks (so two replicas' trees compare with `diff -r
+//! --no-dereference`) and are only ever read with `readlinkat` or unlinked/renamed/linked
+//! as entries: no call here follows one.
+
+use std::collections::BTreeMap;
+use std::ffi::CStr;
+use std::fs::File;
+use std::rc::Rc;
+
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::ops::{Filename3, NfsStat3};
+
+/// How a name is about to be used; decides what `.`/`..` mean (knfsd-like).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameUse {
+    /// LOOKUP: `.` and `..` are resolved in the metadata.
+    Lookup,
+    /// CREATE, MKDIR, SYMLINK, MKNOD, LINK: `.`/`..` already exist (`NFS3ERR_EXIST`).
+    Create,
+    /// REMOVE, RMDIR, RENAME: `.`/`..` cannot be the object (`NFS3ERR_INVAL`).
+    Remove,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameKind {
+    Normal,
+    Dot,
+    DotDot,
+}
+
+/// Check a client-supplied name. Order: too long, then malformed, then dots.
+pub fn check_name(name: &Filename3, name_max: u32, usage: NameUse) -> Result<NameKind, NfsStat3> {
+    let b = name.as_bytes();
+    if b.len() > name_max as usize {
+        return Err(NfsStat3::Nametoolong);
+    }
+    if b.is_empty() || b.contains(&b'/') || b.contains(&0) {
+        return Err(NfsStat3::Acces);
+    }
+    let kind = match b {
+        b"." => NameKind::Dot,
+        b".." => NameKind::DotDot,
+        _ => return Ok(NameKind::Normal),
+    };
+    match usage {
+        NameUse::Lookup => Ok(kind),
+        NameUse::Create => Err(NfsStat3::Exist),
+        NameUse::Remove => Err(NfsStat3::Inval),
+    }
+}
+
+/// The host object kinds the backing tree holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostKind {
+    Dir,
+    File,
+}
+
+const NOFOLLOW: OFlags = OFlags::NOFOLLOW.union(OFlags::CLOEXEC);
+
+/// Open an existing entry of `parent` without following a symlink.
+pub fn open_child(parent: &File, name: &[u8], kind: HostKind) -> Result<File, Errno> {
+    let flags = match kind {
+        HostKind::Dir => OFlags::RDONLY | OFlags::DIRECTORY,
+        HostKind::File => OFlags::RDWR,
+    };
+    let fd = rustix::fs::openat(parent, name, flags | NOFOLLOW, Mode::empty())?;
+    Ok(File::from(fd))
+}
+
+/// Create a new regular file (never an existing one, never through a symlink). Host
+/// permissions are fixed; the NFS mode lives in the metadata.
+pub fn create_file(parent: &File, name: &[u8]) -> Result<File, Errno> {
+    let flags = OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | NOFOLLOW;
+    let fd = rustix::fs::openat(parent, name, flags, Mode::from_raw_mode(0o600))?;
+    Ok(File::from(fd))
+}
+
+pub fn mkdir(parent: &File, name: &[u8]) -> Result<(), Errno> {
+    rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700))
+}
+
+pub fn symlink(parent: &File, name: &[u8], target: &[u8]) -> Result<(), Errno> {
+    rustix::fs::symlinkat(target, parent, name)
+}
+
+pub fn unlink(parent: &File, name: &[u8]) -> Result<(), Errno> {
+    rustix::fs::unlinkat(parent, name, AtFlags::empty())
+}
+
+pub fn rmdir(parent: &File, name: &[u8]) -> Result<(), Errno> {
+    rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)
+}
+
+pub fn rename(from: &File, from_name: &[u8], to: &File, to_name: &[u8]) -> Result<(), Errno> {
+    rustix::fs::renameat(from, from_name, to, to_name)
+}
+
+/// Hard link; without `AT_SYMLINK_FOLLOW` a symlink is linked, not its target.
+pub fn link(from: &File, from_name: &[u8], to: &File, to_name: &[u8]) -> Result<(), Errno> {
+    rustix::fs::linkat(from, from_name, to, to_name, AtFlags::empty())
+}
+
+pub fn readlink(parent: &File, name: &[u8]) -> Result<Vec<u8>, Errno> {
+    Ok(rustix::fs::readlinkat(parent, name, Vec::new())?.into_bytes())
+}
+
+/// `lstat` of an entry.
+pub fn stat_child(parent: &File, name: &[u8]) -> Result<rustix::fs::Stat, Errno> {
+    rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)
+}
+
+/// Names in a directory (without `.` and `..`), sorted.
+pub fn list_dir(dir: &File) -> Result<Vec<Vec<u8>>, Errno> {
+    let mut names = Vec::new();
+    let mut d = rustix::fs::Dir::read_from(dir)?;
+    while let Some(entry) = d.read() {
+        let entry = entry?;
+        let n: &CStr = entry.file_name();
+        let n = n.to_bytes();
+        if n != b"." && n != b".." {
+            names.push(n.to_vec());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Remove an entry and, for a directory, everything below it, without following any
+/// symlink (used to discard what a crash left behind and before a restore).
+pub fn remove_tree(parent: &File, name: &[u8]) -> Result<(), Errno> {
+    let st = stat_child(parent, name)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory {
+        let dir = open_child(parent, name, HostKind::Dir)?;
+        for child in list_dir(&dir)? {
+            remove_tree(&dir, &child)?;
+        }
+        rmdir(parent, name)
+    } else {
+        unlink(parent, name)
+    }
+}
+
+/// Open descriptors by fileid, for files (READ/WRITE) and directories (the `*at`
+/// calls). A descriptor follows its object through renames, so entries stay valid
+/// until the object is removed. Bounded by `cap`, least recently used out first, except
+/// that `pinned` objects (dirty, awaiting the batch's fsync) are never closed early.
+#[derive(Debug)]
+pub struct FdCache {
+    map: BTreeMap<u64, (Rc<File>, u64)>,
+    lru: BTreeMap<u64, u64>,
+    tick: u64,
+    cap: usize,
+}
+
+impl FdCache {
+    pub fn new(cap: usize) -> Self {
+        FdCache {
+            map: BTreeMap::new(),
+            lru: BTreeMap::new(),
+            tick: 0,
+            cap,
+        }
+    }
+
+    pub fn get(&mut self, fileid: u64) -> Option<Rc<File>> {
+        let (fd, t) = self.map.get_mut(&fileid)?;
+        self.lru.remove(t);
+        self.tick += 1;
+        *t = self.tick;
+        self.lru.insert(self.tick, fileid);
+        Some(fd.clone())
+    }
+
+    pub fn insert(&mut self, fileid: u64, fd: Rc<File>, pinned: impl Fn(u64) -> bool) {
+        self.remove(fileid);
+        self.tick += 1;
+        self.map.insert(fileid, (fd, self.tick));
+        self.lru.insert(self.tick, fileid);
+        if self.map.len() > self.cap {
+            let victims: Vec<(u64, u64)> = self
+                .lru
+                .iter()
+                .filter(|(_, f)| !pinned(**f) && **f != fileid)
+                .take(self.map.len() - self.cap)
+                .map(|(t, f)| (*t, *f))
+                .collect();
+            for (t, f) in victims {
+                self.lru.remove(&t);
+                self.map.remove(&f);
+            }
+        }
+    }
+
+    pub fn remove(&mut self, fileid: u64) {
+        if let Some((_, t)) = self.map.remove(&fileid) {
+            self.lru.remove(&t);
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.lru.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        let c = |s: &[u8], u| check_name(&Filename3(s.to_vec()), 255, u);
+        assert_eq!(c(b"a", NameUse::Create), Ok(NameKind::Normal));
+        assert_eq!(c(b"", NameUse::Create), Err(NfsStat3::Acces));
+        assert_eq!(c(b"a/b", NameUse::Lookup), Err(NfsStat3::Acces));
+        assert_eq!(c(b"a\0", NameUse::Lookup), Err(NfsStat3::Acces));
+        assert_eq!(c(b"..", NameUse::Lookup), Ok(NameKind::DotDot));
+        assert_eq!(c(b".", NameUse::Create), Err(NfsStat3::Exist));
+        assert_eq!(c(b"..", NameUse::Remove), Err(NfsStat3::Inval));
+        assert_eq!(c(&[b'x'; 256], NameUse::Lookup), Err(NfsStat3::Nametoolong));
+        assert_eq!(c(b"...", NameUse::Remove), Ok(NameKind::Normal));
+    }
+}

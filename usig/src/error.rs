@@ -1,0 +1,65 @@
+//! Errors at the USIG boundary: creating UIs (an effect that can fail on I/O or a bad
+//! state file) and verifying them (Byzantine input, an expected operating error).
+
+use std::path::PathBuf;
+
+use crate::ReplicaId;
+
+/// Why a USIG could not be opened or could not create a UI.
+#[derive(Debug, thiserror::Error)]
+pub enum UsigError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid USIG signing key: {0}")]
+    InvalidKey(String),
+    #[error("key file {path} is accessible by group or others (mode {mode:o}); run chmod 600")]
+    KeyFilePermissions { path: PathBuf, mode: u32 },
+    /// The state file exists but cannot be trusted. Never silently reset: starting again
+    /// from counter 1 would reissue counter values.
+    #[error("corrupt USIG state file {path}: {reason}")]
+    CorruptState { path: PathBuf, reason: String },
+    #[error("USIG state {path} belongs to replica {found}, not replica {expected}")]
+    ReplicaMismatch {
+        path: PathBuf,
+        expected: ReplicaId,
+        found: ReplicaId,
+    },
+    #[error("USIG state {path} was created with a different signing key")]
+    KeyMismatch { path: PathBuf },
+    #[error("USIG state {path} is in use by another process")]
+    Locked { path: PathBuf },
+    #[error("USIG counter exhausted")]
+    CounterExhausted,
+    /// A durable write failed, so whether its counter value reached the disk is unknown.
+    /// Reopening reads back what is there and continues above it.
+    #[error("USIG refuses to continue after a failed durable write; reopen it")]
+    Poisoned,
+    #[error("USIG signing failed")]
+    Signing,
+}
+
+impl UsigError {
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        UsigError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Why a UI does not verify. Every variant means "reject the message".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("UI counter 0 is never valid")]
+    ZeroCounter,
+    #[error("USIG identity holds a malformed public key")]
+    InvalidPublicKey,
+    #[error("UI certificate is {len} bytes, expected {expected}")]
+    CertLength { len: usize, expected: usize },
+    #[error("UI signature does not verify")]
+    BadSignature,
+}

@@ -1,0 +1,268 @@
+//! Behaviour specific to `SoftwareUsig`'s state file: restart, refusal of foreign or
+//! damaged state, torn-write recovery, locking; and the key file.
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::Path;
+
+use usig::conformance::test_digest;
+use usig::{STATE_FILE_NAME, SigningKey, SoftwareUsig, Usig, UsigError, verify_ui};
+
+/// Layout of the state file (see the `software` module docs): header block, two slots.
+const BLOCK_LEN: u64 = 512;
+const FILE_LEN: u64 = 3 * BLOCK_LEN;
+
+fn slot_offset(counter: u64) -> u64 {
+    BLOCK_LEN * (1 + counter % 2)
+}
+
+fn issue(usig: &mut SoftwareUsig, count: u64) -> u64 {
+    let mut last = 0;
+    for _ in 0..count {
+        last = usig
+            .create_ui(&test_digest(last + 1))
+            .expect("create_ui")
+            .counter;
+    }
+    last
+}
+
+fn flip_byte(path: &Path, offset: u64) {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open");
+    let mut byte = [0u8];
+    file.read_exact_at(&mut byte, offset).expect("read");
+    byte[0] ^= 0x40;
+    file.write_all_at(&byte, offset).expect("write");
+}
+
+#[test]
+fn software_restart_continues_after_last_issued() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    for round in 0..4u64 {
+        let mut usig = SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap();
+        let last = usig.last_issued();
+        assert_eq!(last.as_ref().map_or(0, |l| l.ui.counter), round * 5);
+        if let Some(last) = last {
+            assert_eq!(last.digest, test_digest(last.ui.counter));
+            verify_ui(&key.identity(), 1, &last.digest, &last.ui).unwrap();
+        }
+        for expected in round * 5 + 1..=round * 5 + 5 {
+            let ui = usig.create_ui(&test_digest(expected)).unwrap();
+            assert_eq!(ui.counter, expected);
+        }
+    }
+    assert_eq!(
+        fs::metadata(dir.path().join(STATE_FILE_NAME))
+            .unwrap()
+            .len(),
+        FILE_LEN
+    );
+}
+
+#[test]
+fn software_refuses_state_of_another_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    drop(SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap());
+    let err = SoftwareUsig::open(dir.path(), 2, key.pkcs8()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            UsigError::ReplicaMismatch {
+                expected: 2,
+                found: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn software_refuses_state_of_another_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let other = SigningKey::generate().unwrap();
+    let mut usig = SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap();
+    issue(&mut usig, 3);
+    drop(usig);
+    let err = SoftwareUsig::open(dir.path(), 1, other.pkcs8()).unwrap_err();
+    assert!(matches!(err, UsigError::KeyMismatch { .. }), "{err}");
+}
+
+#[test]
+fn software_refuses_truncated_or_extended_state() {
+    let key = SigningKey::generate().unwrap();
+    for len in [0, 1, BLOCK_LEN, FILE_LEN - 1, FILE_LEN + 1] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut usig = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap();
+        issue(&mut usig, 3);
+        drop(usig);
+        let path = dir.path().join(STATE_FILE_NAME);
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+        let err = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap_err();
+        assert!(
+            matches!(err, UsigError::CorruptState { .. }),
+            "len {len}: {err}"
+        );
+    }
+}
+
+#[test]
+fn software_refuses_corrupt_header() {
+    let key = SigningKey::generate().unwrap();
+    for offset in [0, 17, 30, 100, 200, BLOCK_LEN - 1] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut usig = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap();
+        issue(&mut usig, 2);
+        drop(usig);
+        flip_byte(&dir.path().join(STATE_FILE_NAME), offset);
+        let err = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap_err();
+        assert!(
+            matches!(err, UsigError::CorruptState { .. }),
+            "offset {offset}: {err}"
+        );
+    }
+}
+
+#[test]
+fn software_refuses_state_with_both_records_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let mut usig = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap();
+    issue(&mut usig, 7);
+    drop(usig);
+    let path = dir.path().join(STATE_FILE_NAME);
+    flip_byte(&path, slot_offset(7) + 9);
+    flip_byte(&path, slot_offset(6) + 60);
+    let err = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap_err();
+    assert!(matches!(err, UsigError::CorruptState { .. }), "{err}");
+}
+
+#[test]
+fn software_refuses_zeroed_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    drop(SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap());
+    fs::write(
+        dir.path().join(STATE_FILE_NAME),
+        vec![0u8; FILE_LEN as usize],
+    )
+    .unwrap();
+    let err = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap_err();
+    assert!(matches!(err, UsigError::CorruptState { .. }), "{err}");
+}
+
+/// A crash tears the write of record c+1, whose fdatasync never returned, so that UI
+/// was never released: the state continues from record c.
+#[test]
+fn software_recovers_from_a_torn_record_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let mut usig = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap();
+    assert_eq!(issue(&mut usig, 5), 5);
+    drop(usig);
+    flip_byte(&dir.path().join(STATE_FILE_NAME), slot_offset(5) + 100);
+    let mut usig = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap();
+    let last = usig.last_issued().unwrap();
+    assert_eq!(last.ui.counter, 4);
+    verify_ui(&key.identity(), 0, &last.digest, &last.ui).unwrap();
+    assert_eq!(usig.create_ui(&test_digest(50)).unwrap().counter, 5);
+}
+
+/// Slots from two different moments (a partial rollback) do not hold consecutive
+/// counters and are refused.
+#[test]
+fn software_refuses_records_spliced_from_different_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let path = dir.path().join(STATE_FILE_NAME);
+    let mut usig = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap();
+    issue(&mut usig, 1);
+    let old = fs::read(&path).unwrap();
+    issue(&mut usig, 3);
+    drop(usig);
+    // Slot 1 back to counter 1 next to slot 0 at counter 4.
+    let start = slot_offset(1) as usize;
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&old[start..start + BLOCK_LEN as usize], start as u64)
+        .unwrap();
+    let err = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap_err();
+    assert!(matches!(err, UsigError::CorruptState { .. }), "{err}");
+}
+
+#[test]
+fn software_refuses_a_second_open_of_the_same_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let usig = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap();
+    let err = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap_err();
+    assert!(matches!(err, UsigError::Locked { .. }), "{err}");
+    drop(usig);
+    SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap();
+}
+
+#[test]
+fn software_refuses_a_missing_state_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let err = SoftwareUsig::open(&dir.path().join("absent"), 0, key.pkcs8()).unwrap_err();
+    assert!(matches!(err, UsigError::Io { .. }), "{err}");
+}
+
+#[test]
+fn software_refuses_an_invalid_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = SoftwareUsig::open(dir.path(), 0, b"not a key").unwrap_err();
+    assert!(matches!(err, UsigError::InvalidKey(_)), "{err}");
+}
+
+#[test]
+fn key_file_round_trips_with_owner_only_permissions() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usig.key");
+    let key = SigningKey::generate().unwrap();
+    key.write_file(&path).unwrap();
+    assert_eq!(
+        fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let read = SigningKey::read_file(&path).unwrap();
+    assert_eq!(read.identity(), key.identity());
+    assert_eq!(read.pkcs8(), key.pkcs8());
+    let err = key.write_file(&path).unwrap_err();
+    assert!(matches!(err, UsigError::Io { .. }), "no overwrite: {err}");
+}
+
+#[test]
+fn key_file_readable_by_others_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usig.key");
+    SigningKey::generate().unwrap().write_file(&path).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    let err = SigningKey::read_file(&path).unwrap_err();
+    assert!(
+        matches!(err, UsigError::KeyFilePermissions { mode: 0o644, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn key_file_with_garbage_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("usig.key");
+    fs::write(&path, b"garbage").unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    let err = SigningKey::read_file(&path).unwrap_err();
+    assert!(matches!(err, UsigError::InvalidKey(_)), "{err}");
+}
