@@ -153,8 +153,9 @@ pub fn remove_tree(parent: &File, name: &[u8]) -> Result<(), Errno> {
 
 /// Open descriptors by fileid, for files (READ/WRITE) and directories (the `*at`
 /// calls). A descriptor follows its object through renames, so entries stay valid
-/// until the object is removed. Bounded by `cap`, least recently used out first, except
-/// that `pinned` objects (dirty, awaiting the batch's fsync) are never closed early.
+/// until the object is removed. Bounded by `cap`, least recently used out first; closing
+/// a dirty file early is harmless because `fsync` works on the inode through any
+/// descriptor, and `sync` reopens it.
 #[derive(Debug)]
 pub struct FdCache {
     map: BTreeMap<u64, (Rc<File>, u64)>,
@@ -182,22 +183,15 @@ impl FdCache {
         Some(fd.clone())
     }
 
-    pub fn insert(&mut self, fileid: u64, fd: Rc<File>, pinned: impl Fn(u64) -> bool) {
+    pub fn insert(&mut self, fileid: u64, fd: Rc<File>) {
         self.remove(fileid);
         self.tick += 1;
         self.map.insert(fileid, (fd, self.tick));
         self.lru.insert(self.tick, fileid);
         if self.map.len() > self.cap {
-            let victims: Vec<(u64, u64)> = self
-                .lru
-                .iter()
-                .filter(|(_, f)| !pinned(**f) && **f != fileid)
-                .take(self.map.len() - self.cap)
-                .map(|(t, f)| (*t, *f))
-                .collect();
-            for (t, f) in victims {
-                self.lru.remove(&t);
-                self.map.remove(&f);
+            while self.map.len() > self.cap {
+                let (_, victim) = self.lru.pop_first().expect("lru mirrors map");
+                self.map.remove(&victim);
             }
         }
     }
@@ -211,14 +205,6 @@ impl FdCache {
     pub fn clear(&mut self) {
         self.map.clear();
         self.lru.clear();
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 }
 

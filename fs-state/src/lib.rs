@@ -1,7 +1,34 @@
-//! The replicated file state machine of bftnfs: every replica applies the same ordered
-//! NFSv3 operations to its own backing directory and must produce byte-identical
-//! replies and identical backing trees (DESIGN.md, "The file state machine").
+//! The replicated file state machine of bftnfs (DESIGN.md, "The file state machine").
+//!
+//! Every replica applies the same ordered NFSv3 operations (`FsOp`) to its own backing
+//! directory and must produce byte-identical replies (`FsReply`) and identical backing
+//! trees. Nothing here reads the host's clock, inode numbers, directory order, free
+//! space, umask or owner: all of that is replicated metadata, changed only by ordered
+//! operations. There is no networking and no async here; file I/O stays inside the
+//! data directory. Unreplicated mode uses the same crate.
+//!
+//! Modules: `ops` (the boundary types and their one encoding), `meta` (replicated
+//! metadata), `journal` (its persistence), `confine` (names and host calls that cannot
+//! escape the export), `perm` (Unix permissions), `dir` (listings and cookies), `apply`
+//! (the procedures), `digest` (the Merkle tree), `state` (lifecycle, sync, digest),
+//! `recover` (crash check, snapshot, restore).
 
+mod apply;
+pub mod config;
+mod confine;
+pub mod digest;
+mod dir;
+pub mod error;
+mod journal;
+pub mod meta;
 pub mod ops;
+mod perm;
+mod recover;
+mod state;
 
+pub use config::{FsConfig, UnstableWrites};
+pub use digest::{DigestTree, Hash};
+pub use error::{FsError, LocalFault};
 pub use ops::*;
+pub use recover::{FsSnapshot, SnapshotFile};
+pub use state::{EXPORT_DIR, FileStateMachine, META_DIR, SyncStats};

@@ -686,6 +686,17 @@ pub(crate) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, De
     Ok(value)
 }
 
+/// Decode this replica's own files (metadata snapshot, journal): no size limit, and a
+/// failure means local corruption, not Byzantine input.
+pub(crate) fn decode_local<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map_err(|e| DecodeError(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(DecodeError(format!("{} trailing bytes", bytes.len() - used)));
+    }
+    Ok(value)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -292,8 +292,7 @@ fn create_state_file(
 
 fn read_state_file(file: &File, path: &Path) -> Result<Vec<u8>, UsigError> {
     let mut bytes = Vec::with_capacity(FILE_LEN + 1);
-    (&*file)
-        .take(FILE_LEN as u64 + 1)
+    file.take(FILE_LEN as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| UsigError::io(format!("reading {}", path.display()), e))?;
     if bytes.len() != FILE_LEN {

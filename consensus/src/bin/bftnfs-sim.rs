@@ -1,1 +1,161 @@
-fn main() {}
+//! `bftnfs-sim`: runs the seeded whole-cluster simulator over many seeds.
+//!
+//! Each seed picks its faults (network loss/duplication/reordering/partitions, crashes
+//! with restart, one Byzantine behaviour for the f faulty replicas) deterministically;
+//! a failing seed is printed and replays exactly with `--seed N`.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use consensus::sim::{self, Byzantine, SimOptions};
+
+const USAGE: &str = "\
+bftnfs-sim: deterministic MinPBFT cluster simulator with Byzantine faults
+
+USAGE:
+    bftnfs-sim [--seeds N] [--first S] [--f F] [--seed S] [--byzantine MODE|none|mixed]
+               [--no-faults] [--requests R] [--clients C]
+
+OPTIONS:
+    --seeds N        run seeds first..first+N (default 100)
+    --first S        first seed of the range (default 0)
+    --seed S         run exactly one seed and print its trace hash
+    --f F            tolerated faults; the cluster has 2F+1 replicas (default 1)
+    --byzantine M    behaviour of the f faulty replicas: one of equivocating-primary,
+                     silent-primary, slow-primary, bad-new-view, forge-and-replay,
+                     commit-unprepared, lying-replies, bad-state-transfer; 'none' for
+                     crash faults only; 'mixed' (default) picks one per seed
+    --no-faults      no network faults and no crashes
+    --requests R     requests per client (default 20)
+    --clients C      clients (default 4)
+";
+
+fn parse_mode(s: &str) -> Option<Option<Byzantine>> {
+    Some(Some(match s {
+        "none" => return Some(None),
+        "equivocating-primary" => Byzantine::EquivocatingPrimary,
+        "silent-primary" => Byzantine::SilentPrimary,
+        "slow-primary" => Byzantine::SlowPrimary,
+        "bad-new-view" => Byzantine::BadNewView,
+        "forge-and-replay" => Byzantine::ForgeAndReplay,
+        "commit-unprepared" => Byzantine::CommitUnprepared,
+        "lying-replies" => Byzantine::LyingReplies,
+        "bad-state-transfer" => Byzantine::BadStateTransfer,
+        _ => return None,
+    }))
+}
+
+/// The options one seed runs with: the mode either fixed or picked from the seed.
+pub fn options_for(seed: u64, f: u32, mode: Option<Option<Byzantine>>) -> SimOptions {
+    let mut o = SimOptions::new(seed, f);
+    o.byzantine = match mode {
+        Some(m) => m,
+        None => match seed % 9 {
+            8 => None,
+            k => Some(Byzantine::ALL[k as usize]),
+        },
+    };
+    if o.byzantine == Some(Byzantine::BadNewView) {
+        o.isolate_primary_at = vec![50];
+    }
+    o
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut seeds = 100u64;
+    let mut first = 0u64;
+    let mut single: Option<u64> = None;
+    let mut f = 1u32;
+    let mut mode: Option<Option<Byzantine>> = None;
+    let mut faults = true;
+    let mut requests: Option<usize> = None;
+    let mut clients: Option<usize> = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = |name: &str| -> Result<String, ExitCode> {
+            it.next().cloned().ok_or_else(|| {
+                eprintln!("error: {name} needs a value\n\n{USAGE}");
+                ExitCode::from(2)
+            })
+        };
+        let parsed: Result<(), String> = (|| {
+            match a.as_str() {
+                "--seeds" => seeds = val("--seeds").map_err(|_| "")?.parse().map_err(|e| format!("--seeds: {e}"))?,
+                "--first" => first = val("--first").map_err(|_| "")?.parse().map_err(|e| format!("--first: {e}"))?,
+                "--seed" => single = Some(val("--seed").map_err(|_| "")?.parse().map_err(|e| format!("--seed: {e}"))?),
+                "--f" => f = val("--f").map_err(|_| "")?.parse().map_err(|e| format!("--f: {e}"))?,
+                "--byzantine" => {
+                    let v = val("--byzantine").map_err(|_| "")?;
+                    mode = if v == "mixed" { None } else { Some(parse_mode(&v).ok_or(format!("unknown --byzantine {v}"))?) };
+                }
+                "--no-faults" => faults = false,
+                "--requests" => requests = Some(val("--requests").map_err(|_| "")?.parse().map_err(|e| format!("--requests: {e}"))?),
+                "--clients" => clients = Some(val("--clients").map_err(|_| "")?.parse().map_err(|e| format!("--clients: {e}"))?),
+                "-h" | "--help" => {
+                    print!("{USAGE}");
+                    std::process::exit(0);
+                }
+                other => return Err(format!("unknown argument {other}")),
+            }
+            Ok(())
+        })();
+        if let Err(e) = parsed {
+            if !e.is_empty() {
+                eprintln!("error: {e}\n\n{USAGE}");
+            }
+            return ExitCode::from(2);
+        }
+    }
+    if f == 0 || f > 10 {
+        eprintln!("error: --f must be between 1 and 10");
+        return ExitCode::from(2);
+    }
+    let configure = |seed: u64| {
+        let mut o = options_for(seed, f, mode);
+        if !faults {
+            o.network_faults = false;
+            o.crashes = false;
+        }
+        if let Some(r) = requests {
+            o.requests_per_client = r;
+        }
+        if let Some(c) = clients {
+            o.clients = c;
+        }
+        o
+    };
+    if let Some(seed) = single {
+        let o = configure(seed);
+        return match sim::run(&o) {
+            Ok(r) => {
+                println!(
+                    "seed {seed} f={f} byzantine={:?}: ok, trace {} ({} ticks, {} batches, {} \
+                     requests, final view {}, {} view changes, {} state transfers)",
+                    o.byzantine, r.trace_hash, r.ticks, r.executed_max, r.completed_requests,
+                    r.final_view, r.view_changes_seen, r.state_transfers
+                );
+                println!("dropped: {:?}", r.dropped);
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                println!("{e}\nreplay: bftnfs-sim --seed {seed} --f {f}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let start = Instant::now();
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for seed in first..first + seeds {
+        match sim::run(&configure(seed)) {
+            Ok(_) => passed += 1,
+            Err(e) => {
+                failed += 1;
+                println!("FAIL {e}\n     replay: bftnfs-sim --seed {seed} --f {f}");
+            }
+        }
+    }
+    eprintln!("{:.1} s", start.elapsed().as_secs_f64());
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}

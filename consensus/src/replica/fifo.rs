@@ -74,12 +74,18 @@ impl Replica {
         for m in &recovered.sent {
             own.retained.insert(m.counter(), m.clone());
         }
+        // Accepted PREPAREs are the primary's votes; our own COMMITs are ours.
         for p in &recovered.accepted {
-            self.log.insert((p.header.view, p.header.n), super::Slot { prepare: p.clone() });
+            let key = (p.header.view, p.header.n);
+            self.log.insert(key, super::Slot { prepare: p.clone() });
+            self.votes.entry(key).or_default().insert(p.primary, p.header);
+            if p.header.view == self.view {
+                self.prepared_n = self.prepared_n.max(p.header.n);
+            }
         }
         for m in &recovered.sent {
-            if let UiMessage::Prepare(p) = m {
-                self.prepared_n = self.prepared_n.max(p.header.n);
+            if let UiMessage::Commit(c) = m {
+                self.votes.entry((c.header.view, c.header.n)).or_default().insert(self.id, c.header);
             }
         }
         self.proposed_n = self.prepared_n;

@@ -85,6 +85,9 @@ pub enum PersistRecord {
     View(View),
     /// A new stable checkpoint: records below it may be discarded.
     Stable(CheckpointCert),
+    /// The NEW-VIEW of this view was accepted (a restarted replica must not accept a
+    /// relayed copy of it a second time).
+    NewViewAccepted(View),
 }
 
 /// What a restarting replica read back from its durable records.
@@ -99,6 +102,8 @@ pub struct Recovered {
     pub core_state: CoreState,
     /// The last counter the USIG issued (from `Usig::last_issued`).
     pub usig_counter: u64,
+    /// The last view whose NEW-VIEW was accepted.
+    pub new_view_accepted: View,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -188,6 +193,7 @@ pub struct Replica {
     reproposals: BTreeMap<SeqNum, crate::message::Reproposal>,
     new_view_sent: Option<View>,
     last_new_view: Option<NewView>,
+    new_view_accepted: View,
     invalid_view_changes: BTreeSet<(ReplicaId, u64)>,
 
     dropped: BTreeMap<&'static str, u64>,
@@ -248,6 +254,7 @@ impl Replica {
             reproposals: BTreeMap::new(),
             new_view_sent: None,
             last_new_view: None,
+            new_view_accepted: recovered.new_view_accepted,
             invalid_view_changes: BTreeSet::new(),
             dropped: BTreeMap::new(),
             outputs: Vec::new(),
@@ -353,6 +360,15 @@ impl Replica {
         self.maybe_propose();
         self.maybe_new_view();
         self.request_next_ui();
+    }
+
+    /// Simulator hook for a Byzantine driver that spent USIG counters behind its core's
+    /// back (equivocation): the core continues after the counters it did not see.
+    #[doc(hidden)]
+    pub fn byzantine_skip_counters(&mut self, to: u64) {
+        assert!(to >= self.own_counter);
+        self.own_counter = to;
+        self.streams[self.id as usize].next = to + 1;
     }
 
     fn drop_input(&mut self, reason: &'static str) {

@@ -118,7 +118,8 @@ impl Replica {
             return Flow::Done;
         }
         if h.n <= self.prepared_n {
-            if h.n > self.stable.n {
+            let known = self.log.get(&(h.view, h.n)).is_some_and(|s| s.prepare.header == h);
+            if h.n > self.stable.n && !known {
                 // A second PREPARE for a number already used in this view: equivocation.
                 self.drop_input("prepare_equivocation");
                 self.suspect_primary();

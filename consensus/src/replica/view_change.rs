@@ -176,7 +176,7 @@ impl Replica {
     }
 
     pub(super) fn on_new_view(&mut self, nv: &NewView) -> Flow {
-        if nv.new_view < self.view || (nv.new_view == self.view && self.status == Status::Normal) {
+        if nv.new_view < self.view || nv.new_view <= self.new_view_accepted {
             self.drop_input("stale_new_view");
             return Flow::Done;
         }
@@ -225,6 +225,8 @@ impl Replica {
         if nv.new_view > self.view {
             self.outputs.push(Output::Persist(PersistRecord::View(nv.new_view)));
         }
+        self.outputs.push(Output::Persist(PersistRecord::NewViewAccepted(nv.new_view)));
+        self.new_view_accepted = nv.new_view;
         self.view = nv.new_view;
         self.status = Status::Normal;
         self.sent_req_view_change = None;

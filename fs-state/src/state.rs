@@ -1,0 +1,419 @@
+//! `FileStateMachine`: lifecycle, durability and the state digest.
+//!
+//! One instance owns one data directory: `export/` (the backing tree, real names, so
+//! replicas' trees compare with `diff -r`) and `fsmeta/` (the replicated metadata's
+//! snapshot and journal). `apply` (in `apply.rs`) changes the tree and the in-memory
+//! metadata; `sync` makes a whole batch durable at once; `state_digest` folds what
+//! changed into the Merkle tree for a checkpoint. The replica's contract is: a reply
+//! leaves only after the batch that produced it was synced (README.md).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use rustix::fs::{Mode, OFlags};
+
+use crate::config::{FsConfig, UnstableWrites};
+use crate::confine::{self, FdCache, HostKind};
+use crate::digest::{self, DigestTree, Hash};
+use crate::error::{Ctx, FsError, LocalFault};
+use crate::journal::{Journal, MetaChange};
+use crate::meta::{CHUNK_BYTES, Dirty, Meta};
+use crate::ops::{FType3, FileHandle, FsOp, FsReply, OpContext, ROOT_FILEID};
+
+pub const EXPORT_DIR: &str = "export";
+pub const META_DIR: &str = "fsmeta";
+
+/// Counters of what the last `sync` had to do (for measuring the per-batch cost).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    pub files_synced: u64,
+    pub dirs_synced: u64,
+    pub journal_bytes: u64,
+    pub chunks_hashed: u64,
+}
+
+pub struct FileStateMachine {
+    pub(crate) config: FsConfig,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) root: Rc<File>,
+    pub(crate) meta: Meta,
+    pub(crate) fds: FdCache,
+    pub(crate) dirty: Dirty,
+    /// Chunks whose hash must be recomputed from the backing file.
+    pub(crate) stale_chunks: BTreeMap<u64, BTreeSet<u64>>,
+    /// Leaves whose hash must be recomputed before the next digest.
+    pub(crate) stale_leaves: BTreeSet<u64>,
+    pub(crate) tree: DigestTree,
+    pub(crate) journal: Journal,
+    pub(crate) poisoned: Option<String>,
+    /// Objects found inconsistent with the metadata when reopening after a crash.
+    pub(crate) damaged: BTreeSet<u64>,
+    pub(crate) last_sync: SyncStats,
+}
+
+impl std::fmt::Debug for FileStateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileStateMachine")
+            .field("data_dir", &self.data_dir)
+            .field("objects", &self.meta.inodes.len())
+            .field("poisoned", &self.poisoned)
+            .field("damaged", &self.damaged)
+            .finish()
+    }
+}
+
+impl FileStateMachine {
+    /// Open (or create) the export in `data_dir`. After a crash the backing tree is
+    /// checked against the metadata: entries the metadata does not know (an unsynced
+    /// batch's creations) are removed, and objects that cannot be repaired locally are
+    /// reported by `damaged()` and make the digest differ until a `restore`.
+    pub fn open(data_dir: &Path, config: FsConfig) -> Result<Self, FsError> {
+        config.validate().map_err(FsError::Config)?;
+        let export = data_dir.join(EXPORT_DIR);
+        std::fs::create_dir_all(&export).ctx("create export directory")?;
+        let root = rustix::fs::open(
+            &export,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ctx("open export directory")?;
+        let root = Rc::new(File::from(root));
+        let loaded = Journal::open(&data_dir.join(META_DIR))?;
+        let fresh = loaded.meta.is_none();
+        let meta = match loaded.meta {
+            Some(m) => m,
+            None => {
+                if !confine::list_dir(&root).ctx("list export")?.is_empty() {
+                    return Err(FsError::Config(format!(
+                        "{} is not empty but has no metadata",
+                        export.display()
+                    )));
+                }
+                Meta::new_root(&config)
+            }
+        };
+        let root_gen = meta.inodes[&ROOT_FILEID].generation;
+        if root_gen != config.generation {
+            return Err(FsError::Config(format!(
+                "export has generation {root_gen}, configuration says {}",
+                config.generation
+            )));
+        }
+        let mut sm = FileStateMachine {
+            fds: FdCache::new(config.open_files_max),
+            config,
+            data_dir: data_dir.to_path_buf(),
+            root,
+            stale_leaves: meta.inodes.keys().copied().collect(),
+            meta,
+            dirty: Dirty::default(),
+            stale_chunks: BTreeMap::new(),
+            tree: DigestTree::new(),
+            journal: loaded.journal,
+            poisoned: None,
+            damaged: BTreeSet::new(),
+            last_sync: SyncStats::default(),
+        };
+        if fresh {
+            sm.journal.compact(&sm.meta)?;
+        } else {
+            crate::recover::check_tree(&mut sm, !loaded.clean)?;
+        }
+        sm.state_digest()?;
+        Ok(sm)
+    }
+
+    /// Apply one ordered operation. `Ok` is the reply every correct replica sends;
+    /// `Err` is a local fault: send nothing, stop, recover.
+    pub fn apply(&mut self, ctx: &OpContext, op: &FsOp) -> Result<FsReply, FsError> {
+        self.check_usable()?;
+        match self.apply_op(ctx, op) {
+            Ok(reply) => Ok(reply),
+            Err(fault) => Err(self.poison(fault)),
+        }
+    }
+
+    /// Make everything applied so far durable, except UNSTABLE writes not yet committed
+    /// under `UnstableWrites::DeferToCommit`. One call per ordered batch.
+    pub fn sync(&mut self) -> Result<(), FsError> {
+        self.check_usable()?;
+        self.sync_inner().map_err(|f| self.poison(f))
+    }
+
+    /// `sync` including uncommitted UNSTABLE writes.
+    pub fn sync_all(&mut self) -> Result<(), FsError> {
+        self.check_usable()?;
+        let unstable = std::mem::take(&mut self.dirty.data_unstable);
+        self.dirty.data_sync.extend(unstable);
+        self.sync_inner().map_err(|f| self.poison(f))
+    }
+
+    /// Sync, fold the journal into a snapshot and mark the shutdown clean, so the next
+    /// `open` need not rehash file contents.
+    pub fn close(mut self) -> Result<(), FsError> {
+        self.sync_all()?;
+        self.journal.compact(&self.meta)?;
+        self.journal.mark_clean()?;
+        Ok(())
+    }
+
+    /// Digest of the whole replicated state; cheap when little changed since the last
+    /// call (only touched chunks, leaves and their ancestors are rehashed).
+    pub fn state_digest(&mut self) -> Result<Hash, FsError> {
+        if let Some(p) = &self.poisoned {
+            return Err(FsError::Poisoned(p.clone()));
+        }
+        self.refresh_chunks().map_err(|f| self.poison(f))?;
+        for id in std::mem::take(&mut self.stale_leaves) {
+            let leaf = self.compute_leaf(id);
+            self.tree.set_leaf(id, leaf);
+        }
+        Ok(self.tree.recompute(&self.meta.next_fileid.to_be_bytes()))
+    }
+
+    /// The Merkle tree as of the last `state_digest` (for state transfer).
+    pub fn digest_tree(&self) -> &DigestTree {
+        &self.tree
+    }
+
+    /// One object's leaf as of the last `state_digest`.
+    pub fn leaf(&self, fileid: u64) -> Option<Hash> {
+        self.tree.leaf(fileid)
+    }
+
+    pub fn config(&self) -> &FsConfig {
+        &self.config
+    }
+
+    pub fn root_handle(&self) -> FileHandle {
+        FileHandle::root(self.config.generation)
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The backing tree (`data_dir/export`).
+    pub fn export_dir(&self) -> PathBuf {
+        self.data_dir.join(EXPORT_DIR)
+    }
+
+    /// Objects found inconsistent after a crash; non-empty means this replica must
+    /// restore from the others before serving.
+    pub fn damaged(&self) -> &BTreeSet<u64> {
+        &self.damaged
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
+    }
+
+    pub fn object_count(&self) -> usize {
+        self.meta.inodes.len()
+    }
+
+    pub fn last_sync_stats(&self) -> SyncStats {
+        self.last_sync
+    }
+
+    /// Whether the metadata tables agree with each other (for tests and debugging).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.meta.check_invariants()
+    }
+
+    pub(crate) fn check_usable(&self) -> Result<(), FsError> {
+        match &self.poisoned {
+            Some(p) => Err(FsError::Poisoned(p.clone())),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn poison(&mut self, fault: LocalFault) -> FsError {
+        self.poisoned = Some(fault.to_string());
+        FsError::LocalFault(fault)
+    }
+
+    /// A descriptor for a directory or regular file, opened by walking the metadata
+    /// from the nearest cached ancestor (`O_NOFOLLOW`, one component at a time).
+    pub(crate) fn fd(&mut self, fileid: u64) -> Result<Rc<File>, LocalFault> {
+        if fileid == ROOT_FILEID {
+            return Ok(self.root.clone());
+        }
+        if let Some(f) = self.fds.get(fileid) {
+            return Ok(f);
+        }
+        let mut chain = Vec::new();
+        let mut cur = fileid;
+        let mut base = loop {
+            let inode = self
+                .meta
+                .inodes
+                .get(&cur)
+                .ok_or_else(|| LocalFault::inconsistent(format!("fd of unknown fileid {cur}")))?;
+            let kind = match inode.ftype {
+                FType3::Dir => HostKind::Dir,
+                FType3::Reg => HostKind::File,
+                _ => return Err(LocalFault::inconsistent("fd of a non-file")),
+            };
+            let (parent, name) = inode
+                .primary_link()
+                .cloned()
+                .ok_or_else(|| LocalFault::inconsistent(format!("fileid {cur} has no name")))?;
+            chain.push((cur, name, kind));
+            if parent == ROOT_FILEID {
+                break self.root.clone();
+            }
+            if let Some(f) = self.fds.get(parent) {
+                break f;
+            }
+            cur = parent;
+        };
+        for (id, name, kind) in chain.into_iter().rev() {
+            let f = Rc::new(confine::open_child(&base, &name.0, kind).ctx("open by fileid")?);
+            self.fds.insert(id, f.clone());
+            base = f;
+        }
+        Ok(base)
+    }
+
+    /// Record that a regular file's bytes in `[offset, offset+len)` changed and its size
+    /// went from `old_size` to `new_size`.
+    pub(crate) fn note_content_change(&mut self, id: u64, old_size: u64, new_size: u64, range: Option<(u64, u64)>) {
+        let count = new_size.div_ceil(CHUNK_BYTES);
+        let mut stale = BTreeSet::new();
+        if let Some((off, len)) = range
+            && len > 0
+        {
+            stale.extend(off / CHUNK_BYTES..=(off + len - 1) / CHUNK_BYTES);
+        }
+        if new_size != old_size && count > 0 {
+            let from = old_size.min(new_size) / CHUNK_BYTES;
+            stale.extend(from..count);
+        }
+        stale.retain(|&i| i < count);
+        let content = self.meta.content.entry(id).or_default();
+        content.chunks.resize(count as usize, [0; 32]);
+        let s = self.stale_chunks.entry(id).or_default();
+        s.retain(|&i| i < count);
+        s.extend(stale.iter().copied());
+        let j = self.dirty.chunks_journal.entry(id).or_default();
+        j.retain(|&i| i < count);
+        j.extend(stale);
+        self.stale_leaves.insert(id);
+    }
+
+    /// Rehash stale chunks from the backing files.
+    pub(crate) fn refresh_chunks(&mut self) -> Result<u64, LocalFault> {
+        let mut hashed = 0;
+        let mut buf = Vec::new();
+        for (id, idxs) in std::mem::take(&mut self.stale_chunks) {
+            let Some(inode) = self.meta.inodes.get(&id) else {
+                continue;
+            };
+            if inode.ftype != FType3::Reg || idxs.is_empty() {
+                continue;
+            }
+            let size = inode.size;
+            let f = self.fd(id)?;
+            let content = self.meta.content.get_mut(&id).expect("regular file has content");
+            for i in idxs {
+                let off = i * CHUNK_BYTES;
+                let len = CHUNK_BYTES.min(size - off) as usize;
+                buf.resize(len, 0);
+                f.read_exact_at(&mut buf, off).ctx("read chunk for hashing")?;
+                content.chunks[i as usize] = digest::chunk_hash(&buf);
+                hashed += 1;
+            }
+        }
+        Ok(hashed)
+    }
+
+    pub(crate) fn compute_leaf(&self, id: u64) -> Option<Hash> {
+        if self.damaged.contains(&id) {
+            return Some(digest::damaged_leaf_hash(id));
+        }
+        let inode = self.meta.inodes.get(&id)?;
+        let content = match inode.ftype {
+            FType3::Reg => digest::file_content_hash(inode.size, &self.meta.content[&id]),
+            FType3::Dir => digest::dir_content_hash(&self.meta.dirs[&id]),
+            _ => [0; 32],
+        };
+        Some(digest::leaf_hash(id, inode, &content))
+    }
+
+    fn sync_inner(&mut self) -> Result<(), LocalFault> {
+        if self.dirty.is_empty() {
+            self.last_sync = SyncStats::default();
+            return Ok(());
+        }
+        let mut stats = SyncStats {
+            chunks_hashed: self.refresh_chunks()?,
+            ..SyncStats::default()
+        };
+        // Data and directory entries first, the journal record last: the record is the
+        // commit point, so after a crash the metadata is never ahead of the tree.
+        for id in std::mem::take(&mut self.dirty.data_sync) {
+            if self.meta.inodes.get(&id).map(|i| i.ftype) == Some(FType3::Reg) {
+                self.fd(id)?.sync_data().ctx("fdatasync file")?;
+                stats.files_synced += 1;
+            }
+        }
+        for id in std::mem::take(&mut self.dirty.dirs_sync) {
+            if self.meta.inodes.get(&id).map(|i| i.ftype) == Some(FType3::Dir) {
+                self.fd(id)?.sync_all().ctx("fsync directory")?;
+                stats.dirs_synced += 1;
+            }
+        }
+        let changes = self.take_changes();
+        if !changes.is_empty() {
+            let before = self.journal.len();
+            self.journal.append(&changes)?;
+            stats.journal_bytes = self.journal.len() - before;
+        }
+        if self.journal.len() > self.config.journal_bytes_max {
+            self.journal.compact(&self.meta)?;
+        }
+        self.last_sync = stats;
+        Ok(())
+    }
+
+    fn take_changes(&mut self) -> Vec<MetaChange> {
+        let mut changes = Vec::new();
+        if std::mem::take(&mut self.dirty.next_fileid) {
+            changes.push(MetaChange::NextFileid(self.meta.next_fileid));
+        }
+        for id in std::mem::take(&mut self.dirty.inodes) {
+            changes.push(match self.meta.inodes.get(&id) {
+                Some(inode) => MetaChange::PutInode(id, inode.clone()),
+                None => MetaChange::DelInode(id),
+            });
+        }
+        for (dir, name) in std::mem::take(&mut self.dirty.entries) {
+            let entry = self.meta.dirs.get(&dir).and_then(|d| d.get(&name));
+            changes.push(match entry {
+                Some(entry) => MetaChange::PutEntry { dir, name, entry },
+                None => MetaChange::DelEntry { dir, name },
+            });
+        }
+        for (fileid, idxs) in std::mem::take(&mut self.dirty.chunks_journal) {
+            if let Some(c) = self.meta.content.get(&fileid) {
+                changes.push(MetaChange::Chunks {
+                    fileid,
+                    count: c.chunks.len() as u64,
+                    updates: idxs
+                        .into_iter()
+                        .filter_map(|i| c.chunks.get(i as usize).map(|h| (i, *h)))
+                        .collect(),
+                });
+            }
+        }
+        changes
+    }
+
+    pub(crate) fn write_policy_unstable(&self) -> bool {
+        self.config.unstable_writes == UnstableWrites::DeferToCommit
+    }
+}
