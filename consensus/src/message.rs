@@ -316,6 +316,11 @@ pub enum PeerMessage {
     CertRequest { n: SeqNum },
     /// Answer to [`PeerMessage::CertRequest`].
     Cert(CheckpointCert),
+    /// "Send me the NEW-VIEW of view `view` or later": for a replica whose FIFO stream was
+    /// cut past that NEW-VIEW by a checkpoint and so can never process it in order.
+    NewViewRequest { view: View },
+    /// Answer to [`PeerMessage::NewViewRequest`]; self-certifying through its UIs.
+    NewViewProof(NewView),
 }
 
 /// Everything that crosses the network, replica or client.

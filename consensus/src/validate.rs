@@ -75,7 +75,10 @@ pub fn peer_message(
                 return Err(Reject::Malformed);
             }
         }
-        PeerMessage::Status { .. } | PeerMessage::CertRequest { .. } => {}
+        PeerMessage::Status { .. }
+        | PeerMessage::CertRequest { .. }
+        | PeerMessage::NewViewRequest { .. } => {}
+        PeerMessage::NewViewProof(nv) => ui_message(config, crypto, &UiMessage::NewView(nv.clone()))?,
         PeerMessage::Cert(cert) => checkpoint_cert(config, crypto, cert)?,
     }
     Ok(Verified(msg))

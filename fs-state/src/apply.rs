@@ -41,7 +41,11 @@ type OpResult = Result<ReplyBody, OpError>;
 
 /// `Err(status)` unless `cond`.
 fn ensure(cond: bool, status: NfsStat3) -> Result<(), OpError> {
-    if cond { Ok(()) } else { Err(OpError::Nfs(status)) }
+    if cond {
+        Ok(())
+    } else {
+        Err(OpError::Nfs(status))
+    }
 }
 
 fn not_dir_status(ftype: FType3) -> NfsStat3 {
@@ -53,6 +57,19 @@ fn not_dir_status(ftype: FType3) -> NfsStat3 {
 
 impl FileStateMachine {
     pub(crate) fn apply_op(&mut self, ctx: &OpContext, op: &FsOp) -> Result<FsReply, LocalFault> {
+        let mutating;
+        let ctx = if is_read_only(op) {
+            ctx
+        } else {
+            let t = ctx.timestamp_ns.max(self.meta.last_time_ns + 1);
+            self.meta.last_time_ns = t;
+            self.dirty.globals = true;
+            mutating = OpContext {
+                timestamp_ns: t,
+                cred: ctx.cred.clone(),
+            };
+            &mutating
+        };
         let result = match op {
             FsOp::Getattr { fh } => self.getattr(fh),
             FsOp::Setattr {
@@ -181,9 +198,9 @@ impl FileStateMachine {
             FsOp::Setattr { fh, .. } | FsOp::Write { fh, .. } | FsOp::Commit { fh, .. } => {
                 FailAttrs::Wcc(self.wcc_unchanged(fh))
             }
-            FsOp::Lookup { dir, .. } | FsOp::Readdir { dir, .. } | FsOp::Readdirplus { dir, .. } => {
-                FailAttrs::PostOp(self.post_op(dir))
-            }
+            FsOp::Lookup { dir, .. }
+            | FsOp::Readdir { dir, .. }
+            | FsOp::Readdirplus { dir, .. } => FailAttrs::PostOp(self.post_op(dir)),
             FsOp::Access { fh, .. }
             | FsOp::Readlink { fh }
             | FsOp::Read { fh, .. }
@@ -268,7 +285,11 @@ impl FileStateMachine {
     }
 
     fn del_entry(&mut self, dir: u64, name: &Filename3) {
-        self.meta.dirs.get_mut(&dir).expect("directory table").remove(name);
+        self.meta
+            .dirs
+            .get_mut(&dir)
+            .expect("directory table")
+            .remove(name);
         self.dirty.entries.insert((dir, name.clone()));
         self.mark_inode(dir);
         self.dirty.dirs_sync.insert(dir);
@@ -277,7 +298,7 @@ impl FileStateMachine {
     fn alloc_fileid(&mut self) -> u64 {
         let id = self.meta.next_fileid;
         self.meta.next_fileid += 1;
-        self.dirty.next_fileid = true;
+        self.dirty.globals = true;
         id
     }
 
@@ -338,7 +359,10 @@ impl FileStateMachine {
         };
         let gid = match attrs.gid {
             Some(g) => {
-                ensure(!checking || g == default_gid || cred.in_group(g), NfsStat3::Perm)?;
+                ensure(
+                    !checking || g == default_gid || cred.in_group(g),
+                    NfsStat3::Perm,
+                )?;
                 g
             }
             None => default_gid,
@@ -354,7 +378,13 @@ impl FileStateMachine {
         Ok((mode, uid, gid))
     }
 
-    fn new_inode(&self, ftype: FType3, owner: (u32, u32, u32), attrs: &Sattr3, now: NfsTime) -> Inode {
+    fn new_inode(
+        &self,
+        ftype: FType3,
+        owner: (u32, u32, u32),
+        attrs: &Sattr3,
+        now: NfsTime,
+    ) -> Inode {
         let t = |s: SetTime| match s {
             SetTime::ClientTime(t) => t,
             SetTime::DontChange | SetTime::ServerTime => now,
@@ -405,10 +435,7 @@ impl FileStateMachine {
             match t {
                 SetTime::DontChange => {}
                 SetTime::ClientTime(_) => ensure(owner, NfsStat3::Perm)?,
-                SetTime::ServerTime => ensure(
-                    owner || perm::may(cred, ino, W),
-                    NfsStat3::Acces,
-                )?,
+                SetTime::ServerTime => ensure(owner || perm::may(cred, ino, W), NfsStat3::Acces)?,
             }
         }
         Ok(())
@@ -561,7 +588,11 @@ impl FileStateMachine {
         self.may_data(ctx, id, R)?;
         let size = self.ino(id).size;
         let count = count.min(self.config.rtmax) as u64;
-        let n = if offset >= size { 0 } else { count.min(size - offset) };
+        let n = if offset >= size {
+            0
+        } else {
+            count.min(size - offset)
+        };
         let mut data = vec![0u8; n as usize];
         if n > 0 {
             let f = self.fd(id)?;
@@ -644,7 +675,13 @@ impl FileStateMachine {
         }
     }
 
-    fn create(&mut self, ctx: &OpContext, dir: &FileHandle, name: &Filename3, how: &CreateHow) -> OpResult {
+    fn create(
+        &mut self,
+        ctx: &OpContext,
+        dir: &FileHandle,
+        name: &Filename3,
+        how: &CreateHow,
+    ) -> OpResult {
         let d = self.resolve_dir(dir)?;
         check_name(name, self.config.name_max, NameUse::Create)?;
         self.may(ctx, d, W | X)?;
@@ -704,13 +741,22 @@ impl FileStateMachine {
         Ok(self.created(id, dir_before, d))
     }
 
-    fn mkdir(&mut self, ctx: &OpContext, dir: &FileHandle, name: &Filename3, attrs: &Sattr3) -> OpResult {
+    fn mkdir(
+        &mut self,
+        ctx: &OpContext,
+        dir: &FileHandle,
+        name: &Filename3,
+        attrs: &Sattr3,
+    ) -> OpResult {
         let d = self.resolve_dir(dir)?;
         check_name(name, self.config.name_max, NameUse::Create)?;
         self.may(ctx, d, W | X)?;
         ensure(self.entry(d, name).is_none(), NfsStat3::Exist)?;
         self.check_files_quota()?;
-        ensure(self.ino(d).subdirs + 2 < self.config.link_max, NfsStat3::Mlink)?;
+        ensure(
+            self.ino(d).subdirs + 2 < self.config.link_max,
+            NfsStat3::Mlink,
+        )?;
         let owner = self.initial_owner(ctx, d, FType3::Dir, attrs)?;
         self.check_quota(0, DIR_SIZE)?;
         let now = NfsTime::from_ns(ctx.timestamp_ns);
@@ -733,7 +779,10 @@ impl FileStateMachine {
         let d = self.resolve_dir(dir)?;
         check_name(name, self.config.name_max, NameUse::Create)?;
         let t = target.as_bytes();
-        ensure(t.len() <= self.config.path_max as usize, NfsStat3::Nametoolong)?;
+        ensure(
+            t.len() <= self.config.path_max as usize,
+            NfsStat3::Nametoolong,
+        )?;
         ensure(!t.is_empty() && !t.contains(&0), NfsStat3::Inval)?;
         self.may(ctx, d, W | X)?;
         ensure(self.entry(d, name).is_none(), NfsStat3::Exist)?;
@@ -859,7 +908,10 @@ impl FileStateMachine {
             }
             self.may_delete(ctx, td, dst.fileid)?;
         } else if src_is_dir && fd != td {
-            ensure(self.ino(td).subdirs + 2 < self.config.link_max, NfsStat3::Mlink)?;
+            ensure(
+                self.ino(td).subdirs + 2 < self.config.link_max,
+                NfsStat3::Mlink,
+            )?;
         }
         let now = NfsTime::from_ns(ctx.timestamp_ns);
         let from_fd = self.fd(fd)?;
@@ -885,7 +937,13 @@ impl FileStateMachine {
         Ok(unchanged(self))
     }
 
-    fn link(&mut self, ctx: &OpContext, fh: &FileHandle, dir: &FileHandle, name: &Filename3) -> OpResult {
+    fn link(
+        &mut self,
+        ctx: &OpContext,
+        fh: &FileHandle,
+        dir: &FileHandle,
+        name: &Filename3,
+    ) -> OpResult {
         let id = self.resolve(fh)?;
         let d = self.resolve_dir(dir)?;
         ensure(self.ino(id).ftype != FType3::Dir, NfsStat3::Isdir)?;
@@ -895,7 +953,11 @@ impl FileStateMachine {
         ensure(self.ino(id).nlink() < self.config.link_max, NfsStat3::Mlink)?;
         let now = NfsTime::from_ns(ctx.timestamp_ns);
         let dir_before = self.wcc_before(d);
-        let (src_dir, src_name) = self.ino(id).primary_link().cloned().expect("non-root object has a name");
+        let (src_dir, src_name) = self
+            .ino(id)
+            .primary_link()
+            .cloned()
+            .expect("non-root object has a name");
         let sfd = self.fd(src_dir)?;
         let dfd = self.fd(d)?;
         confine::link(&sfd, &src_name.0, &dfd, &name.0).ctx("link")?;
@@ -925,7 +987,14 @@ impl FileStateMachine {
         Ok(d)
     }
 
-    fn readdir(&mut self, ctx: &OpContext, dir: &FileHandle, cookie: u64, verf: [u8; 8], count: u32) -> OpResult {
+    fn readdir(
+        &mut self,
+        ctx: &OpContext,
+        dir: &FileHandle,
+        cookie: u64,
+        verf: [u8; 8],
+        count: u32,
+    ) -> OpResult {
         let d = self.readdir_common(ctx, dir, cookie, verf)?;
         let mut used = dir::READDIR_HEADER_XDR;
         let (page, eof) = dir::page(&self.meta.dirs[&d], cookie, |name| {
@@ -941,7 +1010,11 @@ impl FileStateMachine {
             cookieverf: dir::cookieverf(d),
             entries: page
                 .into_iter()
-                .map(|(cookie, name, fileid)| Entry3 { fileid, name, cookie })
+                .map(|(cookie, name, fileid)| Entry3 {
+                    fileid,
+                    name,
+                    cookie,
+                })
                 .collect(),
             eof,
         })

@@ -22,6 +22,17 @@ pub enum UnstableWrites {
     DeferToCommit,
 }
 
+/// How `sync()` flushes the batch's dirty files and directories (local choice; the
+/// journal record is always written and `fdatasync`ed after them).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// `fdatasync` each dirty file and `fsync` each changed directory.
+    PerObject,
+    /// One `syncfs(2)` of the backing file system: cheaper for batches touching many
+    /// files, but it also flushes whatever else is dirty on that file system.
+    Syncfs,
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct FsConfig {
     /// Replicated. Second half of every file handle; a handle with another generation
@@ -64,6 +75,8 @@ pub struct FsConfig {
     pub open_files_max: usize,
     /// Local. The metadata journal is folded into a snapshot once it exceeds this.
     pub journal_bytes_max: u64,
+    /// Local. See `SyncMode`.
+    pub sync_mode: SyncMode,
 }
 
 impl Default for FsConfig {
@@ -90,6 +103,7 @@ impl Default for FsConfig {
             root_gid: 0,
             open_files_max: 256,
             journal_bytes_max: 64 << 20,
+            sync_mode: SyncMode::PerObject,
         }
     }
 }

@@ -37,7 +37,12 @@ pub fn cookieverf(dir_fileid: u64) -> [u8; 8] {
 
 /// Validate a (cookie, verifier) pair against a directory whose next sequence number
 /// is `next_seq`. A zero verifier is accepted (clients that do not track it).
-pub fn check_cookie(dir_fileid: u64, next_seq: u64, cookie: u64, verf: [u8; 8]) -> Result<(), NfsStat3> {
+pub fn check_cookie(
+    dir_fileid: u64,
+    next_seq: u64,
+    cookie: u64,
+    verf: [u8; 8],
+) -> Result<(), NfsStat3> {
     if cookie == 0 {
         return Ok(());
     }

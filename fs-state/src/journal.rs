@@ -30,7 +30,10 @@ const FRAME_HEADER: usize = 12;
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub enum MetaChange {
-    NextFileid(u64),
+    Globals {
+        next_fileid: u64,
+        last_time_ns: u64,
+    },
     PutInode(u64, Inode),
     DelInode(u64),
     PutEntry {
@@ -51,7 +54,13 @@ pub enum MetaChange {
 
 pub fn apply_change(meta: &mut Meta, change: MetaChange) {
     match change {
-        MetaChange::NextFileid(n) => meta.next_fileid = n,
+        MetaChange::Globals {
+            next_fileid,
+            last_time_ns,
+        } => {
+            meta.next_fileid = next_fileid;
+            meta.last_time_ns = last_time_ns;
+        }
         MetaChange::PutInode(id, inode) => meta.put_inode(id, inode),
         MetaChange::DelInode(id) => meta.del_inode(id),
         MetaChange::PutEntry { dir, name, entry } => {
@@ -96,7 +105,9 @@ pub struct Loaded {
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), LocalFault> {
-    File::open(dir).and_then(|d| d.sync_all()).ctx("fsync of metadata directory")
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .ctx("fsync of metadata directory")
 }
 
 impl Journal {
@@ -136,6 +147,7 @@ impl Journal {
                 .map_err(|e| FsError::Corrupt(format!("journal record at {pos}: {e}")))?;
             let m = meta.get_or_insert_with(|| Meta {
                 next_fileid: 0,
+                last_time_ns: 0,
                 inodes: Default::default(),
                 dirs: Default::default(),
                 content: Default::default(),

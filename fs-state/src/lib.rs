@@ -26,7 +26,7 @@ mod perm;
 mod recover;
 mod state;
 
-pub use config::{FsConfig, UnstableWrites};
+pub use config::{FsConfig, SyncMode, UnstableWrites};
 pub use digest::{DigestTree, Hash};
 pub use error::{FsError, LocalFault};
 pub use ops::*;

@@ -156,7 +156,8 @@ pub struct Dirty {
     pub data_unstable: BTreeSet<u64>,
     /// Directories whose host entries changed and must be fsynced.
     pub dirs_sync: BTreeSet<u64>,
-    pub next_fileid: bool,
+    /// `next_fileid` or `last_time_ns` changed.
+    pub globals: bool,
 }
 
 impl Dirty {
@@ -166,7 +167,7 @@ impl Dirty {
             && self.chunks_journal.is_empty()
             && self.data_sync.is_empty()
             && self.dirs_sync.is_empty()
-            && !self.next_fileid
+            && !self.globals
     }
 }
 
@@ -174,6 +175,10 @@ impl Dirty {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta {
     pub next_fileid: u64,
+    /// Time of the last mutating operation: each one gets a strictly later time than
+    /// the one before, even within one batch (one primary timestamp), so that clients
+    /// see ctime/mtime change on every change.
+    pub last_time_ns: u64,
     pub inodes: BTreeMap<u64, Inode>,
     pub dirs: BTreeMap<u64, Directory>,
     pub content: BTreeMap<u64, Content>,
@@ -185,6 +190,7 @@ pub struct Meta {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct MetaImage {
     pub next_fileid: u64,
+    pub last_time_ns: u64,
     pub inodes: Vec<(u64, Inode)>,
     /// (directory, name, entry)
     pub entries: Vec<(u64, Filename3, DirEntry)>,
@@ -213,6 +219,7 @@ impl Meta {
         };
         let mut meta = Meta {
             next_fileid: crate::ops::ROOT_FILEID + 1,
+            last_time_ns: 0,
             inodes: BTreeMap::new(),
             dirs: BTreeMap::new(),
             content: BTreeMap::new(),
@@ -262,9 +269,18 @@ impl Meta {
         r
     }
 
+    /// Replicated state that belongs to no object, as hashed into the digest.
+    pub fn globals_bytes(&self) -> [u8; 16] {
+        let mut b = [0; 16];
+        b[..8].copy_from_slice(&self.next_fileid.to_be_bytes());
+        b[8..].copy_from_slice(&self.last_time_ns.to_be_bytes());
+        b
+    }
+
     pub fn to_image(&self) -> MetaImage {
         MetaImage {
             next_fileid: self.next_fileid,
+            last_time_ns: self.last_time_ns,
             inodes: self.inodes.iter().map(|(k, v)| (*k, v.clone())).collect(),
             entries: self
                 .dirs
@@ -278,6 +294,7 @@ impl Meta {
     pub fn from_image(image: MetaImage) -> Self {
         let mut meta = Meta {
             next_fileid: image.next_fileid,
+            last_time_ns: image.last_time_ns,
             inodes: BTreeMap::new(),
             dirs: BTreeMap::new(),
             content: BTreeMap::new(),
@@ -310,8 +327,14 @@ impl Meta {
                 return Err(format!("fileid {fileid} >= next_fileid"));
             }
             used += inode.used();
-            if inode.ftype == FType3::Dir && fileid != crate::ops::ROOT_FILEID && inode.links.len() != 1 {
-                return Err(format!("directory {fileid} has {} links", inode.links.len()));
+            if inode.ftype == FType3::Dir
+                && fileid != crate::ops::ROOT_FILEID
+                && inode.links.len() != 1
+            {
+                return Err(format!(
+                    "directory {fileid} has {} links",
+                    inode.links.len()
+                ));
             }
             for (dir, name) in &inode.links {
                 let e = self
@@ -320,39 +343,63 @@ impl Meta {
                     .and_then(|d| d.get(name))
                     .ok_or_else(|| format!("link ({dir}, {name:?}) of {fileid} missing"))?;
                 if e.fileid != fileid {
-                    return Err(format!("entry ({dir}, {name:?}) names {} not {fileid}", e.fileid));
+                    return Err(format!(
+                        "entry ({dir}, {name:?}) names {} not {fileid}",
+                        e.fileid
+                    ));
                 }
             }
             if inode.ftype == FType3::Reg {
-                let c = self.content.get(&fileid).ok_or("regular file without content")?;
+                let c = self
+                    .content
+                    .get(&fileid)
+                    .ok_or("regular file without content")?;
                 if c.chunks.len() as u64 != inode.size.div_ceil(CHUNK_BYTES) {
-                    return Err(format!("file {fileid} has {} chunks for size {}", c.chunks.len(), inode.size));
+                    return Err(format!(
+                        "file {fileid} has {} chunks for size {}",
+                        c.chunks.len(),
+                        inode.size
+                    ));
                 }
             }
         }
         if used != self.bytes_used {
-            return Err(format!("bytes_used {} but objects use {used}", self.bytes_used));
+            return Err(format!(
+                "bytes_used {} but objects use {used}",
+                self.bytes_used
+            ));
         }
         for (&d, dir) in &self.dirs {
-            let inode = self.inodes.get(&d).ok_or("entries of a missing directory")?;
+            let inode = self
+                .inodes
+                .get(&d)
+                .ok_or("entries of a missing directory")?;
             let mut subdirs = 0;
             for (name, e) in &dir.by_name {
                 if e.seq >= inode.next_seq {
-                    return Err(format!("entry seq {} >= next_seq {}", e.seq, inode.next_seq));
+                    return Err(format!(
+                        "entry seq {} >= next_seq {}",
+                        e.seq, inode.next_seq
+                    ));
                 }
                 let child = self
                     .inodes
                     .get(&e.fileid)
                     .ok_or_else(|| format!("entry {name:?} names missing {}", e.fileid))?;
                 if !child.links.contains(&(d, name.clone())) {
-                    return Err(format!("entry ({d}, {name:?}) not among its target's links"));
+                    return Err(format!(
+                        "entry ({d}, {name:?}) not among its target's links"
+                    ));
                 }
                 if child.ftype == FType3::Dir {
                     subdirs += 1;
                 }
             }
             if subdirs != inode.subdirs {
-                return Err(format!("directory {d} counts {} subdirs, has {subdirs}", inode.subdirs));
+                return Err(format!(
+                    "directory {d} counts {} subdirs, has {subdirs}",
+                    inode.subdirs
+                ));
             }
             if dir.by_seq.len() != dir.by_name.len() {
                 return Err("by_seq and by_name differ".into());

@@ -124,7 +124,9 @@ pub struct OpContext {
 }
 
 /// `nfstime3`.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
+#[derive(
+    Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash,
+)]
 pub struct NfsTime {
     pub seconds: u32,
     pub nseconds: u32,
@@ -233,10 +235,20 @@ pub enum CreateHow {
 /// `mknoddata3`: the node type and its attributes.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Hash)]
 pub enum MknodData3 {
-    Chr { attrs: Sattr3, spec: SpecData3 },
-    Blk { attrs: Sattr3, spec: SpecData3 },
-    Sock { attrs: Sattr3 },
-    Fifo { attrs: Sattr3 },
+    Chr {
+        attrs: Sattr3,
+        spec: SpecData3,
+    },
+    Blk {
+        attrs: Sattr3,
+        spec: SpecData3,
+    },
+    Sock {
+        attrs: Sattr3,
+    },
+    Fifo {
+        attrs: Sattr3,
+    },
     /// `NF3REG`, `NF3DIR`, `NF3LNK`: answered with `NFS3ERR_BADTYPE`.
     Other(FType3),
 }
@@ -692,7 +704,10 @@ pub(crate) fn decode_local<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result
     let (value, used) = bincode::serde::decode_from_slice(bytes, bincode::config::standard())
         .map_err(|e| DecodeError(e.to_string()))?;
     if used != bytes.len() {
-        return Err(DecodeError(format!("{} trailing bytes", bytes.len() - used)));
+        return Err(DecodeError(format!(
+            "{} trailing bytes",
+            bytes.len() - used
+        )));
     }
     Ok(value)
 }

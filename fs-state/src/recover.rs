@@ -33,7 +33,10 @@ pub(crate) fn check_tree(sm: &mut FileStateMachine, deep: bool) -> Result<(), Lo
     let mut queue = vec![(ROOT_FILEID, sm.root.clone())];
     let mut buf = Vec::new();
     while let Some((d, dfd)) = queue.pop() {
-        let host: BTreeSet<Vec<u8>> = confine::list_dir(&dfd).ctx("list directory")?.into_iter().collect();
+        let host: BTreeSet<Vec<u8>> = confine::list_dir(&dfd)
+            .ctx("list directory")?
+            .into_iter()
+            .collect();
         let dir = sm.meta.dirs[&d].clone();
         for name in &host {
             if !dir.by_name.contains_key(&Filename3(name.clone())) {
@@ -65,7 +68,8 @@ pub(crate) fn check_tree(sm: &mut FileStateMachine, deep: bool) -> Result<(), Lo
             }
             match inode.ftype {
                 FType3::Dir => {
-                    let f = confine::open_child(&dfd, &name.0, HostKind::Dir).ctx("open directory")?;
+                    let f =
+                        confine::open_child(&dfd, &name.0, HostKind::Dir).ctx("open directory")?;
                     queue.push((id, Rc::new(f)));
                 }
                 FType3::Lnk => {
@@ -78,12 +82,14 @@ pub(crate) fn check_tree(sm: &mut FileStateMachine, deep: bool) -> Result<(), Lo
                     if st.st_size as u64 != inode.size {
                         damaged.insert(id);
                     } else if deep && inode.links.iter().next() == Some(&(d, name.clone())) {
-                        let f = confine::open_child(&dfd, &name.0, HostKind::File).ctx("open file")?;
+                        let f =
+                            confine::open_child(&dfd, &name.0, HostKind::File).ctx("open file")?;
                         let chunks = &sm.meta.content[&id].chunks;
                         for (i, expected) in chunks.iter().enumerate() {
                             let off = i as u64 * CHUNK_BYTES;
                             buf.resize(CHUNK_BYTES.min(inode.size - off) as usize, 0);
-                            f.read_exact_at(&mut buf, off).ctx("read for verification")?;
+                            f.read_exact_at(&mut buf, off)
+                                .ctx("read for verification")?;
                             if digest::chunk_hash(&buf) != *expected {
                                 damaged.insert(id);
                                 break;
@@ -199,10 +205,11 @@ impl FileStateMachine {
                 return Err(FsError::BadSnapshot(format!("type of {id}")));
             }
             if inode.ftype == FType3::Lnk {
-                let ok = inode
-                    .target
-                    .as_ref()
-                    .is_some_and(|t| !t.0.is_empty() && !t.0.contains(&0) && t.0.len() <= self.config.path_max as usize);
+                let ok = inode.target.as_ref().is_some_and(|t| {
+                    !t.0.is_empty()
+                        && !t.0.contains(&0)
+                        && t.0.len() <= self.config.path_max as usize
+                });
                 if !ok {
                     return Err(FsError::BadSnapshot(format!("symlink target of {id}")));
                 }
@@ -238,7 +245,8 @@ impl FileStateMachine {
                 match inode.ftype {
                     FType3::Dir => {
                         confine::mkdir(&dfd, &name.0).ctx("restore mkdir")?;
-                        let f = confine::open_child(&dfd, &name.0, HostKind::Dir).ctx("restore open dir")?;
+                        let f = confine::open_child(&dfd, &name.0, HostKind::Dir)
+                            .ctx("restore open dir")?;
                         queue.push((id, Rc::new(f)));
                     }
                     FType3::Lnk => {

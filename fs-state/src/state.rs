@@ -15,7 +15,7 @@ use std::rc::Rc;
 
 use rustix::fs::{Mode, OFlags};
 
-use crate::config::{FsConfig, UnstableWrites};
+use crate::config::{FsConfig, SyncMode, UnstableWrites};
 use crate::confine::{self, FdCache, HostKind};
 use crate::digest::{self, DigestTree, Hash};
 use crate::error::{Ctx, FsError, LocalFault};
@@ -171,7 +171,7 @@ impl FileStateMachine {
             let leaf = self.compute_leaf(id);
             self.tree.set_leaf(id, leaf);
         }
-        Ok(self.tree.recompute(&self.meta.next_fileid.to_be_bytes()))
+        Ok(self.tree.recompute(&self.meta.globals_bytes()))
     }
 
     /// The Merkle tree as of the last `state_digest` (for state transfer).
@@ -248,11 +248,10 @@ impl FileStateMachine {
         let mut chain = Vec::new();
         let mut cur = fileid;
         let mut base = loop {
-            let inode = self
-                .meta
-                .inodes
-                .get(&cur)
-                .ok_or_else(|| LocalFault::inconsistent(format!("fd of unknown fileid {cur}")))?;
+            let inode =
+                self.meta.inodes.get(&cur).ok_or_else(|| {
+                    LocalFault::inconsistent(format!("fd of unknown fileid {cur}"))
+                })?;
             let kind = match inode.ftype {
                 FType3::Dir => HostKind::Dir,
                 FType3::Reg => HostKind::File,
@@ -281,7 +280,13 @@ impl FileStateMachine {
 
     /// Record that a regular file's bytes in `[offset, offset+len)` changed and its size
     /// went from `old_size` to `new_size`.
-    pub(crate) fn note_content_change(&mut self, id: u64, old_size: u64, new_size: u64, range: Option<(u64, u64)>) {
+    pub(crate) fn note_content_change(
+        &mut self,
+        id: u64,
+        old_size: u64,
+        new_size: u64,
+        range: Option<(u64, u64)>,
+    ) {
         let count = new_size.div_ceil(CHUNK_BYTES);
         let mut stale = BTreeSet::new();
         if let Some((off, len)) = range
@@ -318,12 +323,17 @@ impl FileStateMachine {
             }
             let size = inode.size;
             let f = self.fd(id)?;
-            let content = self.meta.content.get_mut(&id).expect("regular file has content");
+            let content = self
+                .meta
+                .content
+                .get_mut(&id)
+                .expect("regular file has content");
             for i in idxs {
                 let off = i * CHUNK_BYTES;
                 let len = CHUNK_BYTES.min(size - off) as usize;
                 buf.resize(len, 0);
-                f.read_exact_at(&mut buf, off).ctx("read chunk for hashing")?;
+                f.read_exact_at(&mut buf, off)
+                    .ctx("read chunk for hashing")?;
                 content.chunks[i as usize] = digest::chunk_hash(&buf);
                 hashed += 1;
             }
@@ -355,6 +365,15 @@ impl FileStateMachine {
         };
         // Data and directory entries first, the journal record last: the record is the
         // commit point, so after a crash the metadata is never ahead of the tree.
+        if self.config.sync_mode == SyncMode::Syncfs
+            && !(self.dirty.data_sync.is_empty() && self.dirty.dirs_sync.is_empty())
+        {
+            rustix::fs::syncfs(&*self.root).ctx("syncfs")?;
+            stats.files_synced = self.dirty.data_sync.len() as u64;
+            stats.dirs_synced = self.dirty.dirs_sync.len() as u64;
+            self.dirty.data_sync.clear();
+            self.dirty.dirs_sync.clear();
+        }
         for id in std::mem::take(&mut self.dirty.data_sync) {
             if self.meta.inodes.get(&id).map(|i| i.ftype) == Some(FType3::Reg) {
                 self.fd(id)?.sync_data().ctx("fdatasync file")?;
@@ -382,8 +401,11 @@ impl FileStateMachine {
 
     fn take_changes(&mut self) -> Vec<MetaChange> {
         let mut changes = Vec::new();
-        if std::mem::take(&mut self.dirty.next_fileid) {
-            changes.push(MetaChange::NextFileid(self.meta.next_fileid));
+        if std::mem::take(&mut self.dirty.globals) {
+            changes.push(MetaChange::Globals {
+                next_fileid: self.meta.next_fileid,
+                last_time_ns: self.meta.last_time_ns,
+            });
         }
         for id in std::mem::take(&mut self.dirty.inodes) {
             changes.push(match self.meta.inodes.get(&id) {

@@ -30,7 +30,11 @@ fn create_write_read_setattr() {
     assert_eq!(attrs.mode, 0o644);
     assert_eq!(attrs.nlink, 1);
     assert_eq!(attrs.fileid, 2, "fileids come from the replicated counter");
-    assert_eq!(attrs.mtime, NfsTime::from_ns(T0 + 1_000_000), "time of the CREATE");
+    assert_eq!(
+        attrs.mtime,
+        NfsTime::from_ns(T0 + 1_000_000),
+        "time of the CREATE"
+    );
 
     match n.write(&f, 0, b"hello world") {
         ReplyBody::Write {
@@ -73,7 +77,13 @@ fn create_write_read_setattr() {
             let after = obj_wcc.after.unwrap();
             assert_eq!(after.size, 5);
             assert_eq!(after.mode, 0o600);
-            assert_eq!(after.mtime, NfsTime { seconds: 7, nseconds: 8 });
+            assert_eq!(
+                after.mtime,
+                NfsTime {
+                    seconds: 7,
+                    nseconds: 8
+                }
+            );
             assert_eq!(obj_wcc.before.unwrap().size, 200_001);
         }
         b => panic!("{b:?}"),
@@ -178,11 +188,12 @@ fn mkdir_lookup_rmdir_nlink() {
     assert_eq!(n.lookup(&d, "."), Ok(d.clone()));
     assert_eq!(n.lookup(&root, ".."), Ok(root.clone()));
     assert_eq!(n.lookup(&root, "nope"), Err(NfsStat3::Noent));
-    match n.run(FsOp::Lookup {
-        dir: root.clone(),
-        name: name("nope"),
-    })
-    .0
+    match n
+        .run(FsOp::Lookup {
+            dir: root.clone(),
+            name: name("nope"),
+        })
+        .0
     {
         Err(NfsFailure {
             attrs: FailAttrs::PostOp(Some(a)),
@@ -671,7 +682,11 @@ fn commit_and_unstable_policies() {
         b => panic!("{b:?}"),
     }
     d.sm.sync().unwrap();
-    assert_eq!(d.sm.last_sync_stats().files_synced, 0, "unstable data waits for COMMIT");
+    assert_eq!(
+        d.sm.last_sync_stats().files_synced,
+        0,
+        "unstable data waits for COMMIT"
+    );
     d.ok(FsOp::Commit {
         fh: f.clone(),
         offset: 0,
@@ -724,12 +739,18 @@ fn access_and_permissions() {
         offset: 0,
         count: 1,
     };
-    assert_eq!(n.run_as(bob.clone(), read.clone()).status(), Some(NfsStat3::Acces));
+    assert_eq!(
+        n.run_as(bob.clone(), read.clone()).status(),
+        Some(NfsStat3::Acces)
+    );
     let remove = FsOp::Remove {
         dir: tmp.clone(),
         name: name("a"),
     };
-    assert_eq!(n.run_as(bob.clone(), remove.clone()).status(), Some(NfsStat3::Acces));
+    assert_eq!(
+        n.run_as(bob.clone(), remove.clone()).status(),
+        Some(NfsStat3::Acces)
+    );
     let chmod = FsOp::Setattr {
         fh: f.clone(),
         attrs: Sattr3 {
@@ -738,7 +759,10 @@ fn access_and_permissions() {
         },
         guard_ctime: None,
     };
-    assert_eq!(n.run_as(bob.clone(), chmod.clone()).status(), Some(NfsStat3::Perm));
+    assert_eq!(
+        n.run_as(bob.clone(), chmod.clone()).status(),
+        Some(NfsStat3::Perm)
+    );
     let chown = FsOp::Setattr {
         fh: f.clone(),
         attrs: Sattr3 {
@@ -747,27 +771,32 @@ fn access_and_permissions() {
         },
         guard_ctime: None,
     };
-    assert_eq!(n.run_as(alice.clone(), chown).status(), Some(NfsStat3::Perm));
-    match n.run_as(
-        bob.clone(),
-        FsOp::Access {
-            fh: f.clone(),
-            mask: 0x3f,
-        },
-    )
-    .0
+    assert_eq!(
+        n.run_as(alice.clone(), chown).status(),
+        Some(NfsStat3::Perm)
+    );
+    match n
+        .run_as(
+            bob.clone(),
+            FsOp::Access {
+                fh: f.clone(),
+                mask: 0x3f,
+            },
+        )
+        .0
     {
         Ok(ReplyBody::Access { access, .. }) => assert_eq!(access, 0),
         r => panic!("{r:?}"),
     }
-    match n.run_as(
-        alice.clone(),
-        FsOp::Access {
-            fh: f.clone(),
-            mask: 0x3f,
-        },
-    )
-    .0
+    match n
+        .run_as(
+            alice.clone(),
+            FsOp::Access {
+                fh: f.clone(),
+                mask: 0x3f,
+            },
+        )
+        .0
     {
         Ok(ReplyBody::Access { access, .. }) => {
             assert_eq!(access, ACCESS3_READ | ACCESS3_MODIFY | ACCESS3_EXTEND)
@@ -792,7 +821,10 @@ fn access_and_permissions() {
         dir: private.clone(),
         name: name("secret"),
     };
-    assert_eq!(n.run_as(bob.clone(), lookup.clone()).status(), Some(NfsStat3::Acces));
+    assert_eq!(
+        n.run_as(bob.clone(), lookup.clone()).status(),
+        Some(NfsStat3::Acces)
+    );
     assert!(n.run_as(root_cred(), lookup).is_ok());
     let readdir = FsOp::Readdir {
         dir: private.clone(),
@@ -817,15 +849,16 @@ fn setgid_directory_group_inheritance() {
         },
         guard_ctime: None,
     });
-    match n.run_as(
-        user(1000, 1000),
-        FsOp::Mkdir {
-            dir: shared.clone(),
-            name: name("sub"),
-            attrs: Sattr3::default(),
-        },
-    )
-    .0
+    match n
+        .run_as(
+            user(1000, 1000),
+            FsOp::Mkdir {
+                dir: shared.clone(),
+                name: name("sub"),
+                attrs: Sattr3::default(),
+            },
+        )
+        .0
     {
         Ok(ReplyBody::Create {
             obj_attributes: Some(a),
@@ -890,4 +923,58 @@ fn replies_round_trip_through_encoding() {
         let r = n.run(op);
         assert_eq!(FsReply::decode(&r.encode()).unwrap(), r);
     }
+}
+
+#[test]
+fn times_strictly_increase_within_a_batch() {
+    let mut n = Node::new();
+    let root = n.root();
+    let f = n.create(&root, "f");
+    // Every operation of one ordered batch carries the same primary timestamp.
+    let ctx = OpContext {
+        timestamp_ns: T0 + 10_000_000,
+        cred: root_cred(),
+    };
+    let mut last = NfsTime::default();
+    for i in 0..3u8 {
+        let op = FsOp::Write {
+            fh: f.clone(),
+            offset: 0,
+            stable: StableHow::FileSync,
+            data: vec![i],
+        };
+        match n.sm.apply(&ctx, &op).unwrap().0 {
+            Ok(ReplyBody::Write { file_wcc, .. }) => {
+                let ctime = file_wcc.after.unwrap().ctime;
+                assert!(ctime > last);
+                last = ctime;
+            }
+            r => panic!("{r:?}"),
+        }
+    }
+    assert_eq!(last, NfsTime::from_ns(T0 + 10_000_002));
+}
+
+#[test]
+fn open_file_cache_is_bounded_and_transparent() {
+    let mut n = Node::with_config(FsConfig {
+        open_files_max: 4,
+        ..FsConfig::default()
+    });
+    let root = n.root();
+    let mut dir = root.clone();
+    let mut files = Vec::new();
+    for i in 0..20 {
+        if i % 5 == 0 {
+            dir = n.mkdir(&dir, &format!("d{i}"));
+        }
+        let f = n.create(&dir, &format!("f{i}"));
+        n.write(&f, 0, format!("file {i}").as_bytes());
+        files.push(f);
+    }
+    n.sm.sync().unwrap();
+    for (i, f) in files.iter().enumerate().rev() {
+        assert_eq!(n.read(f, 0, 100).0, format!("file {i}").as_bytes());
+    }
+    assert!(n.export().join("d0/d5/d10/d15/f19").exists());
 }

@@ -45,7 +45,12 @@ fn readdir_all(n: &mut Node, d: &FileHandle, count: u32) -> (Vec<Entry3>, usize)
     }
 }
 
-fn readdirplus_all(n: &mut Node, d: &FileHandle, dircount: u32, maxcount: u32) -> (Vec<Entryplus3>, usize) {
+fn readdirplus_all(
+    n: &mut Node,
+    d: &FileHandle,
+    dircount: u32,
+    maxcount: u32,
+) -> (Vec<Entryplus3>, usize) {
     let (mut cookie, mut verf, mut out, mut pages) = (0, [0; 8], Vec::new(), 0);
     loop {
         pages += 1;
@@ -169,9 +174,16 @@ fn paging_survives_changes_between_pages() {
         }
     }
     let total = entries.len() + rest.len();
-    assert_eq!(total, 100, "99 old survivors seen once, the removed-unseen one not, plus late");
+    assert_eq!(
+        total, 100,
+        "99 old survivors seen once, the removed-unseen one not, plus late"
+    );
     assert_eq!(rest.last().unwrap().name, name("late"));
-    let names: BTreeSet<_> = entries.iter().chain(&rest).map(|e| e.name.clone()).collect();
+    let names: BTreeSet<_> = entries
+        .iter()
+        .chain(&rest)
+        .map(|e| e.name.clone())
+        .collect();
     assert_eq!(names.len(), total, "no duplicates");
 }
 

@@ -30,7 +30,7 @@
 //! An exclusive lock on `usig.lock` keeps two processes from sharing one state.
 //!
 //! One record write costs a `pwrite` + `fdatasync` of one block in place, measured at
-//! about a quarter of the write-temp, fsync, rename, fsync-directory scheme (README.md).
+//! about a fifth of the write-temp, fsync, rename, fsync-directory scheme (README.md).
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{ErrorKind, Read, Write};

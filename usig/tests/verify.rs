@@ -174,9 +174,5 @@ fn public_types_round_trip_through_bincode() {
     let bytes = bincode::serde::encode_to_vec(&issued, config).unwrap();
     let (decoded, _): (IssuedUi, _) = bincode::serde::decode_from_slice(&bytes, config).unwrap();
     assert_eq!(decoded, issued);
-    verify_ui(&decoded_identity(&identity), 4, &digest, &decoded.ui).unwrap();
-}
-
-fn decoded_identity(identity: &UsigIdentity) -> UsigIdentity {
-    identity.clone()
+    verify_ui(&identity, 4, &digest, &decoded.ui).unwrap();
 }

@@ -149,6 +149,7 @@ impl Replica {
     pub(super) fn make_stable(&mut self, cert: CheckpointCert) {
         let n = cert.n;
         assert!(n > self.stable.n, "I6: stable checkpoints only move forward");
+        let previous = self.stable.n;
         self.outputs.push(Output::Persist(PersistRecord::Stable(cert.clone())));
         self.outputs.push(Output::Stable { n });
         self.stable = cert;
@@ -164,7 +165,12 @@ impl Replica {
             self.best_cert = None;
             self.behind_since_tick = None;
         }
-        self.truncate_streams(n);
+        // Keep one checkpoint interval of messages for peers that lag a little.
+        self.truncate_streams(previous);
+        // Streams still behind a signer's CHECKPOINT(n) only hold messages about batches
+        // we have now certified: resume them after it (the clean-cut rule).
+        let cert = self.stable.clone();
+        self.cut_streams(&cert, false);
     }
 
     /// Starts a state transfer once we stayed behind a certified checkpoint too long.
@@ -233,7 +239,7 @@ impl Replica {
         if n > self.stable.n {
             self.make_stable(cert.clone());
         }
-        self.cut_streams(&cert);
+        self.cut_streams(&cert, true);
     }
 
     pub(super) fn on_cert_request(&mut self, from: ReplicaId, n: SeqNum) {

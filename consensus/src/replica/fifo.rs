@@ -67,7 +67,7 @@ pub(super) enum Flow {
 impl Replica {
     pub(super) fn recover_streams(&mut self, recovered: &Recovered) {
         let me = self.id as usize;
-        self.cut_streams(&recovered.stable.clone());
+        self.cut_streams(&recovered.stable.clone(), true);
         let own = &mut self.streams[me];
         own.awaiting_cut = false;
         own.next = recovered.usig_counter + 1;
@@ -93,7 +93,7 @@ impl Replica {
 
     /// Resumes every stream right after its sender's CHECKPOINT in `cert` (or marks it
     /// as waiting for its next CHECKPOINT when the sender is not in the certificate).
-    pub(super) fn cut_streams(&mut self, cert: &CheckpointCert) {
+    pub(super) fn cut_streams(&mut self, cert: &CheckpointCert, mark_unknown: bool) {
         if cert.n == 0 {
             return;
         }
@@ -109,11 +109,12 @@ impl Replica {
                         s.awaiting_cut = false;
                     }
                 }
-                None => {
+                None if mark_unknown => {
                     if s.checkpoint_counters.get(&cert.n).is_none_or(|&c| s.next <= c) {
                         s.awaiting_cut = true;
                     }
                 }
+                None => {}
             }
             let next = s.next;
             s.holdback.retain(|&c, _| c >= next);
@@ -163,7 +164,8 @@ impl Replica {
                 match self.handle_ui(&msg) {
                     Flow::Done => {
                         let s = &mut self.streams[j];
-                        s.next += 1;
+                        // The handler may itself have cut this stream forward.
+                        s.next = s.next.max(next + 1);
                         s.gap_since_tick = None;
                         if let UiMessage::Checkpoint(cp) = &msg {
                             s.checkpoint_counters.insert(cp.n, next);

@@ -185,8 +185,10 @@ pub struct Replica {
     behind_since_tick: Option<u64>,
 
     // View change.
-    req_view_change: BTreeMap<View, BTreeSet<ReplicaId>>,
+    /// Highest view each replica asked for (REQ-VIEW-CHANGE or VIEW-CHANGE).
+    requested_view: Vec<View>,
     sent_req_view_change: Option<View>,
+    req_view_change_tick: u64,
     view_changes: BTreeMap<View, BTreeMap<ReplicaId, crate::message::ViewChange>>,
     view_change_started_tick: u64,
     view_change_timeout_ticks: u64,
@@ -194,6 +196,7 @@ pub struct Replica {
     new_view_sent: Option<View>,
     last_new_view: Option<NewView>,
     new_view_accepted: View,
+    new_view_request_tick: u64,
     invalid_view_changes: BTreeSet<(ReplicaId, u64)>,
 
     dropped: BTreeMap<&'static str, u64>,
@@ -246,8 +249,9 @@ impl Replica {
             state_transfer: None,
             best_cert: None,
             behind_since_tick: None,
-            req_view_change: BTreeMap::new(),
+            requested_view: vec![0; n],
             sent_req_view_change: None,
+            req_view_change_tick: 0,
             view_changes: BTreeMap::new(),
             view_change_started_tick: 0,
             view_change_timeout_ticks: vc_timeout,
@@ -255,6 +259,7 @@ impl Replica {
             new_view_sent: None,
             last_new_view: None,
             new_view_accepted: recovered.new_view_accepted,
+            new_view_request_tick: 0,
             invalid_view_changes: BTreeSet::new(),
             dropped: BTreeMap::new(),
             outputs: Vec::new(),
@@ -329,6 +334,8 @@ impl Replica {
             }
             PeerMessage::CertRequest { n } => self.on_cert_request(from, n),
             PeerMessage::Cert(cert) => self.on_cert(cert),
+            PeerMessage::NewViewRequest { view } => self.on_new_view_request(from, view),
+            PeerMessage::NewViewProof(nv) => self.on_new_view_proof(nv),
         }
     }
 
@@ -345,7 +352,9 @@ impl Replica {
         self.check_gaps();
         self.check_request_timers();
         self.check_view_change_timer();
+        self.repeat_req_view_change();
         self.check_behind();
+        self.check_missing_new_view();
     }
 
     /// Runs everything that may have become possible: deferred stream heads, execution,
@@ -362,6 +371,44 @@ impl Replica {
         self.request_next_ui();
     }
 
+    /// A one-line summary of the protocol state, for failure reports.
+    pub fn debug_summary(&self) -> String {
+        let streams: Vec<String> = self
+            .streams
+            .iter()
+            .enumerate()
+            .map(|(j, s)| {
+                let head = s.holdback.get(&s.next).map_or("-".to_string(), |m| {
+                    format!("{}", m.kind())
+                });
+                format!(
+                    "{j}:next{} hold{:?}..{:?} head {head}{}",
+                    s.next,
+                    s.holdback.keys().next(),
+                    s.holdback.keys().next_back(),
+                    if s.awaiting_cut { " awaiting-cut" } else { "" }
+                )
+            })
+            .collect();
+        format!(
+            "replica {} view {} {:?} exec {} executed {} prepared {} stable {} transfer {:?} best_cert {:?} nv_accepted {} requested {:?} last_ts {} streams [{}] dropped {:?}",
+            self.id,
+            self.view,
+            self.status,
+            self.exec_n,
+            self.executed_n,
+            self.prepared_n,
+            self.stable.n,
+            self.state_transfer.as_ref().map(|t| t.cert.n),
+            self.best_cert.as_ref().map(|c| c.n),
+            self.new_view_accepted,
+            self.requested_view,
+            self.last_timestamp_ns,
+            streams.join("; "),
+            self.dropped
+        )
+    }
+
     /// Simulator hook for a Byzantine driver that spent USIG counters behind its core's
     /// back (equivocation): the core continues after the counters it did not see.
     #[doc(hidden)]
@@ -372,6 +419,7 @@ impl Replica {
     }
 
     fn drop_input(&mut self, reason: &'static str) {
+        if std::env::var_os("BFTNFS_CORE_DEBUG").is_some() { eprintln!("DROP r{} {reason} prepared {} exec {}", self.id, self.prepared_n, self.exec_n); }
         *self.dropped.entry(reason).or_insert(0) += 1;
     }
 

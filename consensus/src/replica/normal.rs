@@ -273,9 +273,11 @@ impl Replica {
         self.outputs.push(Output::Reply(reply));
     }
 
-    /// A backup suspects the primary when a request waits longer than the timeout.
+    /// A replica suspects the primary when a request waits longer than the timeout. The
+    /// primary itself does too: a primary that cannot get its batches executed has lost
+    /// its backups to another view and must follow them.
     pub(super) fn check_request_timers(&mut self) {
-        if self.status != Status::Normal || self.is_primary() {
+        if self.status != Status::Normal {
             return;
         }
         let timeout = self.config.request_timeout_ticks;

@@ -73,6 +73,7 @@ impl Replica {
             return;
         }
         self.sent_req_view_change = Some(target);
+        self.req_view_change_tick = self.ticks;
         self.outputs.push(Output::Broadcast(PeerMessage::ReqViewChange {
             view: self.view,
             new_view: target,
@@ -80,14 +81,42 @@ impl Replica {
         self.on_req_view_change(self.id, self.view, target);
     }
 
+    /// REQ-VIEW-CHANGE is not USIG-certified, so nobody relays it: repeat it until the
+    /// view changes, or the request would be lost with the message.
+    pub(super) fn repeat_req_view_change(&mut self) {
+        let Some(target) = self.sent_req_view_change else { return };
+        if target <= self.view || self.status != Status::Normal {
+            return;
+        }
+        if self.ticks - self.req_view_change_tick >= self.config.fetch_timeout_ticks * 4 {
+            self.req_view_change_tick = self.ticks;
+            self.outputs.push(Output::Broadcast(PeerMessage::ReqViewChange {
+                view: self.view,
+                new_view: target,
+            }));
+        }
+    }
+
+    /// Records that `from` asks for a view of at least `new_view`, then moves to the
+    /// highest view that f+1 replicas (so at least one correct one) ask for at least.
+    /// Counting a request for a higher view as support for a lower one lets replicas
+    /// that drifted into different views converge, while a single faulty replica
+    /// cannot force any change on its own.
     pub(super) fn on_req_view_change(&mut self, from: ReplicaId, _view: View, new_view: View) {
         if new_view <= self.view || new_view > self.view + u64::from(self.config.n()) {
             return;
         }
-        let set = self.req_view_change.entry(new_view).or_default();
-        set.insert(from);
-        if set.len() >= self.config.quorum() {
-            self.start_view_change(new_view);
+        let r = &mut self.requested_view[from as usize];
+        *r = (*r).max(new_view);
+        let mut asks: Vec<View> =
+            self.requested_view.iter().copied().filter(|&v| v > self.view).collect();
+        if asks.len() < self.config.quorum() {
+            return;
+        }
+        asks.sort_unstable_by(|a, b| b.cmp(a));
+        let target = asks[self.config.quorum() - 1];
+        if target > self.view {
+            self.start_view_change(target);
         }
     }
 
@@ -98,7 +127,6 @@ impl Replica {
         self.view_change_started_tick = self.ticks;
         self.sent_req_view_change = Some(new_view);
         self.reproposals.clear();
-        self.req_view_change = self.req_view_change.split_off(&(new_view + 1));
         self.view_changes = self.view_changes.split_off(&new_view);
         self.outputs.push(Output::Persist(PersistRecord::View(new_view)));
         self.enqueue(Intent::ViewChange { new_view });
@@ -196,11 +224,20 @@ impl Replica {
         if deferred {
             return Flow::Defer;
         }
+        // In order: nothing of the new view was accepted yet, so it resumes at the base.
+        self.adopt_new_view(nv, 0);
+        Flow::Done
+    }
+
+    /// Checks a NEW-VIEW against the decision recomputed from its VIEW-CHANGEs and, if it
+    /// matches, enters its view. `resume_n` is the last batch already accepted from the
+    /// new primary's stream (its base when the NEW-VIEW is processed in FIFO order).
+    fn adopt_new_view(&mut self, nv: &NewView, resume_n: SeqNum) -> bool {
         let decision = decide_new_view(&nv.view_changes);
         if decision.base != nv.base || decision.reproposals != nv.reproposals {
             self.drop_input("bad_new_view");
             self.suspect_primary_of(nv.new_view);
-            return Flow::Done;
+            return false;
         }
         // I5: whatever we executed above the base is exactly what the new view
         // re-proposes (quorum intersection plus the omission check).
@@ -213,15 +250,14 @@ impl Replica {
                 );
             }
         }
-        if let Some(top) = decision.reproposals.last() {
-            assert!(self.exec_n <= top.n || self.exec_n <= decision.base,
-                "I5: replica {} executed {} beyond the new view's last batch {}",
-                self.id, self.exec_n, top.n);
-        } else {
-            assert!(self.exec_n <= decision.base.max(self.stable.n),
-                "I5: replica {} executed {} beyond the new view's base {}",
-                self.id, self.exec_n, decision.base);
-        }
+        let top = decision.reproposals.last().map_or(decision.base, |r| r.n);
+        assert!(
+            self.exec_n <= top.max(self.stable.n),
+            "I5: replica {} executed {} beyond the new view's last batch {}",
+            self.id,
+            self.exec_n,
+            top
+        );
         if nv.new_view > self.view {
             self.outputs.push(Output::Persist(PersistRecord::View(nv.new_view)));
         }
@@ -231,11 +267,16 @@ impl Replica {
         self.status = Status::Normal;
         self.sent_req_view_change = None;
         self.view_changes = self.view_changes.split_off(&(nv.new_view + 1));
-        self.req_view_change = self.req_view_change.split_off(&(nv.new_view + 1));
-        self.prepared_n = decision.base;
-        self.proposed_n = decision.base;
-        self.last_timestamp_ns = decision.reproposals.iter().map(|r| r.timestamp_ns).max().unwrap_or(0);
-        self.reproposals = decision.reproposals.iter().map(|r| (r.n, *r)).collect();
+        self.prepared_n = resume_n.max(decision.base);
+        self.proposed_n = self.prepared_n;
+        self.last_timestamp_ns =
+            decision.reproposals.iter().map(|r| r.timestamp_ns).max().unwrap_or(0);
+        self.reproposals = decision
+            .reproposals
+            .iter()
+            .filter(|r| r.n > self.prepared_n)
+            .map(|r| (r.n, *r))
+            .collect();
         self.last_new_view = Some(nv.clone());
         self.reset_pending();
         if self.executed_n < decision.base {
@@ -244,7 +285,53 @@ impl Replica {
                 self.start_transfer(cert);
             }
         }
-        Flow::Done
+        true
+    }
+
+    /// Stream heads waiting for a view we never entered, while that view's NEW-VIEW lies
+    /// behind a checkpoint cut: ask for it out of order.
+    pub(super) fn check_missing_new_view(&mut self) {
+        let waiting = self
+            .streams
+            .iter()
+            .filter_map(|s| s.holdback.get(&s.next))
+            .filter_map(|m| match m {
+                UiMessage::Prepare(p) => Some(p.header.view),
+                UiMessage::Commit(c) => Some(c.header.view),
+                _ => None,
+            })
+            .filter(|&v| v > self.view || (v == self.view && self.status == Status::ViewChange))
+            .max();
+        let Some(view) = waiting else { return };
+        if self.ticks - self.new_view_request_tick >= 4 * self.config.fetch_timeout_ticks {
+            self.new_view_request_tick = self.ticks;
+            self.outputs.push(Output::Broadcast(PeerMessage::NewViewRequest { view }));
+        }
+    }
+
+    pub(super) fn on_new_view_request(&mut self, from: ReplicaId, view: View) {
+        if let Some(nv) = &self.last_new_view {
+            if nv.new_view >= view {
+                let msg = PeerMessage::NewViewProof(nv.clone());
+                self.outputs.push(Output::Send { to: from, msg });
+            }
+        }
+    }
+
+    pub(super) fn on_new_view_proof(&mut self, nv: NewView) {
+        if nv.new_view < self.view || nv.new_view <= self.new_view_accepted {
+            return;
+        }
+        let s = &self.streams[nv.sender as usize];
+        if nv.ui.counter >= s.next && !s.awaiting_cut {
+            // Still ahead in the sender's stream: process it there, in order.
+            self.receive_ui(UiMessage::NewView(nv));
+            return;
+        }
+        // Cut past it: the new primary's stream resumes right after its CHECKPOINT at our
+        // stable checkpoint, that is with the batch after it (the clean-cut rule).
+        let resume = self.stable.n;
+        self.adopt_new_view(&nv, resume);
     }
 
     fn suspect_primary_of(&mut self, view: View) {

@@ -324,6 +324,13 @@ impl Sim {
                             .iter()
                             .map(|r| r.core.as_ref().map(|c| (c.view(), c.executed_n(), c.in_view_change())))
                             .collect();
+                        if self.debug {
+                            for r in &self.replicas {
+                                if let Some(c) = &r.core {
+                                    eprintln!("{}", c.debug_summary());
+                                }
+                            }
+                        }
                         return Err(SimError::Liveness {
                             seed: self.opts.seed,
                             detail: format!(
@@ -566,6 +573,8 @@ impl Sim {
             NetMsg::Peer(PeerMessage::Status { last_counter, .. }) => (4, *last_counter, 0),
             NetMsg::Peer(PeerMessage::CertRequest { n }) => (5, *n, 0),
             NetMsg::Peer(PeerMessage::Cert(c)) => (6, c.n, 0),
+            NetMsg::Peer(PeerMessage::NewViewRequest { view }) => (14, *view, 0),
+            NetMsg::Peer(PeerMessage::NewViewProof(nv)) => (15, nv.new_view, nv.ui.counter),
             NetMsg::Request(r) => (7, r.client, r.seq),
             NetMsg::Reply(r) => (8, r.client, r.seq),
             NetMsg::StateRequest { n } => (11, *n, 0),
