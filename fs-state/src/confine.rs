@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::ffi::CStr;
 use std::fs::File;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
@@ -158,7 +158,7 @@ pub fn remove_tree(parent: &File, name: &[u8]) -> Result<(), Errno> {
 /// descriptor, and `sync` reopens it.
 #[derive(Debug)]
 pub struct FdCache {
-    map: BTreeMap<u64, (Rc<File>, u64)>,
+    map: BTreeMap<u64, (Arc<File>, u64)>,
     lru: BTreeMap<u64, u64>,
     tick: u64,
     cap: usize,
@@ -174,7 +174,7 @@ impl FdCache {
         }
     }
 
-    pub fn get(&mut self, fileid: u64) -> Option<Rc<File>> {
+    pub fn get(&mut self, fileid: u64) -> Option<Arc<File>> {
         let (fd, t) = self.map.get_mut(&fileid)?;
         self.lru.remove(t);
         self.tick += 1;
@@ -183,7 +183,7 @@ impl FdCache {
         Some(fd.clone())
     }
 
-    pub fn insert(&mut self, fileid: u64, fd: Rc<File>) {
+    pub fn insert(&mut self, fileid: u64, fd: Arc<File>) {
         self.remove(fileid);
         self.tick += 1;
         self.map.insert(fileid, (fd, self.tick));

@@ -45,14 +45,13 @@ pub fn file_content_hash(size: u64, content: &Content) -> Hash {
     h.finalize().into()
 }
 
-/// Content hash of a directory: its entries in cookie order, cookies included (they
-/// appear in READDIR replies, so they are state).
+/// Content hash of a directory: its entries by name, cookies included (they appear in
+/// READDIR replies, so they are state).
 pub fn dir_content_hash(dir: &Directory) -> Hash {
     let mut h = Sha256::new();
     h.update(b"dir");
-    for (seq, name) in &dir.by_seq {
-        let e = dir.by_name[name];
-        h.update(seq.to_be_bytes());
+    for (name, e) in &dir.by_name {
+        h.update(e.seq.to_be_bytes());
         h.update((name.0.len() as u32).to_be_bytes());
         h.update(&name.0);
         h.update(e.fileid.to_be_bytes());

@@ -52,24 +52,34 @@ pub fn check_cookie(
     Ok(())
 }
 
-/// One page of (cookie, name, fileid) after `cookie`, as long as `fits` accepts each
-/// next entry. Returns the page and whether it reaches the end of the directory.
-/// `NFS3ERR_TOOSMALL` if not even one remaining entry fits.
+/// One entry of a page: its cookie, name and fileid.
+pub struct PageEntry {
+    pub cookie: u64,
+    pub name: Filename3,
+    pub fileid: u64,
+}
+
+/// One page of entries after `cookie`, as long as `fits` accepts each next entry, and
+/// whether it reaches the end of the directory. `NFS3ERR_TOOSMALL` if not even one
+/// remaining entry fits.
 pub fn page(
     dir: &Directory,
     cookie: u64,
     mut fits: impl FnMut(&Filename3) -> bool,
-) -> Result<(Vec<(u64, Filename3, u64)>, bool), NfsStat3> {
+) -> Result<(Vec<PageEntry>, bool), NfsStat3> {
     let mut out = Vec::new();
-    let mut rest = dir.by_seq.range(cookie.saturating_add(1)..);
-    for (seq, name) in rest.by_ref() {
+    for (seq, name) in dir.by_seq.range(cookie.saturating_add(1)..) {
         if !fits(name) {
             if out.is_empty() {
                 return Err(NfsStat3::Toosmall);
             }
             return Ok((out, false));
         }
-        out.push((*seq, name.clone(), dir.by_name[name].fileid));
+        out.push(PageEntry {
+            cookie: *seq,
+            name: name.clone(),
+            fileid: dir.by_name[name].fileid,
+        });
     }
     Ok((out, true))
 }

@@ -14,7 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -70,7 +70,7 @@ pub(crate) fn check_tree(sm: &mut FileStateMachine, deep: bool) -> Result<(), Lo
                 FType3::Dir => {
                     let f =
                         confine::open_child(&dfd, &name.0, HostKind::Dir).ctx("open directory")?;
-                    queue.push((id, Rc::new(f)));
+                    queue.push((id, Arc::new(f)));
                 }
                 FType3::Lnk => {
                     let target = confine::readlink(&dfd, &name.0).ctx("readlink")?;
@@ -232,7 +232,7 @@ impl FileStateMachine {
         }
         // Directories from the root down, each one's entries in cookie order; a file
         // with several names is written at its first one and hard-linked at the rest.
-        let mut placed: BTreeMap<u64, (Rc<File>, Vec<u8>)> = BTreeMap::new();
+        let mut placed: BTreeMap<u64, (Arc<File>, Vec<u8>)> = BTreeMap::new();
         let mut queue = vec![(ROOT_FILEID, self.root.clone())];
         while let Some((d, dfd)) = queue.pop() {
             for name in meta.dirs[&d].by_seq.values() {
@@ -247,7 +247,7 @@ impl FileStateMachine {
                         confine::mkdir(&dfd, &name.0).ctx("restore mkdir")?;
                         let f = confine::open_child(&dfd, &name.0, HostKind::Dir)
                             .ctx("restore open dir")?;
-                        queue.push((id, Rc::new(f)));
+                        queue.push((id, Arc::new(f)));
                     }
                     FType3::Lnk => {
                         let t = inode.target.as_ref().expect("checked");

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::sync::Arc;
 
 use rustix::fs::{Mode, OFlags};
 
@@ -38,7 +38,7 @@ pub struct SyncStats {
 pub struct FileStateMachine {
     pub(crate) config: FsConfig,
     pub(crate) data_dir: PathBuf,
-    pub(crate) root: Rc<File>,
+    pub(crate) root: Arc<File>,
     pub(crate) meta: Meta,
     pub(crate) fds: FdCache,
     pub(crate) dirty: Dirty,
@@ -80,7 +80,7 @@ impl FileStateMachine {
             Mode::empty(),
         )
         .ctx("open export directory")?;
-        let root = Rc::new(File::from(root));
+        let root = Arc::new(File::from(root));
         let loaded = Journal::open(&data_dir.join(META_DIR))?;
         let fresh = loaded.meta.is_none();
         let meta = match loaded.meta {
@@ -238,7 +238,7 @@ impl FileStateMachine {
 
     /// A descriptor for a directory or regular file, opened by walking the metadata
     /// from the nearest cached ancestor (`O_NOFOLLOW`, one component at a time).
-    pub(crate) fn fd(&mut self, fileid: u64) -> Result<Rc<File>, LocalFault> {
+    pub(crate) fn fd(&mut self, fileid: u64) -> Result<Arc<File>, LocalFault> {
         if fileid == ROOT_FILEID {
             return Ok(self.root.clone());
         }
@@ -271,7 +271,7 @@ impl FileStateMachine {
             cur = parent;
         };
         for (id, name, kind) in chain.into_iter().rev() {
-            let f = Rc::new(confine::open_child(&base, &name.0, kind).ctx("open by fileid")?);
+            let f = Arc::new(confine::open_child(&base, &name.0, kind).ctx("open by fileid")?);
             self.fds.insert(id, f.clone());
             base = f;
         }

@@ -246,3 +246,28 @@ fn refuses_foreign_or_mismatched_directories() {
         Err(FsError::Config(_))
     ));
 }
+
+#[test]
+fn failed_operations_change_no_state() {
+    let mut n = Node::new();
+    let root = n.root();
+    n.create(&root, "f");
+    n.sm.sync().unwrap();
+    let digest = n.sm.state_digest().unwrap();
+    n.err(FsOp::Create {
+        dir: root.clone(),
+        name: name("f"),
+        how: CreateHow::Guarded(Sattr3::default()),
+    });
+    n.err(FsOp::Remove {
+        dir: root.clone(),
+        name: name("missing"),
+    });
+    n.sm.sync().unwrap();
+    assert_eq!(
+        n.sm.last_sync_stats(),
+        SyncStats::default(),
+        "nothing to sync"
+    );
+    assert_eq!(n.sm.state_digest().unwrap(), digest);
+}

@@ -978,3 +978,11 @@ fn open_file_cache_is_bounded_and_transparent() {
     }
     assert!(n.export().join("d0/d5/d10/d15/f19").exists());
 }
+
+#[test]
+fn state_machine_can_move_to_another_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<FileStateMachine>();
+    assert_send::<FsOp>();
+    assert_send::<FsReply>();
+}

@@ -28,14 +28,13 @@ use std::net::SocketAddr;
 
 pub use backend::{FsBackend, error_reply};
 pub use server::{ANONYMOUS_ID, NfsServer, ServerConfig};
-pub use unreplicated::{UnreplicatedBackend, UnreplicatedExecutor, UnreplicatedServer};
+pub use unreplicated::{
+    ExecutorStats, UnreplicatedBackend, UnreplicatedExecutor, UnreplicatedServer,
+};
 
 /// The libnfs URL of `path` on a server at `addr` (no portmapper needed: both ports are
 /// given). `path` "/" is the export root; a file at the root is "//name".
 pub fn libnfs_url(addr: SocketAddr, path: &str) -> String {
     let port = addr.port();
-    format!(
-        "nfs://{}{path}?nfsport={port}&mountport={port}",
-        addr.ip()
-    )
+    format!("nfs://{}{path}?nfsport={port}&mountport={port}", addr.ip())
 }

@@ -12,28 +12,27 @@ use std::io::Cursor;
 use fs_state::{AuthUnix, CreateHow, FType3, FsOp, FsReply, MknodData3, ReplyBody};
 use nfs3_types::nfs3::{
     self as wire, ACCESS3args, ACCESS3res, ACCESS3resfail, ACCESS3resok, COMMIT3args, COMMIT3res,
-    COMMIT3resfail, COMMIT3resok, CREATE3args, CREATE3resfail, CREATE3resok,
-    FSINFO3args, FSINFO3res, FSINFO3resfail, FSINFO3resok, FSSTAT3args, FSSTAT3res,
-    FSSTAT3resfail, FSSTAT3resok, GETATTR3args, GETATTR3res, GETATTR3resok, LINK3args, LINK3res,
-    LINK3resfail, LINK3resok, LOOKUP3args, LOOKUP3res, LOOKUP3resfail, LOOKUP3resok, MKDIR3args,
-    MKDIR3resfail, MKDIR3resok, MKNOD3resfail, MKNOD3resok, NFS_PROGRAM,
-    Nfs3Result, PATHCONF3args, PATHCONF3res, PATHCONF3resfail, PATHCONF3resok, READ3args,
-    READ3res, READ3resfail, READ3resok, READDIR3args, READDIR3res, READDIR3resfail,
-    READDIR3resok, READDIRPLUS3args, READDIRPLUS3res, READDIRPLUS3resfail, READDIRPLUS3resok,
-    READLINK3args, READLINK3res, READLINK3resfail, READLINK3resok, REMOVE3args, REMOVE3res,
-    REMOVE3resfail, REMOVE3resok, RENAME3args, RENAME3res, RENAME3resfail, RENAME3resok,
-    RMDIR3args, RMDIR3res, RMDIR3resfail, RMDIR3resok, SETATTR3args, SETATTR3res,
-    SETATTR3resfail, SETATTR3resok, SYMLINK3args, SYMLINK3resfail, SYMLINK3resok,
+    COMMIT3resfail, COMMIT3resok, CREATE3args, CREATE3resfail, CREATE3resok, FSINFO3args,
+    FSINFO3res, FSINFO3resfail, FSINFO3resok, FSSTAT3args, FSSTAT3res, FSSTAT3resfail,
+    FSSTAT3resok, GETATTR3args, GETATTR3res, GETATTR3resok, LINK3args, LINK3res, LINK3resfail,
+    LINK3resok, LOOKUP3args, LOOKUP3res, LOOKUP3resfail, LOOKUP3resok, MKDIR3args, MKDIR3resfail,
+    MKDIR3resok, MKNOD3resfail, MKNOD3resok, NFS_PROGRAM, Nfs3Result, PATHCONF3args, PATHCONF3res,
+    PATHCONF3resfail, PATHCONF3resok, READ3args, READ3res, READ3resfail, READ3resok, READDIR3args,
+    READDIR3res, READDIR3resfail, READDIR3resok, READDIRPLUS3args, READDIRPLUS3res,
+    READDIRPLUS3resfail, READDIRPLUS3resok, READLINK3args, READLINK3res, READLINK3resfail,
+    READLINK3resok, REMOVE3args, REMOVE3res, REMOVE3resfail, REMOVE3resok, RENAME3args, RENAME3res,
+    RENAME3resfail, RENAME3resok, RMDIR3args, RMDIR3res, RMDIR3resfail, RMDIR3resok, SETATTR3args,
+    SETATTR3res, SETATTR3resfail, SETATTR3resok, SYMLINK3args, SYMLINK3resfail, SYMLINK3resok,
     WRITE3args, WRITE3res, WRITE3resfail, WRITE3resok, cookieverf3, createhow3, devicedata3,
-    dirlist3, dirlistplus3, diropargs3, entry3, entryplus3, filename3, nfs_fh3, nfsstat3,
-    nfspath3, post_op_attr, sattr3, wcc_data, writeverf3,
+    dirlist3, dirlistplus3, diropargs3, entry3, entryplus3, filename3, nfs_fh3, nfspath3, nfsstat3,
+    post_op_attr, sattr3, wcc_data, writeverf3,
 };
 use nfs3_types::xdr_codec::{List, Opaque, Pack, Unpack, Void};
 use tracing::error;
 
 use crate::backend::FsBackend;
 use crate::wire::{
-    fail_post_op, fail_wcc, fattr_out, fh_out, fh_in, name_in, post_op, post_op_fh, sattr_in,
+    fail_post_op, fail_wcc, fattr_out, fh_in, fh_out, name_in, post_op, post_op_fh, sattr_in,
     spec_in, stable_in, stable_out, stat_out, time_in, wcc_out,
 };
 
@@ -127,9 +126,7 @@ pub(crate) async fn call<B: FsBackend>(
         }
         NFSPROC3_READLINK => {
             let a: READLINK3args = decode(args)?;
-            let op = FsOp::Readlink {
-                fh: fh(a.symlink)?,
-            };
+            let op = FsOp::Readlink { fh: fh(a.symlink)? };
             encode(out, &readlink_res(backend.execute(cred, op).await));
         }
         NFSPROC3_READ => {

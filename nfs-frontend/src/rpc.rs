@@ -8,8 +8,8 @@
 
 use fs_state::AuthUnix;
 use nfs3_types::rpc::{
-    accept_stat_data, accepted_reply, auth_stat, msg_body, opaque_auth, rejected_reply,
-    reply_body, rpc_msg,
+    accept_stat_data, accepted_reply, auth_stat, msg_body, opaque_auth, rejected_reply, reply_body,
+    rpc_msg,
 };
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -251,7 +251,10 @@ impl Reply {
     /// The complete record: one last fragment.
     pub(crate) fn finish(mut self) -> Vec<u8> {
         let len = self.buf.len() - 4;
-        assert!(len < 1 << 31, "reply of {len} bytes does not fit a fragment");
+        assert!(
+            len < 1 << 31,
+            "reply of {len} bytes does not fit a fragment"
+        );
         let header = 0x8000_0000 | len as u32;
         self.buf[..4].copy_from_slice(&header.to_be_bytes());
         self.buf

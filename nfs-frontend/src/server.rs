@@ -157,6 +157,15 @@ async fn connection<B: FsBackend>(
 ) {
     match serve_connection(&shared, &mut sock, stop, calls_in_flight_max).await {
         Ok(()) => debug!(%peer, "connection closed"),
+        // Clients reset connections they are done with (libnfs does): not news.
+        Err(ConnectionError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            debug!(%peer, "connection reset: {e}")
+        }
         Err(e) => info!(%peer, "closing connection: {e}"),
     }
 }
@@ -171,9 +180,12 @@ async fn serve_connection<B: FsBackend>(
     let mut reader = RecordReader::default();
     let mut calls: JoinSet<Result<Vec<u8>, ConnectionError>> = JoinSet::new();
     let mut out = Vec::new();
-    let mut reading = !*stop.borrow();
+    // `accepting` ends with shutdown (calls already read still finish); `eof` when the
+    // client half-closes, after which the records it sent are still served.
+    let mut accepting = !*stop.borrow();
+    let mut eof = false;
     loop {
-        while reading && calls.len() < calls_in_flight_max {
+        while accepting && calls.len() < calls_in_flight_max {
             match reader.next_record()? {
                 Some(record) => {
                     calls.spawn(handle_record(shared.clone(), record));
@@ -181,7 +193,11 @@ async fn serve_connection<B: FsBackend>(
                 None => break,
             }
         }
-        if !reading && calls.is_empty() {
+        let more_to_read = accepting && !eof;
+        if calls.is_empty() && !more_to_read {
+            if eof && reader.buffered() > 0 {
+                debug!(bytes = reader.buffered(), "end of stream inside a record");
+            }
             return Ok(());
         }
         tokio::select! {
@@ -194,15 +210,10 @@ async fn serve_connection<B: FsBackend>(
                 wr.write_all(&out).await?;
                 out.clear();
             }
-            n = reader.fill(&mut rd), if reading && calls.len() < calls_in_flight_max => {
-                if n? == 0 {
-                    if reader.buffered() > 0 {
-                        debug!(bytes = reader.buffered(), "end of stream inside a record");
-                    }
-                    reading = false;
-                }
+            n = reader.fill(&mut rd), if more_to_read && calls.len() < calls_in_flight_max => {
+                eof = n? == 0;
             }
-            _ = stop.changed(), if reading => reading = false,
+            _ = stop.changed(), if accepting => accepting = false,
         }
     }
 }

@@ -77,10 +77,11 @@ pub fn open(
     data_dir: &Path,
     config: FsConfig,
 ) -> Result<(UnreplicatedBackend, UnreplicatedExecutor), UnreplicatedError> {
-    let sm = FileStateMachine::open(data_dir, config).map_err(|source| UnreplicatedError::Open {
-        path: data_dir.to_path_buf(),
-        source,
-    })?;
+    let sm =
+        FileStateMachine::open(data_dir, config).map_err(|source| UnreplicatedError::Open {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
     if !sm.damaged().is_empty() {
         // A replica would restore these from the others; alone there is no one to ask.
         warn!(
@@ -124,10 +125,19 @@ impl FsBackend for UnreplicatedBackend {
     }
 }
 
+/// What an executor did, for measuring how well operations share syncs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExecutorStats {
+    pub ops: u64,
+    /// Batches, each ending in one `sync()`.
+    pub batches: u64,
+}
+
 impl UnreplicatedExecutor {
     /// Apply operations until every `UnreplicatedBackend` is dropped, then close the
     /// state machine cleanly. Returns early on a local fault.
-    pub async fn run(mut self) -> Result<(), UnreplicatedError> {
+    pub async fn run(mut self) -> Result<ExecutorStats, UnreplicatedError> {
+        let mut stats = ExecutorStats::default();
         let mut batch = Vec::with_capacity(BATCH_OPS_MAX);
         let mut replies = Vec::with_capacity(BATCH_OPS_MAX);
         while let Some(first) = self.jobs.recv().await {
@@ -154,14 +164,21 @@ impl UnreplicatedExecutor {
             if let Err(e) = self.sm.sync() {
                 return Err(self.fault(e));
             }
-            trace!(ops, stats = ?self.sm.last_sync_stats(), "batch durable");
+            stats.ops += ops as u64;
+            stats.batches += 1;
+            trace!(ops, sync = ?self.sm.last_sync_stats(), "batch durable");
             for (tx, reply) in replies.drain(..) {
                 // The caller may have gone (connection closed): nothing to tell.
                 let _ = tx.send(reply);
             }
         }
-        info!("closing the file state machine");
-        self.sm.close().map_err(UnreplicatedError::Fault)
+        info!(
+            ops = stats.ops,
+            batches = stats.batches,
+            "closing the file state machine"
+        );
+        self.sm.close().map_err(UnreplicatedError::Fault)?;
+        Ok(stats)
     }
 
     fn fault(&self, e: FsError) -> UnreplicatedError {
@@ -195,7 +212,7 @@ pub async fn serve(
     config: FsConfig,
     server_config: ServerConfig,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), UnreplicatedError> {
+) -> Result<ExecutorStats, UnreplicatedError> {
     let (backend, executor) = open(data_dir, config)?;
     serve_opened(listener, backend, executor, server_config, shutdown).await
 }
@@ -206,7 +223,7 @@ async fn serve_opened(
     executor: UnreplicatedExecutor,
     server_config: ServerConfig,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), UnreplicatedError> {
+) -> Result<ExecutorStats, UnreplicatedError> {
     let (fault_tx, fault_rx) = oneshot::channel::<()>();
     let executor = async move {
         let result = executor.run().await;
@@ -224,9 +241,9 @@ async fn serve_opened(
         }
     };
     let (served, executed) = tokio::join!(server.serve(listener, stop), executor);
-    executed?;
+    let stats = executed?;
     served?;
-    Ok(())
+    Ok(stats)
 }
 
 /// An unreplicated server on its own thread and current-thread runtime, for tests and
@@ -234,7 +251,7 @@ async fn serve_opened(
 pub struct UnreplicatedServer {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), UnreplicatedError>>>,
+    thread: Option<std::thread::JoinHandle<Result<ExecutorStats, UnreplicatedError>>>,
 }
 
 impl UnreplicatedServer {
@@ -254,7 +271,7 @@ impl UnreplicatedServer {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("bftnfs-unreplicated-{}", addr.port()))
-            .spawn(move || -> Result<(), UnreplicatedError> {
+            .spawn(move || -> Result<ExecutorStats, UnreplicatedError> {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?;
@@ -267,7 +284,7 @@ impl UnreplicatedServer {
                         }
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
-                            return Ok(());
+                            return Ok(ExecutorStats::default());
                         }
                     };
                     let stop = async move {
@@ -288,7 +305,7 @@ impl UnreplicatedServer {
             }
             Err(_) => match thread.join() {
                 Ok(Err(e)) => Err(e),
-                Ok(Ok(())) | Err(_) => Err(UnreplicatedError::Panicked),
+                Ok(Ok(_)) | Err(_) => Err(UnreplicatedError::Panicked),
             },
         }
     }
@@ -298,18 +315,19 @@ impl UnreplicatedServer {
         self.addr
     }
 
-    /// Shut down gracefully and wait for the state machine to close.
-    pub fn stop(mut self) -> Result<(), UnreplicatedError> {
+    /// Shut down gracefully, wait for the state machine to close, and say how many
+    /// operations shared how many syncs.
+    pub fn stop(mut self) -> Result<ExecutorStats, UnreplicatedError> {
         self.stop_and_join()
     }
 
-    fn stop_and_join(&mut self) -> Result<(), UnreplicatedError> {
+    fn stop_and_join(&mut self) -> Result<ExecutorStats, UnreplicatedError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         match self.thread.take() {
             Some(t) => t.join().map_err(|_| UnreplicatedError::Panicked)?,
-            None => Ok(()),
+            None => Ok(ExecutorStats::default()),
         }
     }
 }
@@ -319,5 +337,100 @@ impl Drop for UnreplicatedServer {
         if let Err(e) = self.stop_and_join() {
             error!("unreplicated server: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fs_state::{CreateHow, Filename3, ReplyBody, Sattr3, StableHow};
+
+    use super::*;
+
+    fn root_cred() -> AuthUnix {
+        AuthUnix::root()
+    }
+
+    #[test]
+    fn operations_that_arrive_together_share_one_sync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (backend, executor) = open(dir.path(), FsConfig::default()).expect("open");
+            let root = backend.root_handle();
+            let create = FsOp::Create {
+                dir: root.clone(),
+                name: Filename3::from("f"),
+                how: CreateHow::Unchecked(Sattr3::default()),
+            };
+            let run = executor.run();
+            tokio::pin!(run);
+            // The CREATE alone first: one batch.
+            let fh = tokio::select! {
+                r = backend.execute(root_cred(), create) => match r.0 {
+                    Ok(ReplyBody::Create { obj: Some(fh), .. }) => fh,
+                    other => panic!("create: {other:?}"),
+                },
+                _ = &mut run => panic!("executor ended"),
+            };
+            // Then eight WRITEs queued before the executor runs again: one more batch.
+            let writes = (0..8u64).map(|i| {
+                backend.execute(
+                    root_cred(),
+                    FsOp::Write {
+                        fh: fh.clone(),
+                        offset: i * 4096,
+                        stable: StableHow::FileSync,
+                        data: vec![i as u8; 4096],
+                    },
+                )
+            });
+            let writes: Vec<_> = writes.collect();
+            let all = async {
+                for w in writes {
+                    assert!(w.await.is_ok(), "write succeeds");
+                }
+            };
+            tokio::select! {
+                () = all => {}
+                _ = &mut run => panic!("executor ended"),
+            }
+            drop(backend);
+            let stats = run.await.expect("clean close");
+            assert_eq!(stats, ExecutorStats { ops: 9, batches: 2 });
+        });
+    }
+
+    #[test]
+    fn timestamps_strictly_increase() {
+        let mut c = MonotonicClock::default();
+        let mut last = 0;
+        for _ in 0..10_000 {
+            let t = c.next_ns();
+            assert!(t > last);
+            last = t;
+        }
+    }
+
+    #[test]
+    fn a_stopped_executor_answers_io() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (backend, executor) = open(dir.path(), FsConfig::default()).expect("open");
+            drop(executor);
+            let r = backend
+                .execute(
+                    root_cred(),
+                    FsOp::Getattr {
+                        fh: backend.root_handle(),
+                    },
+                )
+                .await;
+            assert_eq!(r.status(), Some(NfsStat3::Io));
+        });
     }
 }

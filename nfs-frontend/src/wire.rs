@@ -8,12 +8,12 @@
 //! unchanged and is answered there with the deterministic NFS error.
 
 use fs_state::{
-    FType3, Fattr3, FailAttrs, FileHandle, Filename3, NfsStat3, NfsTime, Sattr3, SetTime,
+    FType3, FailAttrs, Fattr3, FileHandle, Filename3, NfsStat3, NfsTime, Sattr3, SetTime,
     SpecData3, StableHow, WccAttr, WccData,
 };
 use nfs3_types::nfs3::{
-    fattr3, filename3, ftype3, nfs_fh3, nfsstat3, nfstime3, post_op_attr, post_op_fh3,
-    pre_op_attr, sattr3, set_atime, set_mtime, specdata3, stable_how, wcc_attr, wcc_data,
+    fattr3, filename3, ftype3, nfs_fh3, nfsstat3, nfstime3, post_op_attr, post_op_fh3, pre_op_attr,
+    sattr3, set_atime, set_mtime, specdata3, stable_how, wcc_attr, wcc_data,
 };
 use nfs3_types::xdr_codec::Opaque;
 

@@ -233,6 +233,14 @@ impl Replica {
     /// matches, enters its view. `resume_n` is the last batch already accepted from the
     /// new primary's stream (its base when the NEW-VIEW is processed in FIFO order).
     fn adopt_new_view(&mut self, nv: &NewView, resume_n: SeqNum) -> bool {
+        if nv.new_view == self.view && self.status == Status::Normal {
+            // Already working in this view (joined it through a state transfer): the
+            // NEW-VIEW only confirms it; what it re-proposed is below what we installed.
+            self.outputs.push(Output::Persist(PersistRecord::NewViewAccepted(nv.new_view)));
+            self.new_view_accepted = nv.new_view;
+            self.last_new_view = Some(nv.clone());
+            return true;
+        }
         let decision = decide_new_view(&nv.view_changes);
         if decision.base != nv.base || decision.reproposals != nv.reproposals {
             self.drop_input("bad_new_view");

@@ -38,7 +38,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     if !args.unreplicated {
-        bail!("only `bftnfs serve --unreplicated` exists; the replicated mode is `bftnfs frontend`");
+        bail!(
+            "only `bftnfs serve --unreplicated` exists; the replicated mode is `bftnfs frontend`"
+        );
     }
     // Current-thread: measured faster than the multi-thread runtime on these 2 cores,
     // and the state machine is single-threaded anyway.
@@ -56,7 +58,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("NFS and MOUNT on tcp {addr} (export /)");
         println!("libnfs URL: {}", libnfs_url(addr, "/"));
         info!(%addr, data = %args.data.display(), "serving unreplicated");
-        unreplicated::serve(
+        let stats = unreplicated::serve(
             listener,
             &args.data,
             FsConfig::default(),
@@ -65,7 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         )
         .await
         .context("unreplicated server")?;
-        info!("stopped");
+        info!(ops = stats.ops, syncs = stats.batches, "stopped");
         Ok(())
     })
 }
