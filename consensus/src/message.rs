@@ -121,11 +121,18 @@ pub struct Commit {
 }
 
 /// ⟨CHECKPOINT, n, d, UIj⟩; `view` is the sender's view when it executed `n`.
+///
+/// A *view-top* checkpoint (`view_top = Some(v)`) is taken at the last batch that the
+/// NEW-VIEW of view `v` re-proposes. Its certificate proves where fresh proposals of
+/// view `v` start: a VIEW-CHANGE may report a PREPARE of view `v > 0` only above it, so a
+/// faulty primary's PREPARE that contradicts its own NEW-VIEW can never be reported as
+/// a higher-view decision.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub n: SeqNum,
     pub state_digest: Digest,
     pub view: View,
+    pub view_top: Option<View>,
     pub sender: ReplicaId,
     pub ui: Ui,
 }
@@ -135,17 +142,21 @@ pub struct Checkpoint {
 pub struct CheckpointCert {
     pub n: SeqNum,
     pub state_digest: Digest,
+    pub view_top: Option<View>,
     pub checkpoints: Vec<Checkpoint>,
 }
 
 /// ⟨VIEW-CHANGE, j, v', C_last, O, UIj⟩: the sender's stable checkpoint certificate and
-/// every PREPARE it accepted above it, each self-certified by its primary's UI.
+/// every PREPARE it accepted above it, each self-certified by its primary's UI. A
+/// re-proposed batch is reported as the original PREPARE it re-proposes; a fresh PREPARE
+/// of a view `w > 0` comes with the view-top certificate of `w` below it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ViewChange {
     pub new_view: View,
     pub sender: ReplicaId,
     pub cert: CheckpointCert,
     pub accepted: Vec<Prepare>,
+    pub view_certs: Vec<CheckpointCert>,
     pub ui: Ui,
 }
 
@@ -242,6 +253,13 @@ impl UiMessage {
                 h.update(m.n.to_be_bytes());
                 h.update(m.state_digest);
                 h.update(m.view.to_be_bytes());
+                match m.view_top {
+                    Some(v) => {
+                        h.update([1]);
+                        h.update(v.to_be_bytes());
+                    }
+                    None => h.update([0]),
+                }
                 h.update(m.sender.to_be_bytes());
                 h.finalize().into()
             }
@@ -282,16 +300,25 @@ pub fn prepare_digest(header: &PrepareHeader, primary: ReplicaId) -> Digest {
     h.finalize().into()
 }
 
+fn cert_digest(h: &mut Sha256, cert: &CheckpointCert) {
+    h.update(cert.n.to_be_bytes());
+    h.update(cert.state_digest);
+    h.update(cert.view_top.map_or(u64::MAX, |v| v).to_be_bytes());
+    for c in &cert.checkpoints {
+        h.update(c.sender.to_be_bytes());
+        h.update(c.ui.counter.to_be_bytes());
+    }
+}
+
 fn view_change_digest(m: &ViewChange) -> Digest {
     let mut h = Sha256::new();
     h.update(b"bftnfs/view-change/v1");
     h.update(m.new_view.to_be_bytes());
     h.update(m.sender.to_be_bytes());
-    h.update(m.cert.n.to_be_bytes());
-    h.update(m.cert.state_digest);
-    for c in &m.cert.checkpoints {
-        h.update(c.sender.to_be_bytes());
-        h.update(c.ui.counter.to_be_bytes());
+    cert_digest(&mut h, &m.cert);
+    h.update((m.view_certs.len() as u64).to_be_bytes());
+    for c in &m.view_certs {
+        cert_digest(&mut h, c);
     }
     h.update((m.accepted.len() as u64).to_be_bytes());
     for p in &m.accepted {
@@ -321,6 +348,8 @@ pub enum PeerMessage {
     NewViewRequest { view: View },
     /// Answer to [`PeerMessage::NewViewRequest`]; self-certifying through its UIs.
     NewViewProof(NewView),
+    /// "Send me the view-top checkpoint certificate of `view`" (answered with `Cert`).
+    ViewCertRequest { view: View },
 }
 
 /// Everything that crosses the network, replica or client.

@@ -77,7 +77,8 @@ pub fn peer_message(
         }
         PeerMessage::Status { .. }
         | PeerMessage::CertRequest { .. }
-        | PeerMessage::NewViewRequest { .. } => {}
+        | PeerMessage::NewViewRequest { .. }
+        | PeerMessage::ViewCertRequest { .. } => {}
         PeerMessage::NewViewProof(nv) => ui_message(config, crypto, &UiMessage::NewView(nv.clone()))?,
         PeerMessage::Cert(cert) => checkpoint_cert(config, crypto, cert)?,
     }
@@ -181,7 +182,7 @@ pub fn checkpoint_cert(
     crypto: &dyn Crypto,
     cert: &CheckpointCert,
 ) -> Result<(), Reject> {
-    if cert.n == 0 {
+    if cert.n == 0 && cert.view_top.is_none() {
         return if cert.checkpoints.is_empty() {
             Ok(())
         } else {
@@ -193,7 +194,11 @@ pub fn checkpoint_cert(
     }
     let mut senders = BTreeSet::new();
     for c in &cert.checkpoints {
-        if c.n != cert.n || c.state_digest != cert.state_digest || !senders.insert(c.sender) {
+        if c.n != cert.n
+            || c.state_digest != cert.state_digest
+            || c.view_top != cert.view_top
+            || !senders.insert(c.sender)
+        {
             return Err(Reject::BadCertificate);
         }
         check_ui(crypto, config, &UiMessage::Checkpoint(c.clone()))
@@ -203,13 +208,28 @@ pub fn checkpoint_cert(
 }
 
 fn view_change_body(config: &Config, crypto: &dyn Crypto, vc: &ViewChange) -> Result<(), Reject> {
+    if vc.cert.view_top.is_some() && vc.cert.n == 0 {
+        return Err(Reject::BadCertificate);
+    }
     checkpoint_cert(config, crypto, &vc.cert)?;
+    let mut tops = std::collections::BTreeMap::new();
+    for c in &vc.view_certs {
+        let Some(v) = c.view_top else { return Err(Reject::BadCertificate) };
+        if v == 0 || v >= vc.new_view || tops.insert(v, c.n).is_some() {
+            return Err(Reject::BadCertificate);
+        }
+        checkpoint_cert(config, crypto, c)?;
+    }
     let mut seen = BTreeSet::new();
     for p in &vc.accepted {
         if p.header.view >= vc.new_view
             || p.header.n <= vc.cert.n
             || !seen.insert((p.header.view, p.header.n))
         {
+            return Err(Reject::Malformed);
+        }
+        // A PREPARE of view w > 0 is only a decision of view w above w's view-top.
+        if p.header.view > 0 && tops.get(&p.header.view).is_none_or(|&top| p.header.n <= top) {
             return Err(Reject::Malformed);
         }
         embedded_prepare(config, crypto, p)?;

@@ -7,9 +7,10 @@
 //! `sync()` that made its operation durable. Operations that arrive together form one
 //! batch with one `sync()`, as an ordered batch does on a replica.
 //!
-//! The state machine is single-threaded (`!Send`), so it lives in an executor future
-//! that the caller polls on the same current-thread runtime as the server: a call
-//! crosses from its task to the executor through a channel, without a thread hop.
+//! The state machine is owned by one executor future (a single-task actor) that the
+//! caller polls on the same current-thread runtime as the server: a call crosses from
+//! its task to the executor through a channel, without a thread hop or a lock, and the
+//! executor sees every operation that queued up while it was syncing.
 //! A local fault (EIO, ENOSPC) stops the executor, fails the calls in flight with
 //! NFS3ERR_IO and ends the server: the state machine refuses further work, and reopening
 //! it (a restart) repairs the tree from the journal.
@@ -204,8 +205,8 @@ impl MonotonicClock {
 }
 
 /// Serve `data_dir` unreplicated on `listener` until `shutdown` completes (or a local
-/// fault stops the executor). Must run on a current-thread runtime or inside a
-/// `LocalSet`-free `block_on`: the executor future is not `Send`.
+/// fault stops the executor). Meant for `block_on` of a current-thread runtime: the
+/// executor is polled inside this future, so its blocking syncs run on that thread.
 pub async fn serve(
     listener: TcpListener,
     data_dir: &Path,

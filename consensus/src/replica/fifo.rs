@@ -77,7 +77,7 @@ impl Replica {
         // Accepted PREPAREs are the primary's votes; our own COMMITs are ours.
         for p in &recovered.accepted {
             let key = (p.header.view, p.header.n);
-            self.log.insert(key, super::Slot { prepare: p.clone() });
+            self.log.insert(key, super::Slot { prepare: p.clone(), origin: None, reproposal: false });
             self.votes.entry(key).or_default().insert(p.primary, p.header);
             if p.header.view == self.view {
                 self.prepared_n = self.prepared_n.max(p.header.n);

@@ -42,6 +42,8 @@ pub enum Input {
     /// The application executed batch `n`: one result per request in the `Execute`, and,
     /// for a checkpoint batch, the application's state digest.
     Executed { n: SeqNum, results: Vec<Vec<u8>>, app_digest: Option<Digest> },
+    /// The application's state digest asked for by [`Output::ComputeDigest`].
+    Digest { n: SeqNum, app_digest: Digest },
     /// The application answered a read-only request.
     ReadOnlyExecuted { client: ClientId, seq: u64, result: Vec<u8> },
     /// The driver installed the application state certified by `cert` (after verifying
@@ -58,8 +60,12 @@ pub enum Output {
     /// Ask the USIG for a UI over `digest`; answered by [`Input::UiCreated`]. At most one
     /// is outstanding at a time.
     CreateUi { digest: Digest },
-    /// Execute these requests (already filtered for exactly-once) as batch `n`.
-    Execute { n: SeqNum, timestamp_ns: u64, requests: Vec<Request> },
+    /// Execute these requests (already filtered for exactly-once) as batch `n`; answer
+    /// with the application's state digest when `want_digest` (a checkpoint follows).
+    Execute { n: SeqNum, timestamp_ns: u64, requests: Vec<Request>, want_digest: bool },
+    /// Report the application's current state digest (state as of batch `n`) with
+    /// [`Input::Digest`].
+    ComputeDigest { n: SeqNum },
     ExecuteReadOnly { request: Request },
     Reply(Reply),
     Persist(PersistRecord),
@@ -118,7 +124,7 @@ enum Status {
 enum Intent {
     Prepare { header: PrepareHeader, batch: crate::message::Batch },
     Commit { header: PrepareHeader, primary_ui: Ui },
-    Checkpoint { n: SeqNum, state_digest: Digest },
+    Checkpoint { n: SeqNum, state_digest: Digest, view_top: Option<View> },
     ViewChange { new_view: View },
     NewView { nv: NewView },
 }
@@ -135,6 +141,10 @@ struct PendingRequest {
 #[derive(Clone, Debug)]
 struct Slot {
     prepare: Prepare,
+    /// For a re-proposal: the original PREPARE it re-proposes (None for an empty
+    /// filler batch); a VIEW-CHANGE reports that instead of the re-proposal.
+    origin: Option<Prepare>,
+    reproposal: bool,
 }
 
 /// A MinPBFT replica.
@@ -179,6 +189,14 @@ pub struct Replica {
     // Checkpoints.
     stable: CheckpointCert,
     checkpoint_votes: BTreeMap<SeqNum, BTreeMap<ReplicaId, crate::message::Checkpoint>>,
+    /// View-top CHECKPOINT votes and certificates, by view.
+    view_top_votes: BTreeMap<View, BTreeMap<ReplicaId, crate::message::Checkpoint>>,
+    view_certs: BTreeMap<View, CheckpointCert>,
+    /// Last batch the NEW-VIEW of the current view re-proposes (None in view 0).
+    view_top: Option<SeqNum>,
+    view_top_sent: Option<View>,
+    reproposal_origins: BTreeMap<SeqNum, Prepare>,
+    view_cert_request_tick: u64,
     own_checkpoints: BTreeMap<SeqNum, (Digest, CoreState)>,
     state_transfer: Option<checkpoint::Transfer>,
     best_cert: Option<CheckpointCert>,
@@ -245,6 +263,12 @@ impl Replica {
             peer_accepted: vec![BTreeMap::new(); n],
             stable: recovered.stable.clone(),
             checkpoint_votes: BTreeMap::new(),
+            view_top_votes: BTreeMap::new(),
+            view_certs: BTreeMap::new(),
+            view_top: None,
+            view_top_sent: None,
+            reproposal_origins: BTreeMap::new(),
+            view_cert_request_tick: 0,
             own_checkpoints: BTreeMap::new(),
             state_transfer: None,
             best_cert: None,
@@ -313,6 +337,7 @@ impl Replica {
             Input::Tick { now_ns } => self.on_tick(now_ns),
             Input::UiCreated(ui) => self.on_ui_created(ui),
             Input::Executed { n, results, app_digest } => self.on_executed(n, results, app_digest),
+            Input::Digest { n, app_digest } => self.on_digest(n, app_digest),
             Input::ReadOnlyExecuted { client, seq, result } => {
                 self.on_read_only_executed(client, seq, result)
             }
@@ -336,6 +361,12 @@ impl Replica {
             PeerMessage::Cert(cert) => self.on_cert(cert),
             PeerMessage::NewViewRequest { view } => self.on_new_view_request(from, view),
             PeerMessage::NewViewProof(nv) => self.on_new_view_proof(nv),
+            PeerMessage::ViewCertRequest { view } => {
+                if let Some(c) = self.view_certs.get(&view) {
+                    let msg = PeerMessage::Cert(c.clone());
+                    self.outputs.push(Output::Send { to: from, msg });
+                }
+            }
         }
     }
 
@@ -477,11 +508,12 @@ impl Replica {
                     ui: blank,
                 })
             }
-            Intent::Checkpoint { n, state_digest } => {
+            Intent::Checkpoint { n, state_digest, view_top } => {
                 UiMessage::Checkpoint(crate::message::Checkpoint {
                     n,
                     state_digest,
                     view: self.view,
+                    view_top,
                     sender: self.id,
                     ui: blank,
                 })

@@ -82,6 +82,9 @@ impl Replica {
         if !self.reproposals.is_empty() && n <= *self.reproposals.keys().next_back().unwrap() {
             return;
         }
+        if !self.fresh_allowed(n) {
+            return; // wait for the view-top certificate of this view
+        }
         let mut batch = Batch::default();
         let mut bytes = 0;
         for p in self.pending.values_mut() {
@@ -134,28 +137,52 @@ impl Replica {
             self.suspect_primary();
             return Flow::Done;
         }
-        if let Some(r) = self.reproposals.get(&h.n) {
+        let reproposal = self.reproposals.get(&h.n).copied();
+        if let Some(r) = reproposal {
             if r.timestamp_ns != h.timestamp_ns || r.batch_digest != h.batch_digest {
                 self.drop_input("reproposal_mismatch");
                 self.suspect_primary();
                 return Flow::Done;
             }
-        } else if !self.timestamp_ok(h.timestamp_ns) {
-            self.drop_input("bad_timestamp");
-            self.suspect_primary();
-            return Flow::Done;
+        } else {
+            if self.view > 0 && !self.view_certs.contains_key(&self.view) {
+                return Flow::Defer; // fresh proposals start above the view-top certificate
+            }
+            if !self.fresh_allowed(h.n) {
+                self.drop_input("fresh_prepare_below_view_top");
+                self.suspect_primary();
+                return Flow::Done;
+            }
+            if !self.timestamp_ok(h.timestamp_ns) {
+                self.drop_input("bad_timestamp");
+                self.suspect_primary();
+                return Flow::Done;
+            }
         }
         // Accept.
         self.prepared_n = h.n;
         self.proposed_n = self.proposed_n.max(h.n);
         self.last_timestamp_ns = self.last_timestamp_ns.max(h.timestamp_ns);
         self.outputs.push(Output::Persist(super::PersistRecord::Accepted(p.clone())));
-        self.log.insert((h.view, h.n), Slot { prepare: p.clone() });
+        let origin = reproposal.and_then(|_| self.reproposal_origins.get(&h.n).cloned());
+        self.log.insert(
+            (h.view, h.n),
+            Slot { prepare: p.clone(), origin, reproposal: reproposal.is_some() },
+        );
         self.votes.entry((h.view, h.n)).or_default().insert(p.primary, h);
         if p.primary != self.id {
             self.enqueue(Intent::Commit { header: h, primary_ui: p.ui.clone() });
         }
         Flow::Done
+    }
+
+    /// In a view after a view change, fresh batches come only above the view-top
+    /// checkpoint, once it is certified.
+    pub(super) fn fresh_allowed(&self, n: SeqNum) -> bool {
+        if self.view == 0 {
+            return true;
+        }
+        self.view_certs.get(&self.view).is_some_and(|c| n > c.n)
     }
 
     /// Backups check the primary's clock: monotonic, and within the configured skew of
@@ -230,7 +257,13 @@ impl Replica {
             included.push(r);
         }
         self.executing.insert(h.n, ids);
-        self.outputs.push(Output::Execute { n: h.n, timestamp_ns: h.timestamp_ns, requests: included });
+        let want_digest = self.config.is_checkpoint(h.n) || self.view_top == Some(h.n);
+        self.outputs.push(Output::Execute {
+            n: h.n,
+            timestamp_ns: h.timestamp_ns,
+            requests: included,
+            want_digest,
+        });
     }
 
     pub(super) fn on_executed(&mut self, n: SeqNum, results: Vec<Vec<u8>>, app_digest: Option<Digest>) {
@@ -249,9 +282,27 @@ impl Replica {
             }
             self.send_reply(client, seq, false, result);
         }
-        if self.config.is_checkpoint(n) {
+        if self.config.is_checkpoint(n) || self.view_top == Some(n) {
             let app = app_digest.expect("I4: a checkpoint batch needs the application digest");
-            self.take_checkpoint(n, app);
+            self.on_digest(n, app);
+        }
+    }
+
+    /// The application's digest at batch `n` (just executed, or asked for).
+    pub(super) fn on_digest(&mut self, n: SeqNum, app_digest: Digest) {
+        if n != self.executed_n {
+            return; // state moved on since it was asked for
+        }
+        if self.config.is_checkpoint(n) && !self.own_checkpoints.contains_key(&n) {
+            self.take_checkpoint(n, app_digest, None);
+        }
+        if self.view > 0
+            && self.view_top == Some(n)
+            && self.status == Status::Normal
+            && self.view_top_sent != Some(self.view)
+        {
+            self.view_top_sent = Some(self.view);
+            self.take_checkpoint(n, app_digest, Some(self.view));
         }
     }
 

@@ -25,6 +25,8 @@ pub struct NewViewDecision {
     pub base: SeqNum,
     pub base_cert: CheckpointCert,
     pub reproposals: Vec<Reproposal>,
+    /// The original PREPAREs behind the non-empty re-proposals.
+    pub origins: BTreeMap<SeqNum, Prepare>,
 }
 
 /// The deterministic choice from f+1 VIEW-CHANGEs: the highest certified checkpoint is
@@ -45,7 +47,11 @@ pub fn decide_new_view(view_changes: &[ViewChange]) -> NewViewDecision {
                 continue;
             }
             let e = chosen.entry(p.header.n).or_insert(p);
-            if p.header.view > e.header.view {
+            // Highest view wins; within one view the primary's first PREPARE for n (the
+            // lowest counter) is the one correct replicas accepted in FIFO order.
+            if (p.header.view, std::cmp::Reverse(p.ui.counter))
+                > (e.header.view, std::cmp::Reverse(e.ui.counter))
+            {
                 *e = p;
             }
         }
@@ -62,7 +68,8 @@ pub fn decide_new_view(view_changes: &[ViewChange]) -> NewViewDecision {
             None => Reproposal { n, timestamp_ns: 0, batch_digest: null },
         })
         .collect();
-    NewViewDecision { base, base_cert, reproposals }
+    let origins = chosen.into_iter().map(|(n, p)| (n, p.clone())).collect();
+    NewViewDecision { base, base_cert, reproposals, origins }
 }
 
 impl Replica {
@@ -132,18 +139,41 @@ impl Replica {
         self.enqueue(Intent::ViewChange { new_view });
     }
 
+    /// Everything accepted above the stable checkpoint: re-proposals as the PREPARE they
+    /// re-propose, fresh PREPAREs of views > 0 with their view-top certificates.
     pub(super) fn build_view_change(&self, new_view: View) -> ViewChange {
-        let accepted = self
-            .log
-            .values()
-            .filter(|s| s.prepare.header.n > self.stable.n && s.prepare.header.view < new_view)
-            .map(|s| s.prepare.clone())
-            .collect();
+        let mut accepted: BTreeMap<(View, SeqNum), Prepare> = BTreeMap::new();
+        let mut view_certs: BTreeMap<View, CheckpointCert> = BTreeMap::new();
+        for s in self.log.values() {
+            let p = &s.prepare;
+            if p.header.n <= self.stable.n || p.header.view >= new_view {
+                continue;
+            }
+            let entry = if s.reproposal {
+                match &s.origin {
+                    Some(o) => o.clone(),
+                    None => continue, // an empty filler batch: the decision refills it
+                }
+            } else {
+                p.clone()
+            };
+            let v = entry.header.view;
+            if v > 0 {
+                match self.view_certs.get(&v) {
+                    Some(c) if c.n < entry.header.n => {
+                        view_certs.insert(v, c.clone());
+                    }
+                    _ => continue, // cannot justify it; peers will see the omission
+                }
+            }
+            accepted.insert((v, entry.header.n), entry);
+        }
         ViewChange {
             new_view,
             sender: self.id,
             cert: self.stable.clone(),
-            accepted,
+            accepted: accepted.into_values().collect(),
+            view_certs: view_certs.into_values().collect(),
             ui: usig::Ui { counter: 0, cert: Vec::new() },
         }
     }
@@ -155,10 +185,15 @@ impl Replica {
         }
         // Omission check: everything we saw this sender accept above its checkpoint, in
         // a view before the new one, must be in its VIEW-CHANGE.
+        let null = Batch::default().digest();
         let omitted = self.peer_accepted[sender as usize].iter().any(|(&(v, n), h)| {
             n > vc.cert.n
                 && v < vc.new_view
-                && !vc.accepted.iter().any(|p| p.header == *h)
+                && h.batch_digest != null
+                && !vc
+                    .accepted
+                    .iter()
+                    .any(|p| p.header.n == n && p.header.batch_digest == h.batch_digest)
         });
         if omitted {
             self.drop_input("view_change_omission");
@@ -285,6 +320,15 @@ impl Replica {
             .filter(|r| r.n > self.prepared_n)
             .map(|r| (r.n, *r))
             .collect();
+        self.reproposal_origins = decision.origins.clone();
+        self.view_top = Some(top);
+        self.view_top_sent = None;
+        let oldest = self.log.keys().map(|(v, _)| *v).min().unwrap_or(self.view);
+        self.view_certs = self.view_certs.split_off(&oldest.min(self.view));
+        self.view_top_votes = self.view_top_votes.split_off(&self.view);
+        if self.exec_n == self.executed_n && self.executed_n == top && self.stable.n <= top {
+            self.outputs.push(Output::ComputeDigest { n: top });
+        }
         self.last_new_view = Some(nv.clone());
         self.reset_pending();
         if self.executed_n < decision.base {
@@ -299,6 +343,15 @@ impl Replica {
     /// Stream heads waiting for a view we never entered, while that view's NEW-VIEW lies
     /// behind a checkpoint cut: ask for it out of order.
     pub(super) fn check_missing_new_view(&mut self) {
+        if self.view > 0
+            && self.status == Status::Normal
+            && !self.view_certs.contains_key(&self.view)
+            && self.ticks - self.view_cert_request_tick >= 4 * self.config.fetch_timeout_ticks
+        {
+            self.view_cert_request_tick = self.ticks;
+            let view = self.view;
+            self.outputs.push(Output::Broadcast(PeerMessage::ViewCertRequest { view }));
+        }
         let waiting = self
             .streams
             .iter()

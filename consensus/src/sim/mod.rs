@@ -157,7 +157,8 @@ enum NetMsg {
     Request(Request),
     Reply(Reply),
     StateRequest { n: SeqNum },
-    StateReply { n: SeqNum, state: Option<(CoreState, Vec<u8>)> },
+    /// The responder's stable checkpoint at or above `n`, with its certificate.
+    StateReply { n: SeqNum, state: Option<(CheckpointCert, CoreState, Vec<u8>)> },
 }
 
 #[derive(Clone, Debug)]
@@ -183,6 +184,7 @@ struct SimReplica {
     durable: Durable,
     byzantine: Option<Byzantine>,
     transfer: Option<(CheckpointCert, BTreeSet<ReplicaId>)>,
+    transfer_retry: bool,
     clock_skew_us: u64,
     down_until: u64,
 }
@@ -250,6 +252,7 @@ impl Sim {
                 durable: Durable::default(),
                 byzantine: if faulty.contains(&i) { opts.byzantine } else { None },
                 transfer: None,
+                transfer_retry: false,
                 clock_skew_us: rng.range(0, 2_000),
                 down_until: 0,
             })
@@ -413,6 +416,13 @@ impl Sim {
             }
         }
         for i in 0..n {
+            if std::mem::take(&mut self.replicas[i as usize].transfer_retry)
+                && self.replicas[i as usize].transfer.is_some()
+            {
+                self.ask_state(i);
+            }
+        }
+        for i in 0..n {
             if self.replicas[i as usize].core.is_some() {
                 let now_ns = (self.now_us + self.replicas[i as usize].clock_skew_us) * 1_000;
                 self.feed(i, Input::Tick { now_ns });
@@ -521,9 +531,12 @@ impl Sim {
                     NetMsg::Reply(_) => {}
                     NetMsg::StateRequest { n } => {
                         let Node::Replica(j) = from else { return };
-                        let mut state = self.replicas[i as usize].durable.snapshots.get(&n).cloned();
+                        let d = &self.replicas[i as usize].durable;
+                        let mut state = (d.stable.n >= n)
+                            .then(|| d.snapshots.get(&d.stable.n).map(|(c, b)| (d.stable.clone(), c.clone(), b.clone())))
+                            .flatten();
                         if self.replicas[i as usize].byzantine == Some(Byzantine::BadStateTransfer) {
-                            if let Some((core, bytes)) = state.as_mut() {
+                            if let Some((_, core, bytes)) = state.as_mut() {
                                 if let Some(rec) = core.clients.values_mut().next() {
                                     rec.last_seq += 1;
                                 } else {
@@ -574,6 +587,7 @@ impl Sim {
             NetMsg::Peer(PeerMessage::CertRequest { n }) => (5, *n, 0),
             NetMsg::Peer(PeerMessage::Cert(c)) => (6, c.n, 0),
             NetMsg::Peer(PeerMessage::NewViewRequest { view }) => (14, *view, 0),
+            NetMsg::Peer(PeerMessage::ViewCertRequest { view }) => (16, *view, 0),
             NetMsg::Peer(PeerMessage::NewViewProof(nv)) => (15, nv.new_view, nv.ui.counter),
             NetMsg::Request(r) => (7, r.client, r.seq),
             NetMsg::Reply(r) => (8, r.client, r.seq),
@@ -675,10 +689,14 @@ impl Sim {
                 let cert = self.crypto.ui_cert(i, counter, &digest);
                 work.push_back(Input::UiCreated(Ui { counter, cert }));
             }
-            Output::Execute { n, timestamp_ns, requests } => {
+            Output::ComputeDigest { n } => {
+                let app_digest = self.replicas[i as usize].app.state_digest();
+                work.push_back(Input::Digest { n, app_digest });
+            }
+            Output::Execute { n, timestamp_ns, requests, want_digest } => {
                 let results = self.replicas[i as usize].app.execute(n, timestamp_ns, &requests);
                 self.check_execution(i, n, timestamp_ns, &requests, &results);
-                let app_digest = if self.opts.config.is_checkpoint(n) {
+                let app_digest = if want_digest {
                     Some(self.replicas[i as usize].app.state_digest())
                 } else {
                     None
@@ -755,18 +773,35 @@ impl Sim {
         self.send(Node::Replica(i), Node::Replica(j), NetMsg::StateRequest { n }, 0);
     }
 
-    fn on_state_reply(&mut self, i: ReplicaId, _from: Node, n: SeqNum, state: Option<(CoreState, Vec<u8>)>) {
-        let Some((cert, _)) = self.replicas[i as usize].transfer.clone() else { return };
-        if cert.n != n {
+    fn on_state_reply(
+        &mut self,
+        i: ReplicaId,
+        _from: Node,
+        n: SeqNum,
+        state: Option<(CheckpointCert, CoreState, Vec<u8>)>,
+    ) {
+        let Some((wanted, _)) = self.replicas[i as usize].transfer.clone() else { return };
+        if wanted.n != n {
             return;
         }
-        let verified = state.and_then(|(core, bytes)| {
+        let config = self.opts.config.clone();
+        let verified = state.and_then(|(cert, core, bytes)| {
+            let ok_cert = if cert.n == wanted.n {
+                cert.state_digest == wanted.state_digest
+            } else {
+                cert.n > wanted.n && validate::checkpoint_cert(&config, &self.crypto, &cert).is_ok()
+            };
+            if !ok_cert {
+                return None;
+            }
             let mut app = KvApp::default();
             app.restore(&bytes).ok()?;
-            (checkpoint_digest(&app.state_digest(), &core) == cert.state_digest).then_some((core, bytes, app))
+            (checkpoint_digest(&app.state_digest(), &core) == cert.state_digest)
+                .then_some((cert, core, bytes, app))
         });
         match verified {
-            Some((core, bytes, app)) => {
+            Some((cert, core, bytes, app)) => {
+                let n = cert.n;
                 let r = &mut self.replicas[i as usize];
                 r.app = app;
                 r.transfer = None;
@@ -774,8 +809,9 @@ impl Sim {
                 self.feed(i, Input::StateInstalled { cert, core_state: core });
             }
             None => {
+                // Asked again at the next tick (no storm of requests within one instant).
                 *self.dropped.entry("bad_or_missing_state").or_insert(0) += 1;
-                self.ask_state(i);
+                self.replicas[i as usize].transfer_retry = true;
             }
         }
     }
