@@ -15,10 +15,22 @@
 //! Modules: `backend` (the trait), `rpc` (record marking, call headers, AUTH_UNIX),
 //! `nfs` (the 21 procedures), `wire` (type conversions), `mount` (MOUNT and portmap),
 //! `server` (connections and concurrency), `unreplicated` (one local state machine).
+//!
+//! Replicated mode: `config` (cluster.toml, keys, `keygen`), `crypto` (the real
+//! `consensus::Crypto`), `net` (frames, authenticated replica links), `op` (the request
+//! encoding of an operation), `replica` (the replica runtime around the MinPBFT core),
+//! `client` (the BFT client and `BftBackend`), `cluster` (an embedded cluster).
 
 pub mod backend;
+pub mod client;
+pub mod cluster;
+pub mod config;
+pub mod crypto;
 mod mount;
+pub mod net;
 mod nfs;
+pub mod op;
+pub mod replica;
 pub mod rpc;
 pub mod server;
 pub mod unreplicated;
@@ -27,6 +39,8 @@ mod wire;
 use std::net::SocketAddr;
 
 pub use backend::{FsBackend, error_reply};
+pub use client::{BftBackend, BftClient};
+pub use cluster::{ClusterOptions, LocalCluster};
 pub use server::{ANONYMOUS_ID, NfsServer, ServerConfig};
 pub use unreplicated::{
     ExecutorStats, UnreplicatedBackend, UnreplicatedExecutor, UnreplicatedServer,

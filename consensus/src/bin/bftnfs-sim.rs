@@ -28,6 +28,9 @@ OPTIONS:
     --no-faults      no network faults and no crashes
     --requests R     requests per client (default 20)
     --clients C      clients (default 4)
+
+ENVIRONMENT:
+    BFTNFS_SIM_DEBUG=1   print every delivery and the replicas' state on failure (stderr)
 ";
 
 fn parse_mode(s: &str) -> Option<Option<Byzantine>> {
@@ -123,6 +126,7 @@ fn main() -> ExitCode {
         if let Some(c) = clients {
             o.clients = c;
         }
+        o.debug = std::env::var_os("BFTNFS_SIM_DEBUG").is_some();
         o
     };
     if let Some(seed) = single {

@@ -316,6 +316,14 @@ impl Replica {
     pub fn stable_checkpoint(&self) -> &CheckpointCert {
         &self.stable
     }
+    /// Accepted PREPAREs held above the stable checkpoint (the log checkpoints truncate).
+    pub fn log_len(&self) -> usize {
+        self.log.len()
+    }
+    /// Messages held for relaying, over all senders (truncated at stable checkpoints).
+    pub fn retained_len(&self) -> usize {
+        self.streams.iter().map(|s| s.retained.len()).sum()
+    }
     /// Byzantine or malformed input dropped so far, by reason.
     pub fn dropped(&self) -> &BTreeMap<&'static str, u64> {
         &self.dropped
@@ -450,7 +458,6 @@ impl Replica {
     }
 
     fn drop_input(&mut self, reason: &'static str) {
-        if std::env::var_os("BFTNFS_CORE_DEBUG").is_some() { eprintln!("DROP r{} {reason} prepared {} exec {}", self.id, self.prepared_n, self.exec_n); }
         *self.dropped.entry(reason).or_insert(0) += 1;
     }
 

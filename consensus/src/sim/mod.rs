@@ -82,6 +82,8 @@ pub struct SimOptions {
     /// Force these view changes by isolating the primary at these ticks.
     pub isolate_primary_at: Vec<u64>,
     pub config: Config,
+    /// Print every delivery and, on a liveness failure, each replica's state (stderr).
+    pub debug: bool,
 }
 
 impl SimOptions {
@@ -110,6 +112,7 @@ impl SimOptions {
             liveness_ticks: 20_000,
             isolate_primary_at: Vec::new(),
             config,
+            debug: false,
         }
     }
 }
@@ -225,6 +228,7 @@ pub fn run(opts: &SimOptions) -> Result<SimReport, SimError> {
 
 impl Sim {
     fn new(opts: SimOptions) -> Self {
+        let debug = opts.debug;
         let mut rng = Rng::new(opts.seed);
         let n = opts.config.n();
         let mut secret = [0u8; 32];
@@ -283,7 +287,7 @@ impl Sim {
             dropped: BTreeMap::new(),
             failure: None,
             faulty,
-            debug: std::env::var_os("BFTNFS_SIM_DEBUG").is_some(),
+            debug,
         }
     }
 

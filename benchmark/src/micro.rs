@@ -1,0 +1,345 @@
+//! The micro-benchmarks of paper section 8.1 on the embedded MinPBFT cluster with the null
+//! application: latency of one null operation (one client, sequential), latency against
+//! the request size, and throughput against the number of concurrent clients with
+//! batching on and off; beside them, the primitives those numbers are made of and the
+//! floor they imply.
+
+use std::cell::Cell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tracing::warn;
+
+use crate::machine::Machine;
+use crate::primitives::{self, Floor, PrimitiveCounts, Primitives};
+use crate::replicated::{self, Cluster, ClusterConfig, ProtocolClient, UsigKind};
+use crate::stats::Summary;
+
+#[derive(Debug, Clone)]
+pub struct MicroConfig {
+    pub f: u32,
+    pub data_root: PathBuf,
+    pub usig: UsigKind,
+    /// Null operations timed for the null-operation latency.
+    pub requests: usize,
+    /// Operations timed per request size.
+    pub size_requests: usize,
+    /// Untimed operations before each latency series.
+    pub warmup: usize,
+    pub sizes: Vec<usize>,
+    pub clients: Vec<usize>,
+    pub seconds: f64,
+    pub primitives: PrimitiveCounts,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyPoint {
+    pub request_bytes: usize,
+    /// Replies are null (empty) whatever the request size: the client API has no way to
+    /// ask for a reply of a given size.
+    pub reply_bytes: usize,
+    pub summary: Summary,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ThroughputPoint {
+    pub batching: bool,
+    pub clients: usize,
+    pub ops: u64,
+    pub seconds: f64,
+    pub ops_per_second: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MicroReport {
+    pub machine: Machine,
+    pub f: u32,
+    pub usig: &'static str,
+    pub primitives: Primitives,
+    pub floor: Floor,
+    pub null_latency: Option<Summary>,
+    pub latency_by_size: Vec<LatencyPoint>,
+    pub throughput: Vec<ThroughputPoint>,
+    /// Why the protocol measurements are missing, if they are.
+    pub cluster_error: Option<String>,
+}
+
+pub fn run(config: &MicroConfig, machine: Machine) -> Result<MicroReport> {
+    config.usig.check_available()?;
+    eprintln!("measuring primitives ...");
+    let prims = primitives::measure(config.primitives, &config.data_root)?;
+    let floor = Floor::of(&prims);
+    let mut report = MicroReport {
+        machine,
+        f: config.f,
+        usig: config.usig.name(),
+        primitives: prims,
+        floor,
+        null_latency: None,
+        latency_by_size: Vec::new(),
+        throughput: Vec::new(),
+        cluster_error: None,
+    };
+    if let Err(e) = protocol(config, &mut report) {
+        warn!("protocol measurements stopped: {e:#}");
+        report.cluster_error = Some(format!("{e:#}"));
+    }
+    Ok(report)
+}
+
+fn protocol(config: &MicroConfig, report: &mut MicroReport) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for batching in [true, false] {
+        let cluster = replicated::start(&ClusterConfig {
+            f: config.f,
+            dir: config.data_root.join(format!(
+                "micro-{}",
+                if batching { "batching" } else { "no-batching" }
+            )),
+            batching,
+            null_app: true,
+            usig: config.usig,
+        })?;
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            if batching {
+                // Latency is measured with batching on, the cluster's default; one
+                // sequential client never has more than one request to batch.
+                let client = cluster.client();
+                let null = latency(&*client, 0, config.warmup, config.requests, "null op").await;
+                report.null_latency = Summary::of(&null);
+                for &size in &config.sizes {
+                    let samples = latency(
+                        &*client,
+                        size,
+                        config.warmup.min(config.size_requests),
+                        config.size_requests,
+                        &format!("{size} B op"),
+                    )
+                    .await;
+                    if let Some(summary) = Summary::of(&samples) {
+                        report.latency_by_size.push(LatencyPoint {
+                            request_bytes: size,
+                            reply_bytes: 0,
+                            summary,
+                        });
+                    }
+                }
+            }
+            for &clients in &config.clients {
+                let point = throughput(&*cluster, clients, config.seconds, batching).await;
+                report.throughput.push(point);
+            }
+        });
+        cluster.stop()?;
+    }
+    Ok(())
+}
+
+async fn latency(
+    client: &dyn ProtocolClient,
+    size: usize,
+    warmup: usize,
+    n: usize,
+    what: &str,
+) -> Vec<Duration> {
+    let bar = bar(what, warmup + n);
+    let op = vec![0xabu8; size];
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..warmup + n {
+        let start = Instant::now();
+        let reply = client.invoke(op.clone(), false).await;
+        let elapsed = start.elapsed();
+        debug_assert!(size > 0 || reply.is_empty(), "a null op has a null reply");
+        if i >= warmup {
+            samples.push(elapsed);
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    samples
+}
+
+/// `clients` closed-loop clients issuing null operations for `seconds`; the first fifth
+/// (at most one second) is a warm-up that is not counted.
+async fn throughput(
+    cluster: &dyn Cluster,
+    clients: usize,
+    seconds: f64,
+    batching: bool,
+) -> ThroughputPoint {
+    let warm = Duration::from_secs_f64((seconds / 5.0).min(1.0));
+    let timed = Duration::from_secs_f64(seconds);
+    let start = Instant::now();
+    let (counted_from, deadline) = (start + warm, start + warm + timed);
+    let done = Rc::new(Cell::new(0u64));
+    let bar = ProgressBar::new_spinner();
+    bar.set_message(format!(
+        "throughput: {clients} clients, batching {}",
+        if batching { "on" } else { "off" }
+    ));
+    let mut tasks = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        let client = cluster.client();
+        let done = Rc::clone(&done);
+        tasks.push(tokio::task::spawn_local(async move {
+            loop {
+                client.invoke(Vec::new(), false).await;
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                if now >= counted_from {
+                    done.set(done.get() + 1);
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        if let Err(e) = task.await {
+            warn!("a throughput client failed: {e}");
+        }
+    }
+    bar.finish_and_clear();
+    let ops = done.get();
+    ThroughputPoint {
+        batching,
+        clients,
+        ops,
+        seconds: timed.as_secs_f64(),
+        ops_per_second: ops as f64 / timed.as_secs_f64(),
+    }
+}
+
+fn bar(what: &str, total: usize) -> ProgressBar {
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>16} {bar:30} {pos}/{len}  {elapsed}")
+            .expect("valid template"),
+    );
+    bar.set_prefix(what.to_string());
+    bar
+}
+
+impl MicroReport {
+    pub fn text(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let p = &self.primitives;
+        let fl = &self.floor;
+        let _ = writeln!(out, "Primitives (medians, measured in this run):");
+        let _ = writeln!(
+            out,
+            "  loopback TCP round trip, 64 B     {:>8.1} µs",
+            p.tcp_round_trip_us
+        );
+        let _ = writeln!(
+            out,
+            "  ECDSA P-256 sign (ring)           {:>8.1} µs",
+            p.ecdsa_sign_us
+        );
+        let _ = writeln!(
+            out,
+            "  ECDSA P-256 verify (ring)         {:>8.1} µs",
+            p.ecdsa_verify_us
+        );
+        let _ = writeln!(
+            out,
+            "  counter write: pwrite 16 B + fdatasync {:>5.1} µs",
+            p.counter_write_us
+        );
+        let _ = writeln!(
+            out,
+            "  HMAC-SHA256, 64 B                 {:>8.2} µs",
+            p.hmac_us
+        );
+        let _ = writeln!(
+            out,
+            "Floor of one MinPBFT request (f = 1, notes/limits.md): {} signs + {} verifies + {} MACs \
+             = {:.0} µs CPU; {} one-way hops = {:.0} µs; {} counter writes = {:.0} µs; total {:.0} µs",
+            fl.signs,
+            fl.verifies,
+            fl.macs,
+            fl.cpu_us,
+            fl.one_way_hops,
+            fl.network_us,
+            fl.counter_writes,
+            fl.disk_us,
+            fl.total_us
+        );
+        let _ = writeln!(
+            out,
+            "\nMinPBFT f = {}, {} USIG, null application:",
+            self.f, self.usig
+        );
+        match &self.null_latency {
+            Some(s) => {
+                let _ = writeln!(
+                    out,
+                    "  null operation latency: median {:.0} µs, mean {:.0} ± {:.0} µs, p95 {:.0} µs ({} ops)",
+                    s.median_ms * 1e3,
+                    s.mean_ms * 1e3,
+                    s.stddev_ms * 1e3,
+                    s.p95_ms * 1e3,
+                    s.n
+                );
+                let _ = writeln!(
+                    out,
+                    "  efficiency floor/measured (median): {:.0}%",
+                    100.0 * fl.total_us / (s.median_ms * 1e3)
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  null operation latency: not measured");
+            }
+        }
+        if !self.latency_by_size.is_empty() {
+            let _ = writeln!(
+                out,
+                "  latency vs request size (replies are null: the client API cannot ask for a reply size):"
+            );
+            for l in &self.latency_by_size {
+                let _ = writeln!(
+                    out,
+                    "    {:>5} B request: median {:>6.0} µs, mean {:>6.0} ± {:.0} µs, p95 {:>6.0} µs",
+                    l.request_bytes,
+                    l.summary.median_ms * 1e3,
+                    l.summary.mean_ms * 1e3,
+                    l.summary.stddev_ms * 1e3,
+                    l.summary.p95_ms * 1e3
+                );
+            }
+        }
+        if !self.throughput.is_empty() {
+            let _ = writeln!(out, "  throughput (null ops/s, closed loop):");
+            let _ = writeln!(out, "    clients   batching on   batching off");
+            let clients: std::collections::BTreeSet<usize> =
+                self.throughput.iter().map(|t| t.clients).collect();
+            for c in clients {
+                let get = |b: bool| {
+                    self.throughput
+                        .iter()
+                        .find(|t| t.clients == c && t.batching == b)
+                        .map_or_else(|| "-".to_string(), |t| format!("{:.0}", t.ops_per_second))
+                };
+                let _ = writeln!(out, "    {c:>7}   {:>11}   {:>12}", get(true), get(false));
+            }
+        }
+        if let Some(e) = &self.cluster_error {
+            let _ = writeln!(out, "  NOT MEASURED: {e}");
+        }
+        let m = &self.machine;
+        let _ = writeln!(
+            out,
+            "machine: {} cores, {}; {}; data in {}",
+            m.cores, m.cpu_model, m.kernel, m.data_dir
+        );
+        out
+    }
+}

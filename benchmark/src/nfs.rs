@@ -1,0 +1,351 @@
+//! A small NFSv3 client on nfs3_client for the macro-benchmark: the calls a shell tool
+//! (`mkdir -p`, `cp -r`, `rm -r`, `ls -lR`, `cat`) would make, one at a time, each turned
+//! into an `anyhow` error naming the procedure when the server refuses it.
+//!
+//! nfs3_client defaults to AUTH_NULL and a privileged source port (notes/nfs.md): both
+//! are overridden here, and the socket gets TCP_NODELAY so that no call waits on Nagle.
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+use anyhow::{Context, Result, bail};
+use nfs3_client::net::Connector;
+use nfs3_client::nfs3_types::nfs3::{
+    COMMIT3args, CREATE3args, GETATTR3args, LOOKUP3args, MKDIR3args, Nfs3Option, Nfs3Result,
+    READ3args, READDIRPLUS3args, REMOVE3args, RMDIR3args, WRITE3args, cookieverf3, createhow3,
+    diropargs3, fattr3, filename3, ftype3, nfs_fh3, sattr3, stable_how,
+};
+use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
+use nfs3_client::nfs3_types::xdr_codec::Opaque;
+use nfs3_client::tokio::TokioIo;
+use nfs3_client::{Nfs3ConnectionBuilder, RpcError};
+use tokio::net::TcpStream;
+
+/// Bytes asked for per READ and sent per WRITE (the embedded server's `rtpref`).
+const TRANSFER_BYTES: usize = 64 * 1024;
+/// READDIRPLUS sizes: enough for the benchmark's directories in one call.
+const READDIR_DIRCOUNT: u32 = 8 * 1024;
+const READDIR_MAXCOUNT: u32 = 64 * 1024;
+/// A directory listing longer than this is not the benchmark's tree: stop paging.
+const READDIR_PAGES_MAX: usize = 1024;
+
+/// Where an NFSv3 server listens (NFS and MOUNT on one port) and which export to mount.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub export: String,
+}
+
+/// The caller's AUTH_UNIX identity.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// TokioConnector with TCP_NODELAY: every RPC is one write, but a reply must never wait
+/// for a delayed ACK.
+struct NoDelayConnector;
+
+impl Connector for NoDelayConnector {
+    type Connection = TokioIo<TcpStream>;
+
+    async fn connect(&self, addr: SocketAddr) -> std::io::Result<Self::Connection> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(TokioIo::new(stream))
+    }
+
+    async fn connect_with_port(
+        &self,
+        addr: SocketAddr,
+        local_port: u16,
+    ) -> std::io::Result<Self::Connection> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        let local = match addr {
+            SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], local_port)),
+            SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], local_port)),
+        };
+        socket.bind(local)?;
+        let stream = socket.connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(TokioIo::new(stream))
+    }
+}
+
+/// One directory entry as READDIRPLUS (or a LOOKUP/GETATTR fallback) gives it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: Vec<u8>,
+    pub fh: nfs_fh3,
+    pub is_dir: bool,
+}
+
+pub struct Client {
+    conn: nfs3_client::Nfs3Connection<TokioIo<TcpStream>>,
+}
+
+fn nfs_ok<T, E: Debug>(procedure: &str, r: Result<Nfs3Result<T, E>, RpcError>) -> Result<T> {
+    match r {
+        Ok(Nfs3Result::Ok(v)) => Ok(v),
+        Ok(Nfs3Result::Err((status, _))) => bail!("{procedure}: {status:?}"),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("{procedure}: RPC failed"))),
+    }
+}
+
+fn dirop<'a>(dir: &nfs_fh3, name: &'a [u8]) -> diropargs3<'a> {
+    diropargs3 {
+        dir: dir.clone(),
+        name: filename3(Opaque::borrowed(name)),
+    }
+}
+
+fn handle(procedure: &str, fh: Nfs3Option<nfs_fh3>) -> Result<nfs_fh3> {
+    match fh {
+        Nfs3Option::Some(fh) => Ok(fh),
+        Nfs3Option::None => bail!("{procedure}: the reply carries no file handle"),
+    }
+}
+
+impl Client {
+    pub async fn connect(endpoint: &Endpoint, identity: Identity) -> Result<Client> {
+        let credential = opaque_auth::auth_unix(&auth_unix {
+            stamp: std::process::id(),
+            machinename: Opaque::owned(b"bftnfs-bench".to_vec()),
+            uid: identity.uid,
+            gid: identity.gid,
+            gids: vec![identity.gid],
+        });
+        let conn = Nfs3ConnectionBuilder::new(
+            NoDelayConnector,
+            endpoint.addr.ip().to_string(),
+            &endpoint.export,
+        )
+        .mount_port(endpoint.addr.port())
+        .nfs3_port(endpoint.addr.port())
+        .connect_from_privileged_port(false)
+        .credential(credential)
+        .mount()
+        .await
+        .with_context(|| {
+            format!(
+                "mounting {}:{} (NFSv3 over TCP)",
+                endpoint.addr, endpoint.export
+            )
+        })?;
+        Ok(Client { conn })
+    }
+
+    pub fn root(&self) -> nfs_fh3 {
+        self.conn.root_nfs_fh3()
+    }
+
+    pub async fn null(&mut self) -> Result<()> {
+        self.conn.null().await.context("NULL")
+    }
+
+    pub async fn mkdir(&mut self, dir: &nfs_fh3, name: &[u8]) -> Result<nfs_fh3> {
+        let args = MKDIR3args {
+            where_: dirop(dir, name),
+            attributes: sattr3 {
+                mode: Nfs3Option::Some(0o755),
+                ..sattr3::default()
+            },
+        };
+        let ok = nfs_ok("MKDIR", self.conn.mkdir(&args).await)?;
+        handle("MKDIR", ok.obj)
+    }
+
+    pub async fn create(&mut self, dir: &nfs_fh3, name: &[u8]) -> Result<nfs_fh3> {
+        let args = CREATE3args {
+            where_: dirop(dir, name),
+            how: createhow3::UNCHECKED(sattr3 {
+                mode: Nfs3Option::Some(0o644),
+                ..sattr3::default()
+            }),
+        };
+        let ok = nfs_ok("CREATE", self.conn.create(&args).await)?;
+        handle("CREATE", ok.obj)
+    }
+
+    /// WRITE `data` at `offset` (one call), returning how stably the server committed it.
+    pub async fn write(
+        &mut self,
+        fh: &nfs_fh3,
+        offset: u64,
+        data: &[u8],
+        stable: stable_how,
+    ) -> Result<stable_how> {
+        let args = WRITE3args {
+            file: fh.clone(),
+            offset,
+            count: u32::try_from(data.len()).context("WRITE larger than 4 GiB")?,
+            stable,
+            data: Opaque::borrowed(data),
+        };
+        let ok = nfs_ok("WRITE", self.conn.write(&args).await)?;
+        if ok.count as usize != data.len() {
+            bail!("WRITE: short write ({} of {} bytes)", ok.count, data.len());
+        }
+        Ok(ok.committed)
+    }
+
+    pub async fn commit(&mut self, fh: &nfs_fh3) -> Result<()> {
+        let args = COMMIT3args {
+            file: fh.clone(),
+            offset: 0,
+            count: 0,
+        };
+        nfs_ok("COMMIT", self.conn.commit(&args).await).map(|_| ())
+    }
+
+    /// What `cp` does for one file: CREATE, UNSTABLE WRITEs, and COMMIT unless every
+    /// WRITE reply already said FILE_SYNC. Returns whether a COMMIT was sent.
+    pub async fn write_file(&mut self, dir: &nfs_fh3, name: &[u8], data: &[u8]) -> Result<bool> {
+        let fh = self.create(dir, name).await?;
+        let mut all_synced = true;
+        for (i, chunk) in data.chunks(TRANSFER_BYTES).enumerate() {
+            let offset = (i * TRANSFER_BYTES) as u64;
+            let committed = self.write(&fh, offset, chunk, stable_how::UNSTABLE).await?;
+            all_synced &= committed == stable_how::FILE_SYNC;
+        }
+        if !all_synced {
+            self.commit(&fh).await?;
+        }
+        Ok(!all_synced)
+    }
+
+    pub async fn lookup(&mut self, dir: &nfs_fh3, name: &[u8]) -> Result<nfs_fh3> {
+        let args = LOOKUP3args {
+            what: dirop(dir, name),
+        };
+        nfs_ok("LOOKUP", self.conn.lookup(&args).await).map(|ok| ok.object)
+    }
+
+    pub async fn getattr(&mut self, fh: &nfs_fh3) -> Result<fattr3> {
+        let args = GETATTR3args { object: fh.clone() };
+        nfs_ok("GETATTR", self.conn.getattr(&args).await).map(|ok| ok.obj_attributes)
+    }
+
+    /// READ from offset 0 until EOF; returns the number of bytes read.
+    pub async fn read_all(&mut self, fh: &nfs_fh3) -> Result<u64> {
+        let mut offset = 0u64;
+        loop {
+            let args = READ3args {
+                file: fh.clone(),
+                offset,
+                count: TRANSFER_BYTES as u32,
+            };
+            let ok = nfs_ok("READ", self.conn.read(&args).await)?;
+            offset += u64::from(ok.count);
+            if ok.eof {
+                return Ok(offset);
+            }
+            if ok.count == 0 {
+                bail!("READ: no data and no EOF at offset {offset}");
+            }
+        }
+    }
+
+    /// Every entry of `dir` except `.` and `..`, by READDIRPLUS (with LOOKUP or GETATTR
+    /// for an entry whose handle or attributes the server left out).
+    pub async fn readdirplus(&mut self, dir: &nfs_fh3) -> Result<Vec<Entry>> {
+        let mut entries = Vec::new();
+        let mut cookie = 0;
+        let mut cookieverf = cookieverf3::default();
+        for _ in 0..READDIR_PAGES_MAX {
+            let args = READDIRPLUS3args {
+                dir: dir.clone(),
+                cookie,
+                cookieverf,
+                dircount: READDIR_DIRCOUNT,
+                maxcount: READDIR_MAXCOUNT,
+            };
+            let ok = nfs_ok("READDIRPLUS", self.conn.readdirplus(&args).await)?;
+            cookieverf = ok.cookieverf;
+            for e in ok.reply.entries.0 {
+                cookie = e.cookie;
+                let name = e.name.0.to_vec();
+                if name == b"." || name == b".." {
+                    continue;
+                }
+                let fh = match e.name_handle {
+                    Nfs3Option::Some(fh) => fh,
+                    Nfs3Option::None => self.lookup(dir, &name).await?,
+                };
+                let is_dir = match e.name_attributes {
+                    Nfs3Option::Some(attr) => attr.type_ == ftype3::NF3DIR,
+                    Nfs3Option::None => self.getattr(&fh).await?.type_ == ftype3::NF3DIR,
+                };
+                entries.push(Entry { name, fh, is_dir });
+            }
+            if ok.reply.eof {
+                return Ok(entries);
+            }
+        }
+        bail!("READDIRPLUS: more than {READDIR_PAGES_MAX} pages")
+    }
+
+    pub async fn remove(&mut self, dir: &nfs_fh3, name: &[u8]) -> Result<()> {
+        let args = REMOVE3args {
+            object: dirop(dir, name),
+        };
+        nfs_ok("REMOVE", self.conn.remove(&args).await).map(|_| ())
+    }
+
+    pub async fn rmdir(&mut self, dir: &nfs_fh3, name: &[u8]) -> Result<()> {
+        let args = RMDIR3args {
+            object: dirop(dir, name),
+        };
+        nfs_ok("RMDIR", self.conn.rmdir(&args).await).map(|_| ())
+    }
+
+    /// `rm -r parent/name`: LOOKUP, then depth first READDIRPLUS, REMOVE and RMDIR.
+    pub async fn remove_tree(&mut self, parent: &nfs_fh3, name: &[u8]) -> Result<()> {
+        let fh = self.lookup(parent, name).await?;
+        self.remove_contents(&fh).await?;
+        self.rmdir(parent, name).await
+    }
+
+    fn remove_contents<'a>(
+        &'a mut self,
+        dir: &'a nfs_fh3,
+    ) -> Pin<Box<dyn Future<Output = Result<()>> + 'a>> {
+        Box::pin(async move {
+            for entry in self.readdirplus(dir).await? {
+                if entry.is_dir {
+                    self.remove_contents(&entry.fh).await?;
+                    self.rmdir(dir, &entry.name).await?;
+                } else {
+                    self.remove(dir, &entry.name).await?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// `ls -lR`: READDIRPLUS of each directory and GETATTR of every entry, depth first.
+    /// Returns the number of objects examined.
+    pub fn stat_tree<'a>(
+        &'a mut self,
+        dir: &'a nfs_fh3,
+    ) -> Pin<Box<dyn Future<Output = Result<usize>> + 'a>> {
+        Box::pin(async move {
+            let mut examined = 0;
+            for entry in self.readdirplus(dir).await? {
+                self.getattr(&entry.fh).await?;
+                examined += 1;
+                if entry.is_dir {
+                    examined += self.stat_tree(&entry.fh).await?;
+                }
+            }
+            Ok(examined)
+        })
+    }
+}

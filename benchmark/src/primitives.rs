@@ -1,0 +1,225 @@
+//! The physical costs one MinPBFT request is made of, measured in the same run as the
+//! protocol (notes/limits.md: "measure again in your own benchmarks, side by side"), and
+//! the latency floor they imply for one request.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use ring::rand::SystemRandom;
+use ring::signature::{
+    ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair,
+    UnparsedPublicKey,
+};
+use serde::Serialize;
+
+use crate::stats::median_us;
+
+/// How many times each primitive runs.
+#[derive(Debug, Clone, Copy)]
+pub struct PrimitiveCounts {
+    pub round_trips: usize,
+    pub signatures: usize,
+    pub counter_writes: usize,
+}
+
+/// Medians, in microseconds.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Primitives {
+    /// 64-byte ping-pong over loopback TCP (std, TCP_NODELAY).
+    pub tcp_round_trip_us: f64,
+    /// ECDSA P-256 (ring) over a 32-byte digest.
+    pub ecdsa_sign_us: f64,
+    pub ecdsa_verify_us: f64,
+    /// pwrite 16 B in place + fdatasync, in the data directory's file system.
+    pub counter_write_us: f64,
+    /// HMAC-SHA256 (ring) over 64 bytes.
+    pub hmac_us: f64,
+}
+
+/// One MinPBFT request with f = 1 on its critical path (notes/limits.md, "Floor of one
+/// MinPBFT request"): the client signs; the primary verifies the request and creates a
+/// UI; the backup verifies the PREPARE's UI and the request and creates its UI; the
+/// receiver of the COMMIT verifies it, executes and MACs its reply, and the client
+/// checks f + 1 reply MACs; 4 one-way hops; each UI waits for a durable counter write.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Floor {
+    pub signs: u32,
+    pub verifies: u32,
+    pub macs: u32,
+    pub one_way_hops: u32,
+    pub counter_writes: u32,
+    pub cpu_us: f64,
+    pub network_us: f64,
+    pub disk_us: f64,
+    pub total_us: f64,
+}
+
+impl Floor {
+    pub fn of(p: &Primitives) -> Floor {
+        let (signs, verifies, macs, one_way_hops, counter_writes) = (3, 4, 3, 4, 2);
+        let cpu_us = f64::from(signs) * p.ecdsa_sign_us
+            + f64::from(verifies) * p.ecdsa_verify_us
+            + f64::from(macs) * p.hmac_us;
+        let network_us = f64::from(one_way_hops) * p.tcp_round_trip_us / 2.0;
+        let disk_us = f64::from(counter_writes) * p.counter_write_us;
+        Floor {
+            signs,
+            verifies,
+            macs,
+            one_way_hops,
+            counter_writes,
+            cpu_us,
+            network_us,
+            disk_us,
+            total_us: cpu_us + network_us + disk_us,
+        }
+    }
+}
+
+pub fn measure(counts: PrimitiveCounts, data_dir: &Path) -> Result<Primitives> {
+    let (ecdsa_sign_us, ecdsa_verify_us) = ecdsa(counts.signatures)?;
+    Ok(Primitives {
+        tcp_round_trip_us: tcp_round_trip(counts.round_trips)?,
+        ecdsa_sign_us,
+        ecdsa_verify_us,
+        counter_write_us: counter_write(counts.counter_writes, data_dir)?,
+        hmac_us: hmac(),
+    })
+}
+
+fn tcp_round_trip(n: usize) -> Result<f64> {
+    const MSG: usize = 64;
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding loopback")?;
+    let addr = listener.local_addr()?;
+    let warmup = n / 10 + 1;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut buf = [0u8; MSG];
+        for _ in 0..n + warmup {
+            s.read_exact(&mut buf)?;
+            s.write_all(&buf)?;
+        }
+        Ok(())
+    });
+    let mut s = TcpStream::connect(addr).context("connecting over loopback")?;
+    s.set_nodelay(true)?;
+    let msg = [7u8; MSG];
+    let mut buf = [0u8; MSG];
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n + warmup {
+        let start = Instant::now();
+        s.write_all(&msg)?;
+        s.read_exact(&mut buf)?;
+        if i >= warmup {
+            samples.push(start.elapsed());
+        }
+    }
+    echo.join()
+        .map_err(|_| anyhow::anyhow!("echo thread panicked"))??;
+    Ok(median_us(&mut samples))
+}
+
+/// (sign, verify) medians.
+fn ecdsa(n: usize) -> Result<(f64, f64)> {
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+        .map_err(|_| anyhow::anyhow!("ECDSA key generation failed"))?;
+    let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+        .map_err(|_| anyhow::anyhow!("ECDSA key parse failed"))?;
+    let public = UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, key.public_key().as_ref().to_vec());
+    let digest = [0x5au8; 32];
+    let mut signs = Vec::with_capacity(n);
+    let mut sig = Vec::new();
+    for _ in 0..n {
+        let start = Instant::now();
+        let s = key
+            .sign(&rng, &digest)
+            .map_err(|_| anyhow::anyhow!("ECDSA sign failed"))?;
+        signs.push(start.elapsed());
+        sig = s.as_ref().to_vec();
+    }
+    let mut verifies = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        public
+            .verify(&digest, &sig)
+            .map_err(|_| anyhow::anyhow!("ECDSA verify failed"))?;
+        verifies.push(start.elapsed());
+    }
+    Ok((median_us(&mut signs), median_us(&mut verifies)))
+}
+
+/// A USIG counter record: 16 bytes written in place, then fdatasync.
+fn counter_write(n: usize, dir: &Path) -> Result<f64> {
+    std::fs::create_dir_all(dir)?;
+    let file = tempfile::tempfile_in(dir).context("temporary counter file")?;
+    file.write_all_at(&[0u8; 4096], 0)?;
+    file.sync_all()?;
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n as u64 {
+        let mut record = [0u8; 16];
+        record[..8].copy_from_slice(&i.to_le_bytes());
+        let start = Instant::now();
+        file.write_all_at(&record, 0)?;
+        file.sync_data()?;
+        samples.push(start.elapsed());
+    }
+    Ok(median_us(&mut samples))
+}
+
+fn hmac() -> f64 {
+    const BATCH: usize = 1000;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[9u8; 32]);
+    let msg = [3u8; 64];
+    let mut per_batch: Vec<Duration> = (0..50)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..BATCH {
+                std::hint::black_box(ring::hmac::sign(&key, std::hint::black_box(&msg)));
+            }
+            start.elapsed()
+        })
+        .collect();
+    median_us(&mut per_batch) / BATCH as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_floor_adds_up() {
+        let p = Primitives {
+            tcp_round_trip_us: 20.0,
+            ecdsa_sign_us: 20.0,
+            ecdsa_verify_us: 60.0,
+            counter_write_us: 150.0,
+            hmac_us: 0.5,
+        };
+        let f = Floor::of(&p);
+        assert_eq!(f.cpu_us, 3.0 * 20.0 + 4.0 * 60.0 + 1.5);
+        assert_eq!(f.network_us, 40.0);
+        assert_eq!(f.disk_us, 300.0);
+        assert_eq!(f.total_us, f.cpu_us + 340.0);
+    }
+
+    #[test]
+    fn primitives_measure() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = measure(
+            PrimitiveCounts {
+                round_trips: 20,
+                signatures: 5,
+                counter_writes: 3,
+            },
+            dir.path(),
+        )
+        .expect("measure");
+        assert!(p.tcp_round_trip_us > 0.0 && p.ecdsa_verify_us > 0.0 && p.hmac_us > 0.0);
+    }
+}

@@ -1,0 +1,377 @@
+//! The macro-benchmark's results: the paper's Table 2 (phases as rows, deployments as
+//! columns, a total row) with replicated/unreplicated ratios, and the same numbers as
+//! JSON and CSV.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::machine::Machine;
+use crate::stats::Summary;
+use crate::workload::{PHASES, Phase};
+
+/// The baseline every other mode is divided by.
+pub const BASELINE: &str = "unreplicated";
+
+#[derive(Debug, Clone)]
+pub struct PhaseResult {
+    pub phase: Phase,
+    pub summary: Summary,
+}
+
+/// One deployment's results.
+#[derive(Debug, Clone)]
+pub struct ModeResult {
+    /// "unreplicated", "minpbft" or "target".
+    pub name: String,
+    pub label: String,
+    pub phases: Vec<PhaseResult>,
+    /// COMMITs the client had to send because a WRITE came back UNSTABLE.
+    pub commits: u64,
+}
+
+impl ModeResult {
+    /// Total over the phases: sums of the means, medians and 95th percentiles; the
+    /// standard deviation assumes the phases are independent.
+    pub fn total(&self) -> Summary {
+        let sum = |f: fn(&Summary) -> f64| self.phases.iter().map(|p| f(&p.summary)).sum();
+        Summary {
+            n: self.phases.iter().map(|p| p.summary.n).min().unwrap_or(0),
+            mean_ms: sum(|s| s.mean_ms),
+            stddev_ms: self
+                .phases
+                .iter()
+                .map(|p| p.summary.stddev_ms.powi(2))
+                .sum::<f64>()
+                .sqrt(),
+            median_ms: sum(|s| s.median_ms),
+            p95_ms: sum(|s| s.p95_ms),
+            min_ms: sum(|s| s.min_ms),
+            max_ms: sum(|s| s.max_ms),
+        }
+    }
+
+    fn phase(&self, phase: Phase) -> Option<&Summary> {
+        self.phases
+            .iter()
+            .find(|p| p.phase == phase)
+            .map(|p| &p.summary)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MacroReport {
+    pub modes: Vec<ModeResult>,
+    /// Modes asked for that did not run, with the reason.
+    pub skipped: Vec<(String, String)>,
+    pub runs: usize,
+    pub warmup: usize,
+    pub machine: Machine,
+    pub durability: String,
+}
+
+#[derive(Serialize)]
+struct JsonPhase<'a> {
+    name: &'a str,
+    mean_ms: f64,
+    stddev_ms: f64,
+    median_ms: f64,
+    p95_ms: f64,
+}
+
+#[derive(Serialize)]
+struct JsonMode<'a> {
+    total_ms: f64,
+    phases: Vec<JsonPhase<'a>>,
+}
+
+#[derive(Serialize)]
+struct Json<'a> {
+    modes: BTreeMap<&'a str, JsonMode<'a>>,
+    machine: &'a Machine,
+    durability: &'a str,
+}
+
+impl MacroReport {
+    fn baseline(&self) -> Option<&ModeResult> {
+        self.modes.iter().find(|m| m.name == BASELINE)
+    }
+
+    /// Modes compared with the baseline (every mode but the baseline, if it ran).
+    fn compared(&self) -> Vec<&ModeResult> {
+        match self.baseline() {
+            Some(_) => self.modes.iter().filter(|m| m.name != BASELINE).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    pub fn to_json(&self) -> Result<String> {
+        let modes = self
+            .modes
+            .iter()
+            .map(|m| {
+                let phases = m
+                    .phases
+                    .iter()
+                    .map(|p| JsonPhase {
+                        name: p.phase.name(),
+                        mean_ms: p.summary.mean_ms,
+                        stddev_ms: p.summary.stddev_ms,
+                        median_ms: p.summary.median_ms,
+                        p95_ms: p.summary.p95_ms,
+                    })
+                    .collect();
+                (
+                    m.name.as_str(),
+                    JsonMode {
+                        total_ms: m.total().mean_ms,
+                        phases,
+                    },
+                )
+            })
+            .collect();
+        let json = Json {
+            modes,
+            machine: &self.machine,
+            durability: &self.durability,
+        };
+        Ok(serde_json::to_string_pretty(&json)? + "\n")
+    }
+
+    pub fn to_csv(&self) -> String {
+        let mut out = String::from(
+            "mode,phase,description,runs,mean_ms,stddev_ms,median_ms,p95_ms,min_ms,max_ms\n",
+        );
+        for m in &self.modes {
+            let rows = m
+                .phases
+                .iter()
+                .map(|p| (p.phase.name(), p.phase.title(), p.summary))
+                .chain(std::iter::once(("total", "sum over phases", m.total())));
+            for (name, title, s) in rows {
+                let _ = writeln!(
+                    out,
+                    "{},{},\"{}\",{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4}",
+                    m.name,
+                    name,
+                    title,
+                    s.n,
+                    s.mean_ms,
+                    s.stddev_ms,
+                    s.median_ms,
+                    s.p95_ms,
+                    s.min_ms,
+                    s.max_ms
+                );
+            }
+        }
+        out
+    }
+
+    /// Table 2 as text.
+    pub fn table(&self) -> String {
+        const PHASE_W: usize = 40;
+        const CELL_W: usize = 30;
+        let compared = self.compared();
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "Table 2 (bftnfs): latency per phase in ms; {} runs per phase after {} warm-up runs",
+            self.runs, self.warmup
+        );
+        let mut head = format!("{:<PHASE_W$}", "phase");
+        let mut sub = format!("{:<PHASE_W$}", "");
+        for m in &self.modes {
+            let _ = write!(head, " | {:<CELL_W$}", m.name);
+            let _ = write!(sub, " | {:<CELL_W$}", "  mean ± sd     median     p95");
+        }
+        for m in &compared {
+            let _ = write!(head, " | {:<14}", format!("{}/{}", m.name, "unrepl"));
+            let _ = write!(sub, " | {:<14}", "mean  median");
+        }
+        let rule = "-".repeat(head.chars().count());
+        let _ = writeln!(out, "{head}\n{sub}\n{rule}");
+        let baseline = self.baseline();
+        let row = |out: &mut String, label: String, get: &dyn Fn(&ModeResult) -> Option<Summary>| {
+            let mut line = format!("{label:<PHASE_W$}");
+            for m in &self.modes {
+                let cell = get(m).map_or_else(|| "-".to_string(), |s| cell(&s));
+                let _ = write!(line, " | {cell:<CELL_W$}");
+            }
+            for m in &compared {
+                let ratio = match (baseline.and_then(get), get(m)) {
+                    (Some(b), Some(s)) => format!(
+                        "{:>5} {:>6}",
+                        ratio(s.mean_ms, b.mean_ms),
+                        ratio(s.median_ms, b.median_ms)
+                    ),
+                    _ => "-".to_string(),
+                };
+                let _ = write!(line, " | {ratio:<14}");
+            }
+            let _ = writeln!(out, "{}", line.trim_end());
+        };
+        for phase in PHASES {
+            row(
+                &mut out,
+                format!("{} {}", phase.name(), phase.title()),
+                &|m: &ModeResult| m.phase(phase).copied(),
+            );
+        }
+        let _ = writeln!(out, "{rule}");
+        row(&mut out, "Total".to_string(), &|m: &ModeResult| {
+            Some(m.total())
+        });
+        let _ = writeln!(
+            out,
+            "\nTotal: sums over the phases (sd as if the phases were independent). \
+             Ratios: the mode's mean (median) over the unreplicated one."
+        );
+        let _ = writeln!(out, "Calls per run:");
+        for phase in PHASES {
+            let _ = writeln!(out, "  {}: {}", phase.name(), phase.calls());
+        }
+        for m in &self.modes {
+            let _ = writeln!(
+                out,
+                "{}: {}; COMMITs needed: {}",
+                m.name, m.label, m.commits
+            );
+        }
+        for (name, why) in &self.skipped {
+            let _ = writeln!(out, "{name}: NOT RUN: {why}");
+        }
+        let _ = writeln!(out, "durability: {}", self.durability);
+        let m = &self.machine;
+        let _ = writeln!(
+            out,
+            "machine: {} cores, {}; {}; data in {}",
+            m.cores, m.cpu_model, m.kernel, m.data_dir
+        );
+        out
+    }
+
+    pub fn write_json(&self, path: &Path) -> Result<()> {
+        std::fs::write(path, self.to_json()?).with_context(|| format!("writing {}", path.display()))
+    }
+
+    pub fn write_csv(&self, path: &Path) -> Result<()> {
+        std::fs::write(path, self.to_csv()).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+fn cell(s: &Summary) -> String {
+    format!(
+        "{:>7} ± {:<6} {:>7} {:>7}",
+        fmt_ms(s.mean_ms),
+        fmt_ms(s.stddev_ms),
+        fmt_ms(s.median_ms),
+        fmt_ms(s.p95_ms)
+    )
+}
+
+/// Three significant digits at most, without exponent.
+pub fn fmt_ms(ms: f64) -> String {
+    if ms >= 100.0 {
+        format!("{ms:.0}")
+    } else if ms >= 10.0 {
+        format!("{ms:.1}")
+    } else {
+        format!("{ms:.2}")
+    }
+}
+
+fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}x", a / b)
+    } else {
+        "-".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(mean_ms: f64) -> Summary {
+        Summary {
+            n: 10,
+            mean_ms,
+            stddev_ms: 1.0,
+            median_ms: mean_ms,
+            p95_ms: mean_ms * 1.5,
+            min_ms: mean_ms / 2.0,
+            max_ms: mean_ms * 2.0,
+        }
+    }
+
+    fn mode(name: &str, scale: f64) -> ModeResult {
+        ModeResult {
+            name: name.into(),
+            label: name.into(),
+            phases: PHASES
+                .iter()
+                .enumerate()
+                .map(|(i, &phase)| PhaseResult {
+                    phase,
+                    summary: summary((i + 1) as f64 * scale),
+                })
+                .collect(),
+            commits: 0,
+        }
+    }
+
+    fn report() -> MacroReport {
+        MacroReport {
+            modes: vec![mode("unreplicated", 1.0), mode("minpbft", 2.0)],
+            skipped: vec![],
+            runs: 10,
+            warmup: 1,
+            machine: Machine::probe(Path::new("/tmp")),
+            durability: "fsync".into(),
+        }
+    }
+
+    #[test]
+    fn json_has_the_documented_shape() {
+        let v: serde_json::Value = serde_json::from_str(&report().to_json().expect("json"))
+            .expect("valid json");
+        let top: Vec<_> = v.as_object().expect("object").keys().cloned().collect();
+        assert_eq!(top, ["durability", "machine", "modes"]);
+        let u = &v["modes"]["unreplicated"];
+        assert_eq!(u["total_ms"].as_f64(), Some(15.0));
+        assert_eq!(u["phases"].as_array().expect("phases").len(), 5);
+        assert_eq!(u["phases"][0]["name"], "P1");
+        let keys: Vec<_> = u["phases"][0]
+            .as_object()
+            .expect("phase")
+            .keys()
+            .cloned()
+            .collect();
+        assert_eq!(
+            keys,
+            ["mean_ms", "median_ms", "name", "p95_ms", "stddev_ms"]
+        );
+        assert_eq!(v["modes"]["minpbft"]["total_ms"].as_f64(), Some(30.0));
+    }
+
+    #[test]
+    fn the_table_has_every_phase_a_total_and_the_ratio() {
+        let t = report().table();
+        for p in PHASES {
+            assert!(t.contains(p.title()), "{t}");
+        }
+        assert!(t.contains("Total"));
+        assert!(t.contains("minpbft/unrepl"));
+        assert!(t.contains("2.00x"));
+    }
+
+    #[test]
+    fn csv_has_a_row_per_phase_and_total() {
+        let csv = report().to_csv();
+        assert_eq!(csv.lines().count(), 1 + 2 * 6);
+    }
+}

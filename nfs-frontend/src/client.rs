@@ -1,0 +1,393 @@
+//! The BFT client of the replicated mode (MinBFT section 5, "Clients") and the
+//! `FsBackend` that puts the NFS server on top of it.
+//!
+//! One engine task runs several `consensus::Client` sessions (each has at most one
+//! request outstanding), so that as many NFS calls as there are sessions are ordered at
+//! once. It signs each request, sends it to every replica, checks reply MACs and hands
+//! back the result f+1 (ordered) or 2f+1 (read-only) replicas agree on. Ticks drive
+//! re-sends: a dead replica or a view change costs latency, never an NFS error. While a
+//! replica's connection is down, reads go straight down the ordered path, because the
+//! read-only path needs all 2f+1 replies and would only time out first.
+//!
+//! `first_seq` of every session is the wall clock in nanoseconds at start, so a
+//! restarted frontend never reuses a sequence number (replicas drop old ones).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use consensus::{Client, ClientOutput, Crypto, ReplicaId, Reply};
+use fs_state::{AuthUnix, FileHandle, FsOp, FsReply, NfsStat3, is_read_only};
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info};
+
+use crate::backend::{FsBackend, error_reply};
+use crate::config::{ClusterConfig, ConfigError, SESSION_STRIDE};
+use crate::crypto::{ClusterCrypto, RequestSigner};
+use crate::net::{
+    ClientMsg, DropReason, Hello, NetStats, ReplicaMsg, decode, encode, read_frame, write_frame,
+};
+use crate::op::encode_op;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// Requests queued toward one replica connection.
+const CONN_QUEUE_MAX: usize = 4_096;
+/// Largest reply frame accepted from a replica (a READ of the largest size, encoded).
+const REPLY_FRAME_BYTES_MAX: usize = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("the client engine has stopped")]
+    Stopped,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+struct Job {
+    op: Vec<u8>,
+    read_only: bool,
+    reply: oneshot::Sender<Vec<u8>>,
+}
+
+/// A handle to a running BFT client engine; cheap to clone, usable from any runtime.
+#[derive(Clone)]
+pub struct BftClient {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl BftClient {
+    /// Orders `op` (or runs it on the read-only path) and returns the agreed result.
+    /// Waits through replica failures and view changes; an empty result only if the
+    /// engine has stopped.
+    pub async fn invoke(&self, op: Vec<u8>, read_only: bool) -> Vec<u8> {
+        self.try_invoke(op, read_only).await.unwrap_or_default()
+    }
+
+    pub async fn try_invoke(&self, op: Vec<u8>, read_only: bool) -> Result<Vec<u8>, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs
+            .send(Job {
+                op,
+                read_only,
+                reply: tx,
+            })
+            .map_err(|_| ClientError::Stopped)?;
+        rx.await.map_err(|_| ClientError::Stopped)
+    }
+
+    /// Starts the engine of client `client` on the current tokio runtime. It runs until
+    /// every handle is dropped.
+    pub fn spawn(config: Arc<ClusterConfig>, client: u64) -> Result<BftClient, ClientError> {
+        let (handle, engine) = Self::build(config, client)?;
+        tokio::spawn(engine);
+        Ok(handle)
+    }
+
+    /// The handle and the engine future (to run where the caller likes).
+    pub fn build(
+        config: Arc<ClusterConfig>,
+        client: u64,
+    ) -> Result<(BftClient, impl Future<Output = ()> + Send + 'static), ClientError> {
+        let secrets = config.client_secrets(client)?;
+        let crypto = ClusterCrypto::for_client(&config, &secrets)?;
+        let signer = RequestSigner::new(&secrets.signing_pkcs8)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let engine = Engine::new(config, client, crypto, signer);
+        Ok((BftClient { jobs: tx }, engine.run(rx)))
+    }
+}
+
+struct Engine {
+    config: Arc<ClusterConfig>,
+    client: u64,
+    crypto: ClusterCrypto,
+    signer: RequestSigner,
+    sessions: Vec<Client>,
+    waiting: Vec<Option<oneshot::Sender<Vec<u8>>>>,
+    queue: VecDeque<Job>,
+    conns: Vec<mpsc::Sender<Vec<u8>>>,
+    up: Vec<Arc<AtomicBool>>,
+    stats: Arc<NetStats>,
+}
+
+impl Engine {
+    fn new(
+        config: Arc<ClusterConfig>,
+        client: u64,
+        crypto: ClusterCrypto,
+        signer: RequestSigner,
+    ) -> Self {
+        let first_seq = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2));
+        let resend = (config.consensus.request_timeout_ticks / 4).max(2);
+        let sessions = (0..config.sessions)
+            .map(|s| {
+                Client::new(
+                    client * SESSION_STRIDE + s,
+                    config.consensus.clone(),
+                    first_seq,
+                    resend,
+                )
+            })
+            .collect();
+        Engine {
+            waiting: (0..config.sessions).map(|_| None).collect(),
+            config,
+            client,
+            crypto,
+            signer,
+            sessions,
+            queue: VecDeque::new(),
+            conns: Vec::new(),
+            up: Vec::new(),
+            stats: Arc::new(NetStats::default()),
+        }
+    }
+
+    async fn run(mut self, mut jobs: mpsc::UnboundedReceiver<Job>) {
+        let (reply_tx, mut replies) = mpsc::channel::<Reply>(CONN_QUEUE_MAX);
+        let mut tasks = Vec::new();
+        for i in 0..self.config.n() {
+            let (tx, rx) = mpsc::channel(CONN_QUEUE_MAX);
+            let up = Arc::new(AtomicBool::new(false));
+            self.conns.push(tx);
+            self.up.push(up.clone());
+            tasks.push(tokio::spawn(connection(
+                self.config.clone(),
+                self.client,
+                i,
+                rx,
+                reply_tx.clone(),
+                up,
+                self.stats.clone(),
+            )));
+        }
+        drop(reply_tx);
+        let mut tick = tokio::time::interval(Duration::from_nanos(self.config.consensus.tick_ns));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                job = jobs.recv() => match job {
+                    Some(job) => {
+                        self.queue.push_back(job);
+                        while let Ok(job) = jobs.try_recv() {
+                            self.queue.push_back(job);
+                        }
+                        self.dispatch();
+                    }
+                    None => break,
+                },
+                Some(reply) = replies.recv() => {
+                    self.on_reply(&reply);
+                    while let Ok(reply) = replies.try_recv() {
+                        self.on_reply(&reply);
+                    }
+                    self.dispatch();
+                }
+                _ = tick.tick() => {
+                    for s in 0..self.sessions.len() {
+                        let outs = self.sessions[s].on_tick();
+                        self.outputs(s, outs);
+                    }
+                }
+            }
+        }
+        for t in tasks {
+            t.abort();
+        }
+        debug!(client = self.client, "client engine stopped");
+    }
+
+    fn dispatch(&mut self) {
+        let all_up = self.up.iter().all(|u| u.load(Ordering::Relaxed));
+        for s in 0..self.sessions.len() {
+            if self.queue.is_empty() {
+                return;
+            }
+            if !self.sessions[s].is_idle() {
+                continue;
+            }
+            let job = self.queue.pop_front().expect("queue not empty");
+            if job.reply.is_closed() {
+                continue;
+            }
+            self.waiting[s] = Some(job.reply);
+            let outs = self.sessions[s].submit(job.op, job.read_only && all_up);
+            self.outputs(s, outs);
+        }
+    }
+
+    fn on_reply(&mut self, reply: &Reply) {
+        let base = self.client * SESSION_STRIDE;
+        let Some(s) = reply
+            .client
+            .checked_sub(base)
+            .filter(|s| *s < self.sessions.len() as u64)
+        else {
+            self.stats.count(DropReason::WrongClient);
+            return;
+        };
+        let crypto: &dyn Crypto = &self.crypto;
+        let outs = self.sessions[s as usize].on_reply(crypto, reply);
+        self.outputs(s as usize, outs);
+    }
+
+    fn outputs(&mut self, s: usize, outs: Vec<ClientOutput>) {
+        for o in outs {
+            match o {
+                ClientOutput::Send(mut req) => {
+                    req.sig = self.signer.sign(&req.digest());
+                    let frame = encode(&ClientMsg::Request(req));
+                    for c in &self.conns {
+                        if c.try_send(frame.clone()).is_err() {
+                            self.stats.count(DropReason::QueueFull);
+                        }
+                    }
+                }
+                ClientOutput::Done { result, .. } => {
+                    if let Some(tx) = self.waiting[s].take() {
+                        let _ = tx.send(result);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One replica connection: dials with backoff, sends queued requests, forwards replies.
+async fn connection(
+    config: Arc<ClusterConfig>,
+    client: u64,
+    replica: ReplicaId,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+    replies: mpsc::Sender<Reply>,
+    up: Arc<AtomicBool>,
+    stats: Arc<NetStats>,
+) {
+    let addr = config.replica_addr(replica);
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let stream = match TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(replica, %addr, "connect failed: {e}");
+                while rx.try_recv().is_ok() {}
+                if rx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (mut r, w) = stream.into_split();
+        let mut w = BufWriter::with_capacity(64 << 10, w);
+        if write_frame(&mut w, &encode(&Hello::Client { client }))
+            .await
+            .is_err()
+            || w.flush().await.is_err()
+        {
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
+        info!(replica, %addr, "connected to replica");
+        backoff = BACKOFF_MIN;
+        up.store(true, Ordering::Relaxed);
+        let replies = replies.clone();
+        let stats2 = stats.clone();
+        let mut reader = tokio::spawn(async move {
+            loop {
+                let frame = match read_frame(&mut r, REPLY_FRAME_BYTES_MAX).await {
+                    Ok(f) => f,
+                    Err(e) => {
+                        if let Some(why) = e.drop_reason() {
+                            stats2.count(why);
+                        }
+                        return;
+                    }
+                };
+                match decode::<ReplicaMsg>(&frame) {
+                    Ok(ReplicaMsg::Reply(reply)) => {
+                        if reply.replica != replica {
+                            stats2.count(DropReason::WrongClient);
+                            continue;
+                        }
+                        if replies.send(reply).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => {
+                        stats2.count(DropReason::Garbage);
+                        return;
+                    }
+                }
+            }
+        });
+        let closed = loop {
+            tokio::select! {
+                frame = rx.recv() => {
+                    let Some(frame) = frame else { break true };
+                    let mut ok = write_frame(&mut w, &frame).await.is_ok();
+                    while ok && let Ok(frame) = rx.try_recv() {
+                        ok = write_frame(&mut w, &frame).await.is_ok();
+                    }
+                    if !ok || w.flush().await.is_err() {
+                        break false;
+                    }
+                }
+                _ = &mut reader => break false,
+            }
+        };
+        up.store(false, Ordering::Relaxed);
+        reader.abort();
+        if closed {
+            return;
+        }
+        info!(replica, "connection to replica lost; reconnecting");
+    }
+}
+
+/// The replicated `FsBackend`: every NFS call is one BFT request.
+#[derive(Clone)]
+pub struct BftBackend {
+    client: BftClient,
+    root: FileHandle,
+}
+
+impl BftBackend {
+    pub fn new(client: BftClient, generation: u64) -> Self {
+        BftBackend {
+            client,
+            root: FileHandle::root(generation),
+        }
+    }
+}
+
+impl FsBackend for BftBackend {
+    fn root_handle(&self) -> FileHandle {
+        self.root.clone()
+    }
+
+    fn execute(&self, cred: AuthUnix, op: FsOp) -> impl Future<Output = FsReply> + Send {
+        let bytes = encode_op(&cred, &op);
+        let read_only = is_read_only(&op);
+        let client = self.client.clone();
+        async move {
+            match client.try_invoke(bytes, read_only).await {
+                Ok(result) => {
+                    FsReply::decode(&result).unwrap_or_else(|_| error_reply(&op, NfsStat3::Io))
+                }
+                Err(_) => error_reply(&op, NfsStat3::Io),
+            }
+        }
+    }
+}

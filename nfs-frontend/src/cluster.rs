@@ -1,0 +1,230 @@
+//! An embedded cluster for tests and the benchmark: 2f+1 replicas and an NFS frontend in
+//! this process, each replica on its own thread with its own current-thread runtime
+//! (as in its own process: separate USIG, log, export and sockets on 127.0.0.1), the
+//! frontend on another, and a second BFT client for micro-benchmarks on a third.
+//!
+//! Threads rather than child processes so that a benchmark or test needs no binary and
+//! stops everything with `stop`; the kill -9 tests use real `bftnfs` processes instead.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use anyhow::Context;
+use fs_state::FsConfig;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+use crate::client::{BftBackend, BftClient};
+use crate::config::{ClusterConfig, KeygenOptions, keygen};
+use crate::replica::{self, ReplicaOptions, ReplicaStats};
+use crate::server::{NfsServer, ServerConfig};
+
+/// The client index the NFS frontend uses; `BENCH_CLIENT` is the programmatic client.
+pub const FRONTEND_CLIENT: u64 = 0;
+pub const BENCH_CLIENT: u64 = 1;
+
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    pub f: u32,
+    /// Holds cluster.toml, keys/ and replica-<i>/ (reused if cluster.toml exists).
+    pub dir: PathBuf,
+    /// Batch requests in PREPAREs (false: one request per batch).
+    pub batching: bool,
+    /// Replicas order requests but execute nothing (protocol micro-benchmarks).
+    pub null_app: bool,
+    /// BFT sessions per client (requests in flight at once).
+    pub sessions: u64,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        ClusterOptions {
+            f: 1,
+            dir: std::env::temp_dir().join(format!("bftnfs-cluster-{}-{nanos}", std::process::id())),
+            batching: true,
+            null_app: false,
+            sessions: 16,
+        }
+    }
+}
+
+type StopAndJoin<T> = (oneshot::Sender<()>, JoinHandle<anyhow::Result<T>>);
+
+pub struct LocalCluster {
+    config: Arc<ClusterConfig>,
+    nfs_addr: SocketAddr,
+    replicas: Vec<Option<StopAndJoin<ReplicaStats>>>,
+    frontend: Option<StopAndJoin<()>>,
+    bench: Option<(BftClient, StopAndJoin<()>)>,
+    dir: PathBuf,
+}
+
+/// Writes a fresh cluster.toml and keys into `dir` unless one is there.
+pub fn ensure_keys(dir: &Path, f: u32, batching: bool, sessions: u64) -> anyhow::Result<PathBuf> {
+    let path = dir.join("cluster.toml");
+    if path.exists() {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut opts = KeygenOptions::new(f, 2);
+    opts.sessions = sessions;
+    if !batching {
+        opts.consensus.batch_requests_max = 1;
+    }
+    Ok(keygen(dir, &opts)?)
+}
+
+fn spawn_runtime_thread<T: Send + 'static, F, Fut>(
+    name: String,
+    f: F,
+) -> anyhow::Result<StopAndJoin<T>>
+where
+    F: FnOnce(oneshot::Receiver<()>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let (tx, rx) = oneshot::channel();
+    let handle = std::thread::Builder::new().name(name).spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(f(rx))
+    })?;
+    Ok((tx, handle))
+}
+
+/// Starts replica `id` of `config` on its own thread.
+pub fn start_replica_thread(
+    config: Arc<ClusterConfig>,
+    opts: ReplicaOptions,
+) -> anyhow::Result<(oneshot::Sender<()>, JoinHandle<anyhow::Result<ReplicaStats>>)> {
+    let addr = config.replica_addr(opts.id);
+    let std_listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("replica {} binding {addr}", opts.id))?;
+    std_listener.set_nonblocking(true)?;
+    spawn_runtime_thread(format!("bftnfs-replica-{}", opts.id), move |stop| async move {
+        let listener = TcpListener::from_std(std_listener)?;
+        let stop = async move {
+            let _ = stop.await;
+        };
+        Ok(replica::run(config, opts, listener, stop).await?)
+    })
+}
+
+impl LocalCluster {
+    pub fn start(opts: ClusterOptions) -> anyhow::Result<LocalCluster> {
+        let path = ensure_keys(&opts.dir, opts.f, opts.batching, opts.sessions)?;
+        let config = Arc::new(ClusterConfig::load(&path)?);
+        let mut replicas = Vec::new();
+        for id in 0..config.n() {
+            let ropts = ReplicaOptions {
+                id,
+                data_dir: opts.dir.join(format!("replica-{id}")),
+                null_app: opts.null_app,
+                fs_config: FsConfig::default(),
+            };
+            replicas.push(Some(start_replica_thread(config.clone(), ropts)?));
+        }
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        std_listener.set_nonblocking(true)?;
+        let nfs_addr = std_listener.local_addr()?;
+        let fconfig = config.clone();
+        let frontend = spawn_runtime_thread("bftnfs-frontend".into(), move |stop| async move {
+            let listener = TcpListener::from_std(std_listener)?;
+            let client = BftClient::spawn(fconfig, FRONTEND_CLIENT)?;
+            let backend = BftBackend::new(client, FsConfig::default().generation);
+            let stop = async move {
+                let _ = stop.await;
+            };
+            NfsServer::with_config(backend, ServerConfig::default())
+                .serve(listener, stop)
+                .await?;
+            Ok(())
+        })?;
+        let (bench, engine) = BftClient::build(config.clone(), BENCH_CLIENT)?;
+        let bench_thread = spawn_runtime_thread("bftnfs-bench-client".into(), move |stop| async move {
+            tokio::select! {
+                () = engine => {}
+                _ = stop => {}
+            }
+            Ok(())
+        })?;
+        Ok(LocalCluster {
+            config,
+            nfs_addr,
+            replicas,
+            frontend: Some(frontend),
+            bench: Some((bench, bench_thread)),
+            dir: opts.dir,
+        })
+    }
+
+    /// NFS, MOUNT and portmap of the frontend (export "/").
+    pub fn nfs_addr(&self) -> SocketAddr {
+        self.nfs_addr
+    }
+
+    /// A BFT client for micro-benchmarks (its own client key and sessions).
+    pub fn client(&self) -> BftClient {
+        self.bench.as_ref().expect("running").0.clone()
+    }
+
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The backing tree of replica `id`.
+    pub fn export_dir(&self, id: u32) -> PathBuf {
+        self.dir.join(format!("replica-{id}")).join(fs_state::EXPORT_DIR)
+    }
+
+    /// Stops replica `id` (clean shutdown), e.g. to test a crash-stop failure.
+    pub fn stop_replica(&mut self, id: u32) -> anyhow::Result<ReplicaStats> {
+        let (tx, handle) = self.replicas[id as usize]
+            .take()
+            .context("replica not running")?;
+        let _ = tx.send(());
+        handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("replica thread panicked"))?
+    }
+
+    /// Stops everything; returns each replica's final statistics.
+    pub fn stop(mut self) -> anyhow::Result<Vec<ReplicaStats>> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> anyhow::Result<Vec<ReplicaStats>> {
+        if let Some((tx, h)) = self.frontend.take() {
+            let _ = tx.send(());
+            h.join().map_err(|_| anyhow::anyhow!("frontend panicked"))??;
+        }
+        if let Some((_, (tx, h))) = self.bench.take() {
+            let _ = tx.send(());
+            let _ = h.join();
+        }
+        let mut out = Vec::new();
+        for id in 0..self.replicas.len() {
+            if self.replicas[id].is_some() {
+                out.push(self.stop_replica(id as u32)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!("stopping the local cluster: {e}");
+        }
+    }
+}

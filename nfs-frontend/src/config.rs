@@ -1,0 +1,473 @@
+//! The cluster configuration (`cluster.toml`) and its key files, written by
+//! `bftnfs keygen` and read by every replica and frontend.
+//!
+//! MinBFT (section 5) assumes every party knows every public key, that replicas talk on
+//! authenticated channels, and that replies carry MACs with a key shared by one replica
+//! and one client. So the public file holds addresses, the consensus parameters and the
+//! public keys; each party's secrets live in their own file (mode 0600) that only it
+//! reads: a replica's USIG key (PKCS#8), its link keys (one per replica pair) and its
+//! reply-MAC keys (one per client); a client's signing key and its reply-MAC keys (one per
+//! replica). Key-file paths in `cluster.toml` are relative to the file's directory.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use consensus::{ClientId, Config, ReplicaId};
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+use serde::{Deserialize, Serialize};
+
+/// BFT client sessions are numbered `client_index * SESSION_STRIDE + session`: one
+/// frontend (one key) runs many sessions, each with at most one request outstanding.
+pub const SESSION_STRIDE: u64 = 1 << 16;
+
+/// Default largest frame on any connection; a frame must hold a whole VIEW-CHANGE or a
+/// state-transfer snapshot (coarse: the whole export), hence the generous default.
+pub const FRAME_BYTES_MAX_DEFAULT: usize = 256 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {msg}")]
+    Parse { path: PathBuf, msg: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("key generation failed")]
+    KeyGen,
+    #[error(transparent)]
+    Usig(#[from] usig::UsigError),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplicaEntry {
+    pub id: ReplicaId,
+    pub addr: SocketAddr,
+    /// SEC1 uncompressed P-256 point, hex.
+    pub usig_public_key: String,
+    /// Secrets of this replica (link and reply-MAC keys), relative to cluster.toml.
+    pub key_file: PathBuf,
+    /// The USIG's PKCS#8 key, relative to cluster.toml.
+    pub usig_key_file: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClientEntry {
+    /// Client index; its sessions are `id * SESSION_STRIDE + s`.
+    pub id: u64,
+    /// SEC1 uncompressed P-256 point, hex: verifies this client's request signatures.
+    pub public_key: String,
+    pub key_file: PathBuf,
+}
+
+/// `cluster.toml`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub f: u32,
+    /// BFT client sessions a frontend runs (requests in flight at once).
+    pub sessions: u64,
+    pub frame_bytes_max: usize,
+    pub consensus: Config,
+    pub replicas: Vec<ReplicaEntry>,
+    pub clients: Vec<ClientEntry>,
+    /// Directory of cluster.toml, filled in when loaded (key paths are relative to it).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct KeyEntry {
+    peer: u64,
+    key: String,
+}
+
+/// A replica's secrets file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ReplicaSecretsFile {
+    replica: ReplicaId,
+    link: Vec<KeyEntry>,
+    reply: Vec<KeyEntry>,
+}
+
+/// A client's secrets file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ClientSecretsFile {
+    client: u64,
+    signing_key: String,
+    reply: Vec<KeyEntry>,
+}
+
+/// What one replica knows privately.
+pub struct ReplicaSecrets {
+    pub id: ReplicaId,
+    pub usig_pkcs8: Vec<u8>,
+    /// Link key shared with each other replica, by replica id.
+    pub link_keys: Vec<Option<[u8; 32]>>,
+    /// Reply-MAC key shared with each client, by client index.
+    pub reply_keys: std::collections::BTreeMap<u64, [u8; 32]>,
+}
+
+/// What one client (frontend) knows privately.
+pub struct ClientSecrets {
+    pub id: u64,
+    pub signing_pkcs8: Vec<u8>,
+    /// Reply-MAC key shared with each replica, by replica id.
+    pub reply_keys: std::collections::BTreeMap<ReplicaId, [u8; 32]>,
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+fn key32(s: &str) -> Option<[u8; 32]> {
+    unhex(s)?.try_into().ok()
+}
+
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
+    toml::from_str(&read_text(path)?).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })
+}
+
+/// Writes a new file with `mode` and syncs it; refuses to overwrite.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ConfigError> {
+    let io = |source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
+impl ClusterConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let mut c: ClusterConfig = parse(path)?;
+        c.base_dir = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        c.check()?;
+        Ok(c)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let n = 2 * self.f + 1;
+        if self.consensus.f != self.f {
+            return Err(ConfigError::Invalid("consensus.f differs from f".into()));
+        }
+        if self.replicas.len() != n as usize
+            || self.replicas.iter().enumerate().any(|(i, r)| r.id as usize != i)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "need replicas 0..{n} in order, one entry each"
+            )));
+        }
+        if self.sessions == 0 || self.sessions >= SESSION_STRIDE {
+            return Err(ConfigError::Invalid("sessions out of range".into()));
+        }
+        if self.consensus.tick_ns == 0 {
+            return Err(ConfigError::Invalid("tick_ns is 0".into()));
+        }
+        Ok(())
+    }
+
+    pub fn n(&self) -> u32 {
+        2 * self.f + 1
+    }
+
+    pub fn path_of(&self, p: &Path) -> PathBuf {
+        self.base_dir.join(p)
+    }
+
+    pub fn replica_addr(&self, id: ReplicaId) -> SocketAddr {
+        self.replicas[id as usize].addr
+    }
+
+    pub fn client_index(session: ClientId) -> u64 {
+        session / SESSION_STRIDE
+    }
+
+    pub fn replica_secrets(&self, id: ReplicaId) -> Result<ReplicaSecrets, ConfigError> {
+        let entry = self
+            .replicas
+            .get(id as usize)
+            .ok_or_else(|| ConfigError::Invalid(format!("no replica {id}")))?;
+        let path = self.path_of(&entry.key_file);
+        let file: ReplicaSecretsFile = parse(&path)?;
+        let bad = |what: &str| ConfigError::Parse {
+            path: path.clone(),
+            msg: what.to_string(),
+        };
+        if file.replica != id {
+            return Err(bad("secrets of another replica"));
+        }
+        let mut link_keys = vec![None; self.n() as usize];
+        for e in &file.link {
+            let slot = link_keys
+                .get_mut(e.peer as usize)
+                .ok_or_else(|| bad("link key for an unknown replica"))?;
+            *slot = Some(key32(&e.key).ok_or_else(|| bad("bad link key"))?);
+        }
+        let mut reply_keys = std::collections::BTreeMap::new();
+        for e in &file.reply {
+            reply_keys.insert(e.peer, key32(&e.key).ok_or_else(|| bad("bad reply key"))?);
+        }
+        let usig = usig::SigningKey::read_file(&self.path_of(&entry.usig_key_file))?;
+        Ok(ReplicaSecrets {
+            id,
+            usig_pkcs8: usig.pkcs8().to_vec(),
+            link_keys,
+            reply_keys,
+        })
+    }
+
+    pub fn client_secrets(&self, client: u64) -> Result<ClientSecrets, ConfigError> {
+        let entry = self
+            .clients
+            .iter()
+            .find(|c| c.id == client)
+            .ok_or_else(|| ConfigError::Invalid(format!("no client {client}")))?;
+        let path = self.path_of(&entry.key_file);
+        let file: ClientSecretsFile = parse(&path)?;
+        let bad = |what: &str| ConfigError::Parse {
+            path: path.clone(),
+            msg: what.to_string(),
+        };
+        if file.client != client {
+            return Err(bad("secrets of another client"));
+        }
+        let mut reply_keys = std::collections::BTreeMap::new();
+        for e in &file.reply {
+            let r = ReplicaId::try_from(e.peer).map_err(|_| bad("replica id"))?;
+            reply_keys.insert(r, key32(&e.key).ok_or_else(|| bad("bad reply key"))?);
+        }
+        Ok(ClientSecrets {
+            id: client,
+            signing_pkcs8: unhex(&file.signing_key).ok_or_else(|| bad("bad signing key"))?,
+            reply_keys,
+        })
+    }
+}
+
+/// What `keygen` should produce.
+#[derive(Clone, Debug)]
+pub struct KeygenOptions {
+    pub f: u32,
+    pub clients: u64,
+    /// Replica addresses; `None` picks free loopback ports now.
+    pub addrs: Option<Vec<SocketAddr>>,
+    pub consensus: Config,
+    pub sessions: u64,
+}
+
+impl KeygenOptions {
+    pub fn new(f: u32, clients: u64) -> Self {
+        KeygenOptions {
+            f,
+            clients,
+            addrs: None,
+            consensus: default_consensus(f),
+            sessions: 16,
+        }
+    }
+}
+
+/// Consensus parameters for a real cluster on one host: 10 ms ticks, so a dead primary
+/// is suspected after 1 s and a lost message is fetched again after 50 ms.
+pub fn default_consensus(f: u32) -> Config {
+    let mut c = Config::new(f);
+    c.tick_ns = 10_000_000;
+    c.request_timeout_ticks = 100;
+    c.view_change_timeout_ticks = 200;
+    c.fetch_timeout_ticks = 5;
+    c.status_interval_ticks = 10;
+    c.state_transfer_timeout_ticks = 50;
+    c.checkpoint_interval = 128;
+    c
+}
+
+/// Free loopback ports, found by binding port 0 (another process may take one before
+/// the replicas bind it; keygen is run once, before starting the cluster).
+pub fn free_ports(count: usize) -> std::io::Result<Vec<SocketAddr>> {
+    let listeners: Vec<_> = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    listeners.iter().map(|l| l.local_addr()).collect()
+}
+
+fn random32(rng: &SystemRandom) -> Result<[u8; 32], ConfigError> {
+    let mut k = [0u8; 32];
+    rng.fill(&mut k).map_err(|_| ConfigError::KeyGen)?;
+    Ok(k)
+}
+
+/// Generates every key and writes `dir/cluster.toml` plus `dir/keys/*`. Refuses to
+/// overwrite existing key files. Returns the path of cluster.toml.
+pub fn keygen(dir: &Path, opts: &KeygenOptions) -> Result<PathBuf, ConfigError> {
+    let n = 2 * opts.f + 1;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ConfigError::Io { path, source }
+    };
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys).map_err(io(&keys))?;
+    let addrs = match &opts.addrs {
+        Some(a) if a.len() == n as usize => a.clone(),
+        Some(_) => return Err(ConfigError::Invalid("need one address per replica".into())),
+        None => free_ports(n as usize).map_err(io(dir))?,
+    };
+    let rng = SystemRandom::new();
+    // link[i][j] == link[j][i]; reply[i][c].
+    let mut link = vec![vec![[0u8; 32]; n as usize]; n as usize];
+    for i in 0..n as usize {
+        for j in i + 1..n as usize {
+            let k = random32(&rng)?;
+            link[i][j] = k;
+            link[j][i] = k;
+        }
+    }
+    let mut reply = vec![vec![[0u8; 32]; opts.clients as usize]; n as usize];
+    for row in reply.iter_mut() {
+        for k in row.iter_mut() {
+            *k = random32(&rng)?;
+        }
+    }
+    let mut replicas = Vec::new();
+    for i in 0..n {
+        let usig_key = usig::SigningKey::generate()?;
+        let usig_rel = PathBuf::from(format!("keys/replica-{i}.usig.pk8"));
+        usig_key.write_file(&dir.join(&usig_rel))?;
+        let usig::UsigIdentity::EcdsaP256 { public_key } = usig_key.identity();
+        let secrets = ReplicaSecretsFile {
+            replica: i,
+            link: (0..n)
+                .filter(|&j| j != i)
+                .map(|j| KeyEntry {
+                    peer: u64::from(j),
+                    key: hex(&link[i as usize][j as usize]),
+                })
+                .collect(),
+            reply: (0..opts.clients)
+                .map(|c| KeyEntry {
+                    peer: c,
+                    key: hex(&reply[i as usize][c as usize]),
+                })
+                .collect(),
+        };
+        let rel = PathBuf::from(format!("keys/replica-{i}.toml"));
+        let text = toml::to_string(&secrets).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        write_new(&dir.join(&rel), text.as_bytes(), 0o600)?;
+        replicas.push(ReplicaEntry {
+            id: i,
+            addr: addrs[i as usize],
+            usig_public_key: hex(&public_key),
+            key_file: rel,
+            usig_key_file: usig_rel,
+        });
+    }
+    let mut clients = Vec::new();
+    for c in 0..opts.clients {
+        let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .map_err(|_| ConfigError::KeyGen)?;
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref(), &rng)
+                .map_err(|_| ConfigError::KeyGen)?;
+        let secrets = ClientSecretsFile {
+            client: c,
+            signing_key: hex(doc.as_ref()),
+            reply: (0..n)
+                .map(|i| KeyEntry {
+                    peer: u64::from(i),
+                    key: hex(&reply[i as usize][c as usize]),
+                })
+                .collect(),
+        };
+        let rel = PathBuf::from(format!("keys/client-{c}.toml"));
+        let text = toml::to_string(&secrets).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        write_new(&dir.join(&rel), text.as_bytes(), 0o600)?;
+        clients.push(ClientEntry {
+            id: c,
+            public_key: hex(pair.public_key().as_ref()),
+            key_file: rel,
+        });
+    }
+    let mut consensus = opts.consensus.clone();
+    consensus.f = opts.f;
+    let config = ClusterConfig {
+        f: opts.f,
+        sessions: opts.sessions,
+        frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+        consensus,
+        replicas,
+        clients,
+        base_dir: dir.to_path_buf(),
+    };
+    let text = toml::to_string(&config).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    let path = dir.join("cluster.toml");
+    write_new(&path, text.as_bytes(), 0o644)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keygen_round_trips_and_keeps_secrets_private() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = keygen(dir.path(), &KeygenOptions::new(1, 2)).expect("keygen");
+        let c = ClusterConfig::load(&path).expect("load");
+        assert_eq!(c.n(), 3);
+        let r1 = c.replica_secrets(1).expect("replica secrets");
+        let r2 = c.replica_secrets(2).expect("replica secrets");
+        assert_eq!(r1.link_keys[2], r2.link_keys[1]);
+        assert!(r1.link_keys[1].is_none());
+        let c1 = c.client_secrets(1).expect("client secrets");
+        assert_eq!(c1.reply_keys[&2], r2.reply_keys[&1]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("keys/replica-0.toml"))
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(keygen(dir.path(), &KeygenOptions::new(1, 2)).is_err(), "no overwrite");
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        assert_eq!(unhex(&hex(&[0, 1, 0xfe])).as_deref(), Some(&[0u8, 1, 0xfe][..]));
+        assert!(unhex("0g").is_none());
+        assert!(unhex("abc").is_none());
+    }
+}

@@ -1,0 +1,54 @@
+//! The one encoding of a replicated file operation: what a BFT request's `op` carries.
+//!
+//! An operation is the NFS procedure (`FsOp`, fs-state's canonical encoding) plus the
+//! caller's AUTH_UNIX credentials, because permission checks and new owners must come out
+//! the same on every replica. An empty `op` is the null operation (micro-benchmarks):
+//! replicas order it and answer with an empty result without touching the file system.
+
+use fs_state::{AuthUnix, FsOp};
+
+/// Largest encoded credentials (AUTH_UNIX allows at most 16 extra groups).
+const CRED_BYTES_MAX: usize = 512;
+
+/// `u32` length of the credentials, the credentials, the `FsOp`.
+pub fn encode_op(cred: &AuthUnix, op: &FsOp) -> Vec<u8> {
+    let cred = crate::net::encode(cred);
+    let op = op.encode();
+    let mut out = Vec::with_capacity(4 + cred.len() + op.len());
+    out.extend_from_slice(&(cred.len() as u32).to_be_bytes());
+    out.extend_from_slice(&cred);
+    out.extend_from_slice(&op);
+    out
+}
+
+/// `None` for bytes that are no operation (a faulty client signed garbage).
+pub fn decode_op(bytes: &[u8]) -> Option<(AuthUnix, FsOp)> {
+    let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    if len > CRED_BYTES_MAX {
+        return None;
+    }
+    let cred = crate::net::decode(bytes.get(4..4 + len)?).ok()?;
+    let op = FsOp::decode(bytes.get(4 + len..)?).ok()?;
+    Some((cred, op))
+}
+
+/// The deterministic result of an operation that does not decode, or of a mutating
+/// operation sent down the read-only path. Never a valid `FsReply` encoding's prefix
+/// problem: the frontend maps anything it cannot decode to NFS3ERR_IO.
+pub const BAD_OP_RESULT: &[u8] = b"\xffbftnfs: not an operation";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_garbage() {
+        let cred = AuthUnix { uid: 5, gid: 6, gids: vec![7] };
+        let op = FsOp::Getattr { fh: fs_state::FileHandle::root(1) };
+        let bytes = encode_op(&cred, &op);
+        assert_eq!(decode_op(&bytes), Some((cred, op)));
+        assert_eq!(decode_op(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(decode_op(&[0xff; 9]), None);
+        assert_eq!(decode_op(&[]), None);
+    }
+}

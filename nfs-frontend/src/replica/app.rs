@@ -1,0 +1,208 @@
+//! The application a replica runs (MinBFT section 5, "execute"): the file state machine,
+//! or a null service for protocol micro-benchmarks.
+//!
+//! Execution is deterministic (the batch's primary timestamp, the request's
+//! credentials); a batch is made durable with ONE `sync()` before its results go back to
+//! the core, so no reply ever leaves before its operation is on disk. A local fault
+//! (EIO, ENOSPC, a damaged tree) is an `Err`: the replica stops rather than reply
+//! something other replicas would not.
+
+use std::path::Path;
+
+use consensus::{Digest, Request, SeqNum};
+use fs_state::{FileStateMachine, FsConfig, FsError, FsSnapshot, OpContext, is_read_only};
+use sha2::{Digest as _, Sha256};
+
+use crate::op::{BAD_OP_RESULT, decode_op};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Fs(#[from] FsError),
+    #[error("snapshot does not decode")]
+    BadSnapshot,
+}
+
+pub enum App {
+    Fs(Box<FileStateMachine>),
+    /// Orders requests and answers every one with an empty result.
+    Null { executed: SeqNum },
+}
+
+impl App {
+    pub fn open_fs(data_dir: &Path, config: FsConfig) -> Result<Self, AppError> {
+        Ok(App::Fs(Box::new(FileStateMachine::open(data_dir, config)?)))
+    }
+
+    /// Applies batch `n` and makes it durable with one sync; one result per request.
+    pub fn execute(
+        &mut self,
+        n: SeqNum,
+        timestamp_ns: u64,
+        requests: &[Request],
+    ) -> Result<Vec<Vec<u8>>, AppError> {
+        match self {
+            App::Null { executed } => {
+                *executed = n;
+                Ok(vec![Vec::new(); requests.len()])
+            }
+            App::Fs(sm) => {
+                let mut results = Vec::with_capacity(requests.len());
+                let mut changed = false;
+                for r in requests {
+                    if r.op.is_empty() {
+                        results.push(Vec::new());
+                        continue;
+                    }
+                    let Some((cred, op)) = decode_op(&r.op) else {
+                        results.push(BAD_OP_RESULT.to_vec());
+                        continue;
+                    };
+                    let ctx = OpContext { timestamp_ns, cred };
+                    results.push(sm.apply(&ctx, &op)?.encode());
+                    changed |= !is_read_only(&op);
+                }
+                if changed {
+                    sm.sync()?;
+                }
+                Ok(results)
+            }
+        }
+    }
+
+    /// Answers a read-only request without ordering. A mutating operation sent down this
+    /// path (a faulty client) is refused, never applied.
+    pub fn query(&mut self, op: &[u8]) -> Result<Vec<u8>, AppError> {
+        match self {
+            App::Null { .. } => Ok(Vec::new()),
+            App::Fs(sm) => {
+                if op.is_empty() {
+                    return Ok(Vec::new());
+                }
+                match decode_op(op) {
+                    Some((cred, op)) if is_read_only(&op) => {
+                        // Read-only procedures ignore the time (fs-state: READ does not
+                        // touch atime); 0 makes any accidental use visible.
+                        let ctx = OpContext {
+                            timestamp_ns: 0,
+                            cred,
+                        };
+                        Ok(sm.apply(&ctx, &op)?.encode())
+                    }
+                    _ => Ok(BAD_OP_RESULT.to_vec()),
+                }
+            }
+        }
+    }
+
+    pub fn digest(&mut self) -> Result<Digest, AppError> {
+        match self {
+            App::Null { .. } => Ok(Sha256::digest(b"bftnfs/null-app/v1").into()),
+            App::Fs(sm) => Ok(sm.state_digest()?),
+        }
+    }
+
+    /// The whole state (coarse state transfer: metadata plus every file's bytes).
+    pub fn snapshot(&mut self) -> Result<Vec<u8>, AppError> {
+        match self {
+            App::Null { .. } => Ok(Vec::new()),
+            App::Fs(sm) => Ok(sm.snapshot()?.encode()),
+        }
+    }
+
+    /// Replaces the state by `bytes`; returns the new digest (the caller compares it
+    /// with the certified one).
+    pub fn restore(&mut self, bytes: &[u8]) -> Result<Digest, AppError> {
+        match self {
+            App::Null { .. } => {
+                if !bytes.is_empty() {
+                    return Err(AppError::BadSnapshot);
+                }
+                self.digest()
+            }
+            App::Fs(sm) => {
+                let snap = FsSnapshot::decode(bytes).map_err(|_| AppError::BadSnapshot)?;
+                Ok(sm.restore(&snap)?)
+            }
+        }
+    }
+
+    /// Clean shutdown (the next open skips rehashing).
+    pub fn close(self) -> Result<(), AppError> {
+        match self {
+            App::Null { .. } => Ok(()),
+            App::Fs(sm) => Ok(sm.close()?),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fs_state::{AuthUnix, CreateHow, Filename3, FsOp, Sattr3, StableHow};
+
+    use super::*;
+    use crate::op::encode_op;
+
+    fn req(op: &FsOp) -> Request {
+        Request {
+            client: 1,
+            seq: 1,
+            read_only: false,
+            op: encode_op(&AuthUnix::root(), op),
+            sig: Vec::new(),
+        }
+    }
+
+    /// The read-only path runs unordered on each replica at a different moment, so it
+    /// must leave the replicated state (and thus the digest) exactly as it was.
+    #[test]
+    fn read_only_operations_change_no_replicated_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut app = App::open_fs(dir.path(), FsConfig::default()).expect("open");
+        let root = fs_state::FileHandle::root(FsConfig::default().generation);
+        let create = FsOp::Create {
+            dir: root.clone(),
+            name: Filename3::from("f"),
+            how: CreateHow::Unchecked(Sattr3::default()),
+        };
+        let out = app.execute(1, 1_000, &[req(&create)]).expect("create");
+        let reply = fs_state::FsReply::decode(&out[0]).expect("reply");
+        let Ok(fs_state::ReplyBody::Create { obj: Some(fh), .. }) = reply.0 else {
+            panic!("create: {reply:?}")
+        };
+        let write = FsOp::Write {
+            fh: fh.clone(),
+            offset: 0,
+            stable: StableHow::FileSync,
+            data: vec![1; 100],
+        };
+        app.execute(2, 2_000, &[req(&write)]).expect("write");
+        let before = app.digest().expect("digest");
+        let reads = [
+            FsOp::Getattr { fh: fh.clone() },
+            FsOp::Read { fh: fh.clone(), offset: 0, count: 4096 },
+            FsOp::Lookup { dir: root.clone(), name: Filename3::from("f") },
+            FsOp::Access { fh: fh.clone(), mask: 0x3f },
+            FsOp::Readdir { dir: root.clone(), cookie: 0, cookieverf: [0; 8], count: 4096 },
+            FsOp::Readdirplus {
+                dir: root.clone(),
+                cookie: 0,
+                cookieverf: [0; 8],
+                dircount: 4096,
+                maxcount: 8192,
+            },
+            FsOp::Fsstat { fh: root.clone() },
+            FsOp::Fsinfo { fh: root.clone() },
+            FsOp::Pathconf { fh: root.clone() },
+        ];
+        for op in &reads {
+            let r = app.query(&encode_op(&AuthUnix::root(), op)).expect("query");
+            assert_ne!(r, BAD_OP_RESULT, "{op:?}");
+        }
+        assert_eq!(app.digest().expect("digest"), before);
+        // A write sent down the read-only path is refused and changes nothing.
+        let r = app.query(&encode_op(&AuthUnix::root(), &write)).expect("query");
+        assert_eq!(r, BAD_OP_RESULT);
+        assert_eq!(app.digest().expect("digest"), before);
+    }
+}

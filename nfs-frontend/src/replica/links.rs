@@ -1,0 +1,290 @@
+//! The replica's connections (see `crate::net` for the frame and link formats): one
+//! dialling task per peer that sends this replica's messages to it and reconnects with
+//! backoff, and one task per accepted connection that authenticates the peer or client
+//! and forwards what it reads to the protocol loop.
+//!
+//! Everything a connection reads goes through one bounded queue into the protocol loop,
+//! so a flood from one peer pushes back on TCP rather than growing memory.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use consensus::{ReplicaId, Request};
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info};
+
+use crate::config::ClusterConfig;
+use crate::net::{
+    Challenge, ClientMsg, DropReason, HELLO_BYTES_MAX, Hello, LinkMsg, NetStats, decode, encode,
+    open_link, read_frame, seal_link, write_frame,
+};
+
+/// Messages queued for one peer while its link is down; older ones are dropped beyond
+/// it (the protocol re-fetches what a peer misses).
+pub const PEER_QUEUE_MAX: usize = 16_384;
+/// Replies queued for one client connection.
+pub const CLIENT_QUEUE_MAX: usize = 4_096;
+/// Frames written before a flush.
+const WRITE_BURST_MAX: usize = 256;
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// What connections hand the protocol loop.
+pub enum Event {
+    Link {
+        from: ReplicaId,
+        msg: LinkMsg,
+    },
+    Request {
+        req: Request,
+    },
+    ClientUp {
+        client: u64,
+        conn: u64,
+        tx: mpsc::Sender<Vec<u8>>,
+    },
+    ClientDown {
+        client: u64,
+        conn: u64,
+    },
+}
+
+/// Sends this replica's messages to peer `to`, reconnecting with backoff, until the
+/// queue's senders are gone.
+pub async fn dial_peer(
+    config: Arc<ClusterConfig>,
+    me: ReplicaId,
+    to: ReplicaId,
+    key: [u8; 32],
+    mut rx: mpsc::Receiver<Arc<LinkMsg>>,
+) {
+    let addr = config.replica_addr(to);
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let stream = match TcpStream::connect(addr).await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(to, %addr, "connect failed: {e}");
+                // Keep the queue from filling with stale messages while the peer is down.
+                while rx.try_recv().is_ok() {}
+                if rx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (mut r, w) = stream.into_split();
+        let mut w = BufWriter::with_capacity(256 << 10, w);
+        let handshake = async {
+            write_frame(&mut w, &encode(&Hello::Replica { from: me, to })).await?;
+            w.flush().await?;
+            let frame = read_frame(&mut r, HELLO_BYTES_MAX).await?;
+            decode::<Challenge>(&frame)
+        };
+        let challenge = match tokio::time::timeout(HELLO_TIMEOUT, handshake).await {
+            Ok(Ok(c)) => c,
+            _ => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        info!(to, %addr, "link up");
+        backoff = BACKOFF_MIN;
+        let mut counter = 0u64;
+        let result: std::io::Result<()> = async {
+            loop {
+                let Some(msg) = rx.recv().await else {
+                    return Ok(());
+                };
+                write_frame(&mut w, &seal_link(&key, &challenge.nonce, counter, &msg)).await?;
+                counter += 1;
+                for _ in 0..WRITE_BURST_MAX {
+                    let Ok(msg) = rx.try_recv() else { break };
+                    write_frame(&mut w, &seal_link(&key, &challenge.nonce, counter, &msg))
+                        .await?;
+                    counter += 1;
+                }
+                w.flush().await?;
+            }
+        }
+        .await;
+        match result {
+            Ok(()) => return,
+            Err(e) => info!(to, "link down: {e}"),
+        }
+    }
+}
+
+/// Accepts connections until `stop` flips.
+pub async fn accept_loop(
+    listener: TcpListener,
+    config: Arc<ClusterConfig>,
+    me: ReplicaId,
+    link_keys: Arc<Vec<Option<[u8; 32]>>>,
+    events: mpsc::Sender<Event>,
+    stats: Arc<NetStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut conn_ids = 0u64;
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => return,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let _ = stream.set_nodelay(true);
+        conn_ids += 1;
+        tokio::spawn(serve_conn(
+            stream,
+            config.clone(),
+            me,
+            link_keys.clone(),
+            events.clone(),
+            stats.clone(),
+            conn_ids,
+            stop.clone(),
+        ));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_conn(
+    stream: TcpStream,
+    config: Arc<ClusterConfig>,
+    me: ReplicaId,
+    link_keys: Arc<Vec<Option<[u8; 32]>>>,
+    events: mpsc::Sender<Event>,
+    stats: Arc<NetStats>,
+    conn: u64,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (mut r, mut w) = stream.into_split();
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut r, HELLO_BYTES_MAX)).await
+    {
+        Ok(Ok(frame)) => match decode::<Hello>(&frame) {
+            Ok(h) => h,
+            Err(_) => return stats.count(DropReason::BadHello),
+        },
+        Ok(Err(e)) => {
+            if let Some(why) = e.drop_reason() {
+                stats.count(why);
+            }
+            return;
+        }
+        Err(_) => return stats.count(DropReason::BadHello),
+    };
+    let max = config.frame_bytes_max;
+    match hello {
+        Hello::Replica { from, to } => {
+            let key = link_keys.get(from as usize).copied().flatten();
+            let (true, Some(key)) = (to == me && from != me, key) else {
+                return stats.count(DropReason::BadHello);
+            };
+            let mut nonce = [0u8; 32];
+            if SystemRandom::new().fill(&mut nonce).is_err() {
+                return;
+            }
+            if write_frame(&mut w, &encode(&Challenge { nonce })).await.is_err()
+                || w.flush().await.is_err()
+            {
+                return;
+            }
+            let mut counter = 0u64;
+            loop {
+                let frame = tokio::select! {
+                    f = read_frame(&mut r, max) => f,
+                    _ = stop.changed() => return,
+                };
+                let frame = match frame {
+                    Ok(f) => f,
+                    Err(e) => {
+                        if let Some(why) = e.drop_reason() {
+                            stats.count(why);
+                        }
+                        return;
+                    }
+                };
+                match open_link(&key, &nonce, counter, &frame) {
+                    Ok(msg) => {
+                        counter += 1;
+                        if events.send(Event::Link { from, msg }).await.is_err() {
+                            return;
+                        }
+                    }
+                    // A forged or replayed frame: this connection cannot be trusted
+                    // further; the peer reconnects.
+                    Err(why) => return stats.count(why),
+                }
+            }
+        }
+        Hello::Client { client } => {
+            if !config.clients.iter().any(|c| c.id == client) {
+                return stats.count(DropReason::BadHello);
+            }
+            let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CLIENT_QUEUE_MAX);
+            if events
+                .send(Event::ClientUp { client, conn, tx })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let writer = tokio::spawn(async move {
+                let mut w = BufWriter::with_capacity(64 << 10, w);
+                while let Some(frame) = rx.recv().await {
+                    if write_frame(&mut w, &frame).await.is_err() {
+                        return;
+                    }
+                    while let Ok(frame) = rx.try_recv() {
+                        if write_frame(&mut w, &frame).await.is_err() {
+                            return;
+                        }
+                    }
+                    if w.flush().await.is_err() {
+                        return;
+                    }
+                }
+            });
+            loop {
+                let frame = tokio::select! {
+                    f = read_frame(&mut r, max) => f,
+                    _ = stop.changed() => break,
+                };
+                let frame = match frame {
+                    Ok(f) => f,
+                    Err(e) => {
+                        if let Some(why) = e.drop_reason() {
+                            stats.count(why);
+                        }
+                        break;
+                    }
+                };
+                match decode::<ClientMsg>(&frame) {
+                    Ok(ClientMsg::Request(req)) => {
+                        if ClusterConfig::client_index(req.client) != client {
+                            stats.count(DropReason::WrongClient);
+                            continue;
+                        }
+                        if events.send(Event::Request { req }).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => {
+                        stats.count(DropReason::Garbage);
+                        break;
+                    }
+                }
+            }
+            writer.abort();
+            let _ = events.send(Event::ClientDown { client, conn }).await;
+        }
+    }
+}

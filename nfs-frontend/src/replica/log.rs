@@ -1,0 +1,269 @@
+//! The replica's durable protocol records (`PersistRecord`): an append-only log, replayed
+//! into `consensus::Recovered` on restart (MinBFT section 5: a replica that restarts must
+//! neither forget what it sent — its USIG counters, its COMMITs, the PREPAREs it accepted —
+//! nor the view it is in).
+//!
+//! Records are buffered by `append` and made durable together by one `sync` (one
+//! `fdatasync`), which the runtime calls before any message produced after them can
+//! leave the process. Each record is `u32` length, 8 bytes of SHA-256 over the body, the
+//! bincode body; a torn or corrupt tail (a crash during a write) is cut off on open.
+//! When a checkpoint becomes stable and the file has grown past a bound, it is rewritten
+//! with only what is still needed (write temp, fsync, rename, fsync directory).
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use consensus::message::{CheckpointCert, Prepare};
+use consensus::{PersistRecord, SeqNum, UiMessage, View};
+use sha2::{Digest as _, Sha256};
+
+/// Rewrite the log at a stable checkpoint once it is larger than this.
+pub const LOG_COMPACT_BYTES: u64 = 8 << 20;
+/// Largest single record accepted on replay (a VIEW-CHANGE with a full log).
+const RECORD_BYTES_MAX: usize = 1 << 30;
+
+pub const LOG_FILE: &str = "protocol.log";
+
+/// What the records say, kept in memory (the core bounds it between checkpoints).
+#[derive(Clone, Debug, Default)]
+pub struct Durable {
+    pub view: View,
+    pub stable: CheckpointCert,
+    pub sent: BTreeMap<u64, UiMessage>,
+    pub accepted: BTreeMap<(View, SeqNum), Prepare>,
+    pub new_view_accepted: View,
+}
+
+impl Durable {
+    /// The same bookkeeping as the simulator's `Durable` (consensus/src/sim).
+    pub fn apply(&mut self, rec: PersistRecord) {
+        match rec {
+            PersistRecord::Sent(m) => {
+                self.sent.insert(m.counter(), m);
+            }
+            PersistRecord::Accepted(p) => {
+                self.accepted.insert((p.header.view, p.header.n), p);
+            }
+            PersistRecord::View(v) => self.view = v,
+            PersistRecord::NewViewAccepted(v) => self.new_view_accepted = v,
+            PersistRecord::Stable(cert) => {
+                let own = self.sent.values().find_map(|m| match m {
+                    UiMessage::Checkpoint(c) if c.n == cert.n => Some(c.ui.counter),
+                    _ => None,
+                });
+                if let Some(c) = own {
+                    self.sent = self.sent.split_off(&c);
+                }
+                self.accepted.retain(|(_, n), _| *n > cert.n);
+                self.stable = cert;
+            }
+        }
+    }
+
+    fn records(&self) -> Vec<PersistRecord> {
+        let mut out = vec![
+            PersistRecord::Stable(self.stable.clone()),
+            PersistRecord::View(self.view),
+            PersistRecord::NewViewAccepted(self.new_view_accepted),
+        ];
+        out.extend(self.sent.values().cloned().map(PersistRecord::Sent));
+        out.extend(self.accepted.values().cloned().map(PersistRecord::Accepted));
+        out
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("protocol log {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub struct ProtocolLog {
+    path: PathBuf,
+    file: File,
+    len: u64,
+    pending: Vec<u8>,
+    pub durable: Durable,
+    /// Records read back on open (0 for a fresh log).
+    pub replayed: usize,
+}
+
+fn frame(rec: &PersistRecord, out: &mut Vec<u8>) {
+    let body = crate::net::encode(rec);
+    let sum = Sha256::digest(&body);
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&sum[..8]);
+    out.extend_from_slice(&body);
+}
+
+impl ProtocolLog {
+    pub fn open(dir: &Path) -> Result<Self, LogError> {
+        let path = dir.join(LOG_FILE);
+        let io = |source| LogError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(io)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io)?;
+        let mut durable = Durable::default();
+        let mut at = 0usize;
+        let mut replayed = 0;
+        while let Some(rec) = Self::next_record(&bytes, &mut at) {
+            durable.apply(rec);
+            replayed += 1;
+        }
+        if at < bytes.len() {
+            tracing::warn!(
+                path = %path.display(),
+                valid = at,
+                dropped = bytes.len() - at,
+                "cutting a torn tail off the protocol log"
+            );
+            file.set_len(at as u64).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        Ok(ProtocolLog {
+            len: at as u64,
+            path,
+            file,
+            pending: Vec::new(),
+            durable,
+            replayed,
+        })
+    }
+
+    fn next_record(bytes: &[u8], at: &mut usize) -> Option<PersistRecord> {
+        let rest = bytes.get(*at..)?;
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        if len > RECORD_BYTES_MAX {
+            return None;
+        }
+        let sum = rest.get(4..12)?;
+        let body = rest.get(12..12 + len)?;
+        if Sha256::digest(body)[..8] != *sum {
+            return None;
+        }
+        let rec = crate::net::decode(body).ok()?;
+        *at += 12 + len;
+        Some(rec)
+    }
+
+    /// Buffers a record; durable after the next `sync`.
+    pub fn append(&mut self, rec: PersistRecord) {
+        frame(&rec, &mut self.pending);
+        let compact = matches!(rec, PersistRecord::Stable(_));
+        self.durable.apply(rec);
+        if compact && self.len + self.pending.len() as u64 > LOG_COMPACT_BYTES {
+            // Rewritten from `durable` at the next sync.
+            self.pending.clear();
+            self.len = u64::MAX;
+        }
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        !self.pending.is_empty() || self.len == u64::MAX
+    }
+
+    /// Makes every appended record durable (one `fdatasync`).
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        if self.len == u64::MAX {
+            return self.compact();
+        }
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let io = |source| LogError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        self.file.write_all(&self.pending).map_err(io)?;
+        self.file.sync_data().map_err(io)?;
+        self.len += self.pending.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
+
+    fn compact(&mut self) -> Result<(), LogError> {
+        let tmp = self.path.with_extension("log.tmp");
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| LogError::Io { path, source }
+        };
+        let mut bytes = Vec::new();
+        for rec in self.durable.records() {
+            frame(&rec, &mut bytes);
+        }
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(&bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &self.path).map_err(io(&self.path))?;
+        if let Some(dir) = self.path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(dir))?;
+        }
+        self.file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .open(&self.path)
+            .map_err(io(&self.path))?;
+        self.len = bytes.len() as u64;
+        self.pending.clear();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replays_and_cuts_a_torn_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut log = ProtocolLog::open(dir.path()).expect("open");
+            log.append(PersistRecord::View(3));
+            log.append(PersistRecord::NewViewAccepted(3));
+            log.sync().expect("sync");
+            log.append(PersistRecord::View(4));
+            log.sync().expect("sync");
+        }
+        let path = dir.path().join(LOG_FILE);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let full = bytes.len();
+        bytes.extend_from_slice(&[0, 0, 0, 9, 1, 2]);
+        std::fs::write(&path, &bytes).expect("write");
+        let log = ProtocolLog::open(dir.path()).expect("reopen");
+        assert_eq!(log.durable.view, 4);
+        assert_eq!(log.durable.new_view_accepted, 3);
+        assert_eq!(log.replayed, 3);
+        assert_eq!(std::fs::metadata(&path).expect("stat").len(), full as u64);
+    }
+
+    #[test]
+    fn compaction_keeps_the_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut log = ProtocolLog::open(dir.path()).expect("open");
+        log.append(PersistRecord::View(2));
+        log.len = LOG_COMPACT_BYTES;
+        log.append(PersistRecord::Stable(CheckpointCert::default()));
+        assert!(log.is_dirty());
+        log.sync().expect("compact");
+        drop(log);
+        let log = ProtocolLog::open(dir.path()).expect("reopen");
+        assert_eq!(log.durable.view, 2);
+        assert_eq!(log.replayed, 3);
+    }
+}
