@@ -12,6 +12,10 @@ use tracing::info;
 use crate::nfs::Endpoint;
 use crate::replicated::{self, Cluster, ClusterConfig, UsigKind};
 
+/// BFT sessions of the cluster's NFS frontend (the cluster's default): NFS calls it
+/// orders at once. The macro-benchmark's one client uses one at a time.
+const NFS_SESSIONS: u64 = 16;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
     Unreplicated,
@@ -78,10 +82,6 @@ impl Mode {
             Mode::Target(_) => "target",
         }
     }
-
-    pub fn is_replicated(&self) -> bool {
-        matches!(self, Mode::MinPbft)
-    }
 }
 
 /// Options shared by the embedded deployments.
@@ -139,6 +139,7 @@ impl Deployment {
                     dir,
                     batching: options.batching,
                     null_app: false,
+                    sessions: NFS_SESSIONS,
                     usig: options.usig,
                 })?;
                 let endpoint = Endpoint {
@@ -182,9 +183,7 @@ impl Deployment {
     pub fn stop(self) -> Result<()> {
         match self.running {
             Running::Unreplicated(server) => {
-                let stats = server
-                    .stop()
-                    .context("stopping the unreplicated server")?;
+                let stats = server.stop().context("stopping the unreplicated server")?;
                 info!(
                     ops = stats.ops,
                     batches = stats.batches,
@@ -223,7 +222,10 @@ mod tests {
     #[test]
     fn targets_parse() {
         let t: Target = "127.0.0.1:2049".parse().expect("parses");
-        assert_eq!((t.host.as_str(), t.port, t.export.as_str()), ("127.0.0.1", 2049, "/"));
+        assert_eq!(
+            (t.host.as_str(), t.port, t.export.as_str()),
+            ("127.0.0.1", 2049, "/")
+        );
         let t: Target = "nfs.local:2049:/export/a".parse().expect("parses");
         assert_eq!(t.export, "/export/a");
         let t: Target = "[::1]:111:/x".parse().expect("parses");

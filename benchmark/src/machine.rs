@@ -43,11 +43,4 @@ impl Machine {
             data_dir: data_dir.display().to_string(),
         }
     }
-
-    pub fn print(&self) {
-        println!(
-            "machine: {} cores, {}; {}; data in {}",
-            self.cores, self.cpu_model, self.kernel, self.data_dir
-        );
-    }
 }

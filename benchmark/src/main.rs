@@ -236,7 +236,6 @@ fn run_macro(args: MacroArgs, usig: UsigKind, data_root: &Path) -> Result<()> {
             Ok(d) => d,
             // Asked for by default only: report it and measure the rest.
             Err(e) if !explicit => {
-                warn!("{}: not run: {e:#}", mode.name());
                 eprintln!("bftnfs-bench: {}: not run: {e:#}", mode.name());
                 skipped.push((mode.name().to_string(), format!("{e:#}")));
                 continue;

@@ -104,6 +104,8 @@ fn protocol(config: &MicroConfig, report: &mut MicroReport) -> Result<()> {
             )),
             batching,
             null_app: true,
+            // One session per concurrent caller, so that all of them are in flight.
+            sessions: config.clients.iter().copied().max().unwrap_or(1) as u64,
             usig: config.usig,
         })?;
         let local = tokio::task::LocalSet::new();

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::report::{MacroReport, fmt_ms};
 use crate::workload::PHASES;
@@ -81,7 +82,11 @@ where
     let groups = PHASES.len();
     let tops: Vec<f64> = modes
         .iter()
-        .flat_map(|m| m.phases.iter().map(|p| p.summary.mean_ms + p.summary.stddev_ms))
+        .flat_map(|m| {
+            m.phases
+                .iter()
+                .map(|p| p.summary.mean_ms + p.summary.stddev_ms)
+        })
         .collect();
     let bottoms: Vec<f64> = modes
         .iter()
@@ -89,7 +94,11 @@ where
         .filter(|v| *v > 0.0)
         .collect();
     let max = tops.iter().copied().fold(0.0, f64::max).max(1e-3);
-    let min = bottoms.iter().copied().fold(f64::INFINITY, f64::min).min(max);
+    let min = bottoms
+        .iter()
+        .copied()
+        .fold(f64::INFINITY, f64::min)
+        .min(max);
     let log = max / min > LOG_SCALE_RATIO;
 
     let title = format!(
@@ -145,11 +154,12 @@ where
     Ok(())
 }
 
-type Chart<'a, DB, Y> = ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>;
+type Chart<'a, DB, Y> =
+    ChartContext<'a, DB, Cartesian2d<plotters::coord::types::RangedCoordf64, Y>>;
 
-fn bars<DB, Y>(report: &MacroReport, chart: &mut Chart<'_, DB, Y>, base: f64) -> Result<()>
+fn bars<'a, DB, Y>(report: &MacroReport, chart: &mut Chart<'a, DB, Y>, base: f64) -> Result<()>
 where
-    DB: DrawingBackend,
+    DB: DrawingBackend + 'a,
     DB::ErrorType: 'static,
     Y: Ranged<ValueType = f64>,
 {
@@ -167,7 +177,11 @@ where
         chart
             .draw_series(rects)
             .map_err(plot_err)?
-            .label(format!("{} (total {} ms)", m.name, fmt_ms(m.total().mean_ms)))
+            .label(format!(
+                "{} (total {} ms)",
+                m.name,
+                fmt_ms(m.total().mean_ms)
+            ))
             .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], colour.filled()));
         let whiskers = m.phases.iter().enumerate().map(|(i, p)| {
             let x = i as f64 + 0.1 + (j as f64 + 0.46) * width;
@@ -181,14 +195,13 @@ where
             )
         });
         chart.draw_series(whiskers).map_err(plot_err)?;
+        let value_style = TextStyle::from((FONT, 14).into_font().color(&BLACK))
+            .pos(Pos::new(HPos::Center, VPos::Bottom));
         let values = m.phases.iter().enumerate().map(|(i, p)| {
-            let x = i as f64 + 0.1 + j as f64 * width;
+            let x = i as f64 + 0.1 + (j as f64 + 0.46) * width;
             let s = p.summary;
-            Text::new(
-                fmt_ms(s.mean_ms),
-                (x, s.mean_ms + s.stddev_ms),
-                (FONT, 14).into_font().color(&BLACK),
-            )
+            EmptyElement::at((x, s.mean_ms + s.stddev_ms))
+                + Text::new(fmt_ms(s.mean_ms), (0, -4), value_style.clone())
         });
         chart.draw_series(values).map_err(plot_err)?;
     }
@@ -204,15 +217,20 @@ where
 }
 
 /// Phase names under each group, in pixels below the plot area.
-fn labels<DB, Y>(root: &DrawingArea<DB, Shift>, chart: &Chart<'_, DB, Y>, base: f64) -> Result<()>
+fn labels<'a, DB, Y>(
+    root: &DrawingArea<DB, Shift>,
+    chart: &Chart<'a, DB, Y>,
+    base: f64,
+) -> Result<()>
 where
-    DB: DrawingBackend,
+    DB: DrawingBackend + 'a,
     DB::ErrorType: 'static,
     Y: Ranged<ValueType = f64>,
 {
     let name_style = TextStyle::from((FONT, 18).into_font().style(FontStyle::Bold))
         .pos(Pos::new(HPos::Center, VPos::Top));
-    let title_style = TextStyle::from((FONT, 14).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
+    let title_style =
+        TextStyle::from((FONT, 14).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
     for (i, phase) in PHASES.iter().enumerate() {
         let (x, y) = chart.backend_coord(&(i as f64 + 0.5, base));
         root.draw(&Text::new(phase.name(), (x, y + 8), name_style.clone()))
@@ -223,6 +241,8 @@ where
     Ok(())
 }
 
-fn plot_err<E: std::error::Error + Send + Sync + 'static>(e: DrawingAreaErrorKind<E>) -> anyhow::Error {
+fn plot_err<E: std::error::Error + Send + Sync + 'static>(
+    e: DrawingAreaErrorKind<E>,
+) -> anyhow::Error {
     anyhow::anyhow!("drawing the plot: {e}")
 }

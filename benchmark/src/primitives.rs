@@ -131,7 +131,8 @@ fn ecdsa(n: usize) -> Result<(f64, f64)> {
         .map_err(|_| anyhow::anyhow!("ECDSA key generation failed"))?;
     let key = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
         .map_err(|_| anyhow::anyhow!("ECDSA key parse failed"))?;
-    let public = UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, key.public_key().as_ref().to_vec());
+    let public =
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, key.public_key().as_ref().to_vec());
     let digest = [0x5au8; 32];
     let mut signs = Vec::with_capacity(n);
     let mut sig = Vec::new();

@@ -1,9 +1,10 @@
 //! The replicated deployment as the benchmark sees it: an embedded MinPBFT cluster
-//! (f + 1 ... 2f + 1 replicas in this process) that serves NFSv3 on one address and hands
-//! out protocol clients for null operations (section 8.1).
+//! (2f + 1 replicas, each on its own thread and runtime, in this process) that serves
+//! NFSv3 on one address and hands out protocol clients for null operations (section 8.1).
 //!
-//! The benchmark needs only these few calls, so they sit behind a small trait: the
-//! measurements do not change when the cluster's constructor does.
+//! The benchmark needs only these few calls, so they sit behind a small trait over
+//! `nfs_frontend::cluster::LocalCluster`: the measurements do not change when the
+//! cluster's constructor does.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -54,6 +55,9 @@ pub struct ClusterConfig {
     pub batching: bool,
     /// Execute null operations (no file system) instead of NFS.
     pub null_app: bool,
+    /// Requests one protocol client may have in flight (its BFT sessions); the
+    /// throughput benchmark's concurrent clients share them.
+    pub sessions: u64,
     pub usig: UsigKind,
 }
 
@@ -79,13 +83,48 @@ pub fn start(config: &ClusterConfig) -> Result<Box<dyn Cluster>> {
 }
 
 mod imp {
+    use nfs_frontend::cluster::{ClusterOptions, LocalCluster};
+    use nfs_frontend::client::BftClient;
+
     use super::*;
 
     pub fn start(config: &ClusterConfig) -> Result<Box<dyn Cluster>> {
-        let _ = config;
-        anyhow::bail!(
-            "replicated cluster not available yet (nfs_frontend::cluster::LocalCluster \
-             is not in this build)"
-        )
+        let cluster = LocalCluster::start(ClusterOptions {
+            f: config.f,
+            dir: config.dir.clone(),
+            batching: config.batching,
+            null_app: config.null_app,
+            sessions: config.sessions,
+        })?;
+        Ok(Box::new(Embedded(Some(cluster))))
+    }
+
+    struct Embedded(Option<LocalCluster>);
+
+    impl Cluster for Embedded {
+        fn nfs_addr(&self) -> SocketAddr {
+            self.0.as_ref().expect("running").nfs_addr()
+        }
+
+        fn client(&self) -> Box<dyn ProtocolClient> {
+            Box::new(self.0.as_ref().expect("running").client())
+        }
+
+        fn stop(mut self: Box<Self>) -> Result<()> {
+            match self.0.take() {
+                Some(cluster) => cluster.stop().map(|_| ()),
+                None => Ok(()),
+            }
+        }
+    }
+
+    impl ProtocolClient for BftClient {
+        fn invoke(
+            &self,
+            op: Vec<u8>,
+            read_only: bool,
+        ) -> Pin<Box<dyn Future<Output = Vec<u8>> + '_>> {
+            Box::pin(BftClient::invoke(self, op, read_only))
+        }
     }
 }

@@ -195,25 +195,26 @@ impl MacroReport {
         let rule = "-".repeat(head.chars().count());
         let _ = writeln!(out, "{head}\n{sub}\n{rule}");
         let baseline = self.baseline();
-        let row = |out: &mut String, label: String, get: &dyn Fn(&ModeResult) -> Option<Summary>| {
-            let mut line = format!("{label:<PHASE_W$}");
-            for m in &self.modes {
-                let cell = get(m).map_or_else(|| "-".to_string(), |s| cell(&s));
-                let _ = write!(line, " | {cell:<CELL_W$}");
-            }
-            for m in &compared {
-                let ratio = match (baseline.and_then(get), get(m)) {
-                    (Some(b), Some(s)) => format!(
-                        "{:>5} {:>6}",
-                        ratio(s.mean_ms, b.mean_ms),
-                        ratio(s.median_ms, b.median_ms)
-                    ),
-                    _ => "-".to_string(),
-                };
-                let _ = write!(line, " | {ratio:<14}");
-            }
-            let _ = writeln!(out, "{}", line.trim_end());
-        };
+        let row =
+            |out: &mut String, label: String, get: &dyn Fn(&ModeResult) -> Option<Summary>| {
+                let mut line = format!("{label:<PHASE_W$}");
+                for m in &self.modes {
+                    let cell = get(m).map_or_else(|| "-".to_string(), |s| cell(&s));
+                    let _ = write!(line, " | {cell:<CELL_W$}");
+                }
+                for m in &compared {
+                    let ratio = match (baseline.and_then(get), get(m)) {
+                        (Some(b), Some(s)) => format!(
+                            "{:>5} {:>6}",
+                            ratio(s.mean_ms, b.mean_ms),
+                            ratio(s.median_ms, b.median_ms)
+                        ),
+                        _ => "-".to_string(),
+                    };
+                    let _ = write!(line, " | {ratio:<14}");
+                }
+                let _ = writeln!(out, "{}", line.trim_end());
+            };
         for phase in PHASES {
             row(
                 &mut out,
@@ -337,20 +338,22 @@ mod tests {
 
     #[test]
     fn json_has_the_documented_shape() {
-        let v: serde_json::Value = serde_json::from_str(&report().to_json().expect("json"))
-            .expect("valid json");
-        let top: Vec<_> = v.as_object().expect("object").keys().cloned().collect();
+        let v: serde_json::Value =
+            serde_json::from_str(&report().to_json().expect("json")).expect("valid json");
+        let mut top: Vec<_> = v.as_object().expect("object").keys().cloned().collect();
+        top.sort();
         assert_eq!(top, ["durability", "machine", "modes"]);
         let u = &v["modes"]["unreplicated"];
         assert_eq!(u["total_ms"].as_f64(), Some(15.0));
         assert_eq!(u["phases"].as_array().expect("phases").len(), 5);
         assert_eq!(u["phases"][0]["name"], "P1");
-        let keys: Vec<_> = u["phases"][0]
+        let mut keys: Vec<_> = u["phases"][0]
             .as_object()
             .expect("phase")
             .keys()
             .cloned()
             .collect();
+        keys.sort();
         assert_eq!(
             keys,
             ["mean_ms", "median_ms", "name", "p95_ms", "stddev_ms"]

@@ -82,7 +82,9 @@ impl Phase {
 
 /// Deterministic contents for a file of the source tree.
 fn contents(name: &str, bytes: usize) -> Vec<u8> {
-    let seed = name.bytes().fold(17u8, |a, b| a.wrapping_mul(31).wrapping_add(b));
+    let seed = name
+        .bytes()
+        .fold(17u8, |a, b| a.wrapping_mul(31).wrapping_add(b));
     (0..bytes)
         .map(|i| b' ' + ((i as u8).wrapping_add(seed)) % 95)
         .collect()

@@ -348,6 +348,9 @@ pub enum PeerMessage {
     NewViewRequest { view: View },
     /// Answer to [`PeerMessage::NewViewRequest`]; self-certifying through its UIs.
     NewViewProof(NewView),
+    /// "Send me `sender`'s messages from its CHECKPOINT(n) on": resumes a stream whose
+    /// position was lost to a state transfer.
+    FetchFromCheckpoint { sender: ReplicaId, n: SeqNum },
     /// "Send me the view-top checkpoint certificate of `view`" (answered with `Cert`).
     ViewCertRequest { view: View },
 }

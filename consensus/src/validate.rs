@@ -79,6 +79,11 @@ pub fn peer_message(
         | PeerMessage::CertRequest { .. }
         | PeerMessage::NewViewRequest { .. }
         | PeerMessage::ViewCertRequest { .. } => {}
+        PeerMessage::FetchFromCheckpoint { sender, .. } => {
+            if *sender >= config.n() {
+                return Err(Reject::Malformed);
+            }
+        }
         PeerMessage::NewViewProof(nv) => ui_message(config, crypto, &UiMessage::NewView(nv.clone()))?,
         PeerMessage::Cert(cert) => checkpoint_cert(config, crypto, cert)?,
     }

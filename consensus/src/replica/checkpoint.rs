@@ -191,6 +191,11 @@ impl Replica {
         self.outputs.push(Output::Persist(PersistRecord::Stable(cert.clone())));
         self.outputs.push(Output::Stable { n });
         self.stable = cert;
+        // Batches up to n are settled: a PREPARE for them (a late re-proposal after a
+        // view-top checkpoint, say) is no longer expected from the primary's stream.
+        self.prepared_n = self.prepared_n.max(n);
+        self.proposed_n = self.proposed_n.max(n);
+        self.reproposals = self.reproposals.split_off(&(n + 1));
         self.log = self.log.split_off(&(0, 0)).into_iter().filter(|((_, k), _)| *k > n).collect();
         self.votes.retain(|(_, k), _| *k > n);
         self.executed_log = self.executed_log.split_off(&(n + 1));

@@ -207,6 +207,12 @@ impl Replica {
             let timeout = self.config.fetch_timeout_ticks;
             let s = &mut self.streams[j as usize];
             if s.awaiting_cut {
+                if ticks.saturating_sub(s.last_fetch_tick) >= timeout {
+                    s.last_fetch_tick = ticks;
+                    let n = self.stable.n;
+                    let msg = PeerMessage::FetchFromCheckpoint { sender: j, n };
+                    self.outputs.push(Output::Broadcast(msg));
+                }
                 continue;
             }
             let want = s.known_max.max(s.holdback.keys().next_back().copied().unwrap_or(0));
@@ -235,6 +241,16 @@ impl Replica {
     pub(super) fn on_fetch(&mut self, from: ReplicaId, sender: ReplicaId, lo: u64, hi: u64) {
         let s = &self.streams[sender as usize];
         let msgs: Vec<UiMessage> = s.retained.range(lo..=hi).map(|(_, m)| m.clone()).collect();
+        for m in msgs {
+            self.outputs.push(Output::Send { to: from, msg: PeerMessage::Ui(m) });
+        }
+    }
+
+    pub(super) fn on_fetch_from_checkpoint(&mut self, from: ReplicaId, sender: ReplicaId, n: SeqNum) {
+        let s = &self.streams[sender as usize];
+        let Some(&c) = s.checkpoint_counters.get(&n) else { return };
+        let msgs: Vec<UiMessage> =
+            s.retained.range(c..).take(FETCH_RANGE_MAX as usize).map(|(_, m)| m.clone()).collect();
         for m in msgs {
             self.outputs.push(Output::Send { to: from, msg: PeerMessage::Ui(m) });
         }

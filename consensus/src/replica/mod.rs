@@ -219,6 +219,8 @@ pub struct Replica {
 
     dropped: BTreeMap<&'static str, u64>,
     outputs: Vec<Output>,
+    /// Simulator hook: certify NEW-VIEWs whose re-proposals were tampered with.
+    byzantine_bad_new_view: bool,
 }
 
 impl Replica {
@@ -287,6 +289,7 @@ impl Replica {
             invalid_view_changes: BTreeSet::new(),
             dropped: BTreeMap::new(),
             outputs: Vec::new(),
+            byzantine_bad_new_view: false,
             config,
         };
         replica.own_checkpoints.insert(
@@ -369,6 +372,9 @@ impl Replica {
             PeerMessage::Cert(cert) => self.on_cert(cert),
             PeerMessage::NewViewRequest { view } => self.on_new_view_request(from, view),
             PeerMessage::NewViewProof(nv) => self.on_new_view_proof(nv),
+            PeerMessage::FetchFromCheckpoint { sender, n } => {
+                self.on_fetch_from_checkpoint(from, sender, n)
+            }
             PeerMessage::ViewCertRequest { view } => {
                 if let Some(c) = self.view_certs.get(&view) {
                     let msg = PeerMessage::Cert(c.clone());
@@ -430,7 +436,7 @@ impl Replica {
             })
             .collect();
         format!(
-            "replica {} view {} {:?} exec {} executed {} prepared {} stable {} transfer {:?} best_cert {:?} nv_accepted {} requested {:?} last_ts {} streams [{}] dropped {:?}",
+            "replica {} view {} {:?} exec {} executed {} prepared {} stable {} transfer {:?} best_cert {:?} nv_accepted {} requested {:?} last_ts {} view_certs {:?} view_top {:?} pending {} proposed_n {} reproposals {:?} streams [{}] dropped {:?}",
             self.id,
             self.view,
             self.status,
@@ -443,9 +449,21 @@ impl Replica {
             self.new_view_accepted,
             self.requested_view,
             self.last_timestamp_ns,
+            self.view_certs.iter().map(|(v, c)| (*v, c.n)).collect::<Vec<_>>(),
+            self.view_top,
+            self.pending.len(),
+            self.proposed_n,
+            self.reproposals.keys().collect::<Vec<_>>(),
             streams.join("; "),
             self.dropped
         )
+    }
+
+    /// Simulator hook: from now on this replica, as a new primary, certifies NEW-VIEWs
+    /// that do not follow from their VIEW-CHANGEs (every correct replica must reject them).
+    #[doc(hidden)]
+    pub fn byzantine_bad_new_view(&mut self) {
+        self.byzantine_bad_new_view = true;
     }
 
     /// Simulator hook for a Byzantine driver that spent USIG counters behind its core's

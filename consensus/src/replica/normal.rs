@@ -199,13 +199,12 @@ impl Replica {
             return Flow::Defer;
         }
         self.peer_accepted[c.sender as usize].insert((h.view, h.n), h);
-        if h.view < self.view {
-            self.drop_input("old_view");
-            return Flow::Done;
-        }
         if h.n <= self.stable.n {
             return Flow::Done;
         }
+        // A vote of an older view still counts for that view: a batch committed there
+        // may be executed even after this replica moved on (it is in our VIEW-CHANGE, so
+        // every later NEW-VIEW re-proposes it unchanged).
         // The commit proves the primary certified this PREPARE: make sure we fetch it.
         let ps = &mut self.streams[c.primary as usize];
         ps.known_max = ps.known_max.max(c.primary_ui.counter);
@@ -221,16 +220,21 @@ impl Replica {
                 return progressed;
             }
             let n = self.exec_n + 1;
-            let Some(slot) = self.log.get(&(self.view, n)) else { return progressed };
-            let h = slot.prepare.header;
-            let votes = self
-                .votes
-                .get(&(self.view, n))
-                .map_or(0, |v| v.values().filter(|&&vh| vh == h).count());
-            if votes < self.config.quorum() {
-                return progressed;
-            }
-            let batch = slot.prepare.batch.clone();
+            // The highest view in which batch n gathered f+1 matching votes.
+            let committed = self
+                .log
+                .iter()
+                .rev()
+                .filter(|((v, k), _)| *k == n && *v <= self.view)
+                .find(|((v, _), slot)| {
+                    let h = slot.prepare.header;
+                    self.votes
+                        .get(&(*v, n))
+                        .map_or(0, |votes| votes.values().filter(|&&vh| vh == h).count())
+                        >= self.config.quorum()
+                })
+                .map(|(_, slot)| (slot.prepare.header, slot.prepare.batch.clone()));
+            let Some((h, batch)) = committed else { return progressed };
             self.execute(h, batch);
             progressed = true;
         }

@@ -225,7 +225,17 @@ impl Replica {
             return;
         }
         let chosen: Vec<ViewChange> = vcs.values().take(self.config.quorum()).cloned().collect();
-        let decision = decide_new_view(&chosen);
+        let mut decision = decide_new_view(&chosen);
+        if self.byzantine_bad_new_view {
+            match decision.reproposals.last_mut() {
+                Some(r) => r.batch_digest = [7; 32],
+                None => decision.reproposals.push(crate::message::Reproposal {
+                    n: decision.base + 1,
+                    timestamp_ns: 1,
+                    batch_digest: [7; 32],
+                }),
+            }
+        }
         self.new_view_sent = Some(self.view);
         let nv = NewView {
             new_view: self.view,
@@ -321,6 +331,15 @@ impl Replica {
             .map(|r| (r.n, *r))
             .collect();
         self.reproposal_origins = decision.origins.clone();
+        // The view-top certificates that justify the origins travel with the NEW-VIEW's
+        // VIEW-CHANGEs (validated with it): keep them to justify our own next report.
+        for vc in &nv.view_changes {
+            for c in &vc.view_certs {
+                if let Some(v) = c.view_top {
+                    self.view_certs.entry(v).or_insert_with(|| c.clone());
+                }
+            }
+        }
         self.view_top = Some(top);
         self.view_top_sent = None;
         let oldest = self.log.keys().map(|(v, _)| *v).min().unwrap_or(self.view);

@@ -249,9 +249,16 @@ impl Sim {
         while faulty.len() < opts.f as usize {
             faulty.insert(rng.range(0, u64::from(n) - 1) as ReplicaId);
         }
+        let new_core = |i: ReplicaId| {
+            let mut core = Replica::new(i, opts.config.clone(), Box::new(crypto.clone()));
+            if faulty.contains(&i) && opts.byzantine == Some(Byzantine::BadNewView) {
+                core.byzantine_bad_new_view();
+            }
+            core
+        };
         let replicas = (0..n)
             .map(|i| SimReplica {
-                core: Some(Replica::new(i, opts.config.clone(), Box::new(crypto.clone()))),
+                core: Some(new_core(i)),
                 app: KvApp::default(),
                 durable: Durable::default(),
                 byzantine: if faulty.contains(&i) { opts.byzantine } else { None },
@@ -485,7 +492,11 @@ impl Sim {
             usig_counter: r.durable.usig_counter,
             new_view_accepted: r.durable.new_view_accepted,
         };
-        r.core = Some(Replica::recover(i, self.opts.config.clone(), Box::new(self.crypto.clone()), recovered));
+        let mut core = Replica::recover(i, self.opts.config.clone(), Box::new(self.crypto.clone()), recovered);
+        if r.byzantine == Some(Byzantine::BadNewView) {
+            core.byzantine_bad_new_view();
+        }
+        r.core = Some(core);
         self.trace.update([10, i as u8]);
     }
 
@@ -592,6 +603,7 @@ impl Sim {
             NetMsg::Peer(PeerMessage::Cert(c)) => (6, c.n, 0),
             NetMsg::Peer(PeerMessage::NewViewRequest { view }) => (14, *view, 0),
             NetMsg::Peer(PeerMessage::ViewCertRequest { view }) => (16, *view, 0),
+            NetMsg::Peer(PeerMessage::FetchFromCheckpoint { sender, n }) => (17, u64::from(*sender), *n),
             NetMsg::Peer(PeerMessage::NewViewProof(nv)) => (15, nv.new_view, nv.ui.counter),
             NetMsg::Request(r) => (7, r.client, r.seq),
             NetMsg::Reply(r) => (8, r.client, r.seq),
@@ -846,18 +858,6 @@ impl Sim {
                 for j in (0..n).filter(|j| *j != i) {
                     let m = if j % 2 == 0 { msg.clone() } else { PeerMessage::Ui(other.clone()) };
                     self.replica_send(i, j, m);
-                }
-                true
-            }
-            (Byzantine::BadNewView, UiMessage::NewView(nv)) => {
-                let mut bad = nv.clone();
-                match bad.reproposals.last_mut() {
-                    Some(r) => r.batch_digest = [7; 32],
-                    None => bad.base += 1,
-                }
-                let bad = self.byzantine_certify(i, UiMessage::NewView(bad));
-                for j in (0..n).filter(|j| *j != i) {
-                    self.replica_send(i, j, PeerMessage::Ui(bad.clone()));
                 }
                 true
             }

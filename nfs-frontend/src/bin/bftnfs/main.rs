@@ -6,7 +6,11 @@
 //! here from `RUST_LOG` (default `info`), on stderr, so stdout stays for what a script
 //! reads (addresses, URLs).
 
+mod frontend;
+mod keygen;
+mod replica;
 mod serve;
+mod up;
 
 use clap::{Parser, Subcommand};
 
@@ -30,6 +34,10 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     Serve(serve::Args),
+    Keygen(keygen::Args),
+    Replica(replica::Args),
+    Frontend(frontend::Args),
+    Up(up::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,5 +51,23 @@ fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(args) => serve::run(args),
+        Command::Keygen(args) => keygen::run(args),
+        Command::Replica(args) => replica::run(args),
+        Command::Frontend(args) => frontend::run(args),
+        Command::Up(args) => up::run(args),
     }
+}
+
+/// Completes on the first SIGINT or SIGTERM.
+pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use anyhow::Context;
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        }
+    })
 }

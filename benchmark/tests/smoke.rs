@@ -1,0 +1,120 @@
+//! Runs the built `bftnfs-bench` end to end on the embedded servers with a few runs and
+//! checks the shape of what it writes. No timing is asserted: the figures are reported,
+//! never tested.
+
+use std::path::Path;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_bftnfs-bench");
+const PHASES: [&str; 5] = ["P1", "P2", "P3", "P4", "P5"];
+
+fn run_macro(mode: &str, out: &Path) -> (serde_json::Value, String) {
+    let json = out.join(format!("{mode}.json"));
+    let csv = out.join(format!("{mode}.csv"));
+    let plot = out.join(format!("{mode}.png"));
+    let output = Command::new(BIN)
+        .args(["--data-dir"])
+        .arg(out.join("data"))
+        .args(["macro", "--runs", "5", "--warmup", "1", mode, "--json"])
+        .arg(&json)
+        .arg("--csv")
+        .arg(&csv)
+        .arg("--plot")
+        .arg(&plot)
+        .output()
+        .expect("bftnfs-bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "bftnfs-bench {mode} failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let png = std::fs::read(&plot).expect("plot written");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG file");
+    assert!(png.len() > 10_000, "a PNG with something drawn in it");
+    let csv = std::fs::read_to_string(&csv).expect("csv written");
+    assert_eq!(
+        csv.lines().count(),
+        1 + 6,
+        "header, 5 phases and the total:\n{csv}"
+    );
+    let value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("valid JSON");
+    (value, stdout)
+}
+
+fn check_mode(v: &serde_json::Value, mode: &str) {
+    let m = &v["modes"][mode];
+    let total = m["total_ms"].as_f64().expect("total_ms is a number");
+    let phases = m["phases"].as_array().expect("phases is an array");
+    let names: Vec<&str> = phases
+        .iter()
+        .map(|p| p["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(names, PHASES);
+    let mut sum = 0.0;
+    for p in phases {
+        let mut keys: Vec<&str> = p
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["mean_ms", "median_ms", "name", "p95_ms", "stddev_ms"]
+        );
+        for k in ["mean_ms", "stddev_ms", "median_ms", "p95_ms"] {
+            let x = p[k].as_f64().expect("a number");
+            assert!(x.is_finite() && x >= 0.0, "{k} = {x}");
+        }
+        assert!(p["mean_ms"].as_f64().expect("mean") > 0.0);
+        sum += p["mean_ms"].as_f64().expect("mean");
+    }
+    assert!(
+        (total - sum).abs() < 1e-6 * sum.max(1.0),
+        "total is the sum of the phase means"
+    );
+}
+
+fn check_top_level(v: &serde_json::Value) {
+    let mut keys: Vec<&str> = v
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["durability", "machine", "modes"]);
+    assert!(v["durability"].as_str().expect("text").contains("durable"));
+    assert!(v["machine"]["cores"].as_u64().expect("cores") >= 1);
+    assert!(v["machine"]["kernel"].is_string());
+    assert!(v["machine"]["cpu_model"].is_string());
+}
+
+#[test]
+fn macro_unreplicated_writes_table_json_csv_and_plot() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let (v, stdout) = run_macro("--unreplicated", out.path());
+    check_top_level(&v);
+    check_mode(&v, "unreplicated");
+    assert_eq!(v["modes"].as_object().expect("modes").len(), 1);
+    assert!(stdout.contains("Table 2"), "{stdout}");
+    assert!(stdout.contains("Total"), "{stdout}");
+    assert!(stdout.contains("durability:"), "{stdout}");
+    assert!(stdout.contains("machine:"), "{stdout}");
+}
+
+#[test]
+fn unknown_usig_backends_are_refused_clearly() {
+    for usig in ["process", "tpm"] {
+        let output = Command::new(BIN)
+            .args(["--usig", usig, "macro", "--runs", "1", "--unreplicated"])
+            .output()
+            .expect("bftnfs-bench runs");
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("not available yet"), "{stderr}");
+    }
+}

@@ -1,0 +1,50 @@
+//! `bftnfs keygen`: writes cluster.toml and every party's key files (see
+//! `nfs_frontend::config` for what goes where and why).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use nfs_frontend::config::{KeygenOptions, keygen};
+
+/// Generate a cluster configuration and its keys.
+///
+/// Writes DIR/cluster.toml (public: addresses, consensus parameters, public keys) and
+/// DIR/keys/ (one 0600 secrets file per replica and per client, plus the replicas' USIG
+/// keys). Refuses to overwrite existing keys.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Number of replicas, 2f+1 (3, 5, ...).
+    #[arg(long, default_value_t = 3)]
+    replicas: u32,
+    /// Number of client keys (one per frontend or benchmark client).
+    #[arg(long, default_value_t = 2)]
+    clients: u64,
+    /// Output directory.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Replica addresses, comma-separated (default: free loopback ports).
+    #[arg(long, value_delimiter = ',')]
+    addrs: Option<Vec<SocketAddr>>,
+    /// One request per batch (for measuring the unbatched protocol).
+    #[arg(long)]
+    no_batching: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.replicas % 2 == 1 && args.replicas >= 1,
+        "--replicas must be 2f+1"
+    );
+    let f = (args.replicas - 1) / 2;
+    let mut opts = KeygenOptions::new(f, args.clients);
+    opts.addrs = args.addrs;
+    if args.no_batching {
+        opts.consensus.batch_requests_max = 1;
+    }
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    let path = keygen(&args.out, &opts)?;
+    println!("{}", path.display());
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! `bftnfs replica`: one MinPBFT replica of a cluster, in this process.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use fs_state::FsConfig;
+use nfs_frontend::config::ClusterConfig;
+use nfs_frontend::replica::{self, ReplicaOptions, write_pid_file};
+use tokio::net::TcpListener;
+use tracing::info;
+
+use crate::shutdown_signal;
+
+/// Run replica ID of the cluster described by FILE.
+///
+/// Its backing tree is DIR/export; DIR also holds the USIG state (DIR/usig), the protocol
+/// log, checkpoint snapshots and a pid file. Killed or crashed, it restarts with the same
+/// command and catches up from the others. Stops cleanly on SIGINT or SIGTERM.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+    #[arg(long)]
+    id: u32,
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Order requests but execute nothing (protocol benchmarks).
+    #[arg(long)]
+    null_app: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let config = Arc::new(ClusterConfig::load(&args.config)?);
+    anyhow::ensure!(args.id < config.n(), "replica id {} out of range", args.id);
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("creating {}", args.data.display()))?;
+    let pid = write_pid_file(&args.data)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async {
+        let addr = config.replica_addr(args.id);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
+        info!(id = args.id, %addr, "replica listening");
+        let opts = ReplicaOptions {
+            id: args.id,
+            data_dir: args.data.clone(),
+            null_app: args.null_app,
+            fs_config: FsConfig::default(),
+        };
+        let stats = replica::run(config.clone(), opts, listener, shutdown_signal()?).await?;
+        info!(?stats, "stopped");
+        anyhow::Ok(())
+    });
+    let _ = std::fs::remove_file(pid);
+    result
+}

@@ -1,0 +1,86 @@
+//! `bftnfs up`: a whole replicated file system on this host in one command: keys (once),
+//! 2f+1 `bftnfs replica` child processes, and the NFS frontend in this process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::Arc;
+
+use anyhow::Context;
+use nfs_frontend::cluster::{FRONTEND_CLIENT, ensure_keys};
+use nfs_frontend::config::ClusterConfig;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::shutdown_signal;
+
+/// Start 2f+1 replicas and a frontend; stop them all on Ctrl-C or SIGTERM.
+///
+/// DIR gets cluster.toml and keys/ on first use, and replica-<i>/ for each replica (its
+/// export, logs and pid file). A replica killed meanwhile restarts by hand with
+/// `bftnfs replica --config DIR/cluster.toml --id <i> --data DIR/replica-<i>`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[arg(long, default_value_t = 1)]
+    f: u32,
+    #[arg(long, value_name = "DIR", default_value = "bftnfs-cluster")]
+    dir: PathBuf,
+    /// NFS address of the frontend. Port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2049")]
+    listen: SocketAddr,
+}
+
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            // SIGTERM: a clean stop (logs synced, state machine closed).
+            if let Ok(pid) = i32::try_from(c.id()) {
+                // SAFETY: kill(2) on our own child's pid has no memory effects.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let path = ensure_keys(&args.dir, args.f, true, 16)?;
+    let config = Arc::new(ClusterConfig::load(&path)?);
+    anyhow::ensure!(config.f == args.f, "{} is for f = {}", path.display(), config.f);
+    let exe = std::env::current_exe().context("locating the bftnfs binary")?;
+    let mut children = Children(Vec::new());
+    for i in 0..config.n() {
+        let data = args.dir.join(format!("replica-{i}"));
+        std::fs::create_dir_all(&data)?;
+        let child = Command::new(&exe)
+            .arg("replica")
+            .arg("--config")
+            .arg(&path)
+            .arg("--id")
+            .arg(i.to_string())
+            .arg("--data")
+            .arg(&data)
+            .spawn()
+            .with_context(|| format!("starting replica {i}"))?;
+        info!(replica = i, pid = child.id(), "replica started");
+        children.0.push(child);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async {
+        let listener = TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        crate::frontend::serve(config, FRONTEND_CLIENT, listener, shutdown_signal()?).await
+    });
+    if let Err(e) = &result {
+        warn!("frontend: {e}");
+    }
+    drop(children);
+    result
+}
