@@ -13,7 +13,7 @@
 mod checkpoint;
 mod fifo;
 mod normal;
-mod view_change;
+pub(crate) mod view_change;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
