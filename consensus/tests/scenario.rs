@@ -48,6 +48,7 @@ struct Durable {
     snapshots: BTreeMap<u64, (CoreState, Vec<u8>)>,
     usig: u64,
     new_view_accepted: u64,
+    view_certs: Vec<consensus::message::CheckpointCert>,
 }
 
 struct Rule {
@@ -187,6 +188,8 @@ impl World {
                     }
                     PersistRecord::View(v) => d.view = v,
                     PersistRecord::NewViewAccepted(v) => d.new_view_accepted = v,
+                    PersistRecord::ViewCert(c) => d.view_certs.push(c),
+            PersistRecord::ViewCert(c) => d.view_certs.push(c),
                     PersistRecord::Stable(c) => {
                         d.accepted.retain(|(_, n), _| *n > c.n);
                         d.stable = c;
@@ -322,6 +325,7 @@ impl World {
             core_state: core,
             usig_counter: d.usig,
             new_view_accepted: d.new_view_accepted,
+            view_certs: d.view_certs.clone(),
         };
         self.apps[i as usize] = app;
         self.replicas[i as usize] =

@@ -152,7 +152,10 @@ impl Replica {
     /// reached it (or our own state disagrees), remember it and fetch its state.
     pub(super) fn consider_cert(&mut self, cert: CheckpointCert) {
         if let Some(v) = cert.view_top {
-            self.view_certs.entry(v).or_insert_with(|| cert.clone());
+            if !self.view_certs.contains_key(&v) {
+                self.view_certs.insert(v, cert.clone());
+                self.outputs.push(Output::Persist(PersistRecord::ViewCert(cert.clone())));
+            }
         }
         if cert.n <= self.stable.n {
             return;

@@ -131,12 +131,17 @@ impl Replica {
         let s = &mut self.streams[j];
         s.known_max = s.known_max.max(c);
         if s.awaiting_cut {
-            if let UiMessage::Checkpoint(cp) = &msg {
-                if cp.n >= stable_n {
-                    s.awaiting_cut = false;
-                    s.next = c;
-                    s.holdback.retain(|&k, _| k > c);
-                }
+            // A CHECKPOINT at or above ours, or a VIEW-CHANGE whose certificate is, is a
+            // point from which the sender's stream means something to us again.
+            let resumes = match &msg {
+                UiMessage::Checkpoint(cp) => cp.n >= stable_n,
+                UiMessage::ViewChange(vc) => vc.cert.n >= stable_n,
+                _ => false,
+            };
+            if resumes {
+                s.awaiting_cut = false;
+                s.next = c;
+                s.holdback.retain(|&k, _| k > c);
             }
         }
         if c < s.next || s.holdback.contains_key(&c) {

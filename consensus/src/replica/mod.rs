@@ -91,6 +91,9 @@ pub enum PersistRecord {
     View(View),
     /// A new stable checkpoint: records below it may be discarded.
     Stable(CheckpointCert),
+    /// A view-top checkpoint certificate (justifies fresh PREPAREs of that view in a
+    /// later VIEW-CHANGE, so it must survive a restart like the PREPAREs it justifies).
+    ViewCert(CheckpointCert),
     /// The NEW-VIEW of this view was accepted (a restarted replica must not accept a
     /// relayed copy of it a second time).
     NewViewAccepted(View),
@@ -110,6 +113,8 @@ pub struct Recovered {
     pub usig_counter: u64,
     /// The last view whose NEW-VIEW was accepted.
     pub new_view_accepted: View,
+    /// View-top certificates, by view.
+    pub view_certs: Vec<CheckpointCert>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -296,6 +301,11 @@ impl Replica {
             recovered.stable.n,
             (recovered.stable.state_digest, recovered.core_state.clone()),
         );
+        for c in &recovered.view_certs {
+            if let Some(v) = c.view_top {
+                replica.view_certs.insert(v, c.clone());
+            }
+        }
         replica.recover_streams(&recovered);
         replica
     }

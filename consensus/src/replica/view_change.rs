@@ -336,7 +336,10 @@ impl Replica {
         for vc in &nv.view_changes {
             for c in &vc.view_certs {
                 if let Some(v) = c.view_top {
-                    self.view_certs.entry(v).or_insert_with(|| c.clone());
+                    if !self.view_certs.contains_key(&v) {
+                        self.view_certs.insert(v, c.clone());
+                        self.outputs.push(Output::Persist(PersistRecord::ViewCert(c.clone())));
+                    }
                 }
             }
         }

@@ -179,6 +179,7 @@ struct Durable {
     snapshots: BTreeMap<SeqNum, (CoreState, Vec<u8>)>,
     usig_counter: u64,
     new_view_accepted: View,
+    view_certs: Vec<CheckpointCert>,
 }
 
 struct SimReplica {
@@ -491,6 +492,7 @@ impl Sim {
             core_state,
             usig_counter: r.durable.usig_counter,
             new_view_accepted: r.durable.new_view_accepted,
+            view_certs: r.durable.view_certs.clone(),
         };
         let mut core = Replica::recover(i, self.opts.config.clone(), Box::new(self.crypto.clone()), recovered);
         if r.byzantine == Some(Byzantine::BadNewView) {
@@ -762,6 +764,7 @@ impl Sim {
             }
             PersistRecord::View(v) => d.view = v,
             PersistRecord::NewViewAccepted(v) => d.new_view_accepted = v,
+            PersistRecord::ViewCert(c) => d.view_certs.push(c),
             PersistRecord::Stable(cert) => {
                 let own = d.sent.values().find_map(|m| match m {
                     UiMessage::Checkpoint(c) if c.n == cert.n => Some(c.ui.counter),
