@@ -39,7 +39,9 @@ impl Cluster {
         config.batch_requests_max = batch;
         config.checkpoint_interval = 128;
         Cluster {
-            replicas: (0..3).map(|i| Replica::new(i, config.clone(), Box::new(NullCrypto))).collect(),
+            replicas: (0..3)
+                .map(|i| Replica::new(i, config.clone(), Box::new(NullCrypto)))
+                .collect(),
             counters: vec![0; 3],
             net: VecDeque::new(),
             replies: 0,
@@ -61,13 +63,28 @@ impl Cluster {
                     Output::Send { to, msg } => self.net.push_back((i, to, msg)),
                     Output::CreateUi { .. } => {
                         self.counters[i as usize] += 1;
-                        work.push_back(Input::UiCreated(Ui { counter: self.counters[i as usize], cert: vec![] }));
+                        work.push_back(Input::UiCreated(Ui {
+                            counter: self.counters[i as usize],
+                            cert: vec![],
+                        }));
                     }
-                    Output::Execute { n, requests, want_digest, .. } => {
+                    Output::Execute {
+                        n,
+                        requests,
+                        want_digest,
+                        ..
+                    } => {
                         let results = requests.iter().map(|_| Vec::new()).collect();
-                        work.push_back(Input::Executed { n, results, app_digest: want_digest.then_some([0; 32]) });
+                        work.push_back(Input::Executed {
+                            n,
+                            results,
+                            app_digest: want_digest.then_some([0; 32]),
+                        });
                     }
-                    Output::ComputeDigest { n } => work.push_back(Input::Digest { n, app_digest: [0; 32] }),
+                    Output::ComputeDigest { n } => work.push_back(Input::Digest {
+                        n,
+                        app_digest: [0; 32],
+                    }),
                     Output::Reply(_) => self.replies += 1,
                     _ => {}
                 }
@@ -79,7 +96,13 @@ impl Cluster {
     fn round(&mut self, k: u64) {
         self.seq += 1;
         for c in 0..k {
-            let req = Request { client: c, seq: self.seq, read_only: false, op: vec![0; 8], sig: vec![] };
+            let req = Request {
+                client: c,
+                seq: self.seq,
+                read_only: false,
+                op: vec![0; 8],
+                sig: vec![],
+            };
             for i in 0..3 {
                 let v = validate::request(&self.config, &NullCrypto, req.clone()).unwrap();
                 self.feed(i, Input::Request(v));

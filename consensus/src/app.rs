@@ -28,10 +28,18 @@ pub trait Application {
 /// Operations of [`KvApp`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KvOp {
-    Put { key: Vec<u8>, value: Vec<u8> },
+    Put {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
     /// Appends and returns the whole new value: results reveal any ordering difference.
-    Append { key: Vec<u8>, value: Vec<u8> },
-    Get { key: Vec<u8> },
+    Append {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Get {
+        key: Vec<u8>,
+    },
     Null,
 }
 
@@ -155,7 +163,11 @@ impl Application for KvApp {
         if !s.is_empty() {
             return Err(AppError::BadSnapshot);
         }
-        *self = KvApp { data, last_n, last_timestamp_ns: last_ts };
+        *self = KvApp {
+            data,
+            last_n,
+            last_timestamp_ns: last_ts,
+        };
         Ok(())
     }
 }

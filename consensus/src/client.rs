@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use crate::crypto::Crypto;
-use crate::message::{result_digest, Reply, Request};
+use crate::message::{Reply, Request, result_digest};
 use crate::types::{ClientId, Config, Digest, ReplicaId};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,9 +71,17 @@ impl Client {
 
     /// Starts a request. Panics if one is outstanding (a programming error).
     pub fn submit(&mut self, op: Vec<u8>, read_only: bool) -> Vec<ClientOutput> {
-        assert!(self.outstanding.is_none(), "one outstanding request per client session");
-        let request =
-            Request { client: self.id, seq: self.next_seq, read_only, op, sig: Vec::new() };
+        assert!(
+            self.outstanding.is_none(),
+            "one outstanding request per client session"
+        );
+        let request = Request {
+            client: self.id,
+            seq: self.next_seq,
+            read_only,
+            op,
+            sig: Vec::new(),
+        };
         self.next_seq += 1;
         self.outstanding = Some(Outstanding {
             request: request.clone(),
@@ -85,7 +93,9 @@ impl Client {
     }
 
     pub fn on_reply(&mut self, crypto: &dyn Crypto, reply: &Reply) -> Vec<ClientOutput> {
-        let Some(o) = self.outstanding.as_mut() else { return Vec::new() };
+        let Some(o) = self.outstanding.as_mut() else {
+            return Vec::new();
+        };
         if reply.client != self.id
             || reply.seq != o.request.seq
             || reply.read_only != o.request.read_only
@@ -98,7 +108,11 @@ impl Client {
         let d = result_digest(&reply.result);
         o.replies.insert(reply.replica, d);
         o.results.entry(d).or_insert_with(|| reply.result.clone());
-        let needed = if o.request.read_only { self.config.n() as usize } else { self.config.quorum() };
+        let needed = if o.request.read_only {
+            self.config.n() as usize
+        } else {
+            self.config.quorum()
+        };
         let matching = o.replies.values().filter(|&&x| x == d).count();
         if matching >= needed {
             let result = o.results.remove(&d).expect("result recorded above");
@@ -114,7 +128,9 @@ impl Client {
 
     pub fn on_tick(&mut self) -> Vec<ClientOutput> {
         self.ticks += 1;
-        let Some(o) = self.outstanding.as_mut() else { return Vec::new() };
+        let Some(o) = self.outstanding.as_mut() else {
+            return Vec::new();
+        };
         if self.ticks - o.sent_tick < self.resend_ticks {
             return Vec::new();
         }

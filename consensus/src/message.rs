@@ -336,9 +336,17 @@ pub enum PeerMessage {
     /// ⟨REQ-VIEW-CHANGE, j, v, v'⟩ on an authenticated channel.
     ReqViewChange { view: View, new_view: View },
     /// "Send me what you hold of `sender`'s messages with counters in `from..=to`."
-    Fetch { sender: ReplicaId, from: u64, to: u64 },
+    Fetch {
+        sender: ReplicaId,
+        from: u64,
+        to: u64,
+    },
     /// "I have sent messages up to `last_counter`; my stable checkpoint is `stable`."
-    Status { last_counter: u64, stable: SeqNum, view: View },
+    Status {
+        last_counter: u64,
+        stable: SeqNum,
+        view: View,
+    },
     /// "Send me the stable checkpoint certificate for at least `n`."
     CertRequest { n: SeqNum },
     /// Answer to [`PeerMessage::CertRequest`].

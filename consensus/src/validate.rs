@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 
 use crate::crypto::Crypto;
 use crate::message::{
-    prepare_digest, Checkpoint, CheckpointCert, Commit, NewView, PeerMessage, Prepare, Request,
-    UiMessage, ViewChange,
+    Checkpoint, CheckpointCert, Commit, NewView, PeerMessage, Prepare, Request, UiMessage,
+    ViewChange, prepare_digest,
 };
 use crate::types::{Config, ReplicaId};
 
@@ -84,7 +84,9 @@ pub fn peer_message(
                 return Err(Reject::Malformed);
             }
         }
-        PeerMessage::NewViewProof(nv) => ui_message(config, crypto, &UiMessage::NewView(nv.clone()))?,
+        PeerMessage::NewViewProof(nv) => {
+            ui_message(config, crypto, &UiMessage::NewView(nv.clone()))?
+        }
         PeerMessage::Cert(cert) => checkpoint_cert(config, crypto, cert)?,
     }
     Ok(Verified(msg))
@@ -174,7 +176,11 @@ fn commit_body(config: &Config, crypto: &dyn Crypto, c: &Commit) -> Result<(), R
     if c.header.n == 0 {
         return Err(Reject::Malformed);
     }
-    if !crypto.verify_ui(c.primary, &prepare_digest(&c.header, c.primary), &c.primary_ui) {
+    if !crypto.verify_ui(
+        c.primary,
+        &prepare_digest(&c.header, c.primary),
+        &c.primary_ui,
+    ) {
         return Err(Reject::BadUi);
     }
     Ok(())
@@ -219,7 +225,9 @@ fn view_change_body(config: &Config, crypto: &dyn Crypto, vc: &ViewChange) -> Re
     checkpoint_cert(config, crypto, &vc.cert)?;
     let mut tops = std::collections::BTreeMap::new();
     for c in &vc.view_certs {
-        let Some(v) = c.view_top else { return Err(Reject::BadCertificate) };
+        let Some(v) = c.view_top else {
+            return Err(Reject::BadCertificate);
+        };
         if v == 0 || v >= vc.new_view || tops.insert(v, c.n).is_some() {
             return Err(Reject::BadCertificate);
         }
@@ -234,7 +242,11 @@ fn view_change_body(config: &Config, crypto: &dyn Crypto, vc: &ViewChange) -> Re
             return Err(Reject::Malformed);
         }
         // A PREPARE of view w > 0 is only a decision of view w above w's view-top.
-        if p.header.view > 0 && tops.get(&p.header.view).is_none_or(|&top| p.header.n <= top) {
+        if p.header.view > 0
+            && tops
+                .get(&p.header.view)
+                .is_none_or(|&top| p.header.n <= top)
+        {
             return Err(Reject::Malformed);
         }
         embedded_prepare(config, crypto, p)?;

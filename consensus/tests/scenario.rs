@@ -30,7 +30,7 @@ use consensus::app::Application;
 use consensus::message::{PeerMessage, UiMessage};
 use consensus::replica::{CoreState, PersistRecord, Recovered};
 use consensus::{
-    validate, Client, ClientOutput, Config, Input, KvApp, KvOp, Message, Output, Replica, SimCrypto,
+    Client, ClientOutput, Config, Input, KvApp, KvOp, Message, Output, Replica, SimCrypto, validate,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,11 +94,22 @@ fn describe(m: &Message) -> String {
                 vc.accepted.len()
             ),
             UiMessage::NewView(nv) => {
-                format!("NEW-VIEW v{} base{} reproposals{}", nv.new_view, nv.base, nv.reproposals.len())
+                format!(
+                    "NEW-VIEW v{} base{} reproposals{}",
+                    nv.new_view,
+                    nv.base,
+                    nv.reproposals.len()
+                )
             }
         },
-        Message::Peer(PeerMessage::ReqViewChange { new_view, .. }) => format!("REQ-VIEW-CHANGE v{new_view}"),
-        Message::Peer(p) => format!("{p:?}").split([' ', '(', '{']).next().unwrap_or("").to_string(),
+        Message::Peer(PeerMessage::ReqViewChange { new_view, .. }) => {
+            format!("REQ-VIEW-CHANGE v{new_view}")
+        }
+        Message::Peer(p) => format!("{p:?}")
+            .split([' ', '(', '{'])
+            .next()
+            .unwrap_or("")
+            .to_string(),
         Message::Request(r) => format!("REQUEST c{} s{}", r.client, r.seq),
         Message::Reply(r) => format!("REPLY c{} s{}", r.client, r.seq),
     }
@@ -132,7 +143,8 @@ impl World {
 
     fn post(&mut self, from: Node, to: Node, msg: Message) {
         if let (Node::R(f), Node::R(t)) = (from, to) {
-            self.sent.push(format!("{} from {f} to {t}", describe(&msg)));
+            self.sent
+                .push(format!("{} from {f} to {t}", describe(&msg)));
         }
         self.net.push_back((from, to, msg));
     }
@@ -140,7 +152,9 @@ impl World {
     fn feed(&mut self, i: u32, input: Input) {
         let mut work = VecDeque::from([input]);
         while let Some(input) = work.pop_front() {
-            let Some(r) = self.replicas[i as usize].as_mut() else { return };
+            let Some(r) = self.replicas[i as usize].as_mut() else {
+                return;
+            };
             for o in r.step(input) {
                 self.perform(i, o, &mut work);
             }
@@ -160,13 +174,25 @@ impl World {
                 let d = &mut self.durable[i as usize];
                 d.usig += 1;
                 let cert = self.crypto.ui_cert(i, d.usig, &digest);
-                work.push_back(Input::UiCreated(usig::Ui { counter: d.usig, cert }));
+                work.push_back(Input::UiCreated(usig::Ui {
+                    counter: d.usig,
+                    cert,
+                }));
             }
-            Output::Execute { n, timestamp_ns, requests, want_digest } => {
+            Output::Execute {
+                n,
+                timestamp_ns,
+                requests,
+                want_digest,
+            } => {
                 let app = &mut self.apps[i as usize];
                 let results = app.execute(n, timestamp_ns, &requests);
                 let app_digest = want_digest.then(|| app.state_digest());
-                work.push_back(Input::Executed { n, results, app_digest });
+                work.push_back(Input::Executed {
+                    n,
+                    results,
+                    app_digest,
+                });
             }
             Output::ComputeDigest { n } => {
                 let app_digest = self.apps[i as usize].state_digest();
@@ -174,7 +200,11 @@ impl World {
             }
             Output::ExecuteReadOnly { request } => {
                 let result = self.apps[i as usize].query(&request.op);
-                work.push_back(Input::ReadOnlyExecuted { client: request.client, seq: request.seq, result });
+                work.push_back(Input::ReadOnlyExecuted {
+                    client: request.client,
+                    seq: request.seq,
+                    result,
+                });
             }
             Output::Reply(r) => self.post(Node::R(i), Node::C(r.client), Message::Reply(r)),
             Output::Persist(rec) => {
@@ -189,7 +219,7 @@ impl World {
                     PersistRecord::View(v) => d.view = v,
                     PersistRecord::NewViewAccepted(v) => d.new_view_accepted = v,
                     PersistRecord::ViewCert(c) => d.view_certs.push(c),
-            PersistRecord::ViewCert(c) => d.view_certs.push(c),
+                    PersistRecord::ViewCert(c) => d.view_certs.push(c),
                     PersistRecord::Stable(c) => {
                         d.accepted.retain(|(_, n), _| *n > c.n);
                         d.stable = c;
@@ -198,7 +228,9 @@ impl World {
             }
             Output::TakeSnapshot { n, core_state } => {
                 let bytes = self.apps[i as usize].snapshot();
-                self.durable[i as usize].snapshots.insert(n, (core_state, bytes));
+                self.durable[i as usize]
+                    .snapshots
+                    .insert(n, (core_state, bytes));
             }
             Output::Stable { n } => {
                 let d = &mut self.durable[i as usize];
@@ -206,11 +238,17 @@ impl World {
             }
             Output::FetchState { cert } => {
                 // The scripted world transfers state instantly from any replica holding it.
-                let found = (0..n).find_map(|j| self.durable[j as usize].snapshots.get(&cert.n).cloned());
+                let found =
+                    (0..n).find_map(|j| self.durable[j as usize].snapshots.get(&cert.n).cloned());
                 if let Some((core, bytes)) = found {
                     self.apps[i as usize].restore(&bytes).expect("snapshot");
-                    self.durable[i as usize].snapshots.insert(cert.n, (core.clone(), bytes));
-                    work.push_back(Input::StateInstalled { cert, core_state: core });
+                    self.durable[i as usize]
+                        .snapshots
+                        .insert(cert.n, (core.clone(), bytes));
+                    work.push_back(Input::StateInstalled {
+                        cert,
+                        core_state: core,
+                    });
                 }
             }
         }
@@ -221,7 +259,10 @@ impl World {
             Node::R(i) => Some(i),
             Node::C(_) => None,
         };
-        if [from, to].iter().any(|n| id(*n).is_some_and(|i| self.isolated.contains(&i))) {
+        if [from, to]
+            .iter()
+            .any(|n| id(*n).is_some_and(|i| self.isolated.contains(&i)))
+        {
             return true;
         }
         let kind = kind_of(msg);
@@ -233,7 +274,9 @@ impl World {
     }
 
     fn deliver_one(&mut self) -> bool {
-        let Some((from, to, msg)) = self.net.pop_front() else { return false };
+        let Some((from, to, msg)) = self.net.pop_front() else {
+            return false;
+        };
         if self.blocked(from, to, &msg) {
             return true;
         }
@@ -251,7 +294,10 @@ impl World {
                 }
                 match validate::peer_message(&self.config, &self.crypto, j, m) {
                     Ok(v) => self.feed(i, Input::Peer { from: j, msg: v }),
-                    Err(e) => self.replicas[i as usize].as_mut().unwrap().record_rejected(e),
+                    Err(e) => self.replicas[i as usize]
+                        .as_mut()
+                        .unwrap()
+                        .record_rejected(e),
                 }
             }
             (Node::R(i), Message::Request(req)) => {
@@ -260,7 +306,10 @@ impl World {
                 }
                 match validate::request(&self.config, &self.crypto, req) {
                     Ok(v) => self.feed(i, Input::Request(v)),
-                    Err(e) => self.replicas[i as usize].as_mut().unwrap().record_rejected(e),
+                    Err(e) => self.replicas[i as usize]
+                        .as_mut()
+                        .unwrap()
+                        .record_rejected(e),
                 }
             }
             _ => {}
@@ -296,7 +345,12 @@ impl World {
         self.now_ns += self.config.tick_ns;
         for i in 0..self.config.n() {
             if self.replicas[i as usize].is_some() {
-                self.feed(i, Input::Tick { now_ns: self.now_ns });
+                self.feed(
+                    i,
+                    Input::Tick {
+                        now_ns: self.now_ns,
+                    },
+                );
             }
         }
         let ids: Vec<u64> = self.clients.keys().copied().collect();
@@ -328,8 +382,12 @@ impl World {
             view_certs: d.view_certs.clone(),
         };
         self.apps[i as usize] = app;
-        self.replicas[i as usize] =
-            Some(Replica::recover(i, self.config.clone(), Box::new(self.crypto.clone()), rec));
+        self.replicas[i as usize] = Some(Replica::recover(
+            i,
+            self.config.clone(),
+            Box::new(self.crypto.clone()),
+            rec,
+        ));
     }
 
     fn replica(&self, i: u32) -> &Replica {
@@ -352,7 +410,9 @@ fn kv(args: &[&str]) -> (KvOp, bool) {
             let (key, value) = kvp(args[1]);
             KvOp::Put { key, value }
         }
-        "get" => KvOp::Get { key: args[1].as_bytes().to_vec() },
+        "get" => KvOp::Get {
+            key: args[1].as_bytes().to_vec(),
+        },
         "null" => KvOp::Null,
         other => panic!("unknown op {other}"),
     };
@@ -360,11 +420,14 @@ fn kv(args: &[&str]) -> (KvOp, bool) {
 }
 
 fn ids(s: &str) -> Vec<u32> {
-    s.split(',').map(|x| x.parse().expect("replica id")).collect()
+    s.split(',')
+        .map(|x| x.parse().expect("replica id"))
+        .collect()
 }
 
 fn kv_arg<'a>(args: &[&'a str], key: &str) -> Option<&'a str> {
-    args.iter().find_map(|a| a.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+    args.iter()
+        .find_map(|a| a.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
 fn run_script(path: &Path) {
@@ -380,7 +443,8 @@ fn run_script(path: &Path) {
         if words[0] == "cluster" {
             let f = kv_arg(&words, "f").map_or(1, |v| v.parse().unwrap());
             let mut config = Config::new(f);
-            config.checkpoint_interval = kv_arg(&words, "checkpoint").map_or(4, |v| v.parse().unwrap());
+            config.checkpoint_interval =
+                kv_arg(&words, "checkpoint").map_or(4, |v| v.parse().unwrap());
             config.batch_requests_max = kv_arg(&words, "batch").map_or(8, |v| v.parse().unwrap());
             config.pipeline_max = kv_arg(&words, "pipeline").map_or(4, |v| v.parse().unwrap());
             config.request_timeout_ticks = 20;
@@ -392,14 +456,19 @@ fn run_script(path: &Path) {
             world = Some(World::new(config));
             continue;
         }
-        let w = world.as_mut().unwrap_or_else(|| panic!("{at}: no cluster yet"));
+        let w = world
+            .as_mut()
+            .unwrap_or_else(|| panic!("{at}: no cluster yet"));
         let rest = &words[1..];
         match words[0] {
             "request" => {
                 let c: u64 = kv_arg(rest, "c").expect("c=").parse().unwrap();
                 let (op, ro) = kv(&rest[1..]);
                 let config = w.config.clone();
-                let client = w.clients.entry(c).or_insert_with(|| Client::new(c, config, 1, 10));
+                let client = w
+                    .clients
+                    .entry(c)
+                    .or_insert_with(|| Client::new(c, config, 1, 10));
                 let outs = client.submit(op.encode(), ro);
                 w.done.remove(&c);
                 w.client_outputs(c, outs);
@@ -455,12 +524,20 @@ fn expect(w: &World, args: &[&str], at: &str) {
         "sent" | "not-sent" => {
             let text = args[1..].join(" ");
             let found = w.sent.iter().any(|s| s.starts_with(&text));
-            assert_eq!(found, args[0] == "sent", "{at}: messages sent were:\n{}", w.sent.join("\n"));
+            assert_eq!(
+                found,
+                args[0] == "sent",
+                "{at}: messages sent were:\n{}",
+                w.sent.join("\n")
+            );
         }
         "done" => {
             let c: u64 = kv_arg(args, "c").unwrap().parse().unwrap();
             let want = args[3..].join(" ");
-            let got = w.done.get(&c).map(|r| String::from_utf8_lossy(r).to_string());
+            let got = w
+                .done
+                .get(&c)
+                .map(|r| String::from_utf8_lossy(r).to_string());
             assert_eq!(got.as_deref(), Some(want.as_str()), "{at}");
         }
         "pending" => {

@@ -4,10 +4,16 @@
 //! with restart, one Byzantine behaviour for the f faulty replicas) deterministically;
 //! a failing seed is printed and replays exactly with `--seed N`.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use consensus::sim::{self, Byzantine, SimOptions};
+
+/// Prints to stdout, ignoring a closed pipe (`bftnfs-sim ... | head`).
+macro_rules! out {
+    ($($t:tt)*) => {{ let _ = writeln!(std::io::stdout(), $($t)*); }};
+}
 
 const USAGE: &str = "\
 bftnfs-sim: deterministic MinPBFT cluster simulator with Byzantine faults
@@ -84,19 +90,59 @@ fn main() -> ExitCode {
         };
         let parsed: Result<(), String> = (|| {
             match a.as_str() {
-                "--seeds" => seeds = val("--seeds").map_err(|_| "")?.parse().map_err(|e| format!("--seeds: {e}"))?,
-                "--first" => first = val("--first").map_err(|_| "")?.parse().map_err(|e| format!("--first: {e}"))?,
-                "--seed" => single = Some(val("--seed").map_err(|_| "")?.parse().map_err(|e| format!("--seed: {e}"))?),
-                "--f" => f = val("--f").map_err(|_| "")?.parse().map_err(|e| format!("--f: {e}"))?,
+                "--seeds" => {
+                    seeds = val("--seeds")
+                        .map_err(|_| "")?
+                        .parse()
+                        .map_err(|e| format!("--seeds: {e}"))?
+                }
+                "--first" => {
+                    first = val("--first")
+                        .map_err(|_| "")?
+                        .parse()
+                        .map_err(|e| format!("--first: {e}"))?
+                }
+                "--seed" => {
+                    single = Some(
+                        val("--seed")
+                            .map_err(|_| "")?
+                            .parse()
+                            .map_err(|e| format!("--seed: {e}"))?,
+                    )
+                }
+                "--f" => {
+                    f = val("--f")
+                        .map_err(|_| "")?
+                        .parse()
+                        .map_err(|e| format!("--f: {e}"))?
+                }
                 "--byzantine" => {
                     let v = val("--byzantine").map_err(|_| "")?;
-                    mode = if v == "mixed" { None } else { Some(parse_mode(&v).ok_or(format!("unknown --byzantine {v}"))?) };
+                    mode = if v == "mixed" {
+                        None
+                    } else {
+                        Some(parse_mode(&v).ok_or(format!("unknown --byzantine {v}"))?)
+                    };
                 }
                 "--no-faults" => faults = false,
-                "--requests" => requests = Some(val("--requests").map_err(|_| "")?.parse().map_err(|e| format!("--requests: {e}"))?),
-                "--clients" => clients = Some(val("--clients").map_err(|_| "")?.parse().map_err(|e| format!("--clients: {e}"))?),
+                "--requests" => {
+                    requests = Some(
+                        val("--requests")
+                            .map_err(|_| "")?
+                            .parse()
+                            .map_err(|e| format!("--requests: {e}"))?,
+                    )
+                }
+                "--clients" => {
+                    clients = Some(
+                        val("--clients")
+                            .map_err(|_| "")?
+                            .parse()
+                            .map_err(|e| format!("--clients: {e}"))?,
+                    )
+                }
                 "-h" | "--help" => {
-                    print!("{USAGE}");
+                    let _ = write!(std::io::stdout(), "{USAGE}");
                     std::process::exit(0);
                 }
                 other => return Err(format!("unknown argument {other}")),
@@ -133,17 +179,23 @@ fn main() -> ExitCode {
         let o = configure(seed);
         return match sim::run(&o) {
             Ok(r) => {
-                println!(
+                out!(
                     "seed {seed} f={f} byzantine={:?}: ok, trace {} ({} ticks, {} batches, {} \
                      requests, final view {}, {} view changes, {} state transfers)",
-                    o.byzantine, r.trace_hash, r.ticks, r.executed_max, r.completed_requests,
-                    r.final_view, r.view_changes_seen, r.state_transfers
+                    o.byzantine,
+                    r.trace_hash,
+                    r.ticks,
+                    r.executed_max,
+                    r.completed_requests,
+                    r.final_view,
+                    r.view_changes_seen,
+                    r.state_transfers
                 );
-                println!("dropped: {:?}", r.dropped);
+                out!("dropped: {:?}", r.dropped);
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                println!("{e}\nreplay: bftnfs-sim --seed {seed} --f {f}");
+                out!("{e}\nreplay: bftnfs-sim --seed {seed} --f {f}");
                 ExitCode::FAILURE
             }
         };
@@ -155,11 +207,15 @@ fn main() -> ExitCode {
             Ok(_) => passed += 1,
             Err(e) => {
                 failed += 1;
-                println!("FAIL {e}\n     replay: bftnfs-sim --seed {seed} --f {f}");
+                out!("FAIL {e}\n     replay: bftnfs-sim --seed {seed} --f {f}");
             }
         }
     }
     eprintln!("{:.1} s", start.elapsed().as_secs_f64());
-    println!("{passed} passed, {failed} failed");
-    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    out!("{passed} passed, {failed} failed");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -70,20 +70,34 @@ pub(super) struct Transfer {
 }
 
 impl Replica {
-    pub(super) fn take_checkpoint(&mut self, n: SeqNum, app_digest: Digest, view_top: Option<View>) {
+    pub(super) fn take_checkpoint(
+        &mut self,
+        n: SeqNum,
+        app_digest: Digest,
+        view_top: Option<View>,
+    ) {
         let (state_digest, core) = match self.own_checkpoints.get(&n) {
             Some(existing) => existing.clone(),
             None => {
                 self.evict_clients(n);
-                let core = super::CoreState { clients: self.clients.clone() };
+                let core = super::CoreState {
+                    clients: self.clients.clone(),
+                };
                 let d = checkpoint_digest(&app_digest, &core);
-                self.outputs.push(Output::TakeSnapshot { n, core_state: core.clone() });
+                self.outputs.push(Output::TakeSnapshot {
+                    n,
+                    core_state: core.clone(),
+                });
                 self.own_checkpoints.insert(n, (d, core.clone()));
                 (d, core)
             }
         };
         let _ = core;
-        self.enqueue(Intent::Checkpoint { n, state_digest, view_top });
+        self.enqueue(Intent::Checkpoint {
+            n,
+            state_digest,
+            view_top,
+        });
     }
 
     /// Keeps the client table bounded, deterministically: the least recently active
@@ -134,8 +148,11 @@ impl Replica {
         }
         let votes = self.checkpoint_votes.entry(c.n).or_default();
         votes.insert(c.sender, c.clone());
-        let matching: Vec<Checkpoint> =
-            votes.values().filter(|v| v.state_digest == c.state_digest).cloned().collect();
+        let matching: Vec<Checkpoint> = votes
+            .values()
+            .filter(|v| v.state_digest == c.state_digest)
+            .cloned()
+            .collect();
         if matching.len() >= self.config.quorum() {
             let cert = CheckpointCert {
                 n: c.n,
@@ -151,12 +168,7 @@ impl Replica {
     /// A valid certificate for a checkpoint above ours: adopt it, or, if we have not
     /// reached it (or our own state disagrees), remember it and fetch its state.
     pub(super) fn consider_cert(&mut self, cert: CheckpointCert) {
-        if let Some(v) = cert.view_top {
-            if !self.view_certs.contains_key(&v) {
-                self.view_certs.insert(v, cert.clone());
-                self.outputs.push(Output::Persist(PersistRecord::ViewCert(cert.clone())));
-            }
-        }
+        self.record_view_cert(&cert);
         if cert.n <= self.stable.n {
             return;
         }
@@ -187,11 +199,25 @@ impl Replica {
         }
     }
 
+    /// Keeps (durably) the view-top certificate of its view, the first one seen.
+    pub(super) fn record_view_cert(&mut self, cert: &CheckpointCert) {
+        let Some(v) = cert.view_top else { return };
+        if let std::collections::btree_map::Entry::Vacant(e) = self.view_certs.entry(v) {
+            e.insert(cert.clone());
+            self.outputs
+                .push(Output::Persist(PersistRecord::ViewCert(cert.clone())));
+        }
+    }
+
     pub(super) fn make_stable(&mut self, cert: CheckpointCert) {
         let n = cert.n;
-        assert!(n > self.stable.n, "I6: stable checkpoints only move forward");
+        assert!(
+            n > self.stable.n,
+            "I6: stable checkpoints only move forward"
+        );
         let previous = self.stable.n;
-        self.outputs.push(Output::Persist(PersistRecord::Stable(cert.clone())));
+        self.outputs
+            .push(Output::Persist(PersistRecord::Stable(cert.clone())));
         self.outputs.push(Output::Stable { n });
         self.stable = cert;
         // Batches up to n are settled: a PREPARE for them (a late re-proposal after a
@@ -199,7 +225,12 @@ impl Replica {
         self.prepared_n = self.prepared_n.max(n);
         self.proposed_n = self.proposed_n.max(n);
         self.reproposals = self.reproposals.split_off(&(n + 1));
-        self.log = self.log.split_off(&(0, 0)).into_iter().filter(|((_, k), _)| *k > n).collect();
+        self.log = self
+            .log
+            .split_off(&(0, 0))
+            .into_iter()
+            .filter(|((_, k), _)| *k > n)
+            .collect();
         self.votes.retain(|(_, k), _| *k > n);
         self.executed_log = self.executed_log.split_off(&(n + 1));
         self.checkpoint_votes = self.checkpoint_votes.split_off(&(n + 1));
@@ -229,8 +260,12 @@ impl Replica {
             }
             return;
         }
-        let Some(since) = self.behind_since_tick else { return };
-        let Some(cert) = self.best_cert.clone() else { return };
+        let Some(since) = self.behind_since_tick else {
+            return;
+        };
+        let Some(cert) = self.best_cert.clone() else {
+            return;
+        };
         if self.executed_n >= cert.n {
             self.best_cert = None;
             self.behind_since_tick = None;
@@ -251,10 +286,17 @@ impl Replica {
             return;
         }
         self.outputs.push(Output::FetchState { cert: cert.clone() });
-        self.state_transfer = Some(super::checkpoint::Transfer { cert, started_tick: self.ticks });
+        self.state_transfer = Some(super::checkpoint::Transfer {
+            cert,
+            started_tick: self.ticks,
+        });
     }
 
-    pub(super) fn on_state_installed(&mut self, cert: CheckpointCert, core_state: super::CoreState) {
+    pub(super) fn on_state_installed(
+        &mut self,
+        cert: CheckpointCert,
+        core_state: super::CoreState,
+    ) {
         let Some(t) = self.state_transfer.take() else {
             self.drop_input("unexpected_state");
             return;
@@ -276,18 +318,25 @@ impl Replica {
         self.executing.clear();
         self.prepared_n = self.prepared_n.max(n);
         self.proposed_n = self.proposed_n.max(n);
-        self.own_checkpoints.insert(n, (cert.state_digest, core_state));
+        self.own_checkpoints
+            .insert(n, (cert.state_digest, core_state));
         self.best_cert = None;
         self.behind_since_tick = None;
         // Join the view the certificate's signers were in, taking the lowest so that a
         // faulty signer cannot push us into a view that does not exist.
-        let view = cert.checkpoints.iter().map(|c| c.view).min().unwrap_or(self.view);
+        let view = cert
+            .checkpoints
+            .iter()
+            .map(|c| c.view)
+            .min()
+            .unwrap_or(self.view);
         if view > self.view {
             self.view = view;
             self.status = Status::Normal;
             self.prepared_n = n;
             self.proposed_n = n;
-            self.outputs.push(Output::Persist(PersistRecord::View(view)));
+            self.outputs
+                .push(Output::Persist(PersistRecord::View(view)));
         }
         if n > self.stable.n {
             self.make_stable(cert.clone());
@@ -297,7 +346,10 @@ impl Replica {
 
     pub(super) fn on_cert_request(&mut self, from: ReplicaId, n: SeqNum) {
         if self.stable.n >= n && self.stable.n > 0 {
-            self.outputs.push(Output::Send { to: from, msg: PeerMessage::Cert(self.stable.clone()) });
+            self.outputs.push(Output::Send {
+                to: from,
+                msg: PeerMessage::Cert(self.stable.clone()),
+            });
         }
     }
 

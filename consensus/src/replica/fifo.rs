@@ -77,15 +77,28 @@ impl Replica {
         // Accepted PREPAREs are the primary's votes; our own COMMITs are ours.
         for p in &recovered.accepted {
             let key = (p.header.view, p.header.n);
-            self.log.insert(key, super::Slot { prepare: p.clone(), origin: None, reproposal: false });
-            self.votes.entry(key).or_default().insert(p.primary, p.header);
+            self.log.insert(
+                key,
+                super::Slot {
+                    prepare: p.clone(),
+                    origin: None,
+                    reproposal: false,
+                },
+            );
+            self.votes
+                .entry(key)
+                .or_default()
+                .insert(p.primary, p.header);
             if p.header.view == self.view {
                 self.prepared_n = self.prepared_n.max(p.header.n);
             }
         }
         for m in &recovered.sent {
             if let UiMessage::Commit(c) = m {
-                self.votes.entry((c.header.view, c.header.n)).or_default().insert(self.id, c.header);
+                self.votes
+                    .entry((c.header.view, c.header.n))
+                    .or_default()
+                    .insert(self.id, c.header);
             }
         }
         self.proposed_n = self.prepared_n;
@@ -103,16 +116,17 @@ impl Replica {
             }
             let s = &mut self.streams[j as usize];
             match cert.checkpoints.iter().find(|c| c.sender == j) {
-                Some(c) => {
-                    if s.next <= c.ui.counter {
-                        s.next = c.ui.counter + 1;
-                        s.awaiting_cut = false;
-                    }
+                Some(c) if s.next <= c.ui.counter => {
+                    s.next = c.ui.counter + 1;
+                    s.awaiting_cut = false;
                 }
-                None if mark_unknown => {
-                    if s.checkpoint_counters.get(&cert.n).is_none_or(|&c| s.next <= c) {
-                        s.awaiting_cut = true;
-                    }
+                Some(_) => {}
+                None if mark_unknown
+                    && s.checkpoint_counters
+                        .get(&cert.n)
+                        .is_none_or(|&c| s.next <= c) =>
+                {
+                    s.awaiting_cut = true;
                 }
                 None => {}
             }
@@ -165,7 +179,9 @@ impl Replica {
                     break;
                 }
                 let next = s.next;
-                let Some(msg) = s.holdback.remove(&next) else { break };
+                let Some(msg) = s.holdback.remove(&next) else {
+                    break;
+                };
                 match self.handle_ui(&msg) {
                     Flow::Done => {
                         let s = &mut self.streams[j];
@@ -220,7 +236,9 @@ impl Replica {
                 }
                 continue;
             }
-            let want = s.known_max.max(s.holdback.keys().next_back().copied().unwrap_or(0));
+            let want = s
+                .known_max
+                .max(s.holdback.keys().next_back().copied().unwrap_or(0));
             if want < s.next || s.holdback.contains_key(&s.next) {
                 s.gap_since_tick = None;
                 continue;
@@ -230,7 +248,11 @@ impl Replica {
                 s.last_fetch_tick = ticks;
                 let from = s.next;
                 let to = want.min(from + FETCH_RANGE_MAX - 1);
-                self.outputs.push(Output::Broadcast(PeerMessage::Fetch { sender: j, from, to }));
+                self.outputs.push(Output::Broadcast(PeerMessage::Fetch {
+                    sender: j,
+                    from,
+                    to,
+                }));
             }
             let s = &mut self.streams[j as usize];
             if ticks - since > GAP_FETCH_ROUNDS_MAX * timeout && !s.suspected {
@@ -247,25 +269,51 @@ impl Replica {
         let s = &self.streams[sender as usize];
         let msgs: Vec<UiMessage> = s.retained.range(lo..=hi).map(|(_, m)| m.clone()).collect();
         for m in msgs {
-            self.outputs.push(Output::Send { to: from, msg: PeerMessage::Ui(m) });
+            self.outputs.push(Output::Send {
+                to: from,
+                msg: PeerMessage::Ui(m),
+            });
         }
     }
 
-    pub(super) fn on_fetch_from_checkpoint(&mut self, from: ReplicaId, sender: ReplicaId, n: SeqNum) {
+    pub(super) fn on_fetch_from_checkpoint(
+        &mut self,
+        from: ReplicaId,
+        sender: ReplicaId,
+        n: SeqNum,
+    ) {
         let s = &self.streams[sender as usize];
-        let Some(&c) = s.checkpoint_counters.get(&n) else { return };
-        let msgs: Vec<UiMessage> =
-            s.retained.range(c..).take(FETCH_RANGE_MAX as usize).map(|(_, m)| m.clone()).collect();
+        let Some(&c) = s.checkpoint_counters.get(&n) else {
+            return;
+        };
+        let msgs: Vec<UiMessage> = s
+            .retained
+            .range(c..)
+            .take(FETCH_RANGE_MAX as usize)
+            .map(|(_, m)| m.clone())
+            .collect();
         for m in msgs {
-            self.outputs.push(Output::Send { to: from, msg: PeerMessage::Ui(m) });
+            self.outputs.push(Output::Send {
+                to: from,
+                msg: PeerMessage::Ui(m),
+            });
         }
     }
 
-    pub(super) fn on_status(&mut self, from: ReplicaId, last_counter: u64, stable: SeqNum, _view: View) {
+    pub(super) fn on_status(
+        &mut self,
+        from: ReplicaId,
+        last_counter: u64,
+        stable: SeqNum,
+        _view: View,
+    ) {
         let s = &mut self.streams[from as usize];
         s.known_max = s.known_max.max(last_counter);
         if stable > self.stable.n && self.ticks.saturating_sub(s.last_fetch_tick) >= 1 {
-            self.outputs.push(Output::Send { to: from, msg: PeerMessage::CertRequest { n: stable } });
+            self.outputs.push(Output::Send {
+                to: from,
+                msg: PeerMessage::CertRequest { n: stable },
+            });
         }
     }
 

@@ -26,13 +26,16 @@ use crate::message::{
 use crate::types::{ClientId, Config, Digest, ReplicaId, SeqNum, Ui, View};
 use crate::validate::{Reject, Verified};
 
-pub use checkpoint::{checkpoint_digest, ClientRecord, CoreState};
+pub use checkpoint::{ClientRecord, CoreState, checkpoint_digest};
 
 /// What the driver feeds the replica.
 #[derive(Clone, Debug)]
 pub enum Input {
     /// A message from replica `from`, validated by [`crate::validate::peer_message`].
-    Peer { from: ReplicaId, msg: Verified<PeerMessage> },
+    Peer {
+        from: ReplicaId,
+        msg: Verified<PeerMessage>,
+    },
     /// A client request, validated by [`crate::validate::request`].
     Request(Verified<Request>),
     /// The clock advanced by one tick and now reads `now_ns`.
@@ -41,42 +44,74 @@ pub enum Input {
     UiCreated(Ui),
     /// The application executed batch `n`: one result per request in the `Execute`, and,
     /// for a checkpoint batch, the application's state digest.
-    Executed { n: SeqNum, results: Vec<Vec<u8>>, app_digest: Option<Digest> },
+    Executed {
+        n: SeqNum,
+        results: Vec<Vec<u8>>,
+        app_digest: Option<Digest>,
+    },
     /// The application's state digest asked for by [`Output::ComputeDigest`].
     Digest { n: SeqNum, app_digest: Digest },
     /// The application answered a read-only request.
-    ReadOnlyExecuted { client: ClientId, seq: u64, result: Vec<u8> },
+    ReadOnlyExecuted {
+        client: ClientId,
+        seq: u64,
+        result: Vec<u8>,
+    },
     /// The driver installed the application state certified by `cert` (after verifying
     /// `checkpoint_digest(app, core_state) == cert.state_digest`).
-    StateInstalled { cert: CheckpointCert, core_state: CoreState },
+    StateInstalled {
+        cert: CheckpointCert,
+        core_state: CoreState,
+    },
 }
 
 /// What the replica asks the driver to do, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
-    Send { to: ReplicaId, msg: PeerMessage },
+    Send {
+        to: ReplicaId,
+        msg: PeerMessage,
+    },
     /// Send to every other replica.
     Broadcast(PeerMessage),
     /// Ask the USIG for a UI over `digest`; answered by [`Input::UiCreated`]. At most one
     /// is outstanding at a time.
-    CreateUi { digest: Digest },
+    CreateUi {
+        digest: Digest,
+    },
     /// Execute these requests (already filtered for exactly-once) as batch `n`; answer
     /// with the application's state digest when `want_digest` (a checkpoint follows).
-    Execute { n: SeqNum, timestamp_ns: u64, requests: Vec<Request>, want_digest: bool },
+    Execute {
+        n: SeqNum,
+        timestamp_ns: u64,
+        requests: Vec<Request>,
+        want_digest: bool,
+    },
     /// Report the application's current state digest (state as of batch `n`) with
     /// [`Input::Digest`].
-    ComputeDigest { n: SeqNum },
-    ExecuteReadOnly { request: Request },
+    ComputeDigest {
+        n: SeqNum,
+    },
+    ExecuteReadOnly {
+        request: Request,
+    },
     Reply(Reply),
     Persist(PersistRecord),
     /// Keep the application's state as of batch `n` (just executed) together with
     /// `core_state`, to serve state transfer; drop snapshots older than the stable one.
-    TakeSnapshot { n: SeqNum, core_state: CoreState },
+    TakeSnapshot {
+        n: SeqNum,
+        core_state: CoreState,
+    },
     /// Checkpoint `n` is stable: snapshots below `n` may go.
-    Stable { n: SeqNum },
+    Stable {
+        n: SeqNum,
+    },
     /// This replica is behind `cert`: fetch and install that state, then answer with
     /// [`Input::StateInstalled`].
-    FetchState { cert: CheckpointCert },
+    FetchState {
+        cert: CheckpointCert,
+    },
 }
 
 /// Records the driver must make durable before later sends (crash recovery).
@@ -127,11 +162,25 @@ enum Status {
 /// A message waiting for this replica's USIG.
 #[derive(Clone, Debug)]
 enum Intent {
-    Prepare { header: PrepareHeader, batch: crate::message::Batch },
-    Commit { header: PrepareHeader, primary_ui: Ui },
-    Checkpoint { n: SeqNum, state_digest: Digest, view_top: Option<View> },
-    ViewChange { new_view: View },
-    NewView { nv: NewView },
+    Prepare {
+        header: PrepareHeader,
+        batch: crate::message::Batch,
+    },
+    Commit {
+        header: PrepareHeader,
+        primary_ui: Ui,
+    },
+    Checkpoint {
+        n: SeqNum,
+        state_digest: Digest,
+        view_top: Option<View>,
+    },
+    ViewChange {
+        new_view: View,
+    },
+    NewView {
+        nv: NewView,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -357,11 +406,17 @@ impl Replica {
             Input::Request(req) => self.on_request(req.into_inner()),
             Input::Tick { now_ns } => self.on_tick(now_ns),
             Input::UiCreated(ui) => self.on_ui_created(ui),
-            Input::Executed { n, results, app_digest } => self.on_executed(n, results, app_digest),
+            Input::Executed {
+                n,
+                results,
+                app_digest,
+            } => self.on_executed(n, results, app_digest),
             Input::Digest { n, app_digest } => self.on_digest(n, app_digest),
-            Input::ReadOnlyExecuted { client, seq, result } => {
-                self.on_read_only_executed(client, seq, result)
-            }
+            Input::ReadOnlyExecuted {
+                client,
+                seq,
+                result,
+            } => self.on_read_only_executed(client, seq, result),
             Input::StateInstalled { cert, core_state } => self.on_state_installed(cert, core_state),
         }
         self.pump();
@@ -374,10 +429,16 @@ impl Replica {
             PeerMessage::ReqViewChange { view, new_view } => {
                 self.on_req_view_change(from, view, new_view)
             }
-            PeerMessage::Fetch { sender, from: lo, to: hi } => self.on_fetch(from, sender, lo, hi),
-            PeerMessage::Status { last_counter, stable, view } => {
-                self.on_status(from, last_counter, stable, view)
-            }
+            PeerMessage::Fetch {
+                sender,
+                from: lo,
+                to: hi,
+            } => self.on_fetch(from, sender, lo, hi),
+            PeerMessage::Status {
+                last_counter,
+                stable,
+                view,
+            } => self.on_status(from, last_counter, stable, view),
             PeerMessage::CertRequest { n } => self.on_cert_request(from, n),
             PeerMessage::Cert(cert) => self.on_cert(cert),
             PeerMessage::NewViewRequest { view } => self.on_new_view_request(from, view),
@@ -397,7 +458,7 @@ impl Replica {
     fn on_tick(&mut self, now_ns: u64) {
         self.ticks += 1;
         self.now_ns = self.now_ns.max(now_ns);
-        if self.ticks % self.config.status_interval_ticks == 0 {
+        if self.ticks.is_multiple_of(self.config.status_interval_ticks) {
             self.outputs.push(Output::Broadcast(PeerMessage::Status {
                 last_counter: self.own_counter,
                 stable: self.stable.n,
@@ -433,9 +494,10 @@ impl Replica {
             .iter()
             .enumerate()
             .map(|(j, s)| {
-                let head = s.holdback.get(&s.next).map_or("-".to_string(), |m| {
-                    format!("{}", m.kind())
-                });
+                let head = s
+                    .holdback
+                    .get(&s.next)
+                    .map_or("-".to_string(), |m| m.kind().to_string());
                 format!(
                     "{j}:next{} hold{:?}..{:?} head {head}{}",
                     s.next,
@@ -459,7 +521,10 @@ impl Replica {
             self.new_view_accepted,
             self.requested_view,
             self.last_timestamp_ns,
-            self.view_certs.iter().map(|(v, c)| (*v, c.n)).collect::<Vec<_>>(),
+            self.view_certs
+                .iter()
+                .map(|(v, c)| (*v, c.n))
+                .collect::<Vec<_>>(),
             self.view_top,
             self.pending.len(),
             self.proposed_n,
@@ -515,21 +580,35 @@ impl Replica {
     /// is fixed only now, so that a VIEW-CHANGE reflects everything sent before it.
     fn request_next_ui(&mut self) {
         while self.ui_outstanding.is_none() {
-            let Some(intent) = self.ui_queue.pop_front() else { return };
-            let Some(msg) = self.materialise(intent) else { continue };
-            self.outputs.push(Output::CreateUi { digest: msg.certified_digest() });
+            let Some(intent) = self.ui_queue.pop_front() else {
+                return;
+            };
+            let Some(msg) = self.materialise(intent) else {
+                continue;
+            };
+            self.outputs.push(Output::CreateUi {
+                digest: msg.certified_digest(),
+            });
             self.ui_outstanding = Some(msg);
         }
     }
 
     fn materialise(&mut self, intent: Intent) -> Option<UiMessage> {
-        let blank = Ui { counter: 0, cert: Vec::new() };
+        let blank = Ui {
+            counter: 0,
+            cert: Vec::new(),
+        };
         Some(match intent {
             Intent::Prepare { header, batch } => {
                 if header.view != self.view || self.status != Status::Normal {
                     return None;
                 }
-                UiMessage::Prepare(Prepare { header, primary: self.id, batch, ui: blank })
+                UiMessage::Prepare(Prepare {
+                    header,
+                    primary: self.id,
+                    batch,
+                    ui: blank,
+                })
             }
             Intent::Commit { header, primary_ui } => {
                 if header.view != self.view || self.status != Status::Normal {
@@ -543,16 +622,18 @@ impl Replica {
                     ui: blank,
                 })
             }
-            Intent::Checkpoint { n, state_digest, view_top } => {
-                UiMessage::Checkpoint(crate::message::Checkpoint {
-                    n,
-                    state_digest,
-                    view: self.view,
-                    view_top,
-                    sender: self.id,
-                    ui: blank,
-                })
-            }
+            Intent::Checkpoint {
+                n,
+                state_digest,
+                view_top,
+            } => UiMessage::Checkpoint(crate::message::Checkpoint {
+                n,
+                state_digest,
+                view: self.view,
+                view_top,
+                sender: self.id,
+                ui: blank,
+            }),
             Intent::ViewChange { new_view } => {
                 if new_view != self.view || self.status != Status::ViewChange {
                     return None;
@@ -574,11 +655,17 @@ impl Replica {
         };
         // I1: a USIG hands out consecutive counters; a gap would leave a hole in this
         // replica's FIFO stream that no peer could ever fill.
-        assert_eq!(ui.counter, self.own_counter + 1, "I1: USIG counter not consecutive");
+        assert_eq!(
+            ui.counter,
+            self.own_counter + 1,
+            "I1: USIG counter not consecutive"
+        );
         self.own_counter = ui.counter;
         *msg.ui_mut() = ui;
-        self.outputs.push(Output::Persist(PersistRecord::Sent(msg.clone())));
-        self.outputs.push(Output::Broadcast(PeerMessage::Ui(msg.clone())));
+        self.outputs
+            .push(Output::Persist(PersistRecord::Sent(msg.clone())));
+        self.outputs
+            .push(Output::Broadcast(PeerMessage::Ui(msg.clone())));
         // Our own message enters our own stream like anybody's.
         self.receive_ui(msg);
     }

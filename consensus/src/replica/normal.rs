@@ -31,10 +31,10 @@ impl Replica {
                 return;
             }
         }
-        if let Some(p) = self.pending.get(&req.client) {
-            if p.request.seq >= req.seq {
-                return;
-            }
+        if let Some(p) = self.pending.get(&req.client)
+            && p.request.seq >= req.seq
+        {
+            return;
         }
         if self.pending.len() >= self.config.clients_max && !self.pending.contains_key(&req.client)
         {
@@ -42,8 +42,14 @@ impl Replica {
             return;
         }
         let arrived_tick = self.ticks;
-        self.pending
-            .insert(req.client, PendingRequest { request: req, arrived_tick, proposed: false });
+        self.pending.insert(
+            req.client,
+            PendingRequest {
+                request: req,
+                arrived_tick,
+                proposed: false,
+            },
+        );
     }
 
     /// The primary cuts the next batch while no UI is outstanding: requests arriving
@@ -105,7 +111,12 @@ impl Replica {
             return;
         }
         let timestamp_ns = self.now_ns.max(self.last_timestamp_ns + 1);
-        let header = PrepareHeader { view: self.view, n, timestamp_ns, batch_digest: batch.digest() };
+        let header = PrepareHeader {
+            view: self.view,
+            n,
+            timestamp_ns,
+            batch_digest: batch.digest(),
+        };
         self.proposed_n = n;
         self.enqueue(Intent::Prepare { header, batch });
     }
@@ -121,7 +132,10 @@ impl Replica {
             return Flow::Done;
         }
         if h.n <= self.prepared_n {
-            let known = self.log.get(&(h.view, h.n)).is_some_and(|s| s.prepare.header == h);
+            let known = self
+                .log
+                .get(&(h.view, h.n))
+                .is_some_and(|s| s.prepare.header == h);
             if h.n > self.stable.n && !known {
                 // A second PREPARE for a number already used in this view: equivocation.
                 self.drop_input("prepare_equivocation");
@@ -163,15 +177,26 @@ impl Replica {
         self.prepared_n = h.n;
         self.proposed_n = self.proposed_n.max(h.n);
         self.last_timestamp_ns = self.last_timestamp_ns.max(h.timestamp_ns);
-        self.outputs.push(Output::Persist(super::PersistRecord::Accepted(p.clone())));
+        self.outputs
+            .push(Output::Persist(super::PersistRecord::Accepted(p.clone())));
         let origin = reproposal.and_then(|_| self.reproposal_origins.get(&h.n).cloned());
         self.log.insert(
             (h.view, h.n),
-            Slot { prepare: p.clone(), origin, reproposal: reproposal.is_some() },
+            Slot {
+                prepare: p.clone(),
+                origin,
+                reproposal: reproposal.is_some(),
+            },
         );
-        self.votes.entry((h.view, h.n)).or_default().insert(p.primary, h);
+        self.votes
+            .entry((h.view, h.n))
+            .or_default()
+            .insert(p.primary, h);
         if p.primary != self.id {
-            self.enqueue(Intent::Commit { header: h, primary_ui: p.ui.clone() });
+            self.enqueue(Intent::Commit {
+                header: h,
+                primary_ui: p.ui.clone(),
+            });
         }
         Flow::Done
     }
@@ -208,7 +233,10 @@ impl Replica {
         // The commit proves the primary certified this PREPARE: make sure we fetch it.
         let ps = &mut self.streams[c.primary as usize];
         ps.known_max = ps.known_max.max(c.primary_ui.counter);
-        self.votes.entry((h.view, h.n)).or_default().insert(c.sender, h);
+        self.votes
+            .entry((h.view, h.n))
+            .or_default()
+            .insert(c.sender, h);
         Flow::Done
     }
 
@@ -234,7 +262,9 @@ impl Replica {
                         >= self.config.quorum()
                 })
                 .map(|(_, slot)| (slot.prepare.header, slot.prepare.batch.clone()));
-            let Some((h, batch)) = committed else { return progressed };
+            let Some((h, batch)) = committed else {
+                return progressed;
+            };
             self.execute(h, batch);
             progressed = true;
         }
@@ -255,7 +285,11 @@ impl Replica {
             rec.last_seq = r.seq;
             rec.result = None;
             ids.push((r.client, r.seq));
-            if self.pending.get(&r.client).is_some_and(|p| p.request.seq <= r.seq) {
+            if self
+                .pending
+                .get(&r.client)
+                .is_some_and(|p| p.request.seq <= r.seq)
+            {
                 self.pending.remove(&r.client);
             }
             included.push(r);
@@ -270,19 +304,31 @@ impl Replica {
         });
     }
 
-    pub(super) fn on_executed(&mut self, n: SeqNum, results: Vec<Vec<u8>>, app_digest: Option<Digest>) {
+    pub(super) fn on_executed(
+        &mut self,
+        n: SeqNum,
+        results: Vec<Vec<u8>>,
+        app_digest: Option<Digest>,
+    ) {
         // I3: completions arrive in the order executions were asked for.
         assert_eq!(n, self.executed_n + 1, "I3: completion out of order");
-        let ids = self.executing.remove(&n).expect("I3: completion for an unknown batch");
-        assert_eq!(ids.len(), results.len(), "I3: one result per executed request");
+        let ids = self
+            .executing
+            .remove(&n)
+            .expect("I3: completion for an unknown batch");
+        assert_eq!(
+            ids.len(),
+            results.len(),
+            "I3: one result per executed request"
+        );
         self.executed_n = n;
         // Progress in this view: the next view change starts from the base timeout again.
         self.view_change_timeout_ticks = self.config.view_change_timeout_ticks;
         for ((client, seq), result) in ids.into_iter().zip(results) {
-            if let Some(rec) = self.clients.get_mut(&client) {
-                if rec.last_seq == seq {
-                    rec.result = Some(result.clone());
-                }
+            if let Some(rec) = self.clients.get_mut(&client)
+                && rec.last_seq == seq
+            {
+                rec.result = Some(result.clone());
             }
             self.send_reply(client, seq, false, result);
         }
@@ -290,7 +336,10 @@ impl Replica {
             Some(d) => self.on_digest(n, d),
             None => {
                 // I4: every periodic checkpoint batch was executed with want_digest.
-                assert!(!self.config.is_checkpoint(n), "I4: checkpoint batch {n} without digest");
+                assert!(
+                    !self.config.is_checkpoint(n),
+                    "I4: checkpoint batch {n} without digest"
+                );
                 if self.view_top == Some(n) {
                     // The NEW-VIEW naming n as its top arrived after n was handed over.
                     self.outputs.push(Output::ComputeDigest { n });
@@ -321,7 +370,13 @@ impl Replica {
         self.send_reply(client, seq, true, result);
     }
 
-    pub(super) fn send_reply(&mut self, client: ClientId, seq: u64, read_only: bool, result: Vec<u8>) {
+    pub(super) fn send_reply(
+        &mut self,
+        client: ClientId,
+        seq: u64,
+        read_only: bool,
+        result: Vec<u8>,
+    ) {
         let mut reply = Reply {
             view: self.view,
             replica: self.id,
@@ -344,7 +399,11 @@ impl Replica {
         }
         let timeout = self.config.request_timeout_ticks;
         let ticks = self.ticks;
-        if self.pending.values().any(|p| ticks.saturating_sub(p.arrived_tick) > timeout) {
+        if self
+            .pending
+            .values()
+            .any(|p| ticks.saturating_sub(p.arrived_tick) > timeout)
+        {
             self.suspect_primary();
         }
     }

@@ -13,14 +13,46 @@ fn crypto() -> SimCrypto {
     SimCrypto::new([3; 32])
 }
 
-fn prepare(c: &SimCrypto, config: &Config, view: View, n: SeqNum, tag: u8, counter: u64) -> Prepare {
-    let mut req = Request { client: u64::from(tag), seq: n, read_only: false, op: vec![tag], sig: vec![] };
+fn prepare(
+    c: &SimCrypto,
+    config: &Config,
+    view: View,
+    n: SeqNum,
+    tag: u8,
+    counter: u64,
+) -> Prepare {
+    let mut req = Request {
+        client: u64::from(tag),
+        seq: n,
+        read_only: false,
+        op: vec![tag],
+        sig: vec![],
+    };
     req.sig = c.sign_request(req.client, &req.digest());
-    let batch = Batch { requests: vec![req] };
-    let header = PrepareHeader { view, n, timestamp_ns: n, batch_digest: batch.digest() };
+    let batch = Batch {
+        requests: vec![req],
+    };
+    let header = PrepareHeader {
+        view,
+        n,
+        timestamp_ns: n,
+        batch_digest: batch.digest(),
+    };
     let primary = config.primary(view);
-    let mut p = Prepare { header, primary, batch, ui: Ui { counter, cert: vec![] } };
-    p.ui.cert = c.ui_cert(primary, counter, &UiMessage::Prepare(p.clone()).certified_digest());
+    let mut p = Prepare {
+        header,
+        primary,
+        batch,
+        ui: Ui {
+            counter,
+            cert: vec![],
+        },
+    };
+    p.ui.cert = c.ui_cert(
+        primary,
+        counter,
+        &UiMessage::Prepare(p.clone()).certified_digest(),
+    );
     p
 }
 
@@ -88,8 +120,8 @@ fn valid_prepare_from_a_backup_is_rejected_as_not_primary() {
     let mut p = prepare(&c, &config, 0, 1, 1, 1);
     p.primary = 2;
     p.ui.cert = c.ui_cert(2, 1, &UiMessage::Prepare(p.clone()).certified_digest());
-    let err = validate::peer_message(&config, &c, 2, PeerMessage::Ui(UiMessage::Prepare(p)))
-        .unwrap_err();
+    let err =
+        validate::peer_message(&config, &c, 2, PeerMessage::Ui(UiMessage::Prepare(p))).unwrap_err();
     assert_eq!(err, validate::Reject::NotPrimary);
 }
 
@@ -98,9 +130,18 @@ fn oversized_request_is_rejected() {
     let c = crypto();
     let mut config = Config::new(1);
     config.request_bytes_max = 4;
-    let mut req = Request { client: 1, seq: 1, read_only: false, op: vec![0; 5], sig: vec![] };
+    let mut req = Request {
+        client: 1,
+        seq: 1,
+        read_only: false,
+        op: vec![0; 5],
+        sig: vec![],
+    };
     req.sig = c.sign_request(1, &req.digest());
-    assert_eq!(validate::request(&config, &c, req).unwrap_err(), validate::Reject::RequestTooLarge);
+    assert_eq!(
+        validate::request(&config, &c, req).unwrap_err(),
+        validate::Reject::RequestTooLarge
+    );
 }
 
 #[test]
@@ -112,7 +153,8 @@ fn holdback_is_bounded() {
     // Counters 10.. leave a gap at 1..9: everything is held back, up to the bound.
     for counter in 10..20 {
         let p = prepare(&c, &config, 0, counter, 1, counter);
-        let v = validate::peer_message(&config, &c, 0, PeerMessage::Ui(UiMessage::Prepare(p))).unwrap();
+        let v =
+            validate::peer_message(&config, &c, 0, PeerMessage::Ui(UiMessage::Prepare(p))).unwrap();
         r.step(Input::Peer { from: 0, msg: v });
     }
     assert_eq!(r.dropped().get("holdback_full"), Some(&6));

@@ -65,11 +65,20 @@ pub fn decide_new_view(view_changes: &[ViewChange]) -> NewViewDecision {
                 timestamp_ns: p.header.timestamp_ns,
                 batch_digest: p.header.batch_digest,
             },
-            None => Reproposal { n, timestamp_ns: 0, batch_digest: null },
+            None => Reproposal {
+                n,
+                timestamp_ns: 0,
+                batch_digest: null,
+            },
         })
         .collect();
     let origins = chosen.into_iter().map(|(n, p)| (n, p.clone())).collect();
-    NewViewDecision { base, base_cert, reproposals, origins }
+    NewViewDecision {
+        base,
+        base_cert,
+        reproposals,
+        origins,
+    }
 }
 
 impl Replica {
@@ -81,26 +90,30 @@ impl Replica {
         }
         self.sent_req_view_change = Some(target);
         self.req_view_change_tick = self.ticks;
-        self.outputs.push(Output::Broadcast(PeerMessage::ReqViewChange {
-            view: self.view,
-            new_view: target,
-        }));
+        self.outputs
+            .push(Output::Broadcast(PeerMessage::ReqViewChange {
+                view: self.view,
+                new_view: target,
+            }));
         self.on_req_view_change(self.id, self.view, target);
     }
 
     /// REQ-VIEW-CHANGE is not USIG-certified, so nobody relays it: repeat it until the
     /// view changes, or the request would be lost with the message.
     pub(super) fn repeat_req_view_change(&mut self) {
-        let Some(target) = self.sent_req_view_change else { return };
+        let Some(target) = self.sent_req_view_change else {
+            return;
+        };
         if target <= self.view || self.status != Status::Normal {
             return;
         }
         if self.ticks - self.req_view_change_tick >= self.config.fetch_timeout_ticks * 4 {
             self.req_view_change_tick = self.ticks;
-            self.outputs.push(Output::Broadcast(PeerMessage::ReqViewChange {
-                view: self.view,
-                new_view: target,
-            }));
+            self.outputs
+                .push(Output::Broadcast(PeerMessage::ReqViewChange {
+                    view: self.view,
+                    new_view: target,
+                }));
         }
     }
 
@@ -115,8 +128,12 @@ impl Replica {
         }
         let r = &mut self.requested_view[from as usize];
         *r = (*r).max(new_view);
-        let mut asks: Vec<View> =
-            self.requested_view.iter().copied().filter(|&v| v > self.view).collect();
+        let mut asks: Vec<View> = self
+            .requested_view
+            .iter()
+            .copied()
+            .filter(|&v| v > self.view)
+            .collect();
         if asks.len() < self.config.quorum() {
             return;
         }
@@ -135,7 +152,8 @@ impl Replica {
         self.sent_req_view_change = Some(new_view);
         self.reproposals.clear();
         self.view_changes = self.view_changes.split_off(&new_view);
-        self.outputs.push(Output::Persist(PersistRecord::View(new_view)));
+        self.outputs
+            .push(Output::Persist(PersistRecord::View(new_view)));
         self.enqueue(Intent::ViewChange { new_view });
     }
 
@@ -174,7 +192,10 @@ impl Replica {
             cert: self.stable.clone(),
             accepted: accepted.into_values().collect(),
             view_certs: view_certs.into_values().collect(),
-            ui: usig::Ui { counter: 0, cert: Vec::new() },
+            ui: usig::Ui {
+                counter: 0,
+                cert: Vec::new(),
+            },
         }
     }
 
@@ -186,15 +207,17 @@ impl Replica {
         // Omission check: everything we saw this sender accept above its checkpoint, in
         // a view before the new one, must be in its VIEW-CHANGE.
         let null = Batch::default().digest();
-        let omitted = self.peer_accepted[sender as usize].iter().any(|(&(v, n), h)| {
-            n > vc.cert.n
-                && v < vc.new_view
-                && h.batch_digest != null
-                && !vc
-                    .accepted
-                    .iter()
-                    .any(|p| p.header.n == n && p.header.batch_digest == h.batch_digest)
-        });
+        let omitted = self.peer_accepted[sender as usize]
+            .iter()
+            .any(|(&(v, n), h)| {
+                n > vc.cert.n
+                    && v < vc.new_view
+                    && h.batch_digest != null
+                    && !vc
+                        .accepted
+                        .iter()
+                        .any(|p| p.header.n == n && p.header.batch_digest == h.batch_digest)
+            });
         if omitted {
             self.drop_input("view_change_omission");
             self.invalid_view_changes.insert((sender, vc.ui.counter));
@@ -220,7 +243,9 @@ impl Replica {
         {
             return;
         }
-        let Some(vcs) = self.view_changes.get(&self.view) else { return };
+        let Some(vcs) = self.view_changes.get(&self.view) else {
+            return;
+        };
         if vcs.len() < self.config.quorum() || !vcs.contains_key(&self.id) {
             return;
         }
@@ -243,7 +268,10 @@ impl Replica {
             view_changes: chosen,
             base: decision.base,
             reproposals: decision.reproposals,
-            ui: usig::Ui { counter: 0, cert: Vec::new() },
+            ui: usig::Ui {
+                counter: 0,
+                cert: Vec::new(),
+            },
         };
         self.enqueue(Intent::NewView { nv });
     }
@@ -260,7 +288,10 @@ impl Replica {
             if vc.ui.counter >= s.next && !s.awaiting_cut {
                 self.receive_ui(UiMessage::ViewChange(vc.clone()));
                 deferred = true;
-            } else if self.invalid_view_changes.contains(&(vc.sender, vc.ui.counter)) {
+            } else if self
+                .invalid_view_changes
+                .contains(&(vc.sender, vc.ui.counter))
+            {
                 self.drop_input("new_view_with_invalid_view_change");
                 self.suspect_primary_of(nv.new_view);
                 return Flow::Done;
@@ -281,7 +312,8 @@ impl Replica {
         if nv.new_view == self.view && self.status == Status::Normal {
             // Already working in this view (joined it through a state transfer): the
             // NEW-VIEW only confirms it; what it re-proposed is below what we installed.
-            self.outputs.push(Output::Persist(PersistRecord::NewViewAccepted(nv.new_view)));
+            self.outputs
+                .push(Output::Persist(PersistRecord::NewViewAccepted(nv.new_view)));
             self.new_view_accepted = nv.new_view;
             self.last_new_view = Some(nv.clone());
             return true;
@@ -312,9 +344,11 @@ impl Replica {
             top
         );
         if nv.new_view > self.view {
-            self.outputs.push(Output::Persist(PersistRecord::View(nv.new_view)));
+            self.outputs
+                .push(Output::Persist(PersistRecord::View(nv.new_view)));
         }
-        self.outputs.push(Output::Persist(PersistRecord::NewViewAccepted(nv.new_view)));
+        self.outputs
+            .push(Output::Persist(PersistRecord::NewViewAccepted(nv.new_view)));
         self.new_view_accepted = nv.new_view;
         self.view = nv.new_view;
         self.status = Status::Normal;
@@ -322,8 +356,12 @@ impl Replica {
         self.view_changes = self.view_changes.split_off(&(nv.new_view + 1));
         self.prepared_n = resume_n.max(decision.base);
         self.proposed_n = self.prepared_n;
-        self.last_timestamp_ns =
-            decision.reproposals.iter().map(|r| r.timestamp_ns).max().unwrap_or(0);
+        self.last_timestamp_ns = decision
+            .reproposals
+            .iter()
+            .map(|r| r.timestamp_ns)
+            .max()
+            .unwrap_or(0);
         self.reproposals = decision
             .reproposals
             .iter()
@@ -335,12 +373,7 @@ impl Replica {
         // VIEW-CHANGEs (validated with it): keep them to justify our own next report.
         for vc in &nv.view_changes {
             for c in &vc.view_certs {
-                if let Some(v) = c.view_top {
-                    if !self.view_certs.contains_key(&v) {
-                        self.view_certs.insert(v, c.clone());
-                        self.outputs.push(Output::Persist(PersistRecord::ViewCert(c.clone())));
-                    }
-                }
+                self.record_view_cert(c);
             }
         }
         self.view_top = Some(top);
@@ -372,7 +405,8 @@ impl Replica {
         {
             self.view_cert_request_tick = self.ticks;
             let view = self.view;
-            self.outputs.push(Output::Broadcast(PeerMessage::ViewCertRequest { view }));
+            self.outputs
+                .push(Output::Broadcast(PeerMessage::ViewCertRequest { view }));
         }
         let waiting = self
             .streams
@@ -388,16 +422,17 @@ impl Replica {
         let Some(view) = waiting else { return };
         if self.ticks - self.new_view_request_tick >= 4 * self.config.fetch_timeout_ticks {
             self.new_view_request_tick = self.ticks;
-            self.outputs.push(Output::Broadcast(PeerMessage::NewViewRequest { view }));
+            self.outputs
+                .push(Output::Broadcast(PeerMessage::NewViewRequest { view }));
         }
     }
 
     pub(super) fn on_new_view_request(&mut self, from: ReplicaId, view: View) {
-        if let Some(nv) = &self.last_new_view {
-            if nv.new_view >= view {
-                let msg = PeerMessage::NewViewProof(nv.clone());
-                self.outputs.push(Output::Send { to: from, msg });
-            }
+        if let Some(nv) = &self.last_new_view
+            && nv.new_view >= view
+        {
+            let msg = PeerMessage::NewViewProof(nv.clone());
+            self.outputs.push(Output::Send { to: from, msg });
         }
     }
 
@@ -447,10 +482,11 @@ impl Replica {
             let target = self.view + 1;
             if self.sent_req_view_change.is_none_or(|v| v < target) {
                 self.sent_req_view_change = Some(target);
-                self.outputs.push(Output::Broadcast(PeerMessage::ReqViewChange {
-                    view: self.view,
-                    new_view: target,
-                }));
+                self.outputs
+                    .push(Output::Broadcast(PeerMessage::ReqViewChange {
+                        view: self.view,
+                        new_view: target,
+                    }));
                 self.on_req_view_change(self.id, self.view, target);
             }
         }

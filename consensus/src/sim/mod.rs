@@ -20,7 +20,9 @@ use crate::app::{Application, KvApp, KvOp};
 use crate::client::{Client, ClientOutput};
 use crate::crypto::{Crypto, SimCrypto};
 use crate::message::{CheckpointCert, PeerMessage, Prepare, Reply, Request, UiMessage};
-use crate::replica::{checkpoint_digest, CoreState, Input, Output, PersistRecord, Recovered, Replica};
+use crate::replica::{
+    CoreState, Input, Output, PersistRecord, Recovered, Replica, checkpoint_digest,
+};
 use crate::types::{ClientId, Config, ReplicaId, SeqNum, Ui, View};
 use crate::validate;
 use rng::Rng;
@@ -140,8 +142,12 @@ pub enum SimError {
 impl fmt::Display for SimError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SimError::Safety { seed, detail } => write!(f, "seed {seed}: SAFETY violated: {detail}"),
-            SimError::Liveness { seed, detail } => write!(f, "seed {seed}: LIVENESS violated: {detail}"),
+            SimError::Safety { seed, detail } => {
+                write!(f, "seed {seed}: SAFETY violated: {detail}")
+            }
+            SimError::Liveness { seed, detail } => {
+                write!(f, "seed {seed}: LIVENESS violated: {detail}")
+            }
         }
     }
 }
@@ -159,14 +165,23 @@ enum NetMsg {
     Peer(PeerMessage),
     Request(Request),
     Reply(Reply),
-    StateRequest { n: SeqNum },
+    StateRequest {
+        n: SeqNum,
+    },
     /// The responder's stable checkpoint at or above `n`, with its certificate.
-    StateReply { n: SeqNum, state: Option<(CheckpointCert, CoreState, Vec<u8>)> },
+    StateReply {
+        n: SeqNum,
+        state: Option<(CheckpointCert, CoreState, Vec<u8>)>,
+    },
 }
 
 #[derive(Clone, Debug)]
 enum Event {
-    Deliver { from: Node, to: Node, msg: NetMsg },
+    Deliver {
+        from: Node,
+        to: Node,
+        msg: Box<NetMsg>,
+    },
     Tick,
 }
 
@@ -239,7 +254,9 @@ impl Sim {
         // view 0) or 1 (primary of view 1, reached by isolating 0) among them.
         let mut faulty: BTreeSet<ReplicaId> = BTreeSet::new();
         match opts.byzantine {
-            Some(Byzantine::EquivocatingPrimary | Byzantine::SilentPrimary | Byzantine::SlowPrimary) => {
+            Some(
+                Byzantine::EquivocatingPrimary | Byzantine::SilentPrimary | Byzantine::SlowPrimary,
+            ) => {
                 faulty.insert(0);
             }
             Some(Byzantine::BadNewView) => {
@@ -262,7 +279,11 @@ impl Sim {
                 core: Some(new_core(i)),
                 app: KvApp::default(),
                 durable: Durable::default(),
-                byzantine: if faulty.contains(&i) { opts.byzantine } else { None },
+                byzantine: if faulty.contains(&i) {
+                    opts.byzantine
+                } else {
+                    None
+                },
                 transfer: None,
                 transfer_retry: false,
                 clock_skew_us: rng.range(0, 2_000),
@@ -298,7 +319,6 @@ impl Sim {
             debug,
         }
     }
-
 
     fn ticks(&self) -> u64 {
         self.now_us / TICK_US
@@ -337,7 +357,11 @@ impl Sim {
                         let views: Vec<_> = self
                             .replicas
                             .iter()
-                            .map(|r| r.core.as_ref().map(|c| (c.view(), c.executed_n(), c.in_view_change())))
+                            .map(|r| {
+                                r.core
+                                    .as_ref()
+                                    .map(|c| (c.view(), c.executed_n(), c.in_view_change()))
+                            })
                             .collect();
                         if self.debug {
                             for r in &self.replicas {
@@ -358,7 +382,7 @@ impl Sim {
                     }
                     self.schedule(self.now_us + TICK_US, Event::Tick);
                 }
-                Event::Deliver { from, to, msg } => self.deliver(from, to, msg),
+                Event::Deliver { from, to, msg } => self.deliver(from, to, *msg),
             }
             if let Some(f) = self.failure.take() {
                 return Err(f);
@@ -379,7 +403,12 @@ impl Sim {
             ticks: self.ticks(),
             executed_max: self.executed.keys().next_back().copied().unwrap_or(0),
             completed_requests: self.completed,
-            final_view: self.replicas.iter().filter_map(|r| r.core.as_ref().map(Replica::view)).max().unwrap_or(0),
+            final_view: self
+                .replicas
+                .iter()
+                .filter_map(|r| r.core.as_ref().map(Replica::view))
+                .max()
+                .unwrap_or(0),
             view_changes_seen: self.view_changes_seen,
             state_transfers: self.state_transfers,
             dropped,
@@ -387,7 +416,9 @@ impl Sim {
     }
 
     fn all_done(&self) -> bool {
-        self.clients.iter().all(|c| c.remaining == 0 && c.core.is_idle())
+        self.clients
+            .iter()
+            .all(|c| c.remaining == 0 && c.core.is_idle())
     }
 
     // ----- faults and time -----------------------------------------------------------
@@ -403,7 +434,8 @@ impl Sim {
                 .map(|c| c.config().primary(c.view()))
                 .max()
                 .unwrap_or(0);
-            self.isolated.insert(primary, ticks + 3 * self.opts.config.request_timeout_ticks);
+            self.isolated
+                .insert(primary, ticks + 3 * self.opts.config.request_timeout_ticks);
         }
         if self.in_fault_phase() {
             if self.opts.network_faults && self.rng.chance(3) {
@@ -488,13 +520,24 @@ impl Sim {
             view: r.durable.view,
             stable: stable.clone(),
             sent: r.durable.sent.values().cloned().collect(),
-            accepted: r.durable.accepted.values().filter(|p| p.header.n > stable.n).cloned().collect(),
+            accepted: r
+                .durable
+                .accepted
+                .values()
+                .filter(|p| p.header.n > stable.n)
+                .cloned()
+                .collect(),
             core_state,
             usig_counter: r.durable.usig_counter,
             new_view_accepted: r.durable.new_view_accepted,
             view_certs: r.durable.view_certs.clone(),
         };
-        let mut core = Replica::recover(i, self.opts.config.clone(), Box::new(self.crypto.clone()), recovered);
+        let mut core = Replica::recover(
+            i,
+            self.opts.config.clone(),
+            Box::new(self.crypto.clone()),
+            recovered,
+        );
         if r.byzantine == Some(Byzantine::BadNewView) {
             core.byzantine_bad_new_view();
         }
@@ -515,8 +558,19 @@ impl Sim {
         }
         let copies = if faults && self.rng.chance(20) { 2 } else { 1 };
         for _ in 0..copies {
-            let delay = if faults { self.rng.range(50, 5_000) } else { self.rng.range(50, 1_000) };
-            self.schedule(self.now_us + delay + extra_delay_us, Event::Deliver { from, to, msg: msg.clone() });
+            let delay = if faults {
+                self.rng.range(50, 5_000)
+            } else {
+                self.rng.range(50, 1_000)
+            };
+            self.schedule(
+                self.now_us + delay + extra_delay_us,
+                Event::Deliver {
+                    from,
+                    to,
+                    msg: Box::new(msg.clone()),
+                },
+            );
         }
     }
 
@@ -541,18 +595,25 @@ impl Sim {
                             Err(e) => self.core_mut(i).record_rejected(e),
                         }
                     }
-                    NetMsg::Request(req) => match validate::request(&self.opts.config, &self.crypto, req) {
-                        Ok(v) => self.feed(i, Input::Request(v)),
-                        Err(e) => self.core_mut(i).record_rejected(e),
-                    },
+                    NetMsg::Request(req) => {
+                        match validate::request(&self.opts.config, &self.crypto, req) {
+                            Ok(v) => self.feed(i, Input::Request(v)),
+                            Err(e) => self.core_mut(i).record_rejected(e),
+                        }
+                    }
                     NetMsg::Reply(_) => {}
                     NetMsg::StateRequest { n } => {
                         let Node::Replica(j) = from else { return };
                         let d = &self.replicas[i as usize].durable;
                         let mut state = (d.stable.n >= n)
-                            .then(|| d.snapshots.get(&d.stable.n).map(|(c, b)| (d.stable.clone(), c.clone(), b.clone())))
+                            .then(|| {
+                                d.snapshots
+                                    .get(&d.stable.n)
+                                    .map(|(c, b)| (d.stable.clone(), c.clone(), b.clone()))
+                            })
                             .flatten();
-                        if self.replicas[i as usize].byzantine == Some(Byzantine::BadStateTransfer) {
+                        if self.replicas[i as usize].byzantine == Some(Byzantine::BadStateTransfer)
+                        {
                             if let Some((_, core, bytes)) = state.as_mut() {
                                 if let Some(rec) = core.clients.values_mut().next() {
                                     rec.last_seq += 1;
@@ -561,7 +622,12 @@ impl Sim {
                                 }
                             }
                         }
-                        self.send(Node::Replica(i), Node::Replica(j), NetMsg::StateReply { n, state }, 0);
+                        self.send(
+                            Node::Replica(i),
+                            Node::Replica(j),
+                            NetMsg::StateReply { n, state },
+                            0,
+                        );
                     }
                     NetMsg::StateReply { n, state } => self.on_state_reply(i, from, n, state),
                 }
@@ -573,11 +639,32 @@ impl Sim {
         if self.debug {
             let brief = match msg {
                 NetMsg::Peer(PeerMessage::Ui(m)) => match m {
-                    UiMessage::Prepare(p) => format!("PREPARE v{} n{} c{} reqs{}", p.header.view, p.header.n, p.ui.counter, p.batch.requests.len()),
-                    UiMessage::Commit(c) => format!("COMMIT v{} n{} c{}", c.header.view, c.header.n, c.ui.counter),
+                    UiMessage::Prepare(p) => format!(
+                        "PREPARE v{} n{} c{} reqs{}",
+                        p.header.view,
+                        p.header.n,
+                        p.ui.counter,
+                        p.batch.requests.len()
+                    ),
+                    UiMessage::Commit(c) => format!(
+                        "COMMIT v{} n{} c{}",
+                        c.header.view, c.header.n, c.ui.counter
+                    ),
                     UiMessage::Checkpoint(c) => format!("CHECKPOINT n{} c{}", c.n, c.ui.counter),
-                    UiMessage::ViewChange(vc) => format!("VIEW-CHANGE v{} base{} acc{} c{}", vc.new_view, vc.cert.n, vc.accepted.len(), vc.ui.counter),
-                    UiMessage::NewView(nv) => format!("NEW-VIEW v{} base{} S{} c{}", nv.new_view, nv.base, nv.reproposals.len(), nv.ui.counter),
+                    UiMessage::ViewChange(vc) => format!(
+                        "VIEW-CHANGE v{} base{} acc{} c{}",
+                        vc.new_view,
+                        vc.cert.n,
+                        vc.accepted.len(),
+                        vc.ui.counter
+                    ),
+                    UiMessage::NewView(nv) => format!(
+                        "NEW-VIEW v{} base{} S{} c{}",
+                        nv.new_view,
+                        nv.base,
+                        nv.reproposals.len(),
+                        nv.ui.counter
+                    ),
                 },
                 NetMsg::Peer(PeerMessage::Status { .. }) => return,
                 NetMsg::Peer(p) => format!("{p:?}").chars().take(100).collect(),
@@ -586,11 +673,27 @@ impl Sim {
                 NetMsg::StateRequest { n } => format!("STATE-REQUEST {n}"),
                 NetMsg::StateReply { n, state } => format!("STATE-REPLY {n} {}", state.is_some()),
             };
-            let views: Vec<String> = self.replicas.iter().map(|r| match &r.core {
-                Some(c) => format!("{}{}:{}", c.view(), if c.in_view_change() { "*" } else { "" }, c.executed_n()),
-                None => "down".into(),
-            }).collect();
-            eprintln!("t{} {:?}->{:?} {brief}   [{}] iso{:?}", self.now_us / TICK_US, from, to, views.join(" "), self.isolated.keys().collect::<Vec<_>>());
+            let views: Vec<String> = self
+                .replicas
+                .iter()
+                .map(|r| match &r.core {
+                    Some(c) => format!(
+                        "{}{}:{}",
+                        c.view(),
+                        if c.in_view_change() { "*" } else { "" },
+                        c.executed_n()
+                    ),
+                    None => "down".into(),
+                })
+                .collect();
+            eprintln!(
+                "t{} {:?}->{:?} {brief}   [{}] iso{:?}",
+                self.now_us / TICK_US,
+                from,
+                to,
+                views.join(" "),
+                self.isolated.keys().collect::<Vec<_>>()
+            );
         }
         let node = |n: Node| match n {
             Node::Replica(i) => u64::from(i),
@@ -605,7 +708,9 @@ impl Sim {
             NetMsg::Peer(PeerMessage::Cert(c)) => (6, c.n, 0),
             NetMsg::Peer(PeerMessage::NewViewRequest { view }) => (14, *view, 0),
             NetMsg::Peer(PeerMessage::ViewCertRequest { view }) => (16, *view, 0),
-            NetMsg::Peer(PeerMessage::FetchFromCheckpoint { sender, n }) => (17, u64::from(*sender), *n),
+            NetMsg::Peer(PeerMessage::FetchFromCheckpoint { sender, n }) => {
+                (17, u64::from(*sender), *n)
+            }
             NetMsg::Peer(PeerMessage::NewViewProof(nv)) => (15, nv.new_view, nv.ui.counter),
             NetMsg::Request(r) => (7, r.client, r.seq),
             NetMsg::Reply(r) => (8, r.client, r.seq),
@@ -625,7 +730,12 @@ impl Sim {
                 ClientOutput::Send(mut req) => {
                     req.sig = self.crypto.sign_request(req.client, &req.digest());
                     for i in 0..self.opts.config.n() {
-                        self.send(Node::Client(k), Node::Replica(i), NetMsg::Request(req.clone()), 0);
+                        self.send(
+                            Node::Client(k),
+                            Node::Replica(i),
+                            NetMsg::Request(req.clone()),
+                            0,
+                        );
                     }
                 }
                 ClientOutput::Done { seq, result } => {
@@ -661,20 +771,28 @@ impl Sim {
 
     fn fail_safety(&mut self, detail: String) {
         if self.failure.is_none() {
-            self.failure = Some(SimError::Safety { seed: self.opts.seed, detail });
+            self.failure = Some(SimError::Safety {
+                seed: self.opts.seed,
+                detail,
+            });
         }
     }
 
     // ----- replicas --------------------------------------------------------------------
 
     fn core_mut(&mut self, i: ReplicaId) -> &mut Replica {
-        self.replicas[i as usize].core.as_mut().expect("replica is up")
+        self.replicas[i as usize]
+            .core
+            .as_mut()
+            .expect("replica is up")
     }
 
     fn feed(&mut self, i: ReplicaId, input: Input) {
         let mut work = std::collections::VecDeque::from([input]);
         while let Some(input) = work.pop_front() {
-            let Some(core) = self.replicas[i as usize].core.as_mut() else { return };
+            let Some(core) = self.replicas[i as usize].core.as_mut() else {
+                return;
+            };
             let view_before = core.view();
             let outs = core.step(input);
             if core.view() > view_before {
@@ -711,19 +829,34 @@ impl Sim {
                 let app_digest = self.replicas[i as usize].app.state_digest();
                 work.push_back(Input::Digest { n, app_digest });
             }
-            Output::Execute { n, timestamp_ns, requests, want_digest } => {
-                let results = self.replicas[i as usize].app.execute(n, timestamp_ns, &requests);
+            Output::Execute {
+                n,
+                timestamp_ns,
+                requests,
+                want_digest,
+            } => {
+                let results = self.replicas[i as usize]
+                    .app
+                    .execute(n, timestamp_ns, &requests);
                 self.check_execution(i, n, timestamp_ns, &requests, &results);
                 let app_digest = if want_digest {
                     Some(self.replicas[i as usize].app.state_digest())
                 } else {
                     None
                 };
-                work.push_back(Input::Executed { n, results, app_digest });
+                work.push_back(Input::Executed {
+                    n,
+                    results,
+                    app_digest,
+                });
             }
             Output::ExecuteReadOnly { request } => {
                 let result = self.replicas[i as usize].app.query(&request.op);
-                work.push_back(Input::ReadOnlyExecuted { client: request.client, seq: request.seq, result });
+                work.push_back(Input::ReadOnlyExecuted {
+                    client: request.client,
+                    seq: request.seq,
+                    result,
+                });
             }
             Output::Reply(mut reply) => {
                 if self.replicas[i as usize].byzantine == Some(Byzantine::LyingReplies) {
@@ -781,15 +914,29 @@ impl Sim {
 
     fn ask_state(&mut self, i: ReplicaId) {
         let n_rep = self.opts.config.n();
-        let Some((cert, tried)) = self.replicas[i as usize].transfer.as_mut() else { return };
+        let Some((cert, tried)) = self.replicas[i as usize].transfer.as_mut() else {
+            return;
+        };
         if tried.len() + 1 >= n_rep as usize {
             tried.clear();
         }
-        let candidates: Vec<ReplicaId> = (0..n_rep).filter(|j| *j != i && !tried.contains(j)).collect();
+        let candidates: Vec<ReplicaId> = (0..n_rep)
+            .filter(|j| *j != i && !tried.contains(j))
+            .collect();
         let j = self.rng.pick(&candidates);
         let n = cert.n;
-        self.replicas[i as usize].transfer.as_mut().expect("transfer").1.insert(j);
-        self.send(Node::Replica(i), Node::Replica(j), NetMsg::StateRequest { n }, 0);
+        self.replicas[i as usize]
+            .transfer
+            .as_mut()
+            .expect("transfer")
+            .1
+            .insert(j);
+        self.send(
+            Node::Replica(i),
+            Node::Replica(j),
+            NetMsg::StateRequest { n },
+            0,
+        );
     }
 
     fn on_state_reply(
@@ -799,7 +946,9 @@ impl Sim {
         n: SeqNum,
         state: Option<(CheckpointCert, CoreState, Vec<u8>)>,
     ) {
-        let Some((wanted, _)) = self.replicas[i as usize].transfer.clone() else { return };
+        let Some((wanted, _)) = self.replicas[i as usize].transfer.clone() else {
+            return;
+        };
         if wanted.n != n {
             return;
         }
@@ -825,7 +974,13 @@ impl Sim {
                 r.app = app;
                 r.transfer = None;
                 r.durable.snapshots.insert(n, (core.clone(), bytes));
-                self.feed(i, Input::StateInstalled { cert, core_state: core });
+                self.feed(
+                    i,
+                    Input::StateInstalled {
+                        cert,
+                        core_state: core,
+                    },
+                );
             }
             None => {
                 // Asked again at the next tick (no storm of requests within one instant).
@@ -838,28 +993,52 @@ impl Sim {
     fn replica_send(&mut self, i: ReplicaId, to: ReplicaId, msg: PeerMessage) {
         let mut extra = 0;
         match self.replicas[i as usize].byzantine {
-            Some(Byzantine::SilentPrimary) if self.replicas[i as usize].core.as_ref().is_some_and(Replica::is_primary) => return,
-            Some(Byzantine::SlowPrimary) if matches!(msg, PeerMessage::Ui(UiMessage::Prepare(_))) => {
+            Some(Byzantine::SilentPrimary)
+                if self.replicas[i as usize]
+                    .core
+                    .as_ref()
+                    .is_some_and(Replica::is_primary) =>
+            {
+                return;
+            }
+            Some(Byzantine::SlowPrimary)
+                if matches!(msg, PeerMessage::Ui(UiMessage::Prepare(_))) =>
+            {
                 extra = 3 * self.opts.config.request_timeout_ticks * TICK_US;
             }
             _ => {}
         }
-        self.send(Node::Replica(i), Node::Replica(to), NetMsg::Peer(msg), extra);
+        self.send(
+            Node::Replica(i),
+            Node::Replica(to),
+            NetMsg::Peer(msg),
+            extra,
+        );
     }
 
     /// Byzantine broadcasts; true if the honest broadcast must not happen.
     fn byzantine_broadcast(&mut self, i: ReplicaId, msg: &PeerMessage) -> bool {
-        let Some(mode) = self.replicas[i as usize].byzantine else { return false };
+        let Some(mode) = self.replicas[i as usize].byzantine else {
+            return false;
+        };
         let n = self.opts.config.n();
-        let PeerMessage::Ui(m) = msg else { return false };
+        let PeerMessage::Ui(m) = msg else {
+            return false;
+        };
         match (mode, m) {
-            (Byzantine::EquivocatingPrimary, UiMessage::Prepare(p)) if !p.batch.requests.is_empty() => {
+            (Byzantine::EquivocatingPrimary, UiMessage::Prepare(p))
+                if !p.batch.requests.is_empty() =>
+            {
                 let mut other = p.clone();
                 other.batch.requests.pop();
                 other.header.batch_digest = other.batch.digest();
                 let other = self.byzantine_certify(i, UiMessage::Prepare(other));
                 for j in (0..n).filter(|j| *j != i) {
-                    let m = if j % 2 == 0 { msg.clone() } else { PeerMessage::Ui(other.clone()) };
+                    let m = if j % 2 == 0 {
+                        msg.clone()
+                    } else {
+                        PeerMessage::Ui(other.clone())
+                    };
                     self.replica_send(i, j, m);
                 }
                 true
@@ -876,7 +1055,12 @@ impl Sim {
                 if let UiMessage::Prepare(p) = &mut reused {
                     p.header.timestamp_ns += 1;
                 }
-                let old = self.replicas[i as usize].durable.sent.values().next().cloned();
+                let old = self.replicas[i as usize]
+                    .durable
+                    .sent
+                    .values()
+                    .next()
+                    .cloned();
                 for j in (0..n).filter(|j| *j != i) {
                     self.replica_send(i, j, PeerMessage::Ui(forged.clone()));
                     self.replica_send(i, j, PeerMessage::Ui(reused.clone()));
@@ -913,12 +1097,22 @@ impl Sim {
         let cert = self.crypto.ui_cert(i, counter, &m.certified_digest());
         *m.ui_mut() = Ui { counter, cert };
         r.durable.sent.insert(counter, m.clone());
-        r.core.as_mut().expect("up").byzantine_skip_counters(counter);
+        r.core
+            .as_mut()
+            .expect("up")
+            .byzantine_skip_counters(counter);
         m
     }
 
     /// The agreement oracle, checked at every execution by a non-Byzantine replica.
-    fn check_execution(&mut self, i: ReplicaId, n: SeqNum, ts: u64, requests: &[Request], results: &[Vec<u8>]) {
+    fn check_execution(
+        &mut self,
+        i: ReplicaId,
+        n: SeqNum,
+        ts: u64,
+        requests: &[Request],
+        results: &[Vec<u8>],
+    ) {
         if self.is_byzantine(i) {
             return;
         }

@@ -34,6 +34,8 @@ pub struct Durable {
     pub sent: BTreeMap<u64, UiMessage>,
     pub accepted: BTreeMap<(View, SeqNum), Prepare>,
     pub new_view_accepted: View,
+    /// View-top certificates, one per view (a few per view change).
+    pub view_certs: BTreeMap<View, CheckpointCert>,
 }
 
 impl Durable {
@@ -48,6 +50,9 @@ impl Durable {
             }
             PersistRecord::View(v) => self.view = v,
             PersistRecord::NewViewAccepted(v) => self.new_view_accepted = v,
+            PersistRecord::ViewCert(c) => {
+                self.view_certs.insert(c.view_top.unwrap_or(0), c);
+            }
             PersistRecord::Stable(cert) => {
                 let own = self.sent.values().find_map(|m| match m {
                     UiMessage::Checkpoint(c) if c.n == cert.n => Some(c.ui.counter),
@@ -68,6 +73,7 @@ impl Durable {
             PersistRecord::View(self.view),
             PersistRecord::NewViewAccepted(self.new_view_accepted),
         ];
+        out.extend(self.view_certs.values().cloned().map(PersistRecord::ViewCert));
         out.extend(self.sent.values().cloned().map(PersistRecord::Sent));
         out.extend(self.accepted.values().cloned().map(PersistRecord::Accepted));
         out

@@ -388,8 +388,9 @@ fn open_node(
     let id = opts.id;
     let secrets = config.replica_secrets(id)?;
     let crypto = ClusterCrypto::for_replica(&config, &secrets)?;
-    std::fs::create_dir_all(&opts.data_dir)?;
-    let usig = SoftwareUsig::open(&opts.data_dir.join("usig"), id, &secrets.usig_pkcs8)?;
+    let usig_dir = opts.data_dir.join("usig");
+    std::fs::create_dir_all(&usig_dir)?;
+    let usig = SoftwareUsig::open(&usig_dir, id, &secrets.usig_pkcs8)?;
     let log = ProtocolLog::open(&opts.data_dir)?;
     let snaps = SnapshotStore::open(&opts.data_dir)?;
     let mut app = if opts.null_app {
@@ -452,6 +453,7 @@ fn open_node(
         core_state,
         usig_counter,
         new_view_accepted: log.durable.new_view_accepted,
+        view_certs: log.durable.view_certs.values().cloned().collect(),
     };
     info!(
         id,
