@@ -178,10 +178,11 @@ fn run(cli: Cli) -> Result<()> {
 fn durability(modes: &[Mode]) -> String {
     let mut parts = vec![
         "both embedded modes reply only after the operation is durable: the unreplicated \
-         server fsyncs its file state once per batch of operations that arrived together, \
-         and each MinPBFT replica fsyncs its file state once per ordered batch (its software \
-         USIG also fdatasyncs its counter before every UI); WRITE, UNSTABLE or not, is on \
-         disk when answered"
+         server fsyncs its file state once per batch of operations that arrived together; \
+         each MinPBFT replica fsyncs its file state once per ordered batch before replying, \
+         fdatasyncs its protocol log before any message leaves, and its software USIG \
+         fdatasyncs its counter before every UI; a WRITE, UNSTABLE or not, is on disk when \
+         answered"
             .to_string(),
     ];
     for m in modes {

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tracing::warn;
@@ -18,6 +18,9 @@ use crate::machine::Machine;
 use crate::primitives::{self, Floor, PrimitiveCounts, Primitives};
 use crate::replicated::{self, Cluster, ClusterConfig, ProtocolClient, UsigKind};
 use crate::stats::Summary;
+
+/// A request unanswered this long means the cluster is stuck: stop, not wait.
+const INVOKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone)]
 pub struct MicroConfig {
@@ -109,12 +112,13 @@ fn protocol(config: &MicroConfig, report: &mut MicroReport) -> Result<()> {
             usig: config.usig,
         })?;
         let local = tokio::task::LocalSet::new();
-        local.block_on(&rt, async {
+        let measured = local.block_on(&rt, async {
             if batching {
                 // Latency is measured with batching on, the cluster's default; one
                 // sequential client never has more than one request to batch.
                 let client = cluster.client();
-                let null = latency(&*client, 0, config.warmup, config.requests, "null op").await;
+                let null =
+                    latency(&*client, 0, config.warmup, config.requests, "null op").await?;
                 report.null_latency = Summary::of(&null);
                 for &size in &config.sizes {
                     let samples = latency(
@@ -124,7 +128,7 @@ fn protocol(config: &MicroConfig, report: &mut MicroReport) -> Result<()> {
                         config.size_requests,
                         &format!("{size} B op"),
                     )
-                    .await;
+                    .await?;
                     if let Some(summary) = Summary::of(&samples) {
                         report.latency_by_size.push(LatencyPoint {
                             request_bytes: size,
@@ -135,11 +139,13 @@ fn protocol(config: &MicroConfig, report: &mut MicroReport) -> Result<()> {
                 }
             }
             for &clients in &config.clients {
-                let point = throughput(&*cluster, clients, config.seconds, batching).await;
+                let point = throughput(&*cluster, clients, config.seconds, batching).await?;
                 report.throughput.push(point);
             }
+            anyhow::Ok(())
         });
         cluster.stop()?;
+        measured?;
     }
     Ok(())
 }
@@ -150,22 +156,24 @@ async fn latency(
     warmup: usize,
     n: usize,
     what: &str,
-) -> Vec<Duration> {
+) -> Result<Vec<Duration>> {
     let bar = bar(what, warmup + n);
     let op = vec![0xabu8; size];
     let mut samples = Vec::with_capacity(n);
     for i in 0..warmup + n {
+        let op = op.clone();
         let start = Instant::now();
-        let reply = client.invoke(op.clone(), false).await;
+        tokio::time::timeout(INVOKE_TIMEOUT, client.invoke(op, false))
+            .await
+            .with_context(|| format!("{what}: no reply in {INVOKE_TIMEOUT:?}"))?;
         let elapsed = start.elapsed();
-        debug_assert!(size > 0 || reply.is_empty(), "a null op has a null reply");
         if i >= warmup {
             samples.push(elapsed);
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
-    samples
+    Ok(samples)
 }
 
 /// `clients` closed-loop clients issuing null operations for `seconds`; the first fifth
@@ -175,7 +183,7 @@ async fn throughput(
     clients: usize,
     seconds: f64,
     batching: bool,
-) -> ThroughputPoint {
+) -> Result<ThroughputPoint> {
     let warm = Duration::from_secs_f64((seconds / 5.0).min(1.0));
     let timed = Duration::from_secs_f64(seconds);
     let start = Instant::now();
@@ -192,7 +200,9 @@ async fn throughput(
         let done = Rc::clone(&done);
         tasks.push(tokio::task::spawn_local(async move {
             loop {
-                client.invoke(Vec::new(), false).await;
+                tokio::time::timeout(INVOKE_TIMEOUT, client.invoke(Vec::new(), false))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("no reply in {INVOKE_TIMEOUT:?}"))?;
                 let now = Instant::now();
                 if now >= deadline {
                     break;
@@ -201,22 +211,23 @@ async fn throughput(
                     done.set(done.get() + 1);
                 }
             }
+            anyhow::Ok(())
         }));
     }
     for task in tasks {
-        if let Err(e) = task.await {
-            warn!("a throughput client failed: {e}");
-        }
+        task.await
+            .context("a throughput client panicked")?
+            .with_context(|| format!("throughput with {clients} clients"))?;
     }
     bar.finish_and_clear();
     let ops = done.get();
-    ThroughputPoint {
+    Ok(ThroughputPoint {
         batching,
         clients,
         ops,
         seconds: timed.as_secs_f64(),
         ops_per_second: ops as f64 / timed.as_secs_f64(),
-    }
+    })
 }
 
 fn bar(what: &str, total: usize) -> ProgressBar {

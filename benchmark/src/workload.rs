@@ -25,6 +25,8 @@ pub const PHASES: [Phase; 5] = [Phase::P1, Phase::P2, Phase::P3, Phase::P4, Phas
 
 /// Depth of P1's chain of directories.
 const NESTED_DIRS: usize = 6;
+/// A run that takes longer has hung (a server that stopped answering): fail, not wait.
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 /// Size of the file P4 reads and P5 creates.
 const FILE_BYTES: usize = 4096;
 
@@ -155,8 +157,11 @@ pub async fn run_all(
                 format!("r{}", i - config.warmup)
             };
             let run_dir = c.mkdir(&phase_dir, run_name.as_bytes()).await?;
-            let (elapsed, run_commits) = run_once(c, phase, &run_dir, &files, &file4k)
+            let run = run_once(c, phase, &run_dir, &files, &file4k);
+            let (elapsed, run_commits) = tokio::time::timeout(RUN_TIMEOUT, run)
                 .await
+                .map_err(|_| anyhow::anyhow!("no progress in {RUN_TIMEOUT:?}"))
+                .and_then(|r| r)
                 .with_context(|| format!("{mode}: {} run {run_name}", phase.name()))?;
             commits += run_commits;
             if !warm {

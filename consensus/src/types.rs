@@ -86,6 +86,6 @@ impl Config {
     }
 
     pub fn is_checkpoint(&self, n: SeqNum) -> bool {
-        n > 0 && n % self.checkpoint_interval == 0
+        n > 0 && n.is_multiple_of(self.checkpoint_interval)
     }
 }

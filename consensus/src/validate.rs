@@ -15,7 +15,7 @@ use crate::message::{
 use crate::types::{Config, ReplicaId};
 
 /// Most messages one FETCH may ask for.
-pub const FETCH_RANGE_MAX: u64 = 256;
+pub const FETCH_RANGE_MAX: u64 = 64;
 
 /// A message that passed stateless validation. Only this module can make one.
 #[derive(Clone, Debug)]

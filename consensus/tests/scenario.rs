@@ -219,7 +219,6 @@ impl World {
                     PersistRecord::View(v) => d.view = v,
                     PersistRecord::NewViewAccepted(v) => d.new_view_accepted = v,
                     PersistRecord::ViewCert(c) => d.view_certs.push(c),
-                    PersistRecord::ViewCert(c) => d.view_certs.push(c),
                     PersistRecord::Stable(c) => {
                         d.accepted.retain(|(_, n), _| *n > c.n);
                         d.stable = c;

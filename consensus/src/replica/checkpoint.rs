@@ -186,7 +186,11 @@ impl Replica {
                     return;
                 }
                 None => {
-                    // We executed past n but took no checkpoint at n (restart mid-way).
+                    // We executed past n without a checkpoint of our own at n (a view-top
+                    // checkpoint we were not there for, a restart mid-way): f+1 replicas,
+                    // one correct, vouch for it; adopt it so logs and streams move on.
+                    self.make_stable(cert);
+                    return;
                 }
             }
         }

@@ -283,9 +283,20 @@ impl Replica {
         }
         // Every VIEW-CHANGE inside must first be processed in its sender's own stream.
         let mut deferred = false;
+        let stuck_after = 4 * self.config.fetch_timeout_ticks;
         for vc in &nv.view_changes {
-            let s = &self.streams[vc.sender as usize];
+            let s = &mut self.streams[vc.sender as usize];
             if vc.ui.counter >= s.next && !s.awaiting_cut {
+                // If the sender's stream is stuck on a gap nobody can fill any more (the
+                // messages were truncated everywhere), resume it at this VIEW-CHANGE: the
+                // skipped messages only concern views this NEW-VIEW supersedes.
+                if s.gap_since_tick
+                    .is_some_and(|t| self.ticks - t >= stuck_after)
+                {
+                    s.next = vc.ui.counter;
+                    s.holdback.retain(|&k, _| k >= vc.ui.counter);
+                    s.gap_since_tick = None;
+                }
                 self.receive_ui(UiMessage::ViewChange(vc.clone()));
                 deferred = true;
             } else if self
@@ -440,8 +451,17 @@ impl Replica {
         if nv.new_view < self.view || nv.new_view <= self.new_view_accepted {
             return;
         }
-        let s = &self.streams[nv.sender as usize];
+        let stuck_after = 4 * self.config.fetch_timeout_ticks;
+        let ticks = self.ticks;
+        let s = &mut self.streams[nv.sender as usize];
         if nv.ui.counter >= s.next && !s.awaiting_cut {
+            if s.gap_since_tick.is_some_and(|t| ticks - t >= stuck_after) {
+                // The new primary's stream is stuck on a gap nobody can fill: resume it
+                // at this NEW-VIEW.
+                s.next = nv.ui.counter;
+                s.holdback.retain(|&k, _| k >= nv.ui.counter);
+                s.gap_since_tick = None;
+            }
             // Still ahead in the sender's stream: process it there, in order.
             self.receive_ui(UiMessage::NewView(nv));
             return;

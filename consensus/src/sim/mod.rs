@@ -613,13 +613,11 @@ impl Sim {
                             })
                             .flatten();
                         if self.replicas[i as usize].byzantine == Some(Byzantine::BadStateTransfer)
+                            && let Some((_, core, bytes)) = state.as_mut()
                         {
-                            if let Some((_, core, bytes)) = state.as_mut() {
-                                if let Some(rec) = core.clients.values_mut().next() {
-                                    rec.last_seq += 1;
-                                } else {
-                                    bytes.push(0);
-                                }
+                            match core.clients.values_mut().next() {
+                                Some(rec) => rec.last_seq += 1,
+                                None => bytes.push(0),
                             }
                         }
                         self.send(

@@ -95,6 +95,7 @@ struct Transfer {
 
 struct Node {
     id: ReplicaId,
+    data_dir: PathBuf,
     n: u32,
     config: Arc<ClusterConfig>,
     crypto: ClusterCrypto,
@@ -121,7 +122,14 @@ impl Node {
     fn feed(&mut self, input: Input) -> Result<(), ReplicaError> {
         let mut work = VecDeque::from([input]);
         while let Some(input) = work.pop_front() {
+            let view = self.core.view();
             let outs = self.core.step(input);
+            if self.core.view() != view {
+                let v = self.core.view();
+                info!(id = self.id, "entered view {v} (primary {})", self.config.consensus.primary(v));
+                // For operators and tests: the view this replica is in.
+                let _ = std::fs::write(self.data_dir.join("status"), format!("view {v}\n"));
+            }
             for o in outs {
                 self.perform(o, &mut work)?;
             }
@@ -471,6 +479,7 @@ fn open_node(
     );
     Ok(Node {
         id,
+        data_dir: opts.data_dir.clone(),
         n: config.n(),
         config,
         crypto,

@@ -1,0 +1,432 @@
+//! The replicated mode end to end: a real NFS client against `bftnfs up` (real
+//! processes), replicas that end with identical backing trees and digests after a mixed
+//! workload, and kill -9 of a backup and then of the primary during writes (no NFS error,
+//! no acknowledged write lost, a view change, the restarted replicas catch up).
+//! Every test is bounded in time.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::connect;
+use fs_state::{FileStateMachine, FsConfig};
+use nfs_frontend::{ClusterOptions, LocalCluster};
+use nfs3_client::nfs3_types::nfs3::*;
+use nfs3_client::nfs3_types::xdr_codec::Opaque;
+
+fn dirop(dir: &nfs_fh3, n: &str) -> diropargs3<'static> {
+    diropargs3 {
+        dir: dir.clone(),
+        name: filename3(Opaque::owned(n.as_bytes().to_vec())),
+    }
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `bftnfs up` as a child; reads the NFS port from the libnfs URL it prints.
+struct Up {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+    /// Replicas restarted by hand (not children of `up`).
+    restarted: Vec<Child>,
+}
+
+impl Up {
+    fn start(dir: &Path) -> Up {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bftnfs"))
+            .args(["up", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn bftnfs up");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut port = None;
+        for line in BufReader::new(stdout).lines() {
+            let line = line.expect("stdout");
+            if let Some(url) = line.strip_prefix("libnfs URL: ") {
+                let p = url.split("nfsport=").nth(1).and_then(|s| s.split('&').next());
+                port = p.and_then(|p| p.parse().ok());
+                break;
+            }
+        }
+        Up {
+            child,
+            port: port.expect("bftnfs up printed its URL"),
+            dir: dir.to_path_buf(),
+            restarted: Vec::new(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("nfs://127.0.0.1{path}?nfsport={p}&mountport={p}", p = self.port)
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        format!("127.0.0.1:{}", self.port).parse().expect("addr")
+    }
+
+    fn replica_dir(&self, i: u32) -> PathBuf {
+        self.dir.join(format!("replica-{i}"))
+    }
+
+    fn pid_of(&self, i: u32) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(s) = std::fs::read_to_string(self.replica_dir(i).join("pid"))
+                && let Ok(p) = s.trim().parse()
+            {
+                return p;
+            }
+            assert!(Instant::now() < deadline, "replica {i} wrote no pid file");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill9(&self, i: u32) {
+        let pid = self.pid_of(i);
+        let _ = std::fs::remove_file(self.replica_dir(i).join("pid"));
+        // SAFETY: kill(2) of a pid this test started (through `up`).
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill -9 {pid}");
+        // Let the OS release its port.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    fn restart(&mut self, i: u32) {
+        let child = Command::new(env!("CARGO_BIN_EXE_bftnfs"))
+            .args(["replica", "--config"])
+            .arg(self.dir.join("cluster.toml"))
+            .args(["--id", &i.to_string(), "--data"])
+            .arg(self.replica_dir(i))
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("restart replica");
+        self.restarted.push(child);
+    }
+
+    fn terminate(mut self) {
+        for c in &mut self.restarted {
+            // SAFETY: as above.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if self.child.try_wait().expect("wait").is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("bftnfs up did not stop within 15 s of SIGTERM");
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        for c in &mut self.restarted {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if self.child.try_wait().ok().flatten().is_none() {
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            std::thread::sleep(Duration::from_secs(2));
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn trees_equal(a: &Path, b: &Path) -> bool {
+    Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(a)
+        .arg(b)
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn run_tool(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().expect("run libnfs tool");
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// Runs `f` on a thread and fails the test if it takes longer than `limit`.
+fn bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).expect("test exceeded its time bound")
+}
+
+#[test]
+fn libnfs_tools_round_trip_through_bftnfs_up() {
+    if !(have("nfs-cp") && have("nfs-ls") && have("nfs-cat")) {
+        eprintln!("SKIPPED: libnfs-utils missing (apt-get install libnfs-utils)");
+        return;
+    }
+    bounded(Duration::from_secs(60), || {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let content: Vec<u8> = (0..600_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let src = tmp.path().join("in.bin");
+        std::fs::write(&src, &content).expect("source");
+        let up = Up::start(&tmp.path().join("cluster"));
+        run_tool(Command::new("nfs-cp").arg(&src).arg(up.url("//copied.bin")));
+        let listing = String::from_utf8(run_tool(Command::new("nfs-ls").arg(up.url("/"))))
+            .expect("utf8");
+        assert!(
+            listing.lines().any(|l| l.ends_with(" copied.bin") && l.contains("600000")),
+            "{listing}"
+        );
+        let back = run_tool(Command::new("nfs-cat").arg(up.url("//copied.bin")));
+        assert!(back == content, "nfs-cat returns what nfs-cp wrote");
+        let dirs: Vec<PathBuf> = (0..3).map(|i| up.replica_dir(i).join("export")).collect();
+        up.terminate();
+        for d in &dirs {
+            assert_eq!(std::fs::read(d.join("copied.bin")).expect("backing"), content);
+        }
+    });
+}
+
+/// After a mixed workload every replica's backing tree and state digest are equal.
+#[test]
+fn replicas_agree_after_a_mixed_workload() {
+    bounded(Duration::from_secs(90), || {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cluster = LocalCluster::start(ClusterOptions {
+            dir: tmp.path().join("c"),
+            ..ClusterOptions::default()
+        })
+        .expect("cluster");
+        let addr = cluster.nfs_addr();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            let mut c = connect(addr, 1000, 1000).await;
+            let root = c.root_nfs_fh3();
+            let d = c
+                .mkdir(&MKDIR3args { where_: dirop(&root, "d"), attributes: sattr3::default() })
+                .await
+                .expect("rpc")
+                .unwrap()
+                .obj
+                .unwrap();
+            for i in 0..20u8 {
+                let dir = if i % 2 == 0 { &root } else { &d };
+                let f = c
+                    .create(&CREATE3args {
+                        where_: dirop(dir, &format!("f{i}")),
+                        how: createhow3::UNCHECKED(sattr3::default()),
+                    })
+                    .await
+                    .expect("rpc")
+                    .unwrap()
+                    .obj
+                    .unwrap();
+                c.write(&WRITE3args {
+                    file: f,
+                    offset: u64::from(i) * 100,
+                    count: 4096,
+                    stable: stable_how::FILE_SYNC,
+                    data: Opaque::owned(vec![i; 4096]),
+                })
+                .await
+                .expect("rpc")
+                .unwrap();
+            }
+            c.rename(&RENAME3args { from: dirop(&root, "f0"), to: dirop(&d, "moved") })
+                .await
+                .expect("rpc")
+                .unwrap();
+            c.remove(&REMOVE3args { object: dirop(&root, "f2") }).await.expect("rpc").unwrap();
+            c.symlink(&SYMLINK3args {
+                where_: dirop(&d, "link"),
+                symlink: symlinkdata3 {
+                    symlink_attributes: sattr3::default(),
+                    symlink_data: nfspath3(Opaque::owned(b"../f4".to_vec())),
+                },
+            })
+            .await
+            .expect("rpc")
+            .unwrap();
+            let _ = c
+                .readdirplus(&READDIRPLUS3args {
+                    dir: d.clone(),
+                    cookie: 0,
+                    cookieverf: cookieverf3::default(),
+                    dircount: 4096,
+                    maxcount: 8192,
+                })
+                .await
+                .expect("rpc")
+                .unwrap();
+        });
+        // A read the replicas answer at once (read-only path) must leave time for the
+        // last batch's COMMITs to reach every replica before stopping.
+        std::thread::sleep(Duration::from_millis(500));
+        let exports: Vec<PathBuf> = (0..3).map(|i| cluster.export_dir(i)).collect();
+        let dir = cluster.dir().to_path_buf();
+        cluster.stop().expect("stop");
+        assert!(trees_equal(&exports[0], &exports[1]), "replica 0 and 1 differ");
+        assert!(trees_equal(&exports[0], &exports[2]), "replica 0 and 2 differ");
+        let digests: Vec<_> = (0..3)
+            .map(|i| {
+                let mut sm = FileStateMachine::open(&dir.join(format!("replica-{i}")), FsConfig::default())
+                    .expect("open");
+                sm.state_digest().expect("digest")
+            })
+            .collect();
+        assert_eq!(digests[0], digests[1]);
+        assert_eq!(digests[0], digests[2]);
+    });
+}
+
+/// Writes files `w<i>` with distinct contents until `stop`; returns the acknowledged
+/// ones. Any NFS error fails the test.
+async fn write_until(
+    addr: std::net::SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+) {
+    let mut c = connect(addr, 0, 0).await;
+    let root = c.root_nfs_fh3();
+    let mut i = 0u32;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let name = format!("w{i}");
+        let data: Vec<u8> = (0..4096u32).map(|k| (k ^ i.wrapping_mul(31)) as u8).collect();
+        let f = match c
+            .create(&CREATE3args {
+                where_: dirop(&root, &name),
+                how: createhow3::UNCHECKED(sattr3::default()),
+            })
+            .await
+            .expect("create rpc")
+        {
+            Nfs3Result::Ok(r) => r.obj.unwrap(),
+            Nfs3Result::Err((s, _)) => panic!("CREATE {name}: NFS error {s:?}"),
+        };
+        match c
+            .write(&WRITE3args {
+                file: f,
+                offset: 0,
+                count: 4096,
+                stable: stable_how::FILE_SYNC,
+                data: Opaque::owned(data.clone()),
+            })
+            .await
+            .expect("write rpc")
+        {
+            Nfs3Result::Ok(_) => acked.lock().expect("lock").push((name, data)),
+            Nfs3Result::Err((s, _)) => panic!("WRITE {name}: NFS error {s:?}"),
+        }
+        i += 1;
+    }
+}
+
+fn view_of(log: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(log).ok()?;
+    text.lines()
+        .filter_map(|l| l.strip_prefix("view "))
+        .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+        .max()
+}
+
+/// kill -9 of a backup, restart; then of the primary, restart — all while a client
+/// writes: no NFS error, nothing acknowledged lost, a view change, catch-up.
+#[test]
+fn kill_9_backup_then_primary_during_writes() {
+    bounded(Duration::from_secs(120), || {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut up = Up::start(&tmp.path().join("cluster"));
+        let addr = up.addr();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = {
+            let (stop, acked) = (stop.clone(), acked.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("rt");
+                rt.block_on(write_until(addr, stop, acked));
+            })
+        };
+        let count = || acked.lock().expect("lock").len();
+        std::thread::sleep(Duration::from_secs(2));
+        let before_backup = count();
+        up.kill9(2); // a backup of view 0
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(count() > before_backup, "writes go on with a backup dead");
+        up.restart(2);
+        std::thread::sleep(Duration::from_secs(3));
+        let before_primary = count();
+        up.kill9(0); // the primary of view 0
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while count() <= before_primary + 10 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(count() > before_primary + 10, "writes resume after the primary died");
+        up.restart(0);
+        std::thread::sleep(Duration::from_secs(3));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().expect("writer saw no NFS error");
+        let acked = acked.lock().expect("lock").clone();
+        assert!(acked.len() > 20, "only {} writes", acked.len());
+
+        // Nothing acknowledged is lost: read every file back through NFS.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            let mut c = connect(addr, 0, 0).await;
+            let root = c.root_nfs_fh3();
+            for (name, data) in &acked {
+                let fh = c
+                    .lookup(&LOOKUP3args { what: dirop(&root, name) })
+                    .await
+                    .expect("rpc")
+                    .unwrap()
+                    .object;
+                let r = c
+                    .read(&READ3args { file: fh, offset: 0, count: 8192 })
+                    .await
+                    .expect("rpc")
+                    .unwrap();
+                assert!(r.data.as_ref() == &data[..], "{name} reads back");
+            }
+        });
+
+        // The restarted replicas catch up: all three trees become equal.
+        let exports: Vec<PathBuf> = (0..3).map(|i| up.replica_dir(i).join("export")).collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if trees_equal(&exports[1], &exports[0]) && trees_equal(&exports[1], &exports[2]) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "restarted replicas did not catch up");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let view = view_of(&up.replica_dir(1).join("status"));
+        up.terminate();
+        assert!(view.is_some_and(|v| v >= 1), "a view change happened (view {view:?})");
+    });
+}
