@@ -76,28 +76,30 @@ impl Replica {
         app_digest: Digest,
         view_top: Option<View>,
     ) {
-        let (state_digest, core) = match self.own_checkpoints.get(&n) {
-            Some(existing) => existing.clone(),
-            None => {
-                self.evict_clients(n);
-                let core = super::CoreState {
-                    clients: self.clients.clone(),
-                };
-                let d = checkpoint_digest(&app_digest, &core);
-                self.outputs.push(Output::TakeSnapshot {
-                    n,
-                    core_state: core.clone(),
-                });
-                self.own_checkpoints.insert(n, (d, core.clone()));
-                (d, core)
-            }
-        };
-        let _ = core;
+        let state_digest = self.own_checkpoint(n, app_digest);
         self.enqueue(Intent::Checkpoint {
             n,
             state_digest,
             view_top,
         });
+    }
+
+    /// Our checkpoint state at `n` (just executed): snapshot it once, return its digest.
+    pub(super) fn own_checkpoint(&mut self, n: SeqNum, app_digest: Digest) -> Digest {
+        if let Some((d, _)) = self.own_checkpoints.get(&n) {
+            return *d;
+        }
+        self.evict_clients(n);
+        let core = super::CoreState {
+            clients: self.clients.clone(),
+        };
+        let d = checkpoint_digest(&app_digest, &core);
+        self.outputs.push(Output::TakeSnapshot {
+            n,
+            core_state: core.clone(),
+        });
+        self.own_checkpoints.insert(n, (d, core));
+        d
     }
 
     /// Keeps the client table bounded, deterministically: the least recently active
@@ -185,11 +187,17 @@ impl Replica {
                     self.start_transfer(cert);
                     return;
                 }
+                None if self.executed_n == cert.n && self.exec_n == self.executed_n => {
+                    // No checkpoint of our own at n (a view-top checkpoint we were not
+                    // there for): take one now, compare, and adopt it.
+                    self.outputs.push(Output::ComputeDigest { n: cert.n });
+                    self.cert_awaiting_digest = Some(cert);
+                    return;
+                }
                 None => {
-                    // We executed past n without a checkpoint of our own at n (a view-top
-                    // checkpoint we were not there for, a restart mid-way): f+1 replicas,
-                    // one correct, vouch for it; adopt it so logs and streams move on.
-                    self.make_stable(cert);
+                    // Executed past n without a snapshot at n: it cannot become our stable
+                    // checkpoint, but streams stuck below it may resume after it.
+                    self.cut_streams(&cert, false);
                     return;
                 }
             }

@@ -254,6 +254,8 @@ pub struct Replica {
     own_checkpoints: BTreeMap<SeqNum, (Digest, CoreState)>,
     state_transfer: Option<checkpoint::Transfer>,
     best_cert: Option<CheckpointCert>,
+    /// A certificate at our last executed batch, waiting for our own digest there.
+    cert_awaiting_digest: Option<CheckpointCert>,
     behind_since_tick: Option<u64>,
 
     // View change.
@@ -328,6 +330,7 @@ impl Replica {
             own_checkpoints: BTreeMap::new(),
             state_transfer: None,
             best_cert: None,
+            cert_awaiting_digest: None,
             behind_since_tick: None,
             requested_view: vec![0; n],
             sent_req_view_change: None,

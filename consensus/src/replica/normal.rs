@@ -353,6 +353,10 @@ impl Replica {
         if n != self.executed_n {
             return; // state moved on since it was asked for
         }
+        if let Some(cert) = self.cert_awaiting_digest.take_if(|c| c.n == n) {
+            self.own_checkpoint(n, app_digest);
+            self.consider_cert(cert);
+        }
         if self.config.is_checkpoint(n) && !self.own_checkpoints.contains_key(&n) {
             self.take_checkpoint(n, app_digest, None);
         }
