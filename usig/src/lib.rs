@@ -24,12 +24,14 @@ pub mod conformance;
 mod error;
 mod key;
 mod memory;
+pub mod process;
 mod software;
 mod verify;
 
 pub use error::{UsigError, VerifyError};
 pub use key::SigningKey;
 pub use memory::MemoryUsig;
+pub use process::ProcessUsig;
 pub use software::{STATE_FILE_NAME, SoftwareUsig};
 pub use verify::{ECDSA_P256_PUBLIC_KEY_LEN, ECDSA_P256_SIGNATURE_LEN, Verifier, verify_ui};
 
