@@ -130,6 +130,9 @@ struct MicroArgs {
     /// Samples per primitive (round trips and signatures; counter writes are a tenth).
     #[arg(long, default_value_t = 2000)]
     primitive_samples: usize,
+    /// Measure only the primitives and their floor (no cluster).
+    #[arg(long)]
+    primitives_only: bool,
     /// Write the results as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -333,6 +336,7 @@ fn run_micro(args: MicroArgs, usig: UsigKind, data_root: &Path) -> Result<()> {
         sizes: args.sizes,
         clients: args.clients,
         seconds: args.seconds,
+        primitives_only: args.primitives_only,
         primitives: PrimitiveCounts {
             round_trips: args.primitive_samples.max(1),
             signatures: args.primitive_samples.max(1),

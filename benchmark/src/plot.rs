@@ -195,7 +195,9 @@ where
             )
         });
         chart.draw_series(whiskers).map_err(plot_err)?;
-        let value_style = TextStyle::from((FONT, 14).into_font().color(&BLACK))
+        let value_style = (FONT, 14)
+            .into_font()
+            .color(&BLACK)
             .pos(Pos::new(HPos::Center, VPos::Bottom));
         let values = m.phases.iter().enumerate().map(|(i, p)| {
             let x = i as f64 + 0.1 + (j as f64 + 0.46) * width;

@@ -83,8 +83,8 @@ pub fn start(config: &ClusterConfig) -> Result<Box<dyn Cluster>> {
 }
 
 mod imp {
-    use nfs_frontend::cluster::{ClusterOptions, LocalCluster};
     use nfs_frontend::client::BftClient;
+    use nfs_frontend::cluster::{ClusterOptions, LocalCluster};
 
     use super::*;
 

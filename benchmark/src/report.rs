@@ -189,8 +189,8 @@ impl MacroReport {
             let _ = write!(sub, " | {:<CELL_W$}", "  mean ± sd     median     p95");
         }
         for m in &compared {
-            let _ = write!(head, " | {:<14}", format!("{}/{}", m.name, "unrepl"));
-            let _ = write!(sub, " | {:<14}", "mean  median");
+            let _ = write!(head, " | {:<15}", format!("{}/{}", m.name, "unrepl"));
+            let _ = write!(sub, " | {:>7} {:>7}", "mean", "median");
         }
         let rule = "-".repeat(head.chars().count());
         let _ = writeln!(out, "{head}\n{sub}\n{rule}");
@@ -205,13 +205,13 @@ impl MacroReport {
                 for m in &compared {
                     let ratio = match (baseline.and_then(get), get(m)) {
                         (Some(b), Some(s)) => format!(
-                            "{:>5} {:>6}",
+                            "{:>7} {:>7}",
                             ratio(s.mean_ms, b.mean_ms),
                             ratio(s.median_ms, b.median_ms)
                         ),
                         _ => "-".to_string(),
                     };
-                    let _ = write!(line, " | {ratio:<14}");
+                    let _ = write!(line, " | {ratio:<15}");
                 }
                 let _ = writeln!(out, "{}", line.trim_end());
             };

@@ -118,3 +118,102 @@ fn unknown_usig_backends_are_refused_clearly() {
         assert!(stderr.contains("not available yet"), "{stderr}");
     }
 }
+
+#[test]
+fn macro_both_modes_print_the_ratio() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let json = out.path().join("both.json");
+    let plot = out.path().join("both.svg");
+    let output = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(out.path().join("data"))
+        .args([
+            "macro",
+            "--runs",
+            "5",
+            "--warmup",
+            "1",
+            "--unreplicated",
+            "--minpbft",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .arg("--plot")
+        .arg(&plot)
+        .output()
+        .expect("bftnfs-bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("valid JSON");
+    check_top_level(&v);
+    check_mode(&v, "unreplicated");
+    check_mode(&v, "minpbft");
+    assert!(stdout.contains("minpbft/unrepl"), "{stdout}");
+    let svg = std::fs::read_to_string(&plot).expect("plot written");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("minpbft"),
+        "an SVG with the modes"
+    );
+}
+
+#[test]
+fn micro_measures_primitives_latency_and_throughput() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let json = out.path().join("micro.json");
+    let output = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(out.path().join("data"))
+        .args([
+            "micro",
+            "--requests",
+            "5",
+            "--size-requests",
+            "2",
+            "--warmup",
+            "1",
+            "--sizes",
+            "0,4096",
+            "--clients",
+            "1,4",
+            "--seconds",
+            "0.3",
+            "--primitive-samples",
+            "20",
+            "--json",
+        ])
+        .arg(&json)
+        .output()
+        .expect("bftnfs-bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("valid JSON");
+    for k in [
+        "tcp_round_trip_us",
+        "ecdsa_sign_us",
+        "ecdsa_verify_us",
+        "counter_write_us",
+        "hmac_us",
+    ] {
+        assert!(v["primitives"][k].as_f64().expect("a number") > 0.0, "{k}");
+    }
+    assert!(v["floor"]["total_us"].as_f64().expect("floor") > 0.0);
+    assert_eq!(v["null_latency"]["n"].as_u64(), Some(5));
+    assert_eq!(v["latency_by_size"].as_array().expect("sizes").len(), 2);
+    assert_eq!(
+        v["throughput"].as_array().expect("points").len(),
+        4,
+        "2 counts x batching on/off"
+    );
+    assert!(v["cluster_error"].is_null());
+    assert!(stdout.contains("Floor of one MinPBFT request"), "{stdout}");
+}

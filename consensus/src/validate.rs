@@ -241,14 +241,6 @@ fn view_change_body(config: &Config, crypto: &dyn Crypto, vc: &ViewChange) -> Re
         {
             return Err(Reject::Malformed);
         }
-        // A PREPARE of view w > 0 is only a decision of view w above w's view-top.
-        if p.header.view > 0
-            && tops
-                .get(&p.header.view)
-                .is_none_or(|&top| p.header.n <= top)
-        {
-            return Err(Reject::Malformed);
-        }
         embedded_prepare(config, crypto, p)?;
     }
     Ok(())

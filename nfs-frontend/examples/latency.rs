@@ -1,6 +1,8 @@
-//! Per-operation latency of the unreplicated server over the NFS wire: one nfs3_client
-//! connection, sequential calls (no pipelining), median and 99th percentile per
-//! procedure. `cargo run --release -p nfs-frontend --example latency [-- ITERATIONS]`.
+//! Per-operation latency over the NFS wire, unreplicated or replicated (an embedded
+//! f = 1 cluster, `--replicated`, which also times the null operation through the BFT
+//! client): one nfs3_client connection, sequential calls (no pipelining), median and
+//! 99th percentile per procedure.
+//! `cargo run --release -p nfs-frontend --example latency [-- ITERATIONS] [--replicated]`.
 //! The data directory is a temporary directory on the same disk as `TMPDIR`.
 
 use std::time::{Duration, Instant};
@@ -27,17 +29,34 @@ fn report(what: &str, mut samples: Vec<Duration>) {
 
 fn main() {
     let n: usize = std::env::args()
-        .nth(1)
-        .map_or(2000, |s| s.parse().expect("iterations"));
+        .skip(1)
+        .find_map(|s| s.parse().ok())
+        .unwrap_or(2000);
+    let replicated = std::env::args().any(|a| a == "--replicated");
     let dir = tempfile::tempdir().expect("tempdir");
-    let server = UnreplicatedServer::start(
-        "127.0.0.1:0".parse().expect("addr"),
-        &dir.path().join("data"),
-        FsConfig::default(),
-        ServerConfig::default(),
-    )
-    .expect("server");
-    let addr = server.addr();
+    let (server, cluster) = if replicated {
+        let c = nfs_frontend::LocalCluster::start(nfs_frontend::ClusterOptions {
+            dir: dir.path().join("cluster"),
+            ..Default::default()
+        })
+        .expect("cluster");
+        (None, Some(c))
+    } else {
+        let s = UnreplicatedServer::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            &dir.path().join("data"),
+            FsConfig::default(),
+            ServerConfig::default(),
+        )
+        .expect("server");
+        (Some(s), None)
+    };
+    let addr = match (&server, &cluster) {
+        (Some(s), _) => s.addr(),
+        (_, Some(c)) => c.nfs_addr(),
+        _ => unreachable!("one of them runs"),
+    };
+    let bench = cluster.as_ref().map(|c| c.client());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -57,6 +76,22 @@ fn main() {
             .mount()
             .await
             .expect("mount");
+        if let Some(bench) = &bench {
+            let mut samples = Vec::with_capacity(n);
+            for _ in 0..n {
+                let t = Instant::now();
+                let _ = bench.invoke(Vec::new(), false).await;
+                samples.push(t.elapsed());
+            }
+            report("null op (BFT client, ordered)", samples);
+            let mut samples = Vec::with_capacity(n);
+            for _ in 0..n {
+                let t = Instant::now();
+                let _ = bench.invoke(Vec::new(), true).await;
+                samples.push(t.elapsed());
+            }
+            report("null op (BFT client, read-only)", samples);
+        }
         let root = c.root_nfs_fh3();
         let file = c
             .create(&CREATE3args {
@@ -220,11 +255,21 @@ fn main() {
             );
         }
     });
-    let stats = server.stop().expect("stop");
-    println!(
-        "executor: {} operations in {} syncs ({:.2} per sync)",
-        stats.ops,
-        stats.batches,
-        stats.ops as f64 / stats.batches as f64
-    );
+    if let Some(server) = server {
+        let stats = server.stop().expect("stop");
+        println!(
+            "executor: {} operations in {} syncs ({:.2} per sync)",
+            stats.ops,
+            stats.batches,
+            stats.ops as f64 / stats.batches as f64
+        );
+    }
+    if let Some(cluster) = cluster {
+        for s in cluster.stop().expect("stop") {
+            println!(
+                "replica: executed {} batches, view {}",
+                s.executed_n, s.view
+            );
+        }
+    }
 }

@@ -45,7 +45,8 @@ impl Default for ClusterOptions {
             .map_or(0, |d| d.as_nanos());
         ClusterOptions {
             f: 1,
-            dir: std::env::temp_dir().join(format!("bftnfs-cluster-{}-{nanos}", std::process::id())),
+            dir: std::env::temp_dir()
+                .join(format!("bftnfs-cluster-{}-{nanos}", std::process::id())),
             batching: true,
             null_app: false,
             sessions: 16,
@@ -101,18 +102,24 @@ where
 pub fn start_replica_thread(
     config: Arc<ClusterConfig>,
     opts: ReplicaOptions,
-) -> anyhow::Result<(oneshot::Sender<()>, JoinHandle<anyhow::Result<ReplicaStats>>)> {
+) -> anyhow::Result<(
+    oneshot::Sender<()>,
+    JoinHandle<anyhow::Result<ReplicaStats>>,
+)> {
     let addr = config.replica_addr(opts.id);
     let std_listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("replica {} binding {addr}", opts.id))?;
     std_listener.set_nonblocking(true)?;
-    spawn_runtime_thread(format!("bftnfs-replica-{}", opts.id), move |stop| async move {
-        let listener = TcpListener::from_std(std_listener)?;
-        let stop = async move {
-            let _ = stop.await;
-        };
-        Ok(replica::run(config, opts, listener, stop).await?)
-    })
+    spawn_runtime_thread(
+        format!("bftnfs-replica-{}", opts.id),
+        move |stop| async move {
+            let listener = TcpListener::from_std(std_listener)?;
+            let stop = async move {
+                let _ = stop.await;
+            };
+            Ok(replica::run(config, opts, listener, stop).await?)
+        },
+    )
 }
 
 impl LocalCluster {
@@ -146,13 +153,14 @@ impl LocalCluster {
             Ok(())
         })?;
         let (bench, engine) = BftClient::build(config.clone(), BENCH_CLIENT)?;
-        let bench_thread = spawn_runtime_thread("bftnfs-bench-client".into(), move |stop| async move {
-            tokio::select! {
-                () = engine => {}
-                _ = stop => {}
-            }
-            Ok(())
-        })?;
+        let bench_thread =
+            spawn_runtime_thread("bftnfs-bench-client".into(), move |stop| async move {
+                tokio::select! {
+                    () = engine => {}
+                    _ = stop => {}
+                }
+                Ok(())
+            })?;
         Ok(LocalCluster {
             config,
             nfs_addr,
@@ -183,7 +191,9 @@ impl LocalCluster {
 
     /// The backing tree of replica `id`.
     pub fn export_dir(&self, id: u32) -> PathBuf {
-        self.dir.join(format!("replica-{id}")).join(fs_state::EXPORT_DIR)
+        self.dir
+            .join(format!("replica-{id}"))
+            .join(fs_state::EXPORT_DIR)
     }
 
     /// Stops replica `id` (clean shutdown), e.g. to test a crash-stop failure.
@@ -205,7 +215,8 @@ impl LocalCluster {
     fn shutdown(&mut self) -> anyhow::Result<Vec<ReplicaStats>> {
         if let Some((tx, h)) = self.frontend.take() {
             let _ = tx.send(());
-            h.join().map_err(|_| anyhow::anyhow!("frontend panicked"))??;
+            h.join()
+                .map_err(|_| anyhow::anyhow!("frontend panicked"))??;
         }
         if let Some((_, (tx, h))) = self.bench.take() {
             let _ = tx.send(());

@@ -151,7 +151,10 @@ impl RequestSigner {
 /// (no replay across connections) and the frame's position (no replay or reordering
 /// within one).
 pub fn link_mac(key: &[u8; 32], nonce: &[u8; 32], counter: u64, payload: &[u8]) -> [u8; 32] {
-    hmac_sha256(key, &[b"bftnfs/link/v1", nonce, &counter.to_be_bytes(), payload])
+    hmac_sha256(
+        key,
+        &[b"bftnfs/link/v1", nonce, &counter.to_be_bytes(), payload],
+    )
 }
 
 #[cfg(test)]
@@ -168,7 +171,7 @@ mod tests {
         let cs = c.client_secrets(1).expect("c1");
         let k1 = ClusterCrypto::for_client(&c, &cs).expect("c1");
         let signer = RequestSigner::new(&cs.signing_pkcs8).expect("signer");
-        let session = 1 * crate::config::SESSION_STRIDE + 3;
+        let session = crate::config::SESSION_STRIDE + 3;
         let d = [7u8; 32];
         let sig = signer.sign(&d);
         assert!(r0.verify_request(session, &d, &sig));

@@ -54,7 +54,9 @@ pub struct StateBlob {
 pub enum LinkMsg {
     Peer(PeerMessage),
     /// "Send me your stable checkpoint state if it is at least `n`."
-    StateRequest { n: SeqNum },
+    StateRequest {
+        n: SeqNum,
+    },
     StateReply {
         n: SeqNum,
         state: Option<Box<StateBlob>>,
@@ -147,7 +149,10 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, FrameErro
 }
 
 /// Reads one frame of at most `max` bytes.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: usize) -> Result<Vec<u8>, FrameError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    max: usize,
+) -> Result<Vec<u8>, FrameError> {
     let len = r.read_u32().await? as usize;
     if len > max {
         return Err(FrameError::Oversize(len));
@@ -204,13 +209,20 @@ mod tests {
         let msg = LinkMsg::StateRequest { n: 7 };
         let f = seal_link(&key, &nonce, 5, &msg);
         assert_eq!(open_link(&key, &nonce, 5, &f), Ok(msg));
-        assert_eq!(open_link(&key, &nonce, 6, &f), Err(DropReason::BadMac), "replayed");
+        assert_eq!(
+            open_link(&key, &nonce, 6, &f),
+            Err(DropReason::BadMac),
+            "replayed"
+        );
         assert_eq!(open_link(&[3; 32], &nonce, 5, &f), Err(DropReason::BadMac));
         assert_eq!(open_link(&key, &[0; 32], 5, &f), Err(DropReason::BadMac));
         let mut t = f.clone();
         *t.last_mut().expect("nonempty") ^= 1;
         assert_eq!(open_link(&key, &nonce, 5, &t), Err(DropReason::BadMac));
-        assert_eq!(open_link(&key, &nonce, 5, &f[..10]), Err(DropReason::Garbage));
+        assert_eq!(
+            open_link(&key, &nonce, 5, &f[..10]),
+            Err(DropReason::Garbage)
+        );
     }
 
     #[test]
@@ -219,10 +231,15 @@ mod tests {
         let mut bytes = encode(&Hello::Client { client: 3 });
         bytes.push(0);
         assert!(decode::<Hello>(&bytes).is_err(), "trailing bytes");
-        let rt = tokio::runtime::Builder::new_current_thread().build().expect("rt");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("rt");
         rt.block_on(async {
             let mut input: &[u8] = &[0, 0, 1, 0, 1, 2];
-            assert!(matches!(read_frame(&mut input, 16).await, Err(FrameError::Oversize(256))));
+            assert!(matches!(
+                read_frame(&mut input, 16).await,
+                Err(FrameError::Oversize(256))
+            ));
         });
     }
 }

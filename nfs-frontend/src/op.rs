@@ -33,8 +33,8 @@ pub fn decode_op(bytes: &[u8]) -> Option<(AuthUnix, FsOp)> {
 }
 
 /// The deterministic result of an operation that does not decode, or of a mutating
-/// operation sent down the read-only path. Never a valid `FsReply` encoding's prefix
-/// problem: the frontend maps anything it cannot decode to NFS3ERR_IO.
+/// operation sent down the read-only path. It is no valid `FsReply` encoding, so a
+/// frontend maps it to NFS3ERR_IO.
 pub const BAD_OP_RESULT: &[u8] = b"\xffbftnfs: not an operation";
 
 #[cfg(test)]
@@ -43,8 +43,14 @@ mod tests {
 
     #[test]
     fn round_trip_and_garbage() {
-        let cred = AuthUnix { uid: 5, gid: 6, gids: vec![7] };
-        let op = FsOp::Getattr { fh: fs_state::FileHandle::root(1) };
+        let cred = AuthUnix {
+            uid: 5,
+            gid: 6,
+            gids: vec![7],
+        };
+        let op = FsOp::Getattr {
+            fh: fs_state::FileHandle::root(1),
+        };
         let bytes = encode_op(&cred, &op);
         assert_eq!(decode_op(&bytes), Some((cred, op)));
         assert_eq!(decode_op(&bytes[..bytes.len() - 1]), None);

@@ -56,7 +56,10 @@ impl Up {
         for line in BufReader::new(stdout).lines() {
             let line = line.expect("stdout");
             if let Some(url) = line.strip_prefix("libnfs URL: ") {
-                let p = url.split("nfsport=").nth(1).and_then(|s| s.split('&').next());
+                let p = url
+                    .split("nfsport=")
+                    .nth(1)
+                    .and_then(|s| s.split('&').next());
                 port = p.and_then(|p| p.parse().ok());
                 break;
             }
@@ -70,7 +73,10 @@ impl Up {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("nfs://127.0.0.1{path}?nfsport={p}&mountport={p}", p = self.port)
+        format!(
+            "nfs://127.0.0.1{path}?nfsport={p}&mountport={p}",
+            p = self.port
+        )
     }
 
     fn addr(&self) -> std::net::SocketAddr {
@@ -98,7 +104,11 @@ impl Up {
         let pid = self.pid_of(i);
         let _ = std::fs::remove_file(self.replica_dir(i).join("pid"));
         // SAFETY: kill(2) of a pid this test started (through `up`).
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill -9 {pid}");
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGKILL) },
+            0,
+            "kill -9 {pid}"
+        );
         // Let the OS release its port.
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -160,7 +170,11 @@ fn trees_equal(a: &Path, b: &Path) -> bool {
 
 fn run_tool(cmd: &mut Command) -> Vec<u8> {
     let out = cmd.output().expect("run libnfs tool");
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
@@ -170,7 +184,8 @@ fn bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 's
     std::thread::spawn(move || {
         let _ = tx.send(f());
     });
-    rx.recv_timeout(limit).expect("test exceeded its time bound")
+    rx.recv_timeout(limit)
+        .expect("test exceeded its time bound")
 }
 
 #[test]
@@ -188,10 +203,12 @@ fn libnfs_tools_round_trip_through_bftnfs_up() {
         std::fs::write(&src, &content).expect("source");
         let up = Up::start(&tmp.path().join("cluster"));
         run_tool(Command::new("nfs-cp").arg(&src).arg(up.url("//copied.bin")));
-        let listing = String::from_utf8(run_tool(Command::new("nfs-ls").arg(up.url("/"))))
-            .expect("utf8");
+        let listing =
+            String::from_utf8(run_tool(Command::new("nfs-ls").arg(up.url("/")))).expect("utf8");
         assert!(
-            listing.lines().any(|l| l.ends_with(" copied.bin") && l.contains("600000")),
+            listing
+                .lines()
+                .any(|l| l.ends_with(" copied.bin") && l.contains("600000")),
             "{listing}"
         );
         let back = run_tool(Command::new("nfs-cat").arg(up.url("//copied.bin")));
@@ -199,7 +216,10 @@ fn libnfs_tools_round_trip_through_bftnfs_up() {
         let dirs: Vec<PathBuf> = (0..3).map(|i| up.replica_dir(i).join("export")).collect();
         up.terminate();
         for d in &dirs {
-            assert_eq!(std::fs::read(d.join("copied.bin")).expect("backing"), content);
+            assert_eq!(
+                std::fs::read(d.join("copied.bin")).expect("backing"),
+                content
+            );
         }
     });
 }
@@ -220,10 +240,13 @@ fn replicas_agree_after_a_mixed_workload() {
             .build()
             .expect("rt");
         rt.block_on(async {
-            let mut c = connect(addr, 1000, 1000).await;
+            let mut c = connect(addr, 0, 0).await;
             let root = c.root_nfs_fh3();
             let d = c
-                .mkdir(&MKDIR3args { where_: dirop(&root, "d"), attributes: sattr3::default() })
+                .mkdir(&MKDIR3args {
+                    where_: dirop(&root, "d"),
+                    attributes: sattr3::default(),
+                })
                 .await
                 .expect("rpc")
                 .unwrap()
@@ -252,11 +275,19 @@ fn replicas_agree_after_a_mixed_workload() {
                 .expect("rpc")
                 .unwrap();
             }
-            c.rename(&RENAME3args { from: dirop(&root, "f0"), to: dirop(&d, "moved") })
-                .await
-                .expect("rpc")
-                .unwrap();
-            c.remove(&REMOVE3args { object: dirop(&root, "f2") }).await.expect("rpc").unwrap();
+            c.rename(&RENAME3args {
+                from: dirop(&root, "f0"),
+                to: dirop(&d, "moved"),
+            })
+            .await
+            .expect("rpc")
+            .unwrap();
+            c.remove(&REMOVE3args {
+                object: dirop(&root, "f2"),
+            })
+            .await
+            .expect("rpc")
+            .unwrap();
             c.symlink(&SYMLINK3args {
                 where_: dirop(&d, "link"),
                 symlink: symlinkdata3 {
@@ -285,12 +316,19 @@ fn replicas_agree_after_a_mixed_workload() {
         let exports: Vec<PathBuf> = (0..3).map(|i| cluster.export_dir(i)).collect();
         let dir = cluster.dir().to_path_buf();
         cluster.stop().expect("stop");
-        assert!(trees_equal(&exports[0], &exports[1]), "replica 0 and 1 differ");
-        assert!(trees_equal(&exports[0], &exports[2]), "replica 0 and 2 differ");
+        assert!(
+            trees_equal(&exports[0], &exports[1]),
+            "replica 0 and 1 differ"
+        );
+        assert!(
+            trees_equal(&exports[0], &exports[2]),
+            "replica 0 and 2 differ"
+        );
         let digests: Vec<_> = (0..3)
             .map(|i| {
-                let mut sm = FileStateMachine::open(&dir.join(format!("replica-{i}")), FsConfig::default())
-                    .expect("open");
+                let mut sm =
+                    FileStateMachine::open(&dir.join(format!("replica-{i}")), FsConfig::default())
+                        .expect("open");
                 sm.state_digest().expect("digest")
             })
             .collect();
@@ -299,19 +337,24 @@ fn replicas_agree_after_a_mixed_workload() {
     });
 }
 
+/// Acknowledged writes: file name and contents.
+type Acked = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// Writes files `w<i>` with distinct contents until `stop`; returns the acknowledged
 /// ones. Any NFS error fails the test.
 async fn write_until(
     addr: std::net::SocketAddr,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    acked: std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+    acked: Acked,
 ) {
     let mut c = connect(addr, 0, 0).await;
     let root = c.root_nfs_fh3();
     let mut i = 0u32;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
         let name = format!("w{i}");
-        let data: Vec<u8> = (0..4096u32).map(|k| (k ^ i.wrapping_mul(31)) as u8).collect();
+        let data: Vec<u8> = (0..4096u32)
+            .map(|k| (k ^ i.wrapping_mul(31)) as u8)
+            .collect();
         let f = match c
             .create(&CREATE3args {
                 where_: dirop(&root, &name),
@@ -353,7 +396,7 @@ fn view_of(log: &Path) -> Option<u64> {
 /// writes: no NFS error, nothing acknowledged lost, a view change, catch-up.
 #[test]
 fn kill_9_backup_then_primary_during_writes() {
-    bounded(Duration::from_secs(120), || {
+    bounded(Duration::from_secs(150), || {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut up = Up::start(&tmp.path().join("cluster"));
         let addr = up.addr();
@@ -376,14 +419,23 @@ fn kill_9_backup_then_primary_during_writes() {
         std::thread::sleep(Duration::from_secs(3));
         assert!(count() > before_backup, "writes go on with a backup dead");
         up.restart(2);
-        std::thread::sleep(Duration::from_secs(3));
+        // Let replica 2 catch up and two checkpoints pass (a crash between its USIG and
+        // its log leaves a counter hole that peers skip at its next CHECKPOINT).
+        let target = count() + 150;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while count() < target && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let before_primary = count();
         up.kill9(0); // the primary of view 0
         let deadline = Instant::now() + Duration::from_secs(20);
         while count() <= before_primary + 10 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
         }
-        assert!(count() > before_primary + 10, "writes resume after the primary died");
+        assert!(
+            count() > before_primary + 10,
+            "writes resume after the primary died"
+        );
         up.restart(0);
         std::thread::sleep(Duration::from_secs(3));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -401,13 +453,19 @@ fn kill_9_backup_then_primary_during_writes() {
             let root = c.root_nfs_fh3();
             for (name, data) in &acked {
                 let fh = c
-                    .lookup(&LOOKUP3args { what: dirop(&root, name) })
+                    .lookup(&LOOKUP3args {
+                        what: dirop(&root, name),
+                    })
                     .await
                     .expect("rpc")
                     .unwrap()
                     .object;
                 let r = c
-                    .read(&READ3args { file: fh, offset: 0, count: 8192 })
+                    .read(&READ3args {
+                        file: fh,
+                        offset: 0,
+                        count: 8192,
+                    })
                     .await
                     .expect("rpc")
                     .unwrap();
@@ -422,11 +480,17 @@ fn kill_9_backup_then_primary_during_writes() {
             if trees_equal(&exports[1], &exports[0]) && trees_equal(&exports[1], &exports[2]) {
                 break;
             }
-            assert!(Instant::now() < deadline, "restarted replicas did not catch up");
+            assert!(
+                Instant::now() < deadline,
+                "restarted replicas did not catch up"
+            );
             std::thread::sleep(Duration::from_millis(500));
         }
         let view = view_of(&up.replica_dir(1).join("status"));
         up.terminate();
-        assert!(view.is_some_and(|v| v >= 1), "a view change happened (view {view:?})");
+        assert!(
+            view.is_some_and(|v| v >= 1),
+            "a view change happened (view {view:?})"
+        );
     });
 }

@@ -250,6 +250,9 @@ impl Replica {
         for pa in &mut self.peer_accepted {
             pa.retain(|(_, k), _| *k > n);
         }
+        for pr in &mut self.peer_rejected {
+            pr.retain(|(_, k, _)| *k > n);
+        }
         if self.best_cert.as_ref().is_some_and(|c| c.n <= n) {
             self.best_cert = None;
             self.behind_since_tick = None;

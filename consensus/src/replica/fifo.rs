@@ -77,14 +77,7 @@ impl Replica {
         // Accepted PREPAREs are the primary's votes; our own COMMITs are ours.
         for p in &recovered.accepted {
             let key = (p.header.view, p.header.n);
-            self.log.insert(
-                key,
-                super::Slot {
-                    prepare: p.clone(),
-                    origin: None,
-                    reproposal: false,
-                },
-            );
+            self.log.insert(key, super::Slot { prepare: p.clone() });
             self.votes
                 .entry(key)
                 .or_default()

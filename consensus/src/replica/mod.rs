@@ -195,10 +195,6 @@ struct PendingRequest {
 #[derive(Clone, Debug)]
 struct Slot {
     prepare: Prepare,
-    /// For a re-proposal: the original PREPARE it re-proposes (None for an empty
-    /// filler batch); a VIEW-CHANGE reports that instead of the re-proposal.
-    origin: Option<Prepare>,
-    reproposal: bool,
 }
 
 /// A MinPBFT replica.
@@ -239,6 +235,8 @@ pub struct Replica {
     /// What each peer accepted (its PREPAREs as primary, its COMMITs as backup), for the
     /// omission check on its VIEW-CHANGE.
     peer_accepted: Vec<BTreeMap<(View, SeqNum), PrepareHeader>>,
+    /// What each peer certified that we found inconsistent, for the inclusion check.
+    peer_rejected: Vec<BTreeSet<(View, SeqNum, Digest)>>,
 
     // Checkpoints.
     stable: CheckpointCert,
@@ -249,7 +247,6 @@ pub struct Replica {
     /// Last batch the NEW-VIEW of the current view re-proposes (None in view 0).
     view_top: Option<SeqNum>,
     view_top_sent: Option<View>,
-    reproposal_origins: BTreeMap<SeqNum, Prepare>,
     view_cert_request_tick: u64,
     own_checkpoints: BTreeMap<SeqNum, (Digest, CoreState)>,
     state_transfer: Option<checkpoint::Transfer>,
@@ -319,13 +316,13 @@ impl Replica {
             executing: BTreeMap::new(),
             clients: recovered.core_state.clients.clone(),
             peer_accepted: vec![BTreeMap::new(); n],
+            peer_rejected: vec![BTreeSet::new(); n],
             stable: recovered.stable.clone(),
             checkpoint_votes: BTreeMap::new(),
             view_top_votes: BTreeMap::new(),
             view_certs: BTreeMap::new(),
             view_top: None,
             view_top_sent: None,
-            reproposal_origins: BTreeMap::new(),
             view_cert_request_tick: 0,
             own_checkpoints: BTreeMap::new(),
             state_transfer: None,

@@ -139,6 +139,7 @@ impl Replica {
             if h.n > self.stable.n && !known {
                 // A second PREPARE for a number already used in this view: equivocation.
                 self.drop_input("prepare_equivocation");
+                self.reject_prepare(p);
                 self.suspect_primary();
             }
             return Flow::Done;
@@ -148,6 +149,7 @@ impl Replica {
         }
         if h.n != self.prepared_n + 1 {
             self.drop_input("prepare_out_of_order");
+            self.reject_prepare(p);
             self.suspect_primary();
             return Flow::Done;
         }
@@ -155,6 +157,7 @@ impl Replica {
         if let Some(r) = reproposal {
             if r.timestamp_ns != h.timestamp_ns || r.batch_digest != h.batch_digest {
                 self.drop_input("reproposal_mismatch");
+                self.reject_prepare(p);
                 self.suspect_primary();
                 return Flow::Done;
             }
@@ -164,11 +167,13 @@ impl Replica {
             }
             if !self.fresh_allowed(h.n) {
                 self.drop_input("fresh_prepare_below_view_top");
+                self.reject_prepare(p);
                 self.suspect_primary();
                 return Flow::Done;
             }
             if !self.timestamp_ok(h.timestamp_ns) {
                 self.drop_input("bad_timestamp");
+                self.reject_prepare(p);
                 self.suspect_primary();
                 return Flow::Done;
             }
@@ -179,15 +184,7 @@ impl Replica {
         self.last_timestamp_ns = self.last_timestamp_ns.max(h.timestamp_ns);
         self.outputs
             .push(Output::Persist(super::PersistRecord::Accepted(p.clone())));
-        let origin = reproposal.and_then(|_| self.reproposal_origins.get(&h.n).cloned());
-        self.log.insert(
-            (h.view, h.n),
-            Slot {
-                prepare: p.clone(),
-                origin,
-                reproposal: reproposal.is_some(),
-            },
-        );
+        self.log.insert((h.view, h.n), Slot { prepare: p.clone() });
         self.votes
             .entry((h.view, h.n))
             .or_default()
@@ -199,6 +196,16 @@ impl Replica {
             });
         }
         Flow::Done
+    }
+
+    /// Remembers a PREPARE we refused, so its primary cannot later report it as accepted.
+    fn reject_prepare(&mut self, p: &Prepare) {
+        let h = p.header;
+        let rejected = &mut self.peer_rejected[p.primary as usize];
+        rejected.insert((h.view, h.n, h.batch_digest));
+        if rejected.len() > self.config.holdback_max {
+            rejected.pop_first();
+        }
     }
 
     /// In a view after a view change, fresh batches come only above the view-top

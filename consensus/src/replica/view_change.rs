@@ -25,8 +25,6 @@ pub struct NewViewDecision {
     pub base: SeqNum,
     pub base_cert: CheckpointCert,
     pub reproposals: Vec<Reproposal>,
-    /// The original PREPAREs behind the non-empty re-proposals.
-    pub origins: BTreeMap<SeqNum, Prepare>,
 }
 
 /// The deterministic choice from f+1 VIEW-CHANGEs: the highest certified checkpoint is
@@ -72,12 +70,10 @@ pub fn decide_new_view(view_changes: &[ViewChange]) -> NewViewDecision {
             },
         })
         .collect();
-    let origins = chosen.into_iter().map(|(n, p)| (n, p.clone())).collect();
     NewViewDecision {
         base,
         base_cert,
         reproposals,
-        origins,
     }
 }
 
@@ -157,40 +153,28 @@ impl Replica {
         self.enqueue(Intent::ViewChange { new_view });
     }
 
-    /// Everything accepted above the stable checkpoint: re-proposals as the PREPARE they
-    /// re-propose, fresh PREPAREs of views > 0 with their view-top certificates.
+    /// Every PREPARE accepted above the stable checkpoint, each in the view it was
+    /// accepted in (a re-proposal ranks as the view that re-decided it), with the
+    /// view-top certificates we hold for those views.
     pub(super) fn build_view_change(&self, new_view: View) -> ViewChange {
-        let mut accepted: BTreeMap<(View, SeqNum), Prepare> = BTreeMap::new();
         let mut view_certs: BTreeMap<View, CheckpointCert> = BTreeMap::new();
-        for s in self.log.values() {
-            let p = &s.prepare;
-            if p.header.n <= self.stable.n || p.header.view >= new_view {
-                continue;
+        let accepted: Vec<Prepare> = self
+            .log
+            .values()
+            .map(|s| &s.prepare)
+            .filter(|p| p.header.n > self.stable.n && p.header.view < new_view)
+            .cloned()
+            .collect();
+        for p in &accepted {
+            if let Some(c) = self.view_certs.get(&p.header.view) {
+                view_certs.insert(p.header.view, c.clone());
             }
-            let entry = if s.reproposal {
-                match &s.origin {
-                    Some(o) => o.clone(),
-                    None => continue, // an empty filler batch: the decision refills it
-                }
-            } else {
-                p.clone()
-            };
-            let v = entry.header.view;
-            if v > 0 {
-                match self.view_certs.get(&v) {
-                    Some(c) if c.n < entry.header.n => {
-                        view_certs.insert(v, c.clone());
-                    }
-                    _ => continue, // cannot justify it; peers will see the omission
-                }
-            }
-            accepted.insert((v, entry.header.n), entry);
         }
         ViewChange {
             new_view,
             sender: self.id,
             cert: self.stable.clone(),
-            accepted: accepted.into_values().collect(),
+            accepted,
             view_certs: view_certs.into_values().collect(),
             ui: usig::Ui {
                 counter: 0,
@@ -220,6 +204,19 @@ impl Replica {
             });
         if omitted {
             self.drop_input("view_change_omission");
+            self.invalid_view_changes.insert((sender, vc.ui.counter));
+            return Flow::Done;
+        }
+        // Inclusion check, the dual: nothing we saw this sender certify and found
+        // inconsistent (a PREPARE contradicting its NEW-VIEW or equivocating, a COMMIT for
+        // such a PREPARE) may be reported as accepted.
+        let rejected = &self.peer_rejected[sender as usize];
+        if vc
+            .accepted
+            .iter()
+            .any(|p| rejected.contains(&(p.header.view, p.header.n, p.header.batch_digest)))
+        {
+            self.drop_input("view_change_includes_rejected");
             self.invalid_view_changes.insert((sender, vc.ui.counter));
             return Flow::Done;
         }
@@ -379,7 +376,6 @@ impl Replica {
             .filter(|r| r.n > self.prepared_n)
             .map(|r| (r.n, *r))
             .collect();
-        self.reproposal_origins = decision.origins.clone();
         // The view-top certificates that justify the origins travel with the NEW-VIEW's
         // VIEW-CHANGEs (validated with it): keep them to justify our own next report.
         for vc in &nv.view_changes {

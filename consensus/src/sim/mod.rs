@@ -638,11 +638,12 @@ impl Sim {
             let brief = match msg {
                 NetMsg::Peer(PeerMessage::Ui(m)) => match m {
                     UiMessage::Prepare(p) => format!(
-                        "PREPARE v{} n{} c{} reqs{}",
+                        "PREPARE v{} n{} c{} reqs{} d{}",
                         p.header.view,
                         p.header.n,
                         p.ui.counter,
-                        p.batch.requests.len()
+                        p.batch.requests.len(),
+                        p.header.batch_digest[0]
                     ),
                     UiMessage::Commit(c) => format!(
                         "COMMIT v{} n{} c{}",
@@ -650,17 +651,32 @@ impl Sim {
                     ),
                     UiMessage::Checkpoint(c) => format!("CHECKPOINT n{} c{}", c.n, c.ui.counter),
                     UiMessage::ViewChange(vc) => format!(
-                        "VIEW-CHANGE v{} base{} acc{} c{}",
+                        "VIEW-CHANGE v{} base{} acc{:?} certs{:?} c{}",
                         vc.new_view,
                         vc.cert.n,
-                        vc.accepted.len(),
+                        vc.accepted
+                            .iter()
+                            .map(|p| (
+                                p.header.view,
+                                p.header.n,
+                                p.header.batch_digest[0],
+                                p.ui.counter
+                            ))
+                            .collect::<Vec<_>>(),
+                        vc.view_certs
+                            .iter()
+                            .map(|c| (c.view_top, c.n))
+                            .collect::<Vec<_>>(),
                         vc.ui.counter
                     ),
                     UiMessage::NewView(nv) => format!(
-                        "NEW-VIEW v{} base{} S{} c{}",
+                        "NEW-VIEW v{} base{} S{:?} c{}",
                         nv.new_view,
                         nv.base,
-                        nv.reproposals.len(),
+                        nv.reproposals
+                            .iter()
+                            .map(|r| (r.n, r.batch_digest[0]))
+                            .collect::<Vec<_>>(),
                         nv.ui.counter
                     ),
                 },

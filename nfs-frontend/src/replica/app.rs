@@ -26,7 +26,9 @@ pub enum AppError {
 pub enum App {
     Fs(Box<FileStateMachine>),
     /// Orders requests and answers every one with an empty result.
-    Null { executed: SeqNum },
+    Null {
+        executed: SeqNum,
+    },
 }
 
 impl App {
@@ -180,10 +182,25 @@ mod tests {
         let before = app.digest().expect("digest");
         let reads = [
             FsOp::Getattr { fh: fh.clone() },
-            FsOp::Read { fh: fh.clone(), offset: 0, count: 4096 },
-            FsOp::Lookup { dir: root.clone(), name: Filename3::from("f") },
-            FsOp::Access { fh: fh.clone(), mask: 0x3f },
-            FsOp::Readdir { dir: root.clone(), cookie: 0, cookieverf: [0; 8], count: 4096 },
+            FsOp::Read {
+                fh: fh.clone(),
+                offset: 0,
+                count: 4096,
+            },
+            FsOp::Lookup {
+                dir: root.clone(),
+                name: Filename3::from("f"),
+            },
+            FsOp::Access {
+                fh: fh.clone(),
+                mask: 0x3f,
+            },
+            FsOp::Readdir {
+                dir: root.clone(),
+                cookie: 0,
+                cookieverf: [0; 8],
+                count: 4096,
+            },
             FsOp::Readdirplus {
                 dir: root.clone(),
                 cookie: 0,
@@ -201,7 +218,9 @@ mod tests {
         }
         assert_eq!(app.digest().expect("digest"), before);
         // A write sent down the read-only path is refused and changes nothing.
-        let r = app.query(&encode_op(&AuthUnix::root(), &write)).expect("query");
+        let r = app
+            .query(&encode_op(&AuthUnix::root(), &write))
+            .expect("query");
         assert_eq!(r, BAD_OP_RESULT);
         assert_eq!(app.digest().expect("digest"), before);
     }

@@ -108,8 +108,7 @@ pub async fn dial_peer(
                 counter += 1;
                 for _ in 0..WRITE_BURST_MAX {
                     let Ok(msg) = rx.try_recv() else { break };
-                    write_frame(&mut w, &seal_link(&key, &challenge.nonce, counter, &msg))
-                        .await?;
+                    write_frame(&mut w, &seal_link(&key, &challenge.nonce, counter, &msg)).await?;
                     counter += 1;
                 }
                 w.flush().await?;
@@ -192,7 +191,9 @@ async fn serve_conn(
             if SystemRandom::new().fill(&mut nonce).is_err() {
                 return;
             }
-            if write_frame(&mut w, &encode(&Challenge { nonce })).await.is_err()
+            if write_frame(&mut w, &encode(&Challenge { nonce }))
+                .await
+                .is_err()
                 || w.flush().await.is_err()
             {
                 return;

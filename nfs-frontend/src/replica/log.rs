@@ -73,7 +73,12 @@ impl Durable {
             PersistRecord::View(self.view),
             PersistRecord::NewViewAccepted(self.new_view_accepted),
         ];
-        out.extend(self.view_certs.values().cloned().map(PersistRecord::ViewCert));
+        out.extend(
+            self.view_certs
+                .values()
+                .cloned()
+                .map(PersistRecord::ViewCert),
+        );
         out.extend(self.sent.values().cloned().map(PersistRecord::Sent));
         out.extend(self.accepted.values().cloned().map(PersistRecord::Accepted));
         out

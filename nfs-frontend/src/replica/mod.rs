@@ -116,7 +116,9 @@ struct Node {
 
 impl Node {
     fn app(&mut self) -> &mut App {
-        self.app.as_mut().expect("application open while the node runs")
+        self.app
+            .as_mut()
+            .expect("application open while the node runs")
     }
 
     fn feed(&mut self, input: Input) -> Result<(), ReplicaError> {
@@ -126,12 +128,27 @@ impl Node {
             let outs = self.core.step(input);
             if self.core.view() != view {
                 let v = self.core.view();
-                info!(id = self.id, "entered view {v} (primary {})", self.config.consensus.primary(v));
+                info!(
+                    id = self.id,
+                    "entered view {v} (primary {})",
+                    self.config.consensus.primary(v)
+                );
                 // For operators and tests: the view this replica is in.
                 let _ = std::fs::write(self.data_dir.join("status"), format!("view {v}\n"));
             }
+            let sent_ui = outs
+                .iter()
+                .any(|o| matches!(o, Output::Persist(consensus::PersistRecord::Sent(_))));
             for o in outs {
                 self.perform(o, &mut work)?;
+            }
+            if sent_ui {
+                // The USIG made this counter durable already; until the message carrying
+                // it is in the log too, a crash leaves a hole in our FIFO stream that
+                // peers can only skip at our next certified CHECKPOINT. Keep that window
+                // to one fdatasync (see the report: consensus could expose the message
+                // before `CreateUi` so it can be written ahead).
+                self.log.sync()?;
             }
         }
         Ok(())
@@ -210,7 +227,10 @@ impl Node {
                 let app = match self.pending_snapshots.remove(&n) {
                     Some(a) => a,
                     None => {
-                        warn!(n, "snapshot requested without a digest first; taking it now");
+                        warn!(
+                            n,
+                            "snapshot requested without a digest first; taking it now"
+                        );
                         self.app().snapshot()?
                     }
                 };
@@ -237,7 +257,9 @@ impl Node {
         let n_rep = self.n;
         let me = self.id;
         let ticks = self.ticks;
-        let Some(t) = self.transfer.as_mut() else { return };
+        let Some(t) = self.transfer.as_mut() else {
+            return;
+        };
         if t.tried.len() + 1 >= n_rep as usize {
             t.tried.clear();
         }

@@ -50,7 +50,12 @@ impl Drop for Children {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let path = ensure_keys(&args.dir, args.f, true, 16)?;
     let config = Arc::new(ClusterConfig::load(&path)?);
-    anyhow::ensure!(config.f == args.f, "{} is for f = {}", path.display(), config.f);
+    anyhow::ensure!(
+        config.f == args.f,
+        "{} is for f = {}",
+        path.display(),
+        config.f
+    );
     let exe = std::env::current_exe().context("locating the bftnfs binary")?;
     let mut children = Children(Vec::new());
     for i in 0..config.n() {
