@@ -247,6 +247,7 @@ impl Replica {
                     to,
                 }));
             }
+            let stable_n = self.stable.n;
             let s = &mut self.streams[j as usize];
             if ticks - since > GAP_FETCH_ROUNDS_MAX * timeout && !s.suspected {
                 s.suspected = true;
@@ -254,6 +255,15 @@ impl Replica {
                 if j == primary {
                     self.suspect_primary();
                 }
+            }
+            let s = &mut self.streams[j as usize];
+            if ticks - since > 2 * GAP_FETCH_ROUNDS_MAX * timeout && stable_n > 0 {
+                // Nobody holds the missing messages any more (truncated at a checkpoint
+                // everywhere): resume this sender at its next CHECKPOINT or VIEW-CHANGE
+                // at or above our stable checkpoint (see `receive_ui`).
+                s.awaiting_cut = true;
+                s.gap_since_tick = None;
+                s.suspected = false;
             }
         }
     }

@@ -100,7 +100,7 @@ impl Replica {
         let Some(target) = self.sent_req_view_change else {
             return;
         };
-        if target <= self.view || self.status != Status::Normal {
+        if target <= self.view {
             return;
         }
         if self.ticks - self.req_view_change_tick >= self.config.fetch_timeout_ticks * 4 {
