@@ -217,3 +217,49 @@ fn micro_measures_primitives_latency_and_throughput() {
     assert!(v["cluster_error"].is_null());
     assert!(stdout.contains("Floor of one MinPBFT request"), "{stdout}");
 }
+
+#[test]
+fn macro_target_measures_any_nfs_server_and_cleans_up() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let export = out.path().join("export");
+    let server = nfs_frontend::UnreplicatedServer::start(
+        "127.0.0.1:0".parse().expect("addr"),
+        &export,
+        fs_state::FsConfig::default(),
+        nfs_frontend::ServerConfig::default(),
+    )
+    .expect("server starts");
+    let json = out.path().join("target.json");
+    let output = Command::new(BIN)
+        .args(["macro", "--runs", "3", "--warmup", "0", "--target"])
+        .arg(format!("{}:/", server.addr()))
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("bftnfs-bench runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("valid JSON");
+    check_top_level(&v);
+    check_mode(&v, "target");
+    assert_eq!(v["modes"].as_object().expect("modes").len(), 1);
+    assert!(
+        v["durability"]
+            .as_str()
+            .expect("text")
+            .contains("own policy")
+    );
+    server.stop().expect("clean stop");
+    // The benchmark removed its directory from someone else's export.
+    let left: Vec<_> = std::fs::read_dir(export.join(fs_state::EXPORT_DIR))
+        .expect("export tree")
+        .map(|e| e.expect("entry").file_name())
+        .filter(|n| n.to_string_lossy().starts_with("bftnfs-bench-"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}

@@ -360,6 +360,22 @@ impl World {
         self.deliver_all();
     }
 
+    /// Gives every replica its first clock reading (backups judge the primary's
+    /// timestamps against it), without counting as a tick of the script.
+    fn read_clocks(&mut self) {
+        self.now_ns = self.config.tick_ns;
+        for i in 0..self.config.n() {
+            if self.replicas[i as usize].is_some() {
+                self.feed(
+                    i,
+                    Input::Tick {
+                        now_ns: self.now_ns,
+                    },
+                );
+            }
+        }
+    }
+
     fn restart(&mut self, i: u32) {
         let d = &self.durable[i as usize];
         let (core, app) = match d.snapshots.get(&d.stable.n) {
@@ -452,7 +468,9 @@ fn run_script(path: &Path) {
             config.status_interval_ticks = 5;
             config.state_transfer_timeout_ticks = 5;
             config.tick_ns = 1_000_000;
-            world = Some(World::new(config));
+            let mut w = World::new(config);
+            w.read_clocks();
+            world = Some(w);
             continue;
         }
         let w = world
@@ -494,6 +512,12 @@ fn run_script(path: &Path) {
             "restart" => {
                 for i in ids(rest[0]) {
                     w.restart(i);
+                    w.feed(
+                        i,
+                        Input::Tick {
+                            now_ns: w.now_ns.max(1),
+                        },
+                    );
                 }
             }
             "expect" => expect(w, rest, &at),

@@ -133,6 +133,7 @@ impl LocalCluster {
                 data_dir: opts.dir.join(format!("replica-{id}")),
                 null_app: opts.null_app,
                 fs_config: FsConfig::default(),
+                usig_socket: None,
             };
             replicas.push(Some(start_replica_thread(config.clone(), ropts)?));
         }

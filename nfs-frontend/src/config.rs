@@ -107,7 +107,9 @@ struct ClientSecretsFile {
 /// What one replica knows privately.
 pub struct ReplicaSecrets {
     pub id: ReplicaId,
-    pub usig_pkcs8: Vec<u8>,
+    /// The USIG signing key file (read only by the in-process software USIG; with a
+    /// separate `usig-server` the replica never opens it).
+    pub usig_key_file: std::path::PathBuf,
     /// Link key shared with each other replica, by replica id.
     pub link_keys: Vec<Option<[u8; 32]>>,
     /// Reply-MAC key shared with each client, by client index.
@@ -247,13 +249,23 @@ impl ClusterConfig {
         for e in &file.reply {
             reply_keys.insert(e.peer, key32(&e.key).ok_or_else(|| bad("bad reply key"))?);
         }
-        let usig = usig::SigningKey::read_file(&self.path_of(&entry.usig_key_file))?;
         Ok(ReplicaSecrets {
             id,
-            usig_pkcs8: usig.pkcs8().to_vec(),
+            usig_key_file: self.path_of(&entry.usig_key_file),
             link_keys,
             reply_keys,
         })
+    }
+
+    /// The USIG identity the configuration publishes for replica `id`.
+    pub fn usig_identity(&self, id: ReplicaId) -> Result<usig::UsigIdentity, ConfigError> {
+        let entry = self
+            .replicas
+            .get(id as usize)
+            .ok_or_else(|| ConfigError::Invalid(format!("no replica {id}")))?;
+        let public_key = unhex(&entry.usig_public_key)
+            .ok_or_else(|| ConfigError::Invalid("bad usig_public_key".into()))?;
+        Ok(usig::UsigIdentity::EcdsaP256 { public_key })
     }
 
     pub fn client_secrets(&self, client: u64) -> Result<ClientSecrets, ConfigError> {

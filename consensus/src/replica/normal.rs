@@ -171,6 +171,9 @@ impl Replica {
                 self.suspect_primary();
                 return Flow::Done;
             }
+            if self.now_ns == 0 {
+                return Flow::Defer; // no clock reading yet: judge it at the first tick
+            }
             if !self.timestamp_ok(h.timestamp_ns) {
                 self.drop_input("bad_timestamp");
                 self.reject_prepare(p);

@@ -31,7 +31,7 @@ use fs_state::FsConfig;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
-use usig::{SoftwareUsig, Usig};
+use usig::{ProcessUsig, SoftwareUsig, Usig};
 
 use crate::config::ClusterConfig;
 use crate::crypto::ClusterCrypto;
@@ -70,6 +70,9 @@ pub struct ReplicaOptions {
     /// Order requests but execute nothing (protocol micro-benchmarks).
     pub null_app: bool,
     pub fs_config: FsConfig,
+    /// Reach the USIG in a separate `bftnfs usig-server` on this Unix socket instead of
+    /// holding the key in-process (the replica then never reads the key file).
+    pub usig_socket: Option<PathBuf>,
 }
 
 /// What a replica did, reported when it stops.
@@ -101,7 +104,7 @@ struct Node {
     crypto: ClusterCrypto,
     core: Replica,
     app: Option<App>,
-    usig: SoftwareUsig,
+    usig: Box<dyn Usig + Send>,
     log: ProtocolLog,
     snaps: SnapshotStore,
     /// Application snapshots taken right after a batch whose digest a checkpoint needs,
@@ -418,9 +421,18 @@ fn open_node(
     let id = opts.id;
     let secrets = config.replica_secrets(id)?;
     let crypto = ClusterCrypto::for_replica(&config, &secrets)?;
-    let usig_dir = opts.data_dir.join("usig");
-    std::fs::create_dir_all(&usig_dir)?;
-    let usig = SoftwareUsig::open(&usig_dir, id, &secrets.usig_pkcs8)?;
+    let usig: Box<dyn Usig + Send> = match &opts.usig_socket {
+        Some(socket) => {
+            let expected = config.usig_identity(id)?;
+            Box::new(ProcessUsig::connect(socket, Some(&expected))?)
+        }
+        None => {
+            let usig_dir = opts.data_dir.join("usig");
+            std::fs::create_dir_all(&usig_dir)?;
+            let key = usig::SigningKey::read_file(&secrets.usig_key_file)?;
+            Box::new(SoftwareUsig::open(&usig_dir, id, key.pkcs8())?)
+        }
+    };
     let log = ProtocolLog::open(&opts.data_dir)?;
     let snaps = SnapshotStore::open(&opts.data_dir)?;
     let mut app = if opts.null_app {

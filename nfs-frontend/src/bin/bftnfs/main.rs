@@ -11,6 +11,7 @@ mod keygen;
 mod replica;
 mod serve;
 mod up;
+mod usig_server;
 
 use clap::{Parser, Subcommand};
 
@@ -38,6 +39,7 @@ enum Command {
     Replica(replica::Args),
     Frontend(frontend::Args),
     Up(up::Args),
+    UsigServer(usig_server::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         Command::Replica(args) => replica::run(args),
         Command::Frontend(args) => frontend::run(args),
         Command::Up(args) => up::run(args),
+        Command::UsigServer(args) => usig_server::run(args),
     }
 }
 
@@ -70,4 +73,12 @@ pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         }
     })
+}
+
+/// [`shutdown_signal`] for a thread that owns its own runtime `rt`.
+pub fn shutdown_signal_in(
+    rt: &tokio::runtime::Runtime,
+) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    let _guard = rt.enter();
+    shutdown_signal()
 }

@@ -28,6 +28,10 @@ pub struct Args {
     /// Order requests but execute nothing (protocol benchmarks).
     #[arg(long)]
     null_app: bool,
+    /// Use the USIG held by `bftnfs usig-server` on this Unix socket instead of an
+    /// in-process one; the replica then never reads its USIG key file.
+    #[arg(long, value_name = "PATH")]
+    usig_socket: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -50,6 +54,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             data_dir: args.data.clone(),
             null_app: args.null_app,
             fs_config: FsConfig::default(),
+            usig_socket: args.usig_socket.clone(),
         };
         let stats = replica::run(config.clone(), opts, listener, shutdown_signal()?).await?;
         info!(?stats, "stopped");
