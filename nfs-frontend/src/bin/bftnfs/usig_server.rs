@@ -49,10 +49,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build();
-        if let Ok(rt) = rt {
-            if let Ok(signal) = crate::shutdown_signal_in(&rt) {
-                rt.block_on(signal);
-            }
+        if let Ok(rt) = rt
+            && let Ok(signal) = crate::shutdown_signal_in(&rt)
+        {
+            rt.block_on(signal);
         }
         flag.store(true, Ordering::SeqCst);
     });
