@@ -36,10 +36,9 @@ impl UsigKind {
     /// Refuse backends that do not exist yet, before anything starts.
     pub fn check_available(self) -> Result<()> {
         match self {
-            UsigKind::Software => Ok(()),
-            UsigKind::Process | UsigKind::Tpm => anyhow::bail!(
-                "USIG backend `{}` is not available yet: only `--usig software` exists",
-                self.name()
+            UsigKind::Software | UsigKind::Process => Ok(()),
+            UsigKind::Tpm => anyhow::bail!(
+                "USIG backend `tpm` is not available yet: use `--usig software` or `--usig process`"
             ),
         }
     }
@@ -95,6 +94,7 @@ mod imp {
             batching: config.batching,
             null_app: config.null_app,
             sessions: config.sessions,
+            process_usig: config.usig == UsigKind::Process,
         })?;
         Ok(Box::new(Embedded(Some(cluster))))
     }

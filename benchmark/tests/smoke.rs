@@ -108,15 +108,46 @@ fn macro_unreplicated_writes_table_json_csv_and_plot() {
 
 #[test]
 fn unknown_usig_backends_are_refused_clearly() {
-    for usig in ["process", "tpm"] {
-        let output = Command::new(BIN)
-            .args(["--usig", usig, "macro", "--runs", "1", "--unreplicated"])
-            .output()
-            .expect("bftnfs-bench runs");
-        assert!(!output.status.success());
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains("not available yet"), "{stderr}");
-    }
+    let output = Command::new(BIN)
+        .args(["--usig", "tpm", "macro", "--runs", "1", "--unreplicated"])
+        .output()
+        .expect("bftnfs-bench runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not available yet"), "{stderr}");
+}
+
+#[test]
+fn macro_minpbft_with_the_process_usig() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let json = out.path().join("process.json");
+    let output = Command::new(BIN)
+        .arg("--data-dir")
+        .arg(out.path().join("data"))
+        .args([
+            "--usig",
+            "process",
+            "macro",
+            "--runs",
+            "3",
+            "--warmup",
+            "1",
+            "--minpbft",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("bftnfs-bench runs");
+    assert!(
+        output.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("valid JSON");
+    check_top_level(&v);
+    check_mode(&v, "minpbft");
 }
 
 #[test]

@@ -36,6 +36,9 @@ pub struct ClusterOptions {
     pub null_app: bool,
     /// BFT sessions per client (requests in flight at once).
     pub sessions: u64,
+    /// Each replica reaches its USIG through a separate USIG server (one thread per
+    /// replica here, listening on `replica-<i>/usig.sock`) instead of holding the key.
+    pub process_usig: bool,
 }
 
 impl Default for ClusterOptions {
@@ -50,6 +53,7 @@ impl Default for ClusterOptions {
             batching: true,
             null_app: false,
             sessions: 16,
+            process_usig: false,
         }
     }
 }
@@ -63,6 +67,53 @@ pub struct LocalCluster {
     frontend: Option<StopAndJoin<()>>,
     bench: Option<(BftClient, StopAndJoin<()>)>,
     dir: PathBuf,
+    /// Kept to stop the USIG servers (after the replicas) when the cluster drops.
+    #[allow(dead_code)]
+    usig_servers: Vec<UsigServerThread>,
+}
+
+/// A `usig::process` server on its own thread, stopped when dropped.
+struct UsigServerThread {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UsigServerThread {
+    fn start(config: &ClusterConfig, id: u32, dir: &Path) -> anyhow::Result<(Self, PathBuf)> {
+        let secrets = config.replica_secrets(id)?;
+        let key = usig::SigningKey::read_file(&secrets.usig_key_file)?;
+        let state = dir.join("usig-server");
+        std::fs::create_dir_all(&state)?;
+        let mut usig = usig::SoftwareUsig::open(&state, id, key.pkcs8())?;
+        let socket = dir.join("usig.sock");
+        let listener = usig::process::bind(&socket)?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let uid = rustix::process::getuid().as_raw();
+        let thread = std::thread::Builder::new()
+            .name(format!("bftnfs-usig-{id}"))
+            .spawn(move || {
+                if let Err(e) = usig::process::serve(&listener, &mut usig, uid, &flag) {
+                    tracing::error!("USIG server {id}: {e}");
+                }
+            })?;
+        Ok((
+            UsigServerThread {
+                stop,
+                thread: Some(thread),
+            },
+            socket,
+        ))
+    }
+}
+
+impl Drop for UsigServerThread {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Writes a fresh cluster.toml and keys into `dir` unless one is there.
@@ -127,13 +178,23 @@ impl LocalCluster {
         let path = ensure_keys(&opts.dir, opts.f, opts.batching, opts.sessions)?;
         let config = Arc::new(ClusterConfig::load(&path)?);
         let mut replicas = Vec::new();
+        let mut usig_servers = Vec::new();
         for id in 0..config.n() {
+            let data_dir = opts.dir.join(format!("replica-{id}"));
+            std::fs::create_dir_all(&data_dir)?;
+            let usig_socket = if opts.process_usig {
+                let (server, socket) = UsigServerThread::start(&config, id, &data_dir)?;
+                usig_servers.push(server);
+                Some(socket)
+            } else {
+                None
+            };
             let ropts = ReplicaOptions {
                 id,
-                data_dir: opts.dir.join(format!("replica-{id}")),
+                data_dir,
                 null_app: opts.null_app,
                 fs_config: FsConfig::default(),
-                usig_socket: None,
+                usig_socket,
             };
             replicas.push(Some(start_replica_thread(config.clone(), ropts)?));
         }
@@ -169,6 +230,7 @@ impl LocalCluster {
             frontend: Some(frontend),
             bench: Some((bench, bench_thread)),
             dir: opts.dir,
+            usig_servers,
         })
     }
 
