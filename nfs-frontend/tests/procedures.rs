@@ -65,7 +65,17 @@ async fn getattr(c: &mut Conn, f: &nfs_fh3) -> fattr3 {
 
 #[tokio::test]
 async fn every_procedure_round_trips() {
-    let server = TestServer::start();
+    every_procedure(&TestServer::start()).await;
+}
+
+/// The same calls through a MinPBFT f=1 cluster: replies agreed by f+1 replicas must be
+/// exactly what the unreplicated server answers.
+#[tokio::test]
+async fn replicated_every_procedure_round_trips() {
+    every_procedure(&TestServer::start_replicated()).await;
+}
+
+async fn every_procedure(server: &TestServer) {
     let mut c = connect(server.addr(), 0, 0).await;
     let root = c.root_nfs_fh3();
     // The root handle is the state machine's (fileid 1, generation 1), not a server
@@ -449,7 +459,15 @@ const BIG: usize = 1000;
 
 #[tokio::test]
 async fn readdir_and_readdirplus_page_through_1000_entries() {
-    let server = TestServer::start();
+    paging_1000_entries(&TestServer::start()).await;
+}
+
+#[tokio::test]
+async fn replicated_readdir_and_readdirplus_page_through_1000_entries() {
+    paging_1000_entries(&TestServer::start_replicated()).await;
+}
+
+async fn paging_1000_entries(server: &TestServer) {
     let mut c = connect(server.addr(), 0, 0).await;
     let root = c.root_nfs_fh3();
     let big = c

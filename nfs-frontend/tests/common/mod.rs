@@ -20,6 +20,7 @@ pub type Conn = nfs3_client::Nfs3Connection<TokioIo<TcpStream>>;
 
 pub struct TestServer {
     pub server: Option<UnreplicatedServer>,
+    pub cluster: Option<nfs_frontend::cluster::LocalCluster>,
     pub dir: tempfile::TempDir,
 }
 
@@ -30,12 +31,35 @@ impl TestServer {
         let server = start_on(&dir.path().join("data"));
         TestServer {
             server: Some(server),
+            cluster: None,
+            dir,
+        }
+    }
+
+    /// An embedded MinPBFT f=1 cluster (three replicas and a frontend) in a new
+    /// temporary directory.
+    pub fn start_replicated() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cluster =
+            nfs_frontend::cluster::LocalCluster::start(nfs_frontend::cluster::ClusterOptions {
+                f: 1,
+                dir: dir.path().join("cluster"),
+                ..Default::default()
+            })
+            .expect("cluster starts");
+        TestServer {
+            server: None,
+            cluster: Some(cluster),
             dir,
         }
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.server.as_ref().expect("running").addr()
+        match (&self.server, &self.cluster) {
+            (Some(s), _) => s.addr(),
+            (None, Some(c)) => c.nfs_addr(),
+            (None, None) => panic!("not running"),
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
