@@ -210,6 +210,7 @@ impl World {
             Output::Persist(rec) => {
                 let d = &mut self.durable[i as usize];
                 match rec {
+                    PersistRecord::Intent(_) => {}
                     PersistRecord::Sent(m) => {
                         d.sent.insert(m.counter(), m);
                     }

@@ -117,6 +117,12 @@ pub enum Output {
 /// Records the driver must make durable before later sends (crash recovery).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PersistRecord {
+    /// The message about to be certified (its UI still blank), persisted before the
+    /// `CreateUi` that follows. A replica that crashes after its USIG issued the UI but
+    /// before `Sent` reached the log completes this message with the USIG's
+    /// `last_issued()` on restart (when the digests match), so no counter value is lost
+    /// and its FIFO stream has no hole.
+    Intent(UiMessage),
     /// A UI message this replica created (its own log; needed for view changes and
     /// retransmission, and to never lose a counter value).
     Sent(UiMessage),
@@ -586,6 +592,8 @@ impl Replica {
             let Some(msg) = self.materialise(intent) else {
                 continue;
             };
+            self.outputs
+                .push(Output::Persist(PersistRecord::Intent(msg.clone())));
             self.outputs.push(Output::CreateUi {
                 digest: msg.certified_digest(),
             });

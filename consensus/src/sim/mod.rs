@@ -903,6 +903,8 @@ impl Sim {
     fn persist(&mut self, i: ReplicaId, rec: PersistRecord) {
         let d = &mut self.replicas[i as usize].durable;
         match rec {
+            // UIs are created in the same step as their intent here: no crash between.
+            PersistRecord::Intent(_) => {}
             PersistRecord::Sent(m) => {
                 d.sent.insert(m.counter(), m);
             }

@@ -36,13 +36,17 @@ pub struct Durable {
     pub new_view_accepted: View,
     /// View-top certificates, one per view (a few per view change).
     pub view_certs: BTreeMap<View, CheckpointCert>,
+    /// The last message handed to the USIG whose `Sent` record did not follow (yet).
+    pub intent: Option<UiMessage>,
 }
 
 impl Durable {
     /// The same bookkeeping as the simulator's `Durable` (consensus/src/sim).
     pub fn apply(&mut self, rec: PersistRecord) {
         match rec {
+            PersistRecord::Intent(m) => self.intent = Some(m),
             PersistRecord::Sent(m) => {
+                self.intent = None;
                 self.sent.insert(m.counter(), m);
             }
             PersistRecord::Accepted(p) => {
@@ -80,6 +84,7 @@ impl Durable {
                 .map(PersistRecord::ViewCert),
         );
         out.extend(self.sent.values().cloned().map(PersistRecord::Sent));
+        out.extend(self.intent.clone().map(PersistRecord::Intent));
         out.extend(self.accepted.values().cloned().map(PersistRecord::Accepted));
         out
     }

@@ -139,19 +139,8 @@ impl Node {
                 // For operators and tests: the view this replica is in.
                 let _ = std::fs::write(self.data_dir.join("status"), format!("view {v}\n"));
             }
-            let sent_ui = outs
-                .iter()
-                .any(|o| matches!(o, Output::Persist(consensus::PersistRecord::Sent(_))));
             for o in outs {
                 self.perform(o, &mut work)?;
-            }
-            if sent_ui {
-                // The USIG made this counter durable already; until the message carrying
-                // it is in the log too, a crash leaves a hole in our FIFO stream that
-                // peers can only skip at our next certified CHECKPOINT. Keep that window
-                // to one fdatasync (see the report: consensus could expose the message
-                // before `CreateUi` so it can be written ahead).
-                self.log.sync()?;
             }
         }
         Ok(())
@@ -177,6 +166,10 @@ impl Node {
                 }
             }
             Output::CreateUi { digest } => {
+                // Write-ahead: the message's intent (and every record before it) is
+                // durable before the USIG spends a counter on it, so a crash in between
+                // is completed on restart instead of leaving a hole in our stream.
+                self.log.sync()?;
                 let ui = self.usig.create_ui(&digest)?;
                 work.push_back(Input::UiCreated(ui));
             }
@@ -433,7 +426,7 @@ fn open_node(
             Box::new(SoftwareUsig::open(&usig_dir, id, key.pkcs8())?)
         }
     };
-    let log = ProtocolLog::open(&opts.data_dir)?;
+    let mut log = ProtocolLog::open(&opts.data_dir)?;
     let snaps = SnapshotStore::open(&opts.data_dir)?;
     let mut app = if opts.null_app {
         App::Null { executed: 0 }
@@ -472,7 +465,25 @@ fn open_node(
         }
         snap.core_state
     };
-    let last_sent = log.durable.sent.keys().next_back().copied().unwrap_or(0);
+    let mut last_sent = log.durable.sent.keys().next_back().copied().unwrap_or(0);
+    // A crash between the USIG's durable increment and the `Sent` record: the intent
+    // logged before `CreateUi` plus the USIG's last UI rebuild the message exactly.
+    if usig_counter == last_sent + 1
+        && let (Some(intent), Some(issued)) = (log.durable.intent.clone(), usig.last_issued())
+        && intent.certified_digest() == issued.digest
+    {
+        let mut msg = intent;
+        *msg.ui_mut() = issued.ui;
+        info!(
+            counter = msg.counter(),
+            kind = msg.kind(),
+            "completed the message in flight at the crash"
+        );
+        log.append(consensus::PersistRecord::Sent(msg.clone()));
+        log.sync()?;
+        log.durable.apply(consensus::PersistRecord::Sent(msg));
+        last_sent = usig_counter;
+    }
     if usig_counter > last_sent && !fresh {
         // The USIG issued a UI whose message never reached the log (crash in between):
         // peers will wait for that counter. See the report: the core needs a way out.
