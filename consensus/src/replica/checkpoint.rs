@@ -123,7 +123,10 @@ impl Replica {
 
     pub(super) fn on_checkpoint(&mut self, c: &Checkpoint) -> Flow {
         if let Some(v) = c.view_top {
-            if v + u64::from(self.config.n()) < self.view || self.view_certs.contains_key(&v) {
+            let n = u64::from(self.config.n());
+            // Votes are kept only for views near ours: a faulty sender cannot grow the
+            // table with views that will never come.
+            if v + n < self.view || v > self.view + n || self.view_certs.contains_key(&v) {
                 return Flow::Done;
             }
             let votes = self.view_top_votes.entry(v).or_default();
@@ -145,7 +148,13 @@ impl Replica {
             }
             return Flow::Done;
         }
-        if c.n <= self.stable.n {
+        // Far-future checkpoints cannot come from a correct replica in step with us (it
+        // is at most a few intervals ahead, bounded by the pipeline); not keeping them
+        // bounds the vote table against a faulty sender.
+        let horizon = self.stable.n + 8 * self.config.checkpoint_interval;
+        if c.n <= self.stable.n
+            || c.n > horizon.max(self.executed_n + 8 * self.config.checkpoint_interval)
+        {
             return Flow::Done;
         }
         let votes = self.checkpoint_votes.entry(c.n).or_default();
