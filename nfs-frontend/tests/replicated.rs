@@ -400,6 +400,7 @@ fn kill_9_backup_then_primary_during_writes() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut up = Up::start(&tmp.path().join("cluster"));
         let addr = up.addr();
+        let workload_start = Instant::now();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let writer = {
@@ -419,8 +420,8 @@ fn kill_9_backup_then_primary_during_writes() {
         std::thread::sleep(Duration::from_secs(3));
         assert!(count() > before_backup, "writes go on with a backup dead");
         up.restart(2);
-        // Let replica 2 catch up and two checkpoints pass (a crash between its USIG and
-        // its log leaves a counter hole that peers skip at its next CHECKPOINT).
+        // Let replica 2 catch up and a checkpoint pass (a crash between its USIG and its
+        // log is completed on restart from the logged intent and the USIG's last UI).
         let target = count() + 150;
         let deadline = Instant::now() + Duration::from_secs(30);
         while count() < target && Instant::now() < deadline {
@@ -438,6 +439,10 @@ fn kill_9_backup_then_primary_during_writes() {
         );
         up.restart(0);
         std::thread::sleep(Duration::from_secs(3));
+        // The workload runs for at least 30 seconds in all.
+        while workload_start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         writer.join().expect("writer saw no NFS error");
         let acked = acked.lock().expect("lock").clone();
