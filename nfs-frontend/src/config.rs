@@ -56,6 +56,27 @@ pub struct ReplicaEntry {
     pub key_file: PathBuf,
     /// The USIG's PKCS#8 key, relative to cluster.toml.
     pub usig_key_file: PathBuf,
+    /// Where this replica's USIG lives: `{ kind = "software" }` (default, in-process) or
+    /// `{ kind = "process", socket = "/path/usig.sock" }` (a `bftnfs usig-server`).
+    #[serde(default, skip_serializing_if = "UsigConfig::is_default")]
+    pub usig: UsigConfig,
+}
+
+/// The USIG backend of one replica (DESIGN.md, "USIG").
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum UsigConfig {
+    #[default]
+    Software,
+    Process {
+        socket: PathBuf,
+    },
+}
+
+impl UsigConfig {
+    fn is_default(&self) -> bool {
+        *self == UsigConfig::Software
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -409,6 +430,7 @@ pub fn keygen(dir: &Path, opts: &KeygenOptions) -> Result<PathBuf, ConfigError> 
             usig_public_key: hex(&public_key),
             key_file: rel,
             usig_key_file: usig_rel,
+            usig: UsigConfig::default(),
         });
     }
     let mut clients = Vec::new();
@@ -489,5 +511,33 @@ mod tests {
         );
         assert!(unhex("0g").is_none());
         assert!(unhex("abc").is_none());
+    }
+}
+
+#[cfg(test)]
+mod usig_config_tests {
+    use super::UsigConfig;
+
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        #[serde(default)]
+        usig: UsigConfig,
+    }
+
+    #[test]
+    fn usig_backend_reads_from_toml() {
+        let e: Entry =
+            toml::from_str("usig = { kind = \"process\", socket = \"/run/u.sock\" }").unwrap();
+        assert_eq!(
+            e.usig,
+            UsigConfig::Process {
+                socket: "/run/u.sock".into()
+            }
+        );
+        let e: Entry = toml::from_str("usig = { kind = \"software\" }").unwrap();
+        assert_eq!(e.usig, UsigConfig::Software);
+        let e: Entry = toml::from_str("").unwrap();
+        assert_eq!(e.usig, UsigConfig::Software);
+        assert!(toml::from_str::<Entry>("usig = { kind = \"tpm\" }").is_err());
     }
 }

@@ -54,7 +54,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             data_dir: args.data.clone(),
             null_app: args.null_app,
             fs_config: FsConfig::default(),
-            usig_socket: args.usig_socket.clone(),
+            // The flag wins over cluster.toml's `usig = { kind = "process", socket = … }`.
+            usig_socket: args.usig_socket.clone().or_else(|| {
+                match &config.replicas[args.id as usize].usig {
+                    nfs_frontend::config::UsigConfig::Process { socket } => Some(socket.clone()),
+                    nfs_frontend::config::UsigConfig::Software => None,
+                }
+            }),
         };
         let stats = replica::run(config.clone(), opts, listener, shutdown_signal()?).await?;
         info!(?stats, "stopped");
