@@ -108,6 +108,7 @@ pub struct ProtocolLog {
     pub durable: Durable,
     /// Records read back on open (0 for a fresh log).
     pub replayed: usize,
+    must_sync: bool,
 }
 
 fn frame(rec: &PersistRecord, out: &mut Vec<u8>) {
@@ -155,6 +156,7 @@ impl ProtocolLog {
             path,
             file,
             pending: Vec::new(),
+            must_sync: false,
             durable,
             replayed,
         })
@@ -178,6 +180,12 @@ impl ProtocolLog {
 
     /// Buffers a record; durable after the next `sync`.
     pub fn append(&mut self, rec: PersistRecord) {
+        // A `Sent` record need not be durable before its message leaves: the intent
+        // synced before its `CreateUi`, plus the USIG's last UI, rebuild it (and the next
+        // intent's sync flushes it anyway). Everything else must be.
+        if !matches!(rec, PersistRecord::Sent(_)) {
+            self.must_sync = true;
+        }
         frame(&rec, &mut self.pending);
         let compact = matches!(rec, PersistRecord::Stable(_));
         self.durable.apply(rec);
@@ -186,6 +194,11 @@ impl ProtocolLog {
             self.pending.clear();
             self.len = u64::MAX;
         }
+    }
+
+    /// Whether a pending record must be durable before any message leaves.
+    pub fn must_sync(&self) -> bool {
+        self.must_sync || self.len == u64::MAX
     }
 
     pub fn is_dirty(&self) -> bool {
@@ -208,6 +221,7 @@ impl ProtocolLog {
         self.file.sync_data().map_err(io)?;
         self.len += self.pending.len() as u64;
         self.pending.clear();
+        self.must_sync = false;
         Ok(())
     }
 

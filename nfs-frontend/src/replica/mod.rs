@@ -602,8 +602,11 @@ pub async fn run(
                     Err(_) => break,
                 }
             }
-            // Durable before we yield: nothing queued above reaches a socket before.
-            node.log.sync()?;
+            // Durable before we yield: nothing queued above reaches a socket before
+            // (except `Sent` records, which the synced intents already cover).
+            if node.log.must_sync() {
+                node.log.sync()?;
+            }
         }
     }
     .await;
