@@ -28,7 +28,7 @@ use std::path::Path;
 
 use consensus::app::Application;
 use consensus::message::{PeerMessage, UiMessage};
-use consensus::replica::{CoreState, PersistRecord, Recovered};
+use consensus::replica::{CoreState, DurableRecords};
 use consensus::{
     Client, ClientOutput, Config, Input, KvApp, KvOp, Message, Output, Replica, SimCrypto, validate,
 };
@@ -39,16 +39,12 @@ enum Node {
     C(u64),
 }
 
+/// What survives a crash: protocol records, snapshots, the USIG counter.
 #[derive(Default)]
 struct Durable {
-    view: u64,
-    stable: consensus::message::CheckpointCert,
-    sent: BTreeMap<u64, UiMessage>,
-    accepted: BTreeMap<(u64, u64), consensus::message::Prepare>,
+    records: DurableRecords,
     snapshots: BTreeMap<u64, (CoreState, Vec<u8>)>,
     usig: u64,
-    new_view_accepted: u64,
-    view_certs: Vec<consensus::message::CheckpointCert>,
 }
 
 struct Rule {
@@ -207,25 +203,7 @@ impl World {
                 });
             }
             Output::Reply(r) => self.post(Node::R(i), Node::C(r.client), Message::Reply(r)),
-            Output::Persist(rec) => {
-                let d = &mut self.durable[i as usize];
-                match rec {
-                    PersistRecord::Intent(_) => {}
-                    PersistRecord::Sent(m) => {
-                        d.sent.insert(m.counter(), m);
-                    }
-                    PersistRecord::Accepted(p) => {
-                        d.accepted.insert((p.header.view, p.header.n), p);
-                    }
-                    PersistRecord::View(v) => d.view = v,
-                    PersistRecord::NewViewAccepted(v) => d.new_view_accepted = v,
-                    PersistRecord::ViewCert(c) => d.view_certs.push(c),
-                    PersistRecord::Stable(c) => {
-                        d.accepted.retain(|(_, n), _| *n > c.n);
-                        d.stable = c;
-                    }
-                }
-            }
+            Output::Persist(rec) => self.durable[i as usize].records.apply(rec),
             Output::TakeSnapshot { n, core_state } => {
                 let bytes = self.apps[i as usize].snapshot();
                 self.durable[i as usize]
@@ -379,7 +357,7 @@ impl World {
 
     fn restart(&mut self, i: u32) {
         let d = &self.durable[i as usize];
-        let (core, app) = match d.snapshots.get(&d.stable.n) {
+        let (core, app) = match d.snapshots.get(&d.records.stable.n) {
             Some((core, bytes)) => {
                 let mut app = KvApp::default();
                 app.restore(bytes).unwrap();
@@ -387,16 +365,7 @@ impl World {
             }
             None => (CoreState::default(), KvApp::default()),
         };
-        let rec = Recovered {
-            view: d.view,
-            stable: d.stable.clone(),
-            sent: d.sent.values().cloned().collect(),
-            accepted: d.accepted.values().cloned().collect(),
-            core_state: core,
-            usig_counter: d.usig,
-            new_view_accepted: d.new_view_accepted,
-            view_certs: d.view_certs.clone(),
-        };
+        let rec = d.records.recovered(core, d.usig);
         self.apps[i as usize] = app;
         self.replicas[i as usize] = Some(Replica::recover(
             i,

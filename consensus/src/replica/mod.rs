@@ -11,6 +11,7 @@
 //! `consensus/README.md` and cited as `I<k>` at the asserts.
 
 mod checkpoint;
+mod durable;
 mod fifo;
 mod normal;
 pub(crate) mod view_change;
@@ -27,6 +28,7 @@ use crate::types::{ClientId, Config, Digest, ReplicaId, SeqNum, Ui, View};
 use crate::validate::{Reject, Verified};
 
 pub use checkpoint::{ClientRecord, CoreState, checkpoint_digest};
+pub use durable::DurableRecords;
 
 /// What the driver feeds the replica.
 #[derive(Clone, Debug)]

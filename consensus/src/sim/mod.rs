@@ -19,9 +19,9 @@ use sha2::{Digest as _, Sha256};
 use crate::app::{Application, KvApp, KvOp};
 use crate::client::{Client, ClientOutput};
 use crate::crypto::{Crypto, SimCrypto};
-use crate::message::{CheckpointCert, PeerMessage, Prepare, Reply, Request, UiMessage};
+use crate::message::{CheckpointCert, PeerMessage, Reply, Request, UiMessage};
 use crate::replica::{
-    CoreState, Input, Output, PersistRecord, Recovered, Replica, checkpoint_digest,
+    CoreState, DurableRecords, Input, Output, PersistRecord, Replica, checkpoint_digest,
 };
 use crate::types::{ClientId, Config, ReplicaId, SeqNum, Ui, View};
 use crate::validate;
@@ -185,16 +185,12 @@ enum Event {
     Tick,
 }
 
+/// What survives a crash: the protocol records, the snapshots and the USIG counter.
 #[derive(Default)]
 struct Durable {
-    view: View,
-    stable: CheckpointCert,
-    sent: BTreeMap<u64, UiMessage>,
-    accepted: BTreeMap<(View, SeqNum), Prepare>,
+    records: DurableRecords,
     snapshots: BTreeMap<SeqNum, (CoreState, Vec<u8>)>,
     usig_counter: u64,
-    new_view_accepted: View,
-    view_certs: Vec<CheckpointCert>,
 }
 
 struct SimReplica {
@@ -503,7 +499,7 @@ impl Sim {
 
     fn restart(&mut self, i: ReplicaId) {
         let r = &mut self.replicas[i as usize];
-        let stable = r.durable.stable.clone();
+        let stable = r.durable.records.stable.clone();
         let (core_state, app) = match r.durable.snapshots.get(&stable.n) {
             Some((core, bytes)) => {
                 let mut app = KvApp::default();
@@ -516,22 +512,10 @@ impl Sim {
             }
         };
         r.app = app;
-        let recovered = Recovered {
-            view: r.durable.view,
-            stable: stable.clone(),
-            sent: r.durable.sent.values().cloned().collect(),
-            accepted: r
-                .durable
-                .accepted
-                .values()
-                .filter(|p| p.header.n > stable.n)
-                .cloned()
-                .collect(),
-            core_state,
-            usig_counter: r.durable.usig_counter,
-            new_view_accepted: r.durable.new_view_accepted,
-            view_certs: r.durable.view_certs.clone(),
-        };
+        let recovered = r
+            .durable
+            .records
+            .recovered(core_state, r.durable.usig_counter);
         let mut core = Replica::recover(
             i,
             self.opts.config.clone(),
@@ -605,11 +589,12 @@ impl Sim {
                     NetMsg::StateRequest { n } => {
                         let Node::Replica(j) = from else { return };
                         let d = &self.replicas[i as usize].durable;
-                        let mut state = (d.stable.n >= n)
+                        let stable = &d.records.stable;
+                        let mut state = (stable.n >= n)
                             .then(|| {
                                 d.snapshots
-                                    .get(&d.stable.n)
-                                    .map(|(c, b)| (d.stable.clone(), c.clone(), b.clone()))
+                                    .get(&stable.n)
+                                    .map(|(c, b)| (stable.clone(), c.clone(), b.clone()))
                             })
                             .flatten();
                         if self.replicas[i as usize].byzantine == Some(Byzantine::BadStateTransfer)
@@ -901,31 +886,7 @@ impl Sim {
     }
 
     fn persist(&mut self, i: ReplicaId, rec: PersistRecord) {
-        let d = &mut self.replicas[i as usize].durable;
-        match rec {
-            // UIs are created in the same step as their intent here: no crash between.
-            PersistRecord::Intent(_) => {}
-            PersistRecord::Sent(m) => {
-                d.sent.insert(m.counter(), m);
-            }
-            PersistRecord::Accepted(p) => {
-                d.accepted.insert((p.header.view, p.header.n), p);
-            }
-            PersistRecord::View(v) => d.view = v,
-            PersistRecord::NewViewAccepted(v) => d.new_view_accepted = v,
-            PersistRecord::ViewCert(c) => d.view_certs.push(c),
-            PersistRecord::Stable(cert) => {
-                let own = d.sent.values().find_map(|m| match m {
-                    UiMessage::Checkpoint(c) if c.n == cert.n => Some(c.ui.counter),
-                    _ => None,
-                });
-                if let Some(c) = own {
-                    d.sent = d.sent.split_off(&c);
-                }
-                d.accepted.retain(|(_, n), _| *n > cert.n);
-                d.stable = cert;
-            }
-        }
+        self.replicas[i as usize].durable.records.apply(rec);
     }
 
     fn ask_state(&mut self, i: ReplicaId) {
@@ -1073,6 +1034,7 @@ impl Sim {
                 }
                 let old = self.replicas[i as usize]
                     .durable
+                    .records
                     .sent
                     .values()
                     .next()
@@ -1112,7 +1074,7 @@ impl Sim {
         let counter = r.durable.usig_counter;
         let cert = self.crypto.ui_cert(i, counter, &m.certified_digest());
         *m.ui_mut() = Ui { counter, cert };
-        r.durable.sent.insert(counter, m.clone());
+        r.durable.records.sent.insert(counter, m.clone());
         r.core
             .as_mut()
             .expect("up")

@@ -10,13 +10,11 @@
 //! When a checkpoint becomes stable and the file has grown past a bound, it is rewritten
 //! with only what is still needed (write temp, fsync, rename, fsync directory).
 
-use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use consensus::message::{CheckpointCert, Prepare};
-use consensus::{PersistRecord, SeqNum, UiMessage, View};
+use consensus::PersistRecord;
 use sha2::{Digest as _, Sha256};
 
 /// Rewrite the log at a stable checkpoint once it is larger than this.
@@ -27,68 +25,7 @@ const RECORD_BYTES_MAX: usize = 1 << 30;
 pub const LOG_FILE: &str = "protocol.log";
 
 /// What the records say, kept in memory (the core bounds it between checkpoints).
-#[derive(Clone, Debug, Default)]
-pub struct Durable {
-    pub view: View,
-    pub stable: CheckpointCert,
-    pub sent: BTreeMap<u64, UiMessage>,
-    pub accepted: BTreeMap<(View, SeqNum), Prepare>,
-    pub new_view_accepted: View,
-    /// View-top certificates, one per view (a few per view change).
-    pub view_certs: BTreeMap<View, CheckpointCert>,
-    /// The last message handed to the USIG whose `Sent` record did not follow (yet).
-    pub intent: Option<UiMessage>,
-}
-
-impl Durable {
-    /// The same bookkeeping as the simulator's `Durable` (consensus/src/sim).
-    pub fn apply(&mut self, rec: PersistRecord) {
-        match rec {
-            PersistRecord::Intent(m) => self.intent = Some(m),
-            PersistRecord::Sent(m) => {
-                self.intent = None;
-                self.sent.insert(m.counter(), m);
-            }
-            PersistRecord::Accepted(p) => {
-                self.accepted.insert((p.header.view, p.header.n), p);
-            }
-            PersistRecord::View(v) => self.view = v,
-            PersistRecord::NewViewAccepted(v) => self.new_view_accepted = v,
-            PersistRecord::ViewCert(c) => {
-                self.view_certs.insert(c.view_top.unwrap_or(0), c);
-            }
-            PersistRecord::Stable(cert) => {
-                let own = self.sent.values().find_map(|m| match m {
-                    UiMessage::Checkpoint(c) if c.n == cert.n => Some(c.ui.counter),
-                    _ => None,
-                });
-                if let Some(c) = own {
-                    self.sent = self.sent.split_off(&c);
-                }
-                self.accepted.retain(|(_, n), _| *n > cert.n);
-                self.stable = cert;
-            }
-        }
-    }
-
-    fn records(&self) -> Vec<PersistRecord> {
-        let mut out = vec![
-            PersistRecord::Stable(self.stable.clone()),
-            PersistRecord::View(self.view),
-            PersistRecord::NewViewAccepted(self.new_view_accepted),
-        ];
-        out.extend(
-            self.view_certs
-                .values()
-                .cloned()
-                .map(PersistRecord::ViewCert),
-        );
-        out.extend(self.sent.values().cloned().map(PersistRecord::Sent));
-        out.extend(self.intent.clone().map(PersistRecord::Intent));
-        out.extend(self.accepted.values().cloned().map(PersistRecord::Accepted));
-        out
-    }
-}
+pub use consensus::replica::DurableRecords as Durable;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
@@ -288,7 +225,9 @@ mod tests {
         let mut log = ProtocolLog::open(dir.path()).expect("open");
         log.append(PersistRecord::View(2));
         log.len = LOG_COMPACT_BYTES;
-        log.append(PersistRecord::Stable(CheckpointCert::default()));
+        log.append(PersistRecord::Stable(
+            consensus::message::CheckpointCert::default(),
+        ));
         assert!(log.is_dirty());
         log.sync().expect("compact");
         drop(log);

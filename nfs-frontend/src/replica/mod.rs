@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use consensus::message::CheckpointCert;
 use consensus::replica::{CoreState, checkpoint_digest};
-use consensus::{Input, Output, PeerMessage, Recovered, Replica, ReplicaId, SeqNum, validate};
+use consensus::{Input, Output, PeerMessage, Replica, ReplicaId, SeqNum, validate};
 use fs_state::FsConfig;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -492,22 +492,7 @@ fn open_node(
             last_sent, "USIG counter ahead of the logged messages"
         );
     }
-    let recovered = Recovered {
-        view: log.durable.view,
-        stable: stable.clone(),
-        sent: log.durable.sent.values().cloned().collect(),
-        accepted: log
-            .durable
-            .accepted
-            .values()
-            .filter(|p| p.header.n > stable.n)
-            .cloned()
-            .collect(),
-        core_state,
-        usig_counter,
-        new_view_accepted: log.durable.new_view_accepted,
-        view_certs: log.durable.view_certs.values().cloned().collect(),
-    };
+    let recovered = log.durable.recovered(core_state, usig_counter);
     info!(
         id,
         view = recovered.view,
