@@ -28,6 +28,11 @@ pub struct Args {
     /// NFS address of the frontend. Port 0 picks a free port.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2049")]
     listen: SocketAddr,
+    /// Where each replica's USIG lives: `software` (in the replica process) or `process`
+    /// (a separate `bftnfs usig-server` per replica, socket DIR/replica-<i>/usig.sock,
+    /// state DIR/replica-<i>/usig-server; the replica never reads the key).
+    #[arg(long, value_name = "KIND", default_value = "software", value_parser = ["software", "process"])]
+    usig: String,
 }
 
 struct Children(Vec<Child>);
@@ -61,14 +66,45 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for i in 0..config.n() {
         let data = args.dir.join(format!("replica-{i}"));
         std::fs::create_dir_all(&data)?;
-        let child = Command::new(&exe)
+        let mut replica = Command::new(&exe);
+        replica
             .arg("replica")
             .arg("--config")
             .arg(&path)
             .arg("--id")
             .arg(i.to_string())
             .arg("--data")
-            .arg(&data)
+            .arg(&data);
+        if args.usig == "process" {
+            let socket = data.join("usig.sock");
+            let _ = std::fs::remove_file(&socket);
+            let server = Command::new(&exe)
+                .arg("usig-server")
+                .arg("--config")
+                .arg(&path)
+                .arg("--id")
+                .arg(i.to_string())
+                .arg("--socket")
+                .arg(&socket)
+                .arg("--state")
+                .arg(data.join("usig-server"))
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting the USIG server of replica {i}"))?;
+            info!(replica = i, pid = server.id(), "USIG server started");
+            children.0.push(server);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !socket.exists() {
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "USIG server {i} did not open {}",
+                    socket.display()
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            replica.arg("--usig-socket").arg(&socket);
+        }
+        let child = replica
             .spawn()
             .with_context(|| format!("starting replica {i}"))?;
         info!(replica = i, pid = child.id(), "replica started");
