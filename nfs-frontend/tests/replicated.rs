@@ -44,9 +44,14 @@ struct Up {
 
 impl Up {
     fn start(dir: &Path) -> Up {
+        Up::start_with(dir, &[])
+    }
+
+    fn start_with(dir: &Path, extra: &[&str]) -> Up {
         let mut child = Command::new(env!("CARGO_BIN_EXE_bftnfs"))
             .args(["up", "--listen", "127.0.0.1:0", "--dir"])
             .arg(dir)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -219,6 +224,44 @@ fn libnfs_tools_round_trip_through_bftnfs_up() {
             assert_eq!(
                 std::fs::read(d.join("copied.bin")).expect("backing"),
                 content
+            );
+        }
+    });
+}
+
+/// The same round trip with every replica's USIG in a separate `bftnfs usig-server`
+/// process: the replicas never open their USIG key files.
+#[test]
+fn libnfs_round_trip_with_separate_process_usigs() {
+    if !(have("nfs-cp") && have("nfs-cat")) {
+        eprintln!("SKIPPED: libnfs-utils missing (apt-get install libnfs-utils)");
+        return;
+    }
+    bounded(Duration::from_secs(60), || {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let src = tmp.path().join("in.txt");
+        std::fs::write(&src, b"ordered by process USIGs\n").expect("source");
+        let up = Up::start_with(&tmp.path().join("cluster"), &["--usig", "process"]);
+        run_tool(Command::new("nfs-cp").arg(&src).arg(up.url("//p.txt")));
+        let back = run_tool(Command::new("nfs-cat").arg(up.url("//p.txt")));
+        assert_eq!(back, b"ordered by process USIGs\n");
+        for i in 0..3 {
+            let dir = up.replica_dir(i);
+            assert!(
+                dir.join("usig.sock").exists(),
+                "replica {i} has a USIG socket"
+            );
+            assert!(
+                !dir.join("usig").exists(),
+                "replica {i} kept no in-process USIG state"
+            );
+        }
+        let dirs: Vec<PathBuf> = (0..3).map(|i| up.replica_dir(i).join("export")).collect();
+        up.terminate();
+        for d in &dirs {
+            assert_eq!(
+                std::fs::read(d.join("p.txt")).expect("backing"),
+                b"ordered by process USIGs\n"
             );
         }
     });
