@@ -123,10 +123,8 @@ pub struct Commit {
 /// ⟨CHECKPOINT, n, d, UIj⟩; `view` is the sender's view when it executed `n`.
 ///
 /// A *view-top* checkpoint (`view_top = Some(v)`) is taken at the last batch that the
-/// NEW-VIEW of view `v` re-proposes. Its certificate proves where fresh proposals of
-/// view `v` start: a VIEW-CHANGE may report a PREPARE of view `v > 0` only above it, so a
-/// faulty primary's PREPARE that contradicts its own NEW-VIEW can never be reported as
-/// a higher-view decision.
+/// NEW-VIEW of view `v` re-proposes; fresh proposals of view `v` start only above its
+/// f+1 certificate, so every replica agrees where the re-proposals end.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     pub n: SeqNum,
@@ -147,9 +145,10 @@ pub struct CheckpointCert {
 }
 
 /// ⟨VIEW-CHANGE, j, v', C_last, O, UIj⟩: the sender's stable checkpoint certificate and
-/// every PREPARE it accepted above it, each self-certified by its primary's UI. A
-/// re-proposed batch is reported as the original PREPARE it re-proposes; a fresh PREPARE
-/// of a view `w > 0` comes with the view-top certificate of `w` below it.
+/// every PREPARE it accepted above it, in the view it accepted it in, each self-certified
+/// by its primary's UI, with the view-top certificates it holds for those views.
+/// Receivers check it against the sender's stream: nothing accepted may be missing
+/// (omission) and nothing they saw refused may be present (inclusion).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ViewChange {
     pub new_view: View,

@@ -5,7 +5,8 @@
 //! certificate and every PREPARE it accepted above it. Because receivers process each
 //! sender's messages in counter order, a VIEW-CHANGE that leaves out something its
 //! sender accepted is caught (the omission check) — a faulty replica cannot hide a
-//! COMMIT. The new primary, on f+1 valid VIEW-CHANGEs, certifies NEW-VIEW; every replica
+//! COMMIT — and so is one that reports a PREPARE the receiver saw refused (the
+//! inclusion check). The new primary, on f+1 valid VIEW-CHANGEs, certifies NEW-VIEW; every replica
 //! recomputes its base checkpoint and the batches to re-propose, and rejects a NEW-VIEW
 //! that differs. The new primary then re-proposes those batches, with their original
 //! timestamps, through the normal case. Timeouts double on consecutive view changes.
