@@ -21,7 +21,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use consensus::{Client, ClientOutput, Crypto, ReplicaId, Reply};
 use fs_state::{AuthUnix, FileHandle, FsOp, FsReply, NfsStat3, is_read_only};
 use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
@@ -273,20 +272,10 @@ async fn connection(
     stats: Arc<NetStats>,
 ) {
     let addr = config.replica_addr(replica);
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = crate::net::Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     loop {
-        let stream = match TcpStream::connect(addr).await {
-            Ok(s) => s,
-            Err(e) => {
-                debug!(replica, %addr, "connect failed: {e}");
-                while rx.try_recv().is_ok() {}
-                if rx.is_closed() {
-                    return;
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
+        let Some(stream) = crate::net::dial(addr, &mut rx, &mut backoff).await else {
+            return;
         };
         let _ = stream.set_nodelay(true);
         let (mut r, w) = stream.into_split();
@@ -296,11 +285,11 @@ async fn connection(
             .is_err()
             || w.flush().await.is_err()
         {
-            tokio::time::sleep(backoff).await;
+            tokio::time::sleep(backoff.current).await;
             continue;
         }
         info!(replica, %addr, "connected to replica");
-        backoff = BACKOFF_MIN;
+        backoff.reset();
         up.store(true, Ordering::Relaxed);
         let replies = replies.clone();
         let stats2 = stats.clone();

@@ -198,6 +198,56 @@ pub fn open_link(
     decode(body).map_err(|_| DropReason::Garbage)
 }
 
+/// Exponential reconnect delay, from `min` doubling up to `max`.
+pub struct Backoff {
+    pub current: std::time::Duration,
+    min: std::time::Duration,
+    max: std::time::Duration,
+}
+
+impl Backoff {
+    pub fn new(min: std::time::Duration, max: std::time::Duration) -> Self {
+        Backoff {
+            current: min,
+            min,
+            max,
+        }
+    }
+
+    /// Sleeps the current delay, then doubles it (bounded by `max`).
+    pub async fn wait_and_grow(&mut self) {
+        tokio::time::sleep(self.current).await;
+        self.current = (self.current * 2).min(self.max);
+    }
+
+    pub fn reset(&mut self) {
+        self.current = self.min;
+    }
+}
+
+/// Dials `addr` until it answers. While it does not, whatever queued up for it is dropped
+/// (stale by the time the peer is back) and the dial waits with `backoff`. `None` once
+/// the queue's senders are gone (the connection is no longer wanted).
+pub async fn dial<T>(
+    addr: std::net::SocketAddr,
+    queue: &mut tokio::sync::mpsc::Receiver<T>,
+    backoff: &mut Backoff,
+) -> Option<tokio::net::TcpStream> {
+    loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => return Some(s),
+            Err(e) => {
+                tracing::debug!(%addr, "connect failed: {e}");
+                while queue.try_recv().is_ok() {}
+                if queue.is_closed() {
+                    return None;
+                }
+                backoff.wait_and_grow().await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

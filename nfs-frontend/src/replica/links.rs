@@ -14,7 +14,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info};
+use tracing::info;
 
 use crate::config::ClusterConfig;
 use crate::net::{
@@ -63,21 +63,11 @@ pub async fn dial_peer(
     mut rx: mpsc::Receiver<Arc<LinkMsg>>,
 ) {
     let addr = config.replica_addr(to);
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = crate::net::Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     loop {
-        let stream = match TcpStream::connect(addr).await {
-            Ok(s) => s,
-            Err(e) => {
-                debug!(to, %addr, "connect failed: {e}");
-                // Keep the queue from filling with stale messages while the peer is down.
-                while rx.try_recv().is_ok() {}
-                if rx.is_closed() {
-                    return;
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-                continue;
-            }
+        // Keeps the queue from filling with stale messages while the peer is down.
+        let Some(stream) = crate::net::dial(addr, &mut rx, &mut backoff).await else {
+            return;
         };
         let _ = stream.set_nodelay(true);
         let (mut r, w) = stream.into_split();
@@ -91,13 +81,12 @@ pub async fn dial_peer(
         let challenge = match tokio::time::timeout(HELLO_TIMEOUT, handshake).await {
             Ok(Ok(c)) => c,
             _ => {
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+                backoff.wait_and_grow().await;
                 continue;
             }
         };
         info!(to, %addr, "link up");
-        backoff = BACKOFF_MIN;
+        backoff.reset();
         let mut counter = 0u64;
         let result: std::io::Result<()> = async {
             loop {
