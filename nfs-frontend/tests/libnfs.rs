@@ -5,19 +5,14 @@
 //! libnfs-utils is a Debian package; if `nfs-cp` is missing the test installs it (as
 //! root, with apt-get) and skips, loudly, only if that is impossible.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
+mod common;
+
+use common::{have, port_from_stdout};
 
 /// Make sure libnfs-utils is installed; `false` (after saying why) if it cannot be.
 fn ensure_libnfs_utils() -> bool {
@@ -64,31 +59,12 @@ impl Served {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn bftnfs");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut port = None;
-        for line in BufReader::new(stdout).lines() {
-            let line = line.expect("read stdout");
-            if let Some(url) = line.strip_prefix("libnfs URL: ") {
-                let p = url
-                    .split("nfsport=")
-                    .nth(1)
-                    .and_then(|s| s.split('&').next())
-                    .expect("nfsport in URL");
-                port = Some(p.parse().expect("port"));
-                break;
-            }
-        }
-        Served {
-            child,
-            port: port.expect("bftnfs printed its libnfs URL"),
-        }
+        let port = port_from_stdout(&mut child).expect("bftnfs printed its libnfs URL");
+        Served { child, port }
     }
 
     fn url(&self, path: &str) -> String {
-        format!(
-            "nfs://127.0.0.1{path}?nfsport={p}&mountport={p}",
-            p = self.port
-        )
+        common::url(self.port, path)
     }
 
     /// SIGTERM by pid, then the exit status must be success (a clean shutdown).

@@ -6,12 +6,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::connect;
+use common::{connect, have};
 use fs_state::{FileStateMachine, FsConfig};
 use nfs_frontend::{ClusterOptions, LocalCluster};
 use nfs3_client::nfs3_types::nfs3::*;
@@ -22,15 +21,6 @@ fn dirop(dir: &nfs_fh3, n: &str) -> diropargs3<'static> {
         dir: dir.clone(),
         name: filename3(Opaque::owned(n.as_bytes().to_vec())),
     }
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// `bftnfs up` as a child; reads the NFS port from the libnfs URL it prints.
@@ -56,32 +46,17 @@ impl Up {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn bftnfs up");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut port = None;
-        for line in BufReader::new(stdout).lines() {
-            let line = line.expect("stdout");
-            if let Some(url) = line.strip_prefix("libnfs URL: ") {
-                let p = url
-                    .split("nfsport=")
-                    .nth(1)
-                    .and_then(|s| s.split('&').next());
-                port = p.and_then(|p| p.parse().ok());
-                break;
-            }
-        }
+        let port = common::port_from_stdout(&mut child).expect("bftnfs up printed its URL");
         Up {
             child,
-            port: port.expect("bftnfs up printed its URL"),
+            port,
             dir: dir.to_path_buf(),
             restarted: Vec::new(),
         }
     }
 
     fn url(&self, path: &str) -> String {
-        format!(
-            "nfs://127.0.0.1{path}?nfsport={p}&mountport={p}",
-            p = self.port
-        )
+        common::url(self.port, path)
     }
 
     fn addr(&self) -> std::net::SocketAddr {

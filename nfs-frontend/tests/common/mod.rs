@@ -113,3 +113,36 @@ pub fn fh(bytes: &[u8]) -> nfs_fh3 {
         data: Opaque::owned(bytes.to_vec()),
     }
 }
+
+/// Whether `tool` is on the PATH.
+pub fn have(tool: &str) -> bool {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The NFS port a `bftnfs serve`/`up` child prints in its "libnfs URL: …" line (stdout
+/// must be piped); `None` if it exits without printing one.
+pub fn port_from_stdout(child: &mut std::process::Child) -> Option<u16> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("piped stdout");
+    for line in std::io::BufReader::new(stdout).lines() {
+        let line = line.expect("read stdout");
+        if let Some(url) = line.strip_prefix("libnfs URL: ") {
+            return url
+                .split("nfsport=")
+                .nth(1)
+                .and_then(|s| s.split('&').next())
+                .and_then(|p| p.parse().ok());
+        }
+    }
+    None
+}
+
+/// The libnfs URL of `path` on a local server's `port` (both ports given: no portmapper).
+pub fn url(port: u16, path: &str) -> String {
+    format!("nfs://127.0.0.1{path}?nfsport={port}&mountport={port}")
+}
