@@ -140,6 +140,7 @@ impl Deployment {
                     batching: options.batching,
                     null_app: false,
                     sessions: NFS_SESSIONS,
+                    bundling: true,
                     usig: options.usig,
                 })?;
                 let endpoint = Endpoint {

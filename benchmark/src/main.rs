@@ -127,6 +127,10 @@ struct MicroArgs {
     /// Seconds per throughput point (after a warm-up of a fifth of it, at most 1 s).
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
+    /// BFT sessions of the client in the bundling throughput runs (the callers' other
+    /// operations wait and travel bundled, up to 64 in one signed request).
+    #[arg(long, default_value_t = 4)]
+    bundle_sessions: u64,
     /// Samples per primitive (round trips and signatures; counter writes are a tenth).
     #[arg(long, default_value_t = 2000)]
     primitive_samples: usize,
@@ -336,6 +340,7 @@ fn run_micro(args: MicroArgs, usig: UsigKind, data_root: &Path) -> Result<()> {
         sizes: args.sizes,
         clients: args.clients,
         seconds: args.seconds,
+        bundle_sessions: args.bundle_sessions,
         primitives_only: args.primitives_only,
         primitives: PrimitiveCounts {
             round_trips: args.primitive_samples.max(1),

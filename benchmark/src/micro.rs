@@ -36,6 +36,8 @@ pub struct MicroConfig {
     pub sizes: Vec<usize>,
     pub clients: Vec<usize>,
     pub seconds: f64,
+    /// BFT sessions of the client in the bundling throughput runs.
+    pub bundle_sessions: u64,
     pub primitives_only: bool,
     pub primitives: PrimitiveCounts,
 }
@@ -52,6 +54,9 @@ pub struct LatencyPoint {
 #[derive(Debug, Clone, Serialize)]
 pub struct ThroughputPoint {
     pub batching: bool,
+    /// The client sent the operations waiting beyond its idle sessions as one bundled
+    /// request (with `bundle_sessions` sessions instead of one per caller).
+    pub bundling: bool,
     pub clients: usize,
     pub ops: u64,
     pub seconds: f64,
@@ -102,22 +107,31 @@ fn protocol(config: &MicroConfig, report: &mut MicroReport) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    for batching in [true, false] {
+    // (batching, bundling): the paper's two throughput curves, then bundling on top.
+    for (batching, bundling) in [(true, false), (false, false), (true, true)] {
+        let name = match (batching, bundling) {
+            (true, false) => "batching",
+            (false, false) => "no-batching",
+            _ => "bundling",
+        };
         let cluster = replicated::start(&ClusterConfig {
             f: config.f,
-            dir: config.data_root.join(format!(
-                "micro-{}",
-                if batching { "batching" } else { "no-batching" }
-            )),
+            dir: config.data_root.join(format!("micro-{name}")),
             batching,
             null_app: true,
-            // One session per concurrent caller, so that all of them are in flight.
-            sessions: config.clients.iter().copied().max().unwrap_or(1) as u64,
+            // One session per concurrent caller, so that all of them are in flight;
+            // with bundling, a few sessions that each carry what has queued up.
+            sessions: if bundling {
+                config.bundle_sessions.max(1)
+            } else {
+                config.clients.iter().copied().max().unwrap_or(1) as u64
+            },
+            bundling,
             usig: config.usig,
         })?;
         let local = tokio::task::LocalSet::new();
         let measured = local.block_on(&rt, async {
-            if batching {
+            if batching && !bundling {
                 // Latency is measured with batching on, the cluster's default; one
                 // sequential client never has more than one request to batch.
                 let client = cluster.client();
@@ -142,7 +156,8 @@ fn protocol(config: &MicroConfig, report: &mut MicroReport) -> Result<()> {
                 }
             }
             for &clients in &config.clients {
-                let point = throughput(&*cluster, clients, config.seconds, batching).await?;
+                let point =
+                    throughput(&*cluster, clients, config.seconds, batching, bundling).await?;
                 report.throughput.push(point);
             }
             anyhow::Ok(())
@@ -186,6 +201,7 @@ async fn throughput(
     clients: usize,
     seconds: f64,
     batching: bool,
+    bundling: bool,
 ) -> Result<ThroughputPoint> {
     let warm = Duration::from_secs_f64((seconds / 5.0).min(1.0));
     let timed = Duration::from_secs_f64(seconds);
@@ -194,8 +210,9 @@ async fn throughput(
     let done = Rc::new(Cell::new(0u64));
     let bar = ProgressBar::new_spinner();
     bar.set_message(format!(
-        "throughput: {clients} clients, batching {}",
-        if batching { "on" } else { "off" }
+        "throughput: {clients} clients, batching {}, bundling {}",
+        if batching { "on" } else { "off" },
+        if bundling { "on" } else { "off" }
     ));
     let mut tasks = Vec::with_capacity(clients);
     for _ in 0..clients {
@@ -226,6 +243,7 @@ async fn throughput(
     let ops = done.get();
     Ok(ThroughputPoint {
         batching,
+        bundling,
         clients,
         ops,
         seconds: timed.as_secs_f64(),
@@ -336,17 +354,28 @@ impl MicroReport {
         }
         if !self.throughput.is_empty() {
             let _ = writeln!(out, "  throughput (null ops/s, closed loop):");
-            let _ = writeln!(out, "    clients   batching on   batching off");
+            let _ = writeln!(
+                out,
+                "    clients   batching off   batching on   batching + bundling"
+            );
             let clients: std::collections::BTreeSet<usize> =
                 self.throughput.iter().map(|t| t.clients).collect();
             for c in clients {
-                let get = |b: bool| {
+                let get = |batching: bool, bundling: bool| {
                     self.throughput
                         .iter()
-                        .find(|t| t.clients == c && t.batching == b)
+                        .find(|t| {
+                            t.clients == c && t.batching == batching && t.bundling == bundling
+                        })
                         .map_or_else(|| "-".to_string(), |t| format!("{:.0}", t.ops_per_second))
                 };
-                let _ = writeln!(out, "    {c:>7}   {:>11}   {:>12}", get(true), get(false));
+                let _ = writeln!(
+                    out,
+                    "    {c:>7}   {:>12}   {:>11}   {:>19}",
+                    get(false, false),
+                    get(true, false),
+                    get(true, true)
+                );
             }
         }
         if let Some(e) = &self.cluster_error {

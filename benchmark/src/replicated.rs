@@ -57,6 +57,8 @@ pub struct ClusterConfig {
     /// Requests one protocol client may have in flight (its BFT sessions); the
     /// throughput benchmark's concurrent clients share them.
     pub sessions: u64,
+    /// Clients bundle the operations waiting beyond their idle sessions.
+    pub bundling: bool,
     pub usig: UsigKind,
 }
 
@@ -95,6 +97,7 @@ mod imp {
             null_app: config.null_app,
             sessions: config.sessions,
             process_usig: config.usig == UsigKind::Process,
+            bundling: config.bundling,
         })?;
         Ok(Box::new(Embedded(Some(cluster))))
     }

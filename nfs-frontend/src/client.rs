@@ -25,12 +25,13 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
 use crate::backend::{FsBackend, error_reply};
+use crate::bundle;
 use crate::config::{ClusterConfig, ConfigError, SESSION_STRIDE};
 use crate::crypto::{ClusterCrypto, RequestSigner};
 use crate::net::{
     ClientMsg, DropReason, Hello, NetStats, ReplicaMsg, decode, encode, read_frame, write_frame,
 };
-use crate::op::encode_op;
+use crate::op::{BAD_OP_RESULT, encode_op};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
@@ -52,6 +53,9 @@ pub enum ClientError {
 struct Job {
     op: Vec<u8>,
     read_only: bool,
+    /// May share a request with other operations (`bundle`); false for operations
+    /// whose results can be large (READ, READDIR), so a reply stays small.
+    bundleable: bool,
     reply: oneshot::Sender<Vec<u8>>,
 }
 
@@ -70,11 +74,31 @@ impl BftClient {
     }
 
     pub async fn try_invoke(&self, op: Vec<u8>, read_only: bool) -> Result<Vec<u8>, ClientError> {
+        self.submit(op, read_only, true).await
+    }
+
+    /// Like `try_invoke`, for an operation that must travel alone (its result may be
+    /// large).
+    pub async fn try_invoke_alone(
+        &self,
+        op: Vec<u8>,
+        read_only: bool,
+    ) -> Result<Vec<u8>, ClientError> {
+        self.submit(op, read_only, false).await
+    }
+
+    async fn submit(
+        &self,
+        op: Vec<u8>,
+        read_only: bool,
+        bundleable: bool,
+    ) -> Result<Vec<u8>, ClientError> {
         let (tx, rx) = oneshot::channel();
         self.jobs
             .send(Job {
                 op,
                 read_only,
+                bundleable,
                 reply: tx,
             })
             .map_err(|_| ClientError::Stopped)?;
@@ -109,7 +133,9 @@ struct Engine {
     crypto: ClusterCrypto,
     signer: RequestSigner,
     sessions: Vec<Client>,
-    waiting: Vec<Option<oneshot::Sender<Vec<u8>>>>,
+    /// Per session, the callers of its outstanding request (several for a bundle).
+    waiting: Vec<Vec<oneshot::Sender<Vec<u8>>>>,
+    bundling: bool,
     queue: VecDeque<Job>,
     conns: Vec<mpsc::Sender<Vec<u8>>>,
     up: Vec<Arc<AtomicBool>>,
@@ -138,7 +164,8 @@ impl Engine {
             })
             .collect();
         Engine {
-            waiting: (0..config.sessions).map(|_| None).collect(),
+            waiting: (0..config.sessions).map(|_| Vec::new()).collect(),
+            bundling: config.bundling,
             config,
             client,
             crypto,
@@ -208,20 +235,57 @@ impl Engine {
     fn dispatch(&mut self) {
         let all_up = self.up.iter().all(|u| u.load(Ordering::Relaxed));
         for s in 0..self.sessions.len() {
-            if self.queue.is_empty() {
-                return;
-            }
             if !self.sessions[s].is_idle() {
                 continue;
             }
-            let job = self.queue.pop_front().expect("queue not empty");
-            if job.reply.is_closed() {
-                continue;
+            let Some(job) = self.next_job() else {
+                return;
+            };
+            let read_only = job.read_only;
+            let mut ops = vec![job.op];
+            self.waiting[s] = vec![job.reply];
+            if job.bundleable && self.bundling {
+                // Everything else waiting of the same kind rides along, up to the limits:
+                // one signature and one message per replica for all of them.
+                let mut bytes = ops[0].len();
+                let mut i = 0;
+                while i < self.queue.len() && ops.len() < bundle::BUNDLE_OPS_MAX {
+                    let j = &self.queue[i];
+                    if j.reply.is_closed() {
+                        self.queue.remove(i);
+                        continue;
+                    }
+                    if !j.bundleable
+                        || j.read_only != read_only
+                        || bytes + j.op.len() > bundle::BUNDLE_BYTES_MAX
+                    {
+                        i += 1;
+                        continue;
+                    }
+                    let j = self.queue.remove(i).expect("index in range");
+                    bytes += j.op.len();
+                    ops.push(j.op);
+                    self.waiting[s].push(j.reply);
+                }
             }
-            self.waiting[s] = Some(job.reply);
-            let outs = self.sessions[s].submit(job.op, job.read_only && all_up);
+            let op = if ops.len() == 1 {
+                ops.pop().expect("one op")
+            } else {
+                bundle::encode(&ops)
+            };
+            let outs = self.sessions[s].submit(op, read_only && all_up);
             self.outputs(s, outs);
         }
+    }
+
+    /// The oldest queued job whose caller still waits.
+    fn next_job(&mut self) -> Option<Job> {
+        while let Some(job) = self.queue.pop_front() {
+            if !job.reply.is_closed() {
+                return Some(job);
+            }
+        }
+        None
     }
 
     fn on_reply(&mut self, reply: &Reply) {
@@ -252,8 +316,25 @@ impl Engine {
                     }
                 }
                 ClientOutput::Done { result, .. } => {
-                    if let Some(tx) = self.waiting[s].take() {
-                        let _ = tx.send(result);
+                    let mut waiting = std::mem::take(&mut self.waiting[s]);
+                    if waiting.len() == 1 {
+                        let _ = waiting.pop().expect("one caller").send(result);
+                        continue;
+                    }
+                    // The agreed result of a bundle: one per caller, in order. A result
+                    // that does not split (f+1 replicas agreed on it, so only a faulty
+                    // client could cause it) fails each call the way garbage does.
+                    match bundle::decode(&result).filter(|r| r.len() == waiting.len()) {
+                        Some(results) => {
+                            for (tx, r) in waiting.into_iter().zip(results) {
+                                let _ = tx.send(r.to_vec());
+                            }
+                        }
+                        None => {
+                            for tx in waiting {
+                                let _ = tx.send(BAD_OP_RESULT.to_vec());
+                            }
+                        }
                     }
                 }
             }
@@ -369,9 +450,18 @@ impl FsBackend for BftBackend {
     fn execute(&self, cred: AuthUnix, op: FsOp) -> impl Future<Output = FsReply> + Send {
         let bytes = encode_op(&cred, &op);
         let read_only = is_read_only(&op);
+        let large_result = matches!(
+            op,
+            FsOp::Read { .. } | FsOp::Readdir { .. } | FsOp::Readdirplus { .. }
+        );
         let client = self.client.clone();
         async move {
-            match client.try_invoke(bytes, read_only).await {
+            let result = if large_result {
+                client.try_invoke_alone(bytes, read_only).await
+            } else {
+                client.try_invoke(bytes, read_only).await
+            };
+            match result {
                 Ok(result) => {
                     FsReply::decode(&result).unwrap_or_else(|_| error_reply(&op, NfsStat3::Io))
                 }

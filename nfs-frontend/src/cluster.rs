@@ -39,6 +39,9 @@ pub struct ClusterOptions {
     /// Each replica reaches its USIG through a separate USIG server (one thread per
     /// replica here, listening on `replica-<i>/usig.sock`) instead of holding the key.
     pub process_usig: bool,
+    /// Clients send the operations waiting beyond their idle sessions as one bundled
+    /// request (`crate::bundle`).
+    pub bundling: bool,
 }
 
 impl Default for ClusterOptions {
@@ -54,6 +57,7 @@ impl Default for ClusterOptions {
             null_app: false,
             sessions: 16,
             process_usig: false,
+            bundling: true,
         }
     }
 }
@@ -176,7 +180,9 @@ pub fn start_replica_thread(
 impl LocalCluster {
     pub fn start(opts: ClusterOptions) -> anyhow::Result<LocalCluster> {
         let path = ensure_keys(&opts.dir, opts.f, opts.batching, opts.sessions)?;
-        let config = Arc::new(ClusterConfig::load(&path)?);
+        let mut config = ClusterConfig::load(&path)?;
+        config.bundling &= opts.bundling;
+        let config = Arc::new(config);
         let mut replicas = Vec::new();
         let mut usig_servers = Vec::new();
         for id in 0..config.n() {

@@ -94,6 +94,10 @@ pub struct ClusterConfig {
     pub f: u32,
     /// BFT client sessions a frontend runs (requests in flight at once).
     pub sessions: u64,
+    /// A frontend with more operations waiting than idle sessions sends several as one
+    /// signed request (`bundle`). On unless the configuration says otherwise.
+    #[serde(default = "default_true")]
+    pub bundling: bool,
     pub frame_bytes_max: usize,
     pub consensus: Config,
     pub replicas: Vec<ReplicaEntry>,
@@ -317,6 +321,10 @@ impl ClusterConfig {
     }
 }
 
+fn default_true() -> bool {
+    true
+}
+
 /// What `keygen` should produce.
 #[derive(Clone, Debug)]
 pub struct KeygenOptions {
@@ -463,6 +471,7 @@ pub fn keygen(dir: &Path, opts: &KeygenOptions) -> Result<PathBuf, ConfigError> 
     let config = ClusterConfig {
         f: opts.f,
         sessions: opts.sessions,
+        bundling: true,
         frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
         consensus,
         replicas,

@@ -22,6 +22,7 @@
 //! `client` (the BFT client and `BftBackend`), `cluster` (an embedded cluster).
 
 pub mod backend;
+pub mod bundle;
 pub mod client;
 pub mod cluster;
 pub mod config;

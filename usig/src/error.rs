@@ -40,6 +40,11 @@ pub enum UsigError {
     Poisoned,
     #[error("USIG signing failed")]
     Signing,
+    #[error("this USIG backend does not support {0}")]
+    Unsupported(&'static str),
+    /// `advance_to` was shown a UI this USIG did not certify.
+    #[error("not a UI of this USIG: {0}")]
+    NotOurs(String),
 }
 
 impl UsigError {

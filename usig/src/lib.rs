@@ -109,6 +109,32 @@ pub trait Usig: Send {
     /// The last UI this USIG issued (across restarts, for durable backends), or `None`
     /// if it has issued none.
     fn last_issued(&self) -> Option<IssuedUi>;
+
+    /// Group commit: like `create_ui`, but the counter may not be durable until `sync`.
+    /// The caller must not let the UI leave the process before `sync` has returned; a
+    /// crash in between loses the increment together with the UI, which nobody saw.
+    /// Backends that cannot defer (the default) are durable at once.
+    fn create_ui_deferred(&mut self, digest: &Digest) -> Result<Ui, UsigError> {
+        self.create_ui(digest)
+    }
+
+    /// Makes every deferred increment durable (nothing to do for the default).
+    fn sync(&mut self) -> Result<(), UsigError> {
+        Ok(())
+    }
+
+    /// Whether a deferred increment awaits `sync`.
+    fn needs_sync(&self) -> bool {
+        false
+    }
+
+    /// Recovery after a crash between the caller's durable record of `issued` and this
+    /// USIG's own `sync`: move the counter up to `issued`, which must be a UI this USIG
+    /// certified (its own signature is the proof). Never moves the counter back.
+    fn advance_to(&mut self, issued: &IssuedUi) -> Result<(), UsigError> {
+        let _ = issued;
+        Err(UsigError::Unsupported("advance_to"))
+    }
 }
 
 impl<U: Usig + ?Sized> Usig for Box<U> {
@@ -126,6 +152,22 @@ impl<U: Usig + ?Sized> Usig for Box<U> {
 
     fn last_issued(&self) -> Option<IssuedUi> {
         (**self).last_issued()
+    }
+
+    fn create_ui_deferred(&mut self, digest: &Digest) -> Result<Ui, UsigError> {
+        (**self).create_ui_deferred(digest)
+    }
+
+    fn sync(&mut self) -> Result<(), UsigError> {
+        (**self).sync()
+    }
+
+    fn needs_sync(&self) -> bool {
+        (**self).needs_sync()
+    }
+
+    fn advance_to(&mut self, issued: &IssuedUi) -> Result<(), UsigError> {
+        (**self).advance_to(issued)
     }
 }
 

@@ -100,6 +100,8 @@ pub struct SoftwareUsig {
     header_sum: [u8; 32],
     last: Record,
     poisoned: bool,
+    /// Issued by `create_ui_deferred`, written and synced by `sync`.
+    pending: Option<Record>,
 }
 
 impl SoftwareUsig {
@@ -176,6 +178,46 @@ impl SoftwareUsig {
             header_sum,
             last,
             poisoned: false,
+            pending: None,
+        })
+    }
+
+    /// Writes `record` into its slot (never the one holding `last`) without syncing,
+    /// and makes it `last`.
+    fn write_record(&mut self, record: Record) -> Result<(), UsigError> {
+        assert_ne!(
+            record.slot(),
+            self.last.slot(),
+            "never overwrite the last record"
+        );
+        let block = encode_slot(&record, record.slot(), &self.header_sum);
+        let offset = (BLOCK_LEN * (1 + record.slot())) as u64;
+        if let Err(e) = self.file.write_all_at(&block, offset) {
+            self.poisoned = true;
+            return Err(UsigError::io(
+                format!(
+                    "persisting counter {} to {}",
+                    record.counter,
+                    self.path.display()
+                ),
+                e,
+            ));
+        }
+        self.last = record;
+        Ok(())
+    }
+
+    fn sync_file(&mut self) -> Result<(), UsigError> {
+        self.file.sync_data().map_err(|e| {
+            self.poisoned = true;
+            UsigError::io(
+                format!(
+                    "persisting counter {} to {}",
+                    self.last.counter,
+                    self.path.display()
+                ),
+                e,
+            )
         })
     }
 
@@ -195,8 +237,22 @@ impl Usig for SoftwareUsig {
     }
 
     fn create_ui(&mut self, digest: &Digest) -> Result<Ui, UsigError> {
+        let ui = self.create_ui_deferred(digest)?;
+        self.sync()?;
+        Ok(ui)
+    }
+
+    /// Signs now; `sync` writes the slot and makes it durable. Until then nothing of this
+    /// UI is on disk, so a crash (even a SIGKILL, whose page-cache writes survive) before
+    /// `sync` leaves the counter where it was: the caller writes its own record of the UI
+    /// first and syncs this USIG after, and never releases the UI before both.
+    fn create_ui_deferred(&mut self, digest: &Digest) -> Result<Ui, UsigError> {
         if self.poisoned {
             return Err(UsigError::Poisoned);
+        }
+        if self.pending.is_some() {
+            // One unsynced UI at a time (both slots must never be in flux).
+            self.sync()?;
         }
         let counter = self
             .last
@@ -204,31 +260,54 @@ impl Usig for SoftwareUsig {
             .checked_add(1)
             .ok_or(UsigError::CounterExhausted)?;
         let ui = self.signer.certify(self.replica, counter, digest)?;
-        let record = Record {
+        self.pending = Some(Record {
             counter,
             digest: *digest,
             cert: ui.cert.as_slice().try_into().expect("fixed-size signature"),
-        };
-        assert_ne!(
-            record.slot(),
-            self.last.slot(),
-            "never overwrite the last record"
-        );
-        let block = encode_slot(&record, record.slot(), &self.header_sum);
-        let offset = (BLOCK_LEN * (1 + record.slot())) as u64;
-        let written = self
-            .file
-            .write_all_at(&block, offset)
-            .and_then(|()| self.file.sync_data());
-        if let Err(e) = written {
-            self.poisoned = true;
-            return Err(UsigError::io(
-                format!("persisting counter {counter} to {}", self.path.display()),
-                e,
-            ));
-        }
-        self.last = record;
+        });
         Ok(ui)
+    }
+
+    fn sync(&mut self) -> Result<(), UsigError> {
+        let Some(record) = self.pending.take() else {
+            return Ok(());
+        };
+        self.write_record(record)?;
+        self.sync_file()
+    }
+
+    fn needs_sync(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    fn advance_to(&mut self, issued: &IssuedUi) -> Result<(), UsigError> {
+        self.sync()?;
+        if issued.ui.counter <= self.last.counter {
+            return Ok(());
+        }
+        Verifier::new(&self.signer.identity())
+            .and_then(|v| v.verify(self.replica, &issued.digest, &issued.ui))
+            .map_err(|e| UsigError::NotOurs(e.to_string()))?;
+        if issued.ui.counter != self.last.counter + 1 {
+            // Each deferred UI is synced before the next is issued, so the durable
+            // counter is never more than one behind anything issued.
+            return Err(UsigError::NotOurs(format!(
+                "counter {} is more than one above the durable {}",
+                issued.ui.counter, self.last.counter
+            )));
+        }
+        let record = Record {
+            counter: issued.ui.counter,
+            digest: issued.digest,
+            cert: issued
+                .ui
+                .cert
+                .as_slice()
+                .try_into()
+                .map_err(|_| UsigError::NotOurs("certificate length".into()))?,
+        };
+        self.write_record(record)?;
+        self.sync_file()
     }
 
     fn last_issued(&self) -> Option<IssuedUi> {

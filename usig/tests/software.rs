@@ -266,3 +266,78 @@ fn key_file_with_garbage_is_refused() {
     let err = SigningKey::read_file(&path).unwrap_err();
     assert!(matches!(err, UsigError::InvalidKey(_)), "{err}");
 }
+
+/// Group commit (`create_ui_deferred` + `sync`): nothing of an unsynced UI is on disk, so
+/// a crash before `sync` leaves the counter where it was; after `sync` it is durable; a
+/// second deferred UI first syncs the one before it.
+#[test]
+fn software_deferred_ui_is_durable_only_after_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    {
+        let mut usig = SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap();
+        issue(&mut usig, 3);
+        let ui = usig.create_ui_deferred(&test_digest(4)).unwrap();
+        assert_eq!(ui.counter, 4);
+        assert!(usig.needs_sync());
+        // Dropped without `sync`: a crash before the group commit.
+    }
+    {
+        let mut usig = SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap();
+        assert_eq!(usig.last_issued().unwrap().ui.counter, 3);
+        assert_eq!(usig.create_ui_deferred(&test_digest(4)).unwrap().counter, 4);
+        // The next one syncs 4 before it is issued.
+        assert_eq!(usig.create_ui_deferred(&test_digest(5)).unwrap().counter, 5);
+        usig.sync().unwrap();
+        assert!(!usig.needs_sync());
+    }
+    let usig = SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap();
+    let last = usig.last_issued().unwrap();
+    assert_eq!(last.ui.counter, 5);
+    verify_ui(&key.identity(), 1, &test_digest(5), &last.ui).unwrap();
+}
+
+/// `advance_to`: a UI the caller logged but whose counter the USIG had not yet synced
+/// (power loss between the two syncs) moves the counter up; a UI of another key, or one
+/// more than a step ahead, is refused; an old one changes nothing.
+#[test]
+fn software_advances_only_to_its_own_next_ui() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let other = SigningKey::generate().unwrap();
+    let logged = {
+        let mut usig = SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap();
+        issue(&mut usig, 2);
+        let ui = usig.create_ui_deferred(&test_digest(3)).unwrap();
+        usig::IssuedUi {
+            digest: test_digest(3),
+            ui,
+        }
+    };
+    let foreign = {
+        let odir = tempfile::tempdir().unwrap();
+        let mut o = SoftwareUsig::open(odir.path(), 1, other.pkcs8()).unwrap();
+        issue(&mut o, 2);
+        usig::IssuedUi {
+            digest: test_digest(3),
+            ui: o.create_ui(&test_digest(3)).unwrap(),
+        }
+    };
+    let mut usig = SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap();
+    assert_eq!(usig.last_issued().unwrap().ui.counter, 2);
+    assert!(matches!(
+        usig.advance_to(&foreign),
+        Err(UsigError::NotOurs(_))
+    ));
+    let mut forged_digest = logged.clone();
+    forged_digest.digest = test_digest(99);
+    assert!(usig.advance_to(&forged_digest).is_err());
+    usig.advance_to(&logged).unwrap();
+    assert_eq!(usig.last_issued().unwrap().ui.counter, 3);
+    // Idempotent, and never backwards.
+    usig.advance_to(&logged).unwrap();
+    assert_eq!(usig.create_ui(&test_digest(4)).unwrap().counter, 4);
+    drop(usig);
+    let usig = SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap();
+    assert_eq!(usig.last_issued().unwrap().ui.counter, 4);
+}

@@ -2,8 +2,9 @@
 //! or a null service for protocol micro-benchmarks.
 //!
 //! Execution is deterministic (the batch's primary timestamp, the request's
-//! credentials); a batch is made durable with ONE `sync()` before its results go back to
-//! the core, so no reply ever leaves before its operation is on disk. A local fault
+//! credentials). The runtime makes executed batches durable with one `sync()` per burst
+//! of inputs, side by side with the protocol log's and the USIG's syncs, and lets no
+//! reply leave before it (`replica::Node::sync_all`). A local fault
 //! (EIO, ENOSPC, a damaged tree) is an `Err`: the replica stops rather than reply
 //! something other replicas would not.
 
@@ -13,6 +14,7 @@ use consensus::{Digest, Request, SeqNum};
 use fs_state::{FileStateMachine, FsConfig, FsError, FsSnapshot, OpContext, is_read_only};
 use sha2::{Digest as _, Sha256};
 
+use crate::bundle;
 use crate::op::{BAD_OP_RESULT, decode_op};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +38,8 @@ impl App {
         Ok(App::Fs(Box::new(FileStateMachine::open(data_dir, config)?)))
     }
 
-    /// Applies batch `n` and makes it durable with one sync; one result per request.
+    /// Applies batch `n`; one result per request. Durable after the next `sync`, which
+    /// the runtime calls before any result (or anything else) leaves the replica.
     pub fn execute(
         &mut self,
         n: SeqNum,
@@ -46,29 +49,37 @@ impl App {
         match self {
             App::Null { executed } => {
                 *executed = n;
-                Ok(vec![Vec::new(); requests.len()])
+                Ok(requests.iter().map(|r| null_result(&r.op)).collect())
             }
             App::Fs(sm) => {
                 let mut results = Vec::with_capacity(requests.len());
-                let mut changed = false;
                 for r in requests {
-                    if r.op.is_empty() {
-                        results.push(Vec::new());
-                        continue;
-                    }
-                    let Some((cred, op)) = decode_op(&r.op) else {
-                        results.push(BAD_OP_RESULT.to_vec());
-                        continue;
+                    let result = if bundle::is_bundle(&r.op) {
+                        match bundle::decode(&r.op) {
+                            Some(ops) => {
+                                let mut out = Vec::with_capacity(ops.len());
+                                for op in ops {
+                                    out.push(apply_one(sm, timestamp_ns, op)?);
+                                }
+                                bundle::encode(&out)
+                            }
+                            None => BAD_OP_RESULT.to_vec(),
+                        }
+                    } else {
+                        apply_one(sm, timestamp_ns, &r.op)?
                     };
-                    let ctx = OpContext { timestamp_ns, cred };
-                    results.push(sm.apply(&ctx, &op)?.encode());
-                    changed |= !is_read_only(&op);
-                }
-                if changed {
-                    sm.sync()?;
+                    results.push(result);
                 }
                 Ok(results)
             }
+        }
+    }
+
+    /// Makes every executed batch durable (one sync for all batches since the last).
+    pub fn sync(&mut self) -> Result<(), AppError> {
+        match self {
+            App::Null { .. } => Ok(()),
+            App::Fs(sm) => Ok(sm.sync()?),
         }
     }
 
@@ -76,23 +87,19 @@ impl App {
     /// path (a faulty client) is refused, never applied.
     pub fn query(&mut self, op: &[u8]) -> Result<Vec<u8>, AppError> {
         match self {
-            App::Null { .. } => Ok(Vec::new()),
+            App::Null { .. } => Ok(null_result(op)),
             App::Fs(sm) => {
-                if op.is_empty() {
-                    return Ok(Vec::new());
+                if !bundle::is_bundle(op) {
+                    return query_one(sm, op);
                 }
-                match decode_op(op) {
-                    Some((cred, op)) if is_read_only(&op) => {
-                        // Read-only procedures ignore the time (fs-state: READ does not
-                        // touch atime); 0 makes any accidental use visible.
-                        let ctx = OpContext {
-                            timestamp_ns: 0,
-                            cred,
-                        };
-                        Ok(sm.apply(&ctx, &op)?.encode())
-                    }
-                    _ => Ok(BAD_OP_RESULT.to_vec()),
+                let Some(ops) = bundle::decode(op) else {
+                    return Ok(BAD_OP_RESULT.to_vec());
+                };
+                let mut out = Vec::with_capacity(ops.len());
+                for op in ops {
+                    out.push(query_one(sm, op)?);
                 }
+                Ok(bundle::encode(&out))
             }
         }
     }
@@ -135,6 +142,46 @@ impl App {
             App::Null { .. } => Ok(()),
             App::Fs(sm) => Ok(sm.close()?),
         }
+    }
+}
+
+/// The null application's answer: empty, or one empty result per bundled operation.
+fn null_result(op: &[u8]) -> Vec<u8> {
+    match bundle::decode(op) {
+        Some(ops) => bundle::encode(&vec![Vec::<u8>::new(); ops.len()]),
+        None if bundle::is_bundle(op) => BAD_OP_RESULT.to_vec(),
+        None => Vec::new(),
+    }
+}
+
+/// Applies one ordered operation (durable at the next `App::sync`).
+fn apply_one(sm: &mut FileStateMachine, timestamp_ns: u64, op: &[u8]) -> Result<Vec<u8>, AppError> {
+    if op.is_empty() {
+        return Ok(Vec::new());
+    }
+    let Some((cred, op)) = decode_op(op) else {
+        return Ok(BAD_OP_RESULT.to_vec());
+    };
+    let ctx = OpContext { timestamp_ns, cred };
+    Ok(sm.apply(&ctx, &op)?.encode())
+}
+
+/// Answers one operation on the read-only path; a mutating one is refused.
+fn query_one(sm: &mut FileStateMachine, op: &[u8]) -> Result<Vec<u8>, AppError> {
+    if op.is_empty() {
+        return Ok(Vec::new());
+    }
+    match decode_op(op) {
+        Some((cred, op)) if is_read_only(&op) => {
+            // Read-only procedures ignore the time (fs-state: READ does not touch
+            // atime); 0 makes any accidental use visible.
+            let ctx = OpContext {
+                timestamp_ns: 0,
+                cred,
+            };
+            Ok(sm.apply(&ctx, &op)?.encode())
+        }
+        _ => Ok(BAD_OP_RESULT.to_vec()),
     }
 }
 

@@ -46,6 +46,8 @@ pub struct ProtocolLog {
     /// Records read back on open (0 for a fresh log).
     pub replayed: usize,
     must_sync: bool,
+    /// Written to the file but not yet synced.
+    unsynced: bool,
 }
 
 fn frame(rec: &PersistRecord, out: &mut Vec<u8>) {
@@ -94,6 +96,7 @@ impl ProtocolLog {
             file,
             pending: Vec::new(),
             must_sync: false,
+            unsynced: false,
             durable,
             replayed,
         })
@@ -139,25 +142,42 @@ impl ProtocolLog {
     }
 
     pub fn is_dirty(&self) -> bool {
-        !self.pending.is_empty() || self.len == u64::MAX
+        !self.pending.is_empty() || self.len == u64::MAX || self.unsynced
     }
 
-    /// Makes every appended record durable (one `fdatasync`).
-    pub fn sync(&mut self) -> Result<(), LogError> {
+    /// Writes the appended records into the file (the page cache, which survives a
+    /// killed process) without syncing; `sync` makes them durable.
+    pub fn write_pending(&mut self) -> Result<(), LogError> {
         if self.len == u64::MAX {
             return self.compact();
         }
         if self.pending.is_empty() {
             return Ok(());
         }
-        let io = |source| LogError::Io {
-            path: self.path.clone(),
-            source,
-        };
-        self.file.write_all(&self.pending).map_err(io)?;
-        self.file.sync_data().map_err(io)?;
+        self.file
+            .write_all(&self.pending)
+            .map_err(|source| LogError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
         self.len += self.pending.len() as u64;
         self.pending.clear();
+        self.unsynced = true;
+        Ok(())
+    }
+
+    /// Makes every appended record durable (one `fdatasync`).
+    pub fn sync(&mut self) -> Result<(), LogError> {
+        self.write_pending()?;
+        if !self.unsynced {
+            self.must_sync = false;
+            return Ok(());
+        }
+        self.file.sync_data().map_err(|source| LogError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.unsynced = false;
         self.must_sync = false;
         Ok(())
     }
@@ -188,6 +208,8 @@ impl ProtocolLog {
             .map_err(io(&self.path))?;
         self.len = bytes.len() as u64;
         self.pending.clear();
+        self.unsynced = false;
+        self.must_sync = false;
         Ok(())
     }
 }

@@ -105,7 +105,11 @@ struct Node {
     core: Replica,
     app: Option<App>,
     usig: Box<dyn Usig + Send>,
+    /// The USIG defers its counter's sync to `sync_all` (in-process software USIG).
+    group_commit: bool,
     log: ProtocolLog,
+    /// Batches executed since the file state was last synced.
+    app_dirty: bool,
     snaps: SnapshotStore,
     /// Application snapshots taken right after a batch whose digest a checkpoint needs,
     /// waiting for the core's `TakeSnapshot` (later batches may execute in between).
@@ -122,6 +126,49 @@ impl Node {
         self.app
             .as_mut()
             .expect("application open while the node runs")
+    }
+
+    /// Makes everything this burst produced durable before any of it can leave: protocol
+    /// records, the USIG's counter and the executed batches, with their syncs running
+    /// side by side (one sync's time instead of three in a row).
+    ///
+    /// Order matters only for the USIG: the log's records reach the file (the page
+    /// cache) before the USIG writes its counter, so a killed process can never leave
+    /// the counter ahead of the logged message carrying it; after a power loss in
+    /// between, `open_node` moves the counter up to what the log holds (`advance_to`).
+    fn sync_all(&mut self) -> Result<(), ReplicaError> {
+        let usig = self.usig.needs_sync();
+        let log = self.log.must_sync() || (usig && self.log.is_dirty());
+        let app = std::mem::take(&mut self.app_dirty) && self.app.is_some();
+        if log {
+            self.log.write_pending()?;
+        }
+        let work = [log, usig, app].iter().filter(|b| **b).count();
+        if work <= 1 {
+            if log {
+                self.log.sync()?;
+            }
+            if usig {
+                self.usig.sync()?;
+            }
+            if app {
+                self.app().sync()?;
+            }
+            return Ok(());
+        }
+        let (log_ref, usig_ref, app_ref) = (&mut self.log, &mut self.usig, &mut self.app);
+        std::thread::scope(|scope| {
+            let usig_job = usig.then(|| scope.spawn(move || usig_ref.sync()));
+            let app_job =
+                app.then(|| scope.spawn(move || app_ref.as_mut().map_or(Ok(()), App::sync)));
+            let log_result = if log { log_ref.sync() } else { Ok(()) };
+            let usig_result = usig_job.map_or(Ok(()), |j| j.join().expect("USIG sync thread"));
+            let app_result = app_job.map_or(Ok(()), |j| j.join().expect("app sync thread"));
+            log_result?;
+            usig_result?;
+            app_result?;
+            Ok(())
+        })
     }
 
     fn feed(&mut self, input: Input) -> Result<(), ReplicaError> {
@@ -166,11 +213,21 @@ impl Node {
                 }
             }
             Output::CreateUi { digest } => {
-                // Write-ahead: the message's intent (and every record before it) is
-                // durable before the USIG spends a counter on it, so a crash in between
-                // is completed on restart instead of leaving a hole in our stream.
-                self.log.sync()?;
-                let ui = self.usig.create_ui(&digest)?;
+                let ui = if self.group_commit {
+                    // Group commit: the counter becomes durable in `sync_all`, after the
+                    // log has the message, and before anything leaves (see `sync_all`).
+                    if self.usig.needs_sync() {
+                        self.sync_all()?;
+                    }
+                    self.usig.create_ui_deferred(&digest)?
+                } else {
+                    // Write-ahead: the message's intent (and every record before it) is
+                    // durable before the USIG spends a counter on it, so a crash in
+                    // between is completed on restart instead of leaving a hole in our
+                    // stream.
+                    self.log.sync()?;
+                    self.usig.create_ui(&digest)?
+                };
                 work.push_back(Input::UiCreated(ui));
             }
             Output::Execute {
@@ -181,6 +238,8 @@ impl Node {
             } => {
                 let app = self.app();
                 let results = app.execute(n, timestamp_ns, &requests)?;
+                self.app_dirty = true;
+                let app = self.app();
                 let app_digest = if want_digest {
                     let d = app.digest()?;
                     let snap = app.snapshot()?;
@@ -414,19 +473,41 @@ fn open_node(
     let id = opts.id;
     let secrets = config.replica_secrets(id)?;
     let crypto = ClusterCrypto::for_replica(&config, &secrets)?;
-    let usig: Box<dyn Usig + Send> = match &opts.usig_socket {
+    let (mut usig, group_commit): (Box<dyn Usig + Send>, bool) = match &opts.usig_socket {
         Some(socket) => {
             let expected = config.usig_identity(id)?;
-            Box::new(ProcessUsig::connect(socket, Some(&expected))?)
+            (
+                Box::new(ProcessUsig::connect(socket, Some(&expected))?),
+                false,
+            )
         }
         None => {
             let usig_dir = opts.data_dir.join("usig");
             std::fs::create_dir_all(&usig_dir)?;
             let key = usig::SigningKey::read_file(&secrets.usig_key_file)?;
-            Box::new(SoftwareUsig::open(&usig_dir, id, key.pkcs8())?)
+            (
+                Box::new(SoftwareUsig::open(&usig_dir, id, key.pkcs8())?),
+                true,
+            )
         }
     };
     let mut log = ProtocolLog::open(&opts.data_dir)?;
+    if group_commit
+        && let Some(msg) = log.durable.sent.values().next_back()
+        && usig.last_issued().map_or(0, |u| u.ui.counter) < msg.counter()
+    {
+        // Power lost between the log's sync and the USIG's (`sync_all`): the logged
+        // message proves, by the USIG's own signature, that its counter was issued.
+        let issued = usig::IssuedUi {
+            digest: msg.certified_digest(),
+            ui: msg.ui().clone(),
+        };
+        info!(
+            counter = msg.counter(),
+            "USIG counter moved up to the logged message"
+        );
+        usig.advance_to(&issued)?;
+    }
     let snaps = SnapshotStore::open(&opts.data_dir)?;
     let mut app = if opts.null_app {
         App::Null { executed: 0 }
@@ -516,7 +597,9 @@ fn open_node(
         core,
         app: Some(app),
         usig,
+        group_commit,
         log,
+        app_dirty: false,
         snaps,
         pending_snapshots: BTreeMap::new(),
         peers: Vec::new(),
@@ -589,9 +672,7 @@ pub async fn run(
             }
             // Durable before we yield: nothing queued above reaches a socket before
             // (except `Sent` records, which the synced intents already cover).
-            if node.log.must_sync() {
-                node.log.sync()?;
-            }
+            node.sync_all()?;
         }
     }
     .await;
@@ -607,6 +688,7 @@ pub async fn run(
     // Whatever was appended is made durable; a clean close lets the next open skip
     // rehashing. After a local fault the state machine refuses to close: leave it.
     node.log.sync()?;
+    node.usig.sync()?;
     if result.is_ok()
         && let Some(app) = node.app.take()
     {
