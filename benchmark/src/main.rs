@@ -186,10 +186,10 @@ fn durability(modes: &[Mode]) -> String {
     let mut parts = vec![
         "both embedded modes reply only after the operation is durable: the unreplicated \
          server fsyncs its file state once per batch of operations that arrived together; \
-         each MinPBFT replica fsyncs its file state once per ordered batch before replying, \
-         fdatasyncs its protocol log before any message leaves, and its software USIG \
-         fdatasyncs its counter before every UI; a WRITE, UNSTABLE or not, is on disk when \
-         answered"
+         each MinPBFT replica group-commits what a burst of inputs produced (its file \
+         state, its protocol log and its software USIG's counter, synced side by side) \
+         before any message or reply of that burst leaves; a WRITE, UNSTABLE or not, is \
+         on disk when answered"
             .to_string(),
     ];
     for m in modes {

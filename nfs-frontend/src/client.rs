@@ -15,7 +15,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use consensus::{Client, ClientOutput, Crypto, ReplicaId, Reply};
@@ -63,12 +63,18 @@ struct Job {
 #[derive(Clone)]
 pub struct BftClient {
     jobs: mpsc::UnboundedSender<Job>,
+    bundled: Arc<AtomicU64>,
 }
 
 impl BftClient {
     /// Orders `op` (or runs it on the read-only path) and returns the agreed result.
     /// Waits through replica failures and view changes; an empty result only if the
     /// engine has stopped.
+    /// Operations this client has sent inside bundles so far.
+    pub fn bundled_ops(&self) -> u64 {
+        self.bundled.load(Ordering::Relaxed)
+    }
+
     pub async fn invoke(&self, op: Vec<u8>, read_only: bool) -> Vec<u8> {
         self.try_invoke(op, read_only).await.unwrap_or_default()
     }
@@ -123,7 +129,8 @@ impl BftClient {
         let signer = RequestSigner::new(&secrets.signing_pkcs8)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let engine = Engine::new(config, client, crypto, signer);
-        Ok((BftClient { jobs: tx }, engine.run(rx)))
+        let bundled = engine.bundled.clone();
+        Ok((BftClient { jobs: tx, bundled }, engine.run(rx)))
     }
 }
 
@@ -136,6 +143,7 @@ struct Engine {
     /// Per session, the callers of its outstanding request (several for a bundle).
     waiting: Vec<Vec<oneshot::Sender<Vec<u8>>>>,
     bundling: bool,
+    bundled: Arc<AtomicU64>,
     queue: VecDeque<Job>,
     conns: Vec<mpsc::Sender<Vec<u8>>>,
     up: Vec<Arc<AtomicBool>>,
@@ -166,6 +174,7 @@ impl Engine {
         Engine {
             waiting: (0..config.sessions).map(|_| Vec::new()).collect(),
             bundling: config.bundling,
+            bundled: Arc::new(AtomicU64::new(0)),
             config,
             client,
             crypto,
@@ -271,6 +280,7 @@ impl Engine {
             let op = if ops.len() == 1 {
                 ops.pop().expect("one op")
             } else {
+                self.bundled.fetch_add(ops.len() as u64, Ordering::Relaxed);
                 bundle::encode(&ops)
             };
             let outs = self.sessions[s].submit(op, read_only && all_up);
