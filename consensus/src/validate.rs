@@ -106,7 +106,12 @@ fn request_ref(config: &Config, crypto: &dyn Crypto, req: &Request) -> Result<()
     if req.op.len() > config.request_bytes_max {
         return Err(Reject::RequestTooLarge);
     }
-    if !crypto.verify_request(req.client, &req.digest(), &req.sig) {
+    let ok = if req.read_only {
+        crypto.verify_read_only_request(req.client, &req.digest(), &req.sig)
+    } else {
+        crypto.verify_request(req.client, &req.digest(), &req.sig)
+    };
+    if !ok {
         return Err(Reject::BadClientSignature);
     }
     Ok(())

@@ -317,7 +317,12 @@ impl Engine {
         for o in outs {
             match o {
                 ClientOutput::Send(mut req) => {
-                    req.sig = self.signer.sign(&req.digest());
+                    req.sig = if req.read_only {
+                        self.crypto
+                            .read_only_authenticator(req.client, &req.digest())
+                    } else {
+                        self.signer.sign(&req.digest())
+                    };
                     let frame = encode(&ClientMsg::Request(req));
                     for c in &self.conns {
                         if c.try_send(frame.clone()).is_err() {

@@ -15,10 +15,10 @@ use consensus::crypto::{constant_time_eq, hmac_sha256};
 use consensus::types::Ui;
 use consensus::{ClientId, Crypto, Digest, ReplicaId};
 use ring::rand::SystemRandom;
-use sha2::{Digest as _, Sha256};
 use ring::signature::{
     ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, UnparsedPublicKey,
 };
+use sha2::{Digest as _, Sha256};
 
 use crate::config::{ClientSecrets, ClusterConfig, ConfigError, ReplicaSecrets, unhex};
 
@@ -27,6 +27,11 @@ struct Inner {
     clients: BTreeMap<u64, UnparsedPublicKey<Vec<u8>>>,
     /// (replica, client index) -> reply MAC key.
     reply_keys: BTreeMap<(ReplicaId, u64), [u8; 32]>,
+    /// The replica this is (replica side): which entry of a read-only authenticator to
+    /// check.
+    me: Option<ReplicaId>,
+    /// Replicas in the cluster (entries of a read-only authenticator).
+    n: u32,
     /// Request signatures already found valid (see `VerifiedRequests`).
     verified: Mutex<VerifiedRequests>,
 }
@@ -40,6 +45,23 @@ struct Inner {
 struct VerifiedRequests {
     set: HashSet<Digest>,
     order: VecDeque<Digest>,
+}
+
+/// First byte of a read-only authenticator, which is 1 + 16 n bytes long: never 64, the
+/// length of an ECDSA signature (r‖s), so the two cannot be confused.
+const READ_AUTH_TAG: u8 = 0xA7;
+/// Bytes of each replica's MAC in a read-only authenticator (128 bits).
+const READ_MAC_LEN: usize = 16;
+
+fn read_mac(key: &[u8; 32], client: ClientId, digest: &Digest) -> [u8; 32] {
+    hmac_sha256(
+        key,
+        &[
+            b"bftnfs/read-only-request/v1",
+            &client.to_be_bytes(),
+            digest,
+        ],
+    )
 }
 
 /// Entries kept: a few batches' worth of requests from every session.
@@ -93,6 +115,8 @@ impl ClusterCrypto {
             usig,
             clients,
             reply_keys: BTreeMap::new(),
+            me: None,
+            n: config.n(),
             verified: Mutex::default(),
         })
     }
@@ -106,6 +130,7 @@ impl ClusterCrypto {
         for (&c, k) in &secrets.reply_keys {
             inner.reply_keys.insert((secrets.id, c), *k);
         }
+        inner.me = Some(secrets.id);
         Ok(ClusterCrypto(Arc::new(inner)))
     }
 
@@ -119,6 +144,23 @@ impl ClusterCrypto {
             inner.reply_keys.insert((r, secrets.id), *k);
         }
         Ok(ClusterCrypto(Arc::new(inner)))
+    }
+
+    /// A read-only request's authenticator (client side): `READ_AUTH_TAG`, then for each
+    /// replica in order the first `READ_MAC_LEN` bytes of HMAC-SHA256 under the key this
+    /// client shares with it. About 1 µs instead of an ECDSA signature (≈ 22 µs to sign,
+    /// ≈ 68 µs to verify on every replica); reads need no proof a third party could
+    /// check, because a read-only request is never ordered.
+    pub fn read_only_authenticator(&self, client: ClientId, digest: &Digest) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + READ_MAC_LEN * self.0.n as usize);
+        out.push(READ_AUTH_TAG);
+        for r in 0..self.0.n {
+            let mac = self
+                .reply_key(r, client)
+                .map_or([0; 32], |k| read_mac(k, client, digest));
+            out.extend_from_slice(&mac[..READ_MAC_LEN]);
+        }
+        out
     }
 
     fn reply_key(&self, replica: ReplicaId, client: ClientId) -> Option<&[u8; 32]> {
@@ -151,6 +193,22 @@ impl Crypto for ClusterCrypto {
             cache().insert(key);
         }
         ok
+    }
+
+    fn verify_read_only_request(&self, client: ClientId, digest: &Digest, auth: &[u8]) -> bool {
+        let authenticator_len = 1 + READ_MAC_LEN * self.0.n as usize;
+        if auth.len() != authenticator_len || auth.first() != Some(&READ_AUTH_TAG) {
+            return self.verify_request(client, digest, auth);
+        }
+        let (Some(me), Some(key)) = (self.0.me, self.0.me.and_then(|r| self.reply_key(r, client)))
+        else {
+            return false;
+        };
+        let at = 1 + READ_MAC_LEN * me as usize;
+        constant_time_eq(
+            &read_mac(key, client, digest)[..READ_MAC_LEN],
+            &auth[at..at + READ_MAC_LEN],
+        )
     }
 
     fn reply_mac(&self, replica: ReplicaId, client: ClientId, bytes: &Digest) -> [u8; 32] {
@@ -233,6 +291,26 @@ mod tests {
         bad[10] ^= 1;
         assert!(!r0.verify_request(session, &d, &bad));
         assert!(!r0.verify_request(session, &d, &bad));
+        // Read-only requests: the MAC authenticator convinces each replica of its own
+        // entry only, and nothing else accepts it.
+        let r1 = ClusterCrypto::for_replica(&c, &c.replica_secrets(1).expect("r1")).expect("r1");
+        let auth = k1.read_only_authenticator(session, &d);
+        assert!(r0.verify_read_only_request(session, &d, &auth));
+        assert!(r1.verify_read_only_request(session, &d, &auth));
+        assert!(
+            !r0.verify_request(session, &d, &auth),
+            "never for an ordered request"
+        );
+        assert!(!r0.verify_read_only_request(session, &[8; 32], &auth));
+        assert!(!r0.verify_read_only_request(session + 1, &d, &auth));
+        let mut only_r0 = auth.clone();
+        only_r0[1 + 16] ^= 1; // replica 1's entry
+        assert!(r0.verify_read_only_request(session, &d, &only_r0));
+        assert!(!r1.verify_read_only_request(session, &d, &only_r0));
+        assert!(
+            r0.verify_read_only_request(session, &d, &sig),
+            "a signature still works"
+        );
         let mac = r0.reply_mac(0, session, &d);
         assert!(k1.verify_reply_mac(0, session, &d, &mac));
         assert!(!k1.verify_reply_mac(1, session, &d, &mac));
