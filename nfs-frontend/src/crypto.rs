@@ -36,11 +36,13 @@ struct Inner {
     verified: Mutex<VerifiedRequests>,
 }
 
-/// Recently verified request signatures. Every replica receives each request twice: from
-/// the client, and inside the primary's PREPARE; a backup that already checked the
-/// client's copy need not spend another ECDSA verification (≈ 68 µs, on its critical
-/// path) on the identical bytes. A hit requires the same client, request digest and
-/// signature bytes, so it answers exactly what verifying again would.
+/// Recently verified request signatures and UIs. Every replica receives each request
+/// twice: from the client, and inside the primary's PREPARE; a backup that already
+/// checked the client's copy need not spend another ECDSA verification (≈ 68 µs, on its
+/// critical path) on the identical bytes. Likewise the primary's UI, carried by the
+/// PREPARE and again by every COMMIT. A hit requires the same signer, digest and
+/// signature bytes (hashed under a domain tag per kind), so it answers exactly what
+/// verifying again would.
 #[derive(Default)]
 struct VerifiedRequests {
     set: HashSet<Digest>,
@@ -74,6 +76,16 @@ impl VerifiedRequests {
         h.update(client.to_be_bytes());
         h.update(digest);
         h.update(sig);
+        h.finalize().into()
+    }
+
+    fn ui_key(replica: ReplicaId, digest: &Digest, ui: &Ui) -> Digest {
+        let mut h = Sha256::new();
+        h.update(b"bftnfs/verified-ui/v1");
+        h.update(replica.to_be_bytes());
+        h.update(ui.counter.to_be_bytes());
+        h.update(digest);
+        h.update(&ui.cert);
         h.finalize().into()
     }
 
@@ -172,10 +184,22 @@ impl ClusterCrypto {
 
 impl Crypto for ClusterCrypto {
     fn verify_ui(&self, replica: ReplicaId, digest: &Digest, ui: &Ui) -> bool {
-        self.0
+        // A COMMIT embeds the primary's UI that its PREPARE already carried: each
+        // receiver checks that UI once, not once per COMMIT.
+        let key = VerifiedRequests::ui_key(replica, digest, ui);
+        let cache = || self.0.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if cache().set.contains(&key) {
+            return true;
+        }
+        let ok = self
+            .0
             .usig
             .get(replica as usize)
-            .is_some_and(|v| v.verify(replica, digest, ui).is_ok())
+            .is_some_and(|v| v.verify(replica, digest, ui).is_ok());
+        if ok {
+            cache().insert(key);
+        }
+        ok
     }
 
     fn verify_request(&self, client: ClientId, digest: &Digest, sig: &[u8]) -> bool {
