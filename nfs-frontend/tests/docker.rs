@@ -1,0 +1,1080 @@
+//! Fault tests across real container networks (issue 7): the compose cluster of
+//! `docker/compose.f1.yml` (three replicas and a frontend, each container on its own
+//! address of a private bridge network) built from this test's own `bftnfs` binary, an
+//! NFS client on the host writing and reading back files through the frontend's published
+//! port, and one fault per test: a backup stopped and started, the primary frozen
+//! (`docker pause`) until a view change, the primary disconnected from the network and
+//! reconnected, one backup isolated (the majority goes on), and a partition with no
+//! quorum (nothing is acknowledged until it heals). After each: the workload saw no error
+//! (only latency), every acknowledged write reads back, and all replicas' backing
+//! directories are identical. Each test prints how long its view change and catch-up took.
+//!
+//! The tests need a Docker engine and compose (`docker compose` or `docker-compose`);
+//! without them each prints a loud SKIPPED line and passes. They run one at a time (a
+//! lock file, and nextest's `docker` test group), use a unique compose project each, and
+//! remove every container, network and volume they made (a Drop guard, and a watchdog
+//! that cleans up and aborts a test that overruns its bound).
+
+mod common;
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nfs3_client::Nfs3ConnectionBuilder;
+use nfs3_client::nfs3_types::nfs3::*;
+use nfs3_client::nfs3_types::xdr_codec::Opaque;
+use nfs3_client::tokio::TokioConnector;
+
+/// Image the tests build from `CARGO_BIN_EXE_bftnfs` (rebuilt when the binary changes).
+const TEST_IMAGE: &str = "bftnfs:test";
+/// One NFS call that takes longer than this is a client-visible failure.
+const OP_TIMEOUT: Duration = Duration::from_secs(60);
+/// A whole test (after it holds the lock) that takes longer is cleaned up and aborted.
+const TEST_BOUND: Duration = Duration::from_secs(240);
+/// How long a healed replica may take to hold the last acknowledged write.
+const CATCH_UP_BOUND: Duration = Duration::from_secs(60);
+/// How long the replicas' backing trees may take to become identical once writes stop.
+const CONVERGE_BOUND: Duration = Duration::from_secs(60);
+
+/// One NFS call with a deadline; any error or timeout returns `Err(description)`.
+macro_rules! call {
+    ($what:expr, $fut:expr) => {
+        match tokio::time::timeout(OP_TIMEOUT, $fut).await {
+            Err(_) => return Err(format!("{}: no reply within {:?}", $what, OP_TIMEOUT)),
+            Ok(Err(e)) => return Err(format!("{}: RPC error {e:?}", $what)),
+            Ok(Ok(Nfs3Result::Err((s, _)))) => return Err(format!("{}: NFS error {s:?}", $what)),
+            Ok(Ok(Nfs3Result::Ok(r))) => r,
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------
+// Docker and compose
+
+#[derive(Clone, Copy, Debug)]
+enum ComposeCli {
+    /// `docker compose` (v2 plugin).
+    Plugin,
+    /// `docker-compose` (v1).
+    Standalone,
+}
+
+fn quiet_ok(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The compose CLI when a Docker engine answers; otherwise prints SKIPPED and `None`.
+fn docker_or_skip(test: &str) -> Option<ComposeCli> {
+    if !quiet_ok(Command::new("docker").arg("info")) {
+        eprintln!(
+            "\n!!!!!!!! SKIPPED docker::{test}: no Docker engine answers `docker info` !!!!!!!!\n"
+        );
+        return None;
+    }
+    if quiet_ok(Command::new("docker").args(["compose", "version"])) {
+        return Some(ComposeCli::Plugin);
+    }
+    if quiet_ok(Command::new("docker-compose").arg("version")) {
+        return Some(ComposeCli::Standalone);
+    }
+    eprintln!(
+        "\n!!!!!!!! SKIPPED docker::{test}: Docker answers but neither `docker compose` nor \
+         `docker-compose` exists !!!!!!!!\n"
+    );
+    None
+}
+
+/// Runs `docker ARGS`; panics with its stderr if it fails.
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    assert!(
+        out.status.success(),
+        "docker {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn docker_lines(args: &[&str]) -> Vec<String> {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(str::to_string)
+                .filter(|l| !l.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Holds the lock that runs docker tests one at a time (also across nextest processes).
+struct SerialLock {
+    _file: std::fs::File,
+}
+
+fn serial_lock() -> SerialLock {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("bftnfs-docker-tests.lock"))
+        .expect("lock file");
+    // SAFETY: flock(2) on a descriptor we own; released when the file is closed.
+    assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
+    SerialLock { _file: f }
+}
+
+/// Builds TEST_IMAGE from this test's binary unless it already holds that binary.
+fn ensure_test_image() {
+    let binary = env!("CARGO_BIN_EXE_bftnfs");
+    let meta = std::fs::metadata(binary).expect("bftnfs binary");
+    let mtime = meta
+        .modified()
+        .expect("mtime")
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("mtime after epoch")
+        .as_nanos();
+    let identity = format!("{}-{mtime}", meta.len());
+    let current = Command::new("docker")
+        .args([
+            "image",
+            "inspect",
+            "-f",
+            "{{index .Config.Labels \"bftnfs.binary\"}}",
+            TEST_IMAGE,
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if current.as_deref() == Some(identity.as_str()) {
+        return;
+    }
+    let old_id = docker_lines(&["image", "ls", "-q", TEST_IMAGE]);
+    let started = Instant::now();
+    let status = Command::new(repo_root().join("docker/build"))
+        .args(["--binary", binary, "--tag", TEST_IMAGE, "--label"])
+        .arg(format!("bftnfs.binary={identity}"))
+        .status()
+        .expect("run docker/build");
+    assert!(status.success(), "docker/build failed");
+    eprintln!(
+        "docker: built {TEST_IMAGE} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    // The previous test image is now untagged: remove it rather than leave it dangling.
+    for id in old_id {
+        let _ = Command::new("docker")
+            .args(["image", "rm", &id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Everything needed to tear a compose project down, also from the watchdog thread.
+#[derive(Clone)]
+struct Project {
+    name: String,
+    cli: ComposeCli,
+    file: PathBuf,
+    env: Vec<(&'static str, String)>,
+}
+
+impl Project {
+    fn compose(&self) -> Command {
+        let mut c = match self.cli {
+            ComposeCli::Plugin => {
+                let mut c = Command::new("docker");
+                c.arg("compose");
+                c
+            }
+            ComposeCli::Standalone => Command::new("docker-compose"),
+        };
+        c.arg("-p").arg(&self.name).arg("-f").arg(&self.file);
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    fn label(&self) -> String {
+        format!("label=com.docker.compose.project={}", self.name)
+    }
+
+    /// Removes every container, network and volume of the project; never panics.
+    fn clean_up(&self) {
+        let label = self.label();
+        let containers = docker_lines(&["ps", "-aq", "--filter", &label]);
+        for id in &containers {
+            let _ = Command::new("docker")
+                .args(["unpause", id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = self
+            .compose()
+            .args(["down", "-v", "--remove-orphans", "-t", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        // Whatever `down` left (a failed `up`, a container it no longer knows).
+        let quiet = |args: Vec<String>| {
+            let _ = Command::new("docker")
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        };
+        for id in docker_lines(&["ps", "-aq", "--filter", &label]) {
+            quiet(vec!["rm".into(), "-f".into(), "-v".into(), id]);
+        }
+        for id in docker_lines(&["network", "ls", "-q", "--filter", &label]) {
+            quiet(vec!["network".into(), "rm".into(), id]);
+        }
+        for id in docker_lines(&["volume", "ls", "-q", "--filter", &label]) {
+            quiet(vec!["volume".into(), "rm".into(), "-f".into(), id]);
+        }
+    }
+}
+
+/// A running compose cluster; removed with everything it made when dropped.
+struct Cluster {
+    project: Project,
+    /// First three octets of the private /24; replica i is at .(11+i), the frontend .10.
+    net_prefix: String,
+    network: String,
+    port: u16,
+    n: u32,
+    tmp: tempfile::TempDir,
+    done: Arc<AtomicBool>,
+    _lock: SerialLock,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::SeqCst);
+        self.project.clean_up();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+impl Cluster {
+    /// Brings up `docker/compose.f<f>.yml` as a fresh project, or `None` (SKIPPED) when
+    /// Docker is not there.
+    fn up(test: &str, f: u32) -> Option<Cluster> {
+        let cli = docker_or_skip(test)?;
+        let lock = serial_lock();
+        ensure_test_image();
+        let file = repo_root().join(format!("docker/compose.f{f}.yml"));
+        let started = Instant::now();
+        // A /24 nobody else uses: the first free one from a per-process start.
+        for attempt in 0..8u32 {
+            let octet = (std::process::id() + attempt * 37) % 200 + 20;
+            let net_prefix = format!("10.213.{octet}");
+            let port = free_port();
+            let project = Project {
+                name: format!("bftnfstest-{test}-{}-{attempt}", std::process::id())
+                    .replace('_', "-"),
+                cli,
+                file: file.clone(),
+                env: vec![
+                    ("BFTNFS_IMAGE", TEST_IMAGE.to_string()),
+                    ("BFTNFS_NET", net_prefix.clone()),
+                    ("BFTNFS_NFS_PORT", port.to_string()),
+                    ("RUST_LOG", "info".to_string()),
+                ],
+            };
+            let out = project
+                .compose()
+                .args(["up", "-d"])
+                .output()
+                .expect("run compose up");
+            if !out.status.success() {
+                let err = String::from_utf8_lossy(&out.stderr).into_owned();
+                project.clean_up();
+                if err.contains("overlap") || err.contains("address already in use") {
+                    continue;
+                }
+                panic!("compose up failed: {err}");
+            }
+            let done = Arc::new(AtomicBool::new(false));
+            spawn_watchdog(project.clone(), done.clone());
+            let network = docker_lines(&["network", "ls", "-q", "--filter", &project.label()])
+                .into_iter()
+                .next()
+                .expect("the project's network");
+            let cluster = Cluster {
+                project,
+                net_prefix,
+                network,
+                port,
+                n: 2 * f + 1,
+                tmp: tempfile::tempdir().expect("tempdir"),
+                done,
+                _lock: lock,
+            };
+            eprintln!(
+                "docker[{test}]: compose up {} replicas + frontend in {:.1} s (NFS on 127.0.0.1:{port})",
+                cluster.n,
+                started.elapsed().as_secs_f64()
+            );
+            return Some(cluster);
+        }
+        panic!("no free private subnet for the test network");
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Container id of a compose service.
+    fn id(&self, service: &str) -> String {
+        let out = self
+            .project
+            .compose()
+            .args(["ps", "-q", service])
+            .output()
+            .expect("compose ps");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or_else(|| panic!("no container for {service}"))
+            .trim()
+            .to_string()
+    }
+
+    fn replica(&self, i: u32) -> String {
+        self.id(&format!("replica{i}"))
+    }
+
+    fn ip(&self, i: u32) -> String {
+        format!("{}.{}", self.net_prefix, 11 + i)
+    }
+
+    fn disconnect(&self, i: u32) {
+        docker(&["network", "disconnect", &self.network, &self.replica(i)]);
+    }
+
+    fn reconnect(&self, i: u32) {
+        docker(&[
+            "network",
+            "connect",
+            "--ip",
+            &self.ip(i),
+            &self.network,
+            &self.replica(i),
+        ]);
+    }
+
+    /// One file of a container (running, paused or stopped), through `docker cp … -`
+    /// (a tar stream holding that one file).
+    fn read_file(&self, container: &str, path: &str) -> Option<Vec<u8>> {
+        let out = Command::new("docker")
+            .args(["cp", &format!("{container}:{path}"), "-"])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        if !out.status.success() || out.stdout.len() < 512 {
+            return None;
+        }
+        let header = &out.stdout[..512];
+        let size_field = std::str::from_utf8(&header[124..136]).ok()?;
+        let size = usize::from_str_radix(size_field.trim_matches(|c| c == '\0' || c == ' '), 8)
+            .ok()?;
+        out.stdout.get(512..512 + size).map(<[u8]>::to_vec)
+    }
+
+    /// The view replica `i` last entered (its `status` file; 0 before any view change).
+    fn view_of(&self, i: u32) -> u64 {
+        self.read_file(&self.replica(i), "/data/status")
+            .and_then(|b| {
+                String::from_utf8_lossy(&b)
+                    .strip_prefix("view ")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Waits until replica `observer` is in a view above `from`; the time it took.
+    fn wait_view_change(&self, observer: u32, from: u64, since: Instant) -> Duration {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let v = self.view_of(observer);
+            if v > from {
+                return since.elapsed();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {observer} still in view {v} a minute after the fault"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until replica `i` holds the last write acknowledged so far; the time since
+    /// `since`.
+    fn wait_caught_up(&self, i: u32, w: &Workload, since: Instant) -> Duration {
+        let (name, data) = w.last().expect("some write acknowledged");
+        let container = self.replica(i);
+        let path = format!("/data/export/{name}");
+        let deadline = Instant::now() + CATCH_UP_BOUND;
+        loop {
+            if self.read_file(&container, &path).as_deref() == Some(&data[..]) {
+                return since.elapsed();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {i} does not hold {name} {CATCH_UP_BOUND:?} after healing"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Copies every replica's backing directory out and waits until they are identical;
+    /// returns the time that took and the copy of replica 0.
+    fn wait_converged(&self) -> (Duration, PathBuf) {
+        let started = Instant::now();
+        let deadline = started + CONVERGE_BOUND;
+        for round in 0.. {
+            let dirs: Vec<PathBuf> = (0..self.n)
+                .map(|i| {
+                    let d = self.tmp.path().join(format!("round{round}-replica{i}"));
+                    docker(&[
+                        "cp",
+                        &format!("{}:/data/export", self.replica(i)),
+                        d.to_str().expect("utf8 path"),
+                    ]);
+                    d
+                })
+                .collect();
+            let differing: Vec<u32> = (1..self.n)
+                .filter(|&i| !trees_equal(&dirs[0], &dirs[i as usize]))
+                .collect();
+            if differing.is_empty() {
+                return (started.elapsed(), dirs[0].clone());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "backing directories of replicas {differing:?} still differ from replica 0's \
+                 {CONVERGE_BOUND:?} after the writes stopped"
+            );
+            for d in dirs {
+                let _ = std::fs::remove_dir_all(d);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        unreachable!()
+    }
+
+    /// Stops the workload (it must have seen no error), reads every acknowledged write
+    /// back through NFS, and checks that all backing directories become identical and
+    /// hold every acknowledged write. Returns a report line.
+    fn finish(&self, w: Workload) -> String {
+        let acked = w.stop();
+        assert!(acked.len() >= 20, "only {} writes acknowledged", acked.len());
+        let addr = self.addr();
+        let rt = runtime();
+        let check = acked.clone();
+        rt.block_on(async move {
+            let mut c = connect(addr, Duration::from_secs(30)).await?;
+            let root = c.root_nfs_fh3();
+            for a in &check {
+                let fh = call!(
+                    format!("LOOKUP {}", a.name),
+                    c.lookup(&LOOKUP3args {
+                        what: dirop(&root, &a.name)
+                    })
+                )
+                .object;
+                let r = call!(
+                    format!("READ {}", a.name),
+                    c.read(&READ3args {
+                        file: fh,
+                        offset: 0,
+                        count: 8192,
+                    })
+                );
+                if r.data.as_ref() != &a.data[..] {
+                    return Err(format!("{} does not read back what was acknowledged", a.name));
+                }
+            }
+            Ok::<(), String>(())
+        })
+        .unwrap_or_else(|e| panic!("acknowledged writes after the fault: {e}"));
+        let (took, tree) = self.wait_converged();
+        for a in &acked {
+            assert!(
+                std::fs::read(tree.join(&a.name)).ok().as_deref() == Some(&a.data[..]),
+                "{} is missing or wrong in the replicas' backing directories",
+                a.name
+            );
+        }
+        format!(
+            "{} writes acknowledged, all read back; {} backing directories identical \
+             {:.1} s after the writes stopped",
+            acked.len(),
+            self.n,
+            took.as_secs_f64()
+        )
+    }
+}
+
+fn trees_equal(a: &Path, b: &Path) -> bool {
+    Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(a)
+        .arg(b)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// After TEST_BOUND, removes the project and aborts the test process (a hung test must
+/// not leave containers behind, and its Drop guard would never run).
+fn spawn_watchdog(project: Project, done: Arc<AtomicBool>) {
+    std::thread::spawn(move || {
+        let deadline = Instant::now() + TEST_BOUND;
+        while Instant::now() < deadline {
+            if done.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        eprintln!(
+            "docker: test exceeded {TEST_BOUND:?}: removing project {} and aborting",
+            project.name
+        );
+        project.clean_up();
+        std::process::abort();
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// The workload: an NFS client on the host, checking every result
+
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn dirop(dir: &nfs_fh3, n: &str) -> diropargs3<'static> {
+    diropargs3 {
+        dir: dir.clone(),
+        name: filename3(Opaque::owned(n.as_bytes().to_vec())),
+    }
+}
+
+type Conn = common::Conn;
+
+/// Mounts the export, retrying while the frontend starts (connection refused, or the
+/// replicas not yet up).
+async fn connect(addr: SocketAddr, within: Duration) -> Result<Conn, String> {
+    let deadline = Instant::now() + within;
+    loop {
+        let attempt = Nfs3ConnectionBuilder::new(TokioConnector, addr.ip().to_string(), "/")
+            .mount_port(addr.port())
+            .nfs3_port(addr.port())
+            .connect_from_privileged_port(false)
+            .credential(common::cred(0, 0, &[]))
+            .mount();
+        match tokio::time::timeout(Duration::from_secs(20), attempt).await {
+            Ok(Ok(c)) => return Ok(c),
+            Ok(Err(e)) if Instant::now() >= deadline => {
+                return Err(format!("mount {addr}: {e:?}"));
+            }
+            Err(_) if Instant::now() >= deadline => return Err(format!("mount {addr}: timeout")),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Ack {
+    name: String,
+    data: Vec<u8>,
+    at: Instant,
+}
+
+/// Writes files `w<i>` (CREATE, 4 KB WRITE FILE_SYNC, READ back) one after another on
+/// its own thread until stopped; records each acknowledged write.
+struct Workload {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<Ack>>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl Workload {
+    fn start(addr: SocketAddr) -> Workload {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let thread = {
+            let (stop, acked) = (stop.clone(), acked.clone());
+            std::thread::spawn(move || runtime().block_on(write_loop(addr, stop, acked)))
+        };
+        Workload {
+            stop,
+            acked,
+            thread: Some(thread),
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().expect("lock").len()
+    }
+
+    fn last(&self) -> Option<(String, Vec<u8>)> {
+        self.acked
+            .lock()
+            .expect("lock")
+            .last()
+            .map(|a| (a.name.clone(), a.data.clone()))
+    }
+
+    fn acks_after(&self, t: Instant) -> usize {
+        self.acked
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|a| a.at > t)
+            .count()
+    }
+
+    /// Fails the test if the workload died.
+    fn check_alive(&mut self) {
+        if self.thread.as_ref().is_some_and(|t| t.is_finished()) {
+            let r = self.thread.take().expect("thread").join();
+            match r {
+                Ok(Err(e)) => panic!("the NFS client saw an error: {e}"),
+                Ok(Ok(())) => panic!("the workload stopped by itself"),
+                Err(_) => panic!("the workload panicked"),
+            }
+        }
+    }
+
+    /// Waits until `k` writes were acknowledged after `t`; the time from `t` to the k-th.
+    fn wait_acks_after(&mut self, t: Instant, k: usize, within: Duration, what: &str) -> Duration {
+        let deadline = Instant::now() + within;
+        loop {
+            self.check_alive();
+            if let Some(a) = self
+                .acked
+                .lock()
+                .expect("lock")
+                .iter()
+                .filter(|a| a.at > t)
+                .nth(k - 1)
+            {
+                return a.at - t;
+            }
+            assert!(Instant::now() < deadline, "{what}: no {k} writes within {within:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The longest time between consecutive acknowledgements (or from `from` to the
+    /// first) in `from..to`: what the NFS client saw of the fault.
+    fn longest_gap(&self, from: Instant, to: Instant) -> Duration {
+        let acked = self.acked.lock().expect("lock");
+        let mut prev = from;
+        let mut gap = Duration::ZERO;
+        for a in acked.iter().filter(|a| a.at > from && a.at <= to) {
+            gap = gap.max(a.at - prev);
+            prev = a.at;
+        }
+        gap
+    }
+
+    /// Stops the loop after its current write; panics if the client saw any error.
+    fn stop(mut self) -> Vec<Ack> {
+        self.stop.store(true, Ordering::SeqCst);
+        let thread = self.thread.take().expect("running");
+        let deadline = Instant::now() + OP_TIMEOUT * 3 + Duration::from_secs(10);
+        while !thread.is_finished() {
+            assert!(Instant::now() < deadline, "the workload does not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        match thread.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("the NFS client saw an error: {e}"),
+            Err(_) => panic!("the workload panicked"),
+        }
+        self.acked.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn write_loop(
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<Ack>>>,
+) -> Result<(), String> {
+    let mut c = connect(addr, Duration::from_secs(60)).await?;
+    let root = c.root_nfs_fh3();
+    let mut i = 0u32;
+    while !stop.load(Ordering::SeqCst) {
+        let name = format!("w{i}");
+        let data: Vec<u8> = (0..4096u32)
+            .map(|k| (k.wrapping_mul(7) ^ i.wrapping_mul(31)) as u8)
+            .collect();
+        let f = match call!(
+            format!("CREATE {name}"),
+            c.create(&CREATE3args {
+                where_: dirop(&root, &name),
+                how: createhow3::UNCHECKED(sattr3::default()),
+            })
+        )
+        .obj
+        {
+            Nfs3Option::Some(f) => f,
+            Nfs3Option::None => return Err(format!("CREATE {name}: no file handle")),
+        };
+        let w = call!(
+            format!("WRITE {name}"),
+            c.write(&WRITE3args {
+                file: f.clone(),
+                offset: 0,
+                count: 4096,
+                stable: stable_how::FILE_SYNC,
+                data: Opaque::owned(data.clone()),
+            })
+        );
+        if w.count != 4096 {
+            return Err(format!("WRITE {name}: wrote {} of 4096 bytes", w.count));
+        }
+        acked.lock().expect("lock").push(Ack {
+            name: name.clone(),
+            data: data.clone(),
+            at: Instant::now(),
+        });
+        let r = call!(
+            format!("READ {name}"),
+            c.read(&READ3args {
+                file: f,
+                offset: 0,
+                count: 8192,
+            })
+        );
+        if r.data.as_ref() != &data[..] {
+            return Err(format!("READ {name}: not what was written"));
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+/// Prints the figures of one test in one greppable block.
+fn report(test: &str, lines: &[String]) {
+    let mut s = String::new();
+    for l in lines {
+        let _ = writeln!(s, "docker[{test}]: {l}");
+    }
+    eprint!("{s}");
+}
+
+// ---------------------------------------------------------------------------------------
+// The fault tests (f = 1: replicas 0, 1, 2; replica 0 is the primary of view 0)
+
+/// The primary of the view replica `observer` is in (n = 3).
+fn primary(c: &Cluster, observer: u32) -> u32 {
+    (c.view_of(observer) % u64::from(c.n)) as u32
+}
+
+#[test]
+fn stop_a_backup_and_start_it_again() {
+    let test = "stop-backup";
+    let Some(c) = Cluster::up(test, 1) else {
+        return;
+    };
+    let mut w = Workload::start(c.addr());
+    w.wait_acks_after(Instant::now(), 10, Duration::from_secs(60), "warm-up");
+    let p = primary(&c, 0);
+    let b = (p + 2) % c.n;
+    let backup = c.replica(b);
+    let t0 = Instant::now();
+    docker(&["stop", "-t", "5", &backup]);
+    let stopped = t0.elapsed();
+    w.wait_acks_after(
+        Instant::now(),
+        20,
+        Duration::from_secs(60),
+        "writes with a backup stopped",
+    );
+    let behind = w.acks_after(t0);
+    let t_start = Instant::now();
+    docker(&["start", &backup]);
+    let catch_up = c.wait_caught_up(b, &w, t_start);
+    w.wait_acks_after(
+        Instant::now(),
+        10,
+        Duration::from_secs(60),
+        "writes after the restart",
+    );
+    let gap = w.longest_gap(t0, Instant::now());
+    let end = c.finish(w);
+    report(
+        test,
+        &[
+            format!("backup {b} stopped (docker stop took {})", secs(stopped)),
+            format!("longest gap between acknowledged writes: {}", secs(gap)),
+            format!(
+                "catch-up of replica {b} after docker start ({behind} writes done meanwhile): {}",
+                secs(catch_up)
+            ),
+            end,
+        ],
+    );
+}
+
+#[test]
+fn pause_the_primary_until_a_view_change() {
+    let test = "pause-primary";
+    let Some(c) = Cluster::up(test, 1) else {
+        return;
+    };
+    let mut w = Workload::start(c.addr());
+    w.wait_acks_after(Instant::now(), 10, Duration::from_secs(60), "warm-up");
+    let observer = 1;
+    let view = c.view_of(observer);
+    let p = (view % u64::from(c.n)) as u32;
+    let observer = if observer == p { 2 } else { observer };
+    let primary_id = c.replica(p);
+    let t0 = Instant::now();
+    docker(&["pause", &primary_id]);
+    let view_change = c.wait_view_change(observer, view, t0);
+    let resumed = w.wait_acks_after(
+        t0,
+        10,
+        Duration::from_secs(60),
+        "writes after the view change",
+    );
+    let t_heal = Instant::now();
+    docker(&["unpause", &primary_id]);
+    let catch_up = c.wait_caught_up(p, &w, t_heal);
+    let gap = w.longest_gap(t0, Instant::now());
+    let new_view = c.view_of(observer);
+    let end = c.finish(w);
+    report(
+        test,
+        &[
+            format!("primary {p} paused in view {view}"),
+            format!(
+                "view change: replica {observer} entered view {new_view} {} after the pause",
+                secs(view_change)
+            ),
+            format!(
+                "client stalled {} (longest gap between acknowledged writes); 10 writes done {} after the pause",
+                secs(gap),
+                secs(resumed)
+            ),
+            format!("catch-up of the old primary after unpause: {}", secs(catch_up)),
+            end,
+        ],
+    );
+}
+
+#[test]
+fn disconnect_the_primary_and_reconnect_it() {
+    let test = "disconnect-primary";
+    let Some(c) = Cluster::up(test, 1) else {
+        return;
+    };
+    let mut w = Workload::start(c.addr());
+    w.wait_acks_after(Instant::now(), 10, Duration::from_secs(60), "warm-up");
+    let view = c.view_of(1);
+    let p = (view % u64::from(c.n)) as u32;
+    let observer = if p == 1 { 2 } else { 1 };
+    let t0 = Instant::now();
+    c.disconnect(p);
+    let view_change = c.wait_view_change(observer, view, t0);
+    w.wait_acks_after(
+        t0,
+        10,
+        Duration::from_secs(60),
+        "writes with the primary cut off",
+    );
+    let t_heal = Instant::now();
+    c.reconnect(p);
+    let catch_up = c.wait_caught_up(p, &w, t_heal);
+    let gap = w.longest_gap(t0, Instant::now());
+    let new_view = c.view_of(observer);
+    let end = c.finish(w);
+    report(
+        test,
+        &[
+            format!("primary {p} disconnected in view {view}"),
+            format!(
+                "view change: replica {observer} entered view {new_view} {} after the cut",
+                secs(view_change)
+            ),
+            format!(
+                "client stalled {} (longest gap between acknowledged writes)",
+                secs(gap)
+            ),
+            format!("catch-up of the old primary after reconnecting: {}", secs(catch_up)),
+            end,
+        ],
+    );
+}
+
+#[test]
+fn isolate_one_backup_and_the_majority_goes_on() {
+    let test = "isolate-minority";
+    let Some(c) = Cluster::up(test, 1) else {
+        return;
+    };
+    let mut w = Workload::start(c.addr());
+    w.wait_acks_after(Instant::now(), 10, Duration::from_secs(60), "warm-up");
+    let view = c.view_of(0);
+    let p = (view % u64::from(c.n)) as u32;
+    let b = (p + 1) % c.n;
+    let t0 = Instant::now();
+    c.disconnect(b);
+    w.wait_acks_after(
+        t0,
+        30,
+        Duration::from_secs(60),
+        "writes with a replica isolated",
+    );
+    let during = w.acks_after(t0);
+    let t_heal = Instant::now();
+    c.reconnect(b);
+    let catch_up = c.wait_caught_up(b, &w, t_heal);
+    let gap = w.longest_gap(t0, Instant::now());
+    let view_after = c.view_of(p);
+    let end = c.finish(w);
+    assert_eq!(
+        view_after, view,
+        "isolating a backup must not cost a view change"
+    );
+    report(
+        test,
+        &[
+            format!("backup {b} isolated; the majority acknowledged {during} writes meanwhile"),
+            format!(
+                "longest gap between acknowledged writes: {} (no view change: still view {view})",
+                secs(gap)
+            ),
+            format!("catch-up of replica {b} after reconnecting: {}", secs(catch_up)),
+            end,
+        ],
+    );
+}
+
+#[test]
+fn partition_without_quorum_acknowledges_nothing_until_healed() {
+    let test = "no-quorum";
+    let Some(c) = Cluster::up(test, 1) else {
+        return;
+    };
+    let mut w = Workload::start(c.addr());
+    w.wait_acks_after(Instant::now(), 10, Duration::from_secs(60), "warm-up");
+    let view = c.view_of(0);
+    let p = (view % u64::from(c.n)) as u32;
+    let cut: Vec<u32> = (1..c.n).map(|k| (p + k) % c.n).collect();
+    // The frontend stays with the primary; each backup alone: no f+1 anywhere.
+    for &b in &cut {
+        c.disconnect(b);
+    }
+    let t_cut = Instant::now();
+    // A reply already on the wire when the links went may still land.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = w.count();
+    let hold = Duration::from_secs(8);
+    std::thread::sleep(hold);
+    w.check_alive();
+    let during = w.count() - before;
+    assert_eq!(
+        during, 0,
+        "{during} writes acknowledged while no quorum could be reached"
+    );
+    let t_heal = Instant::now();
+    for &b in &cut {
+        c.reconnect(b);
+    }
+    let resumed = w.wait_acks_after(
+        t_heal,
+        1,
+        Duration::from_secs(90),
+        "writes after the partition healed",
+    );
+    w.wait_acks_after(
+        t_heal,
+        10,
+        Duration::from_secs(60),
+        "writes after the partition healed",
+    );
+    let catch_up: Vec<Duration> = cut
+        .iter()
+        .map(|&b| c.wait_caught_up(b, &w, t_heal))
+        .collect();
+    let views: Vec<u64> = (0..c.n).map(|i| c.view_of(i)).collect();
+    let end = c.finish(w);
+    report(
+        test,
+        &[
+            format!(
+                "backups {cut:?} cut off from the primary {p}, the frontend and each other for {}: 0 writes acknowledged",
+                secs(hold + Duration::from_millis(500))
+            ),
+            format!(
+                "after healing: first write acknowledged {} later (outage {} in all); views now {views:?}",
+                secs(resumed),
+                secs(t_heal - t_cut + resumed)
+            ),
+            format!(
+                "catch-up of replicas {cut:?} after healing: {}",
+                catch_up
+                    .iter()
+                    .map(|d| secs(*d))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            end,
+        ],
+    );
+}
