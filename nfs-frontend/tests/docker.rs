@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use nfs3_client::Nfs3ConnectionBuilder;
 use nfs3_client::nfs3_types::nfs3::*;
@@ -277,6 +277,18 @@ struct Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.done.store(true, Ordering::SeqCst);
+        if std::env::var_os("BFTNFS_DOCKER_LOGS").is_some() {
+            for id in docker_lines(&["ps", "-aq", "--filter", &self.project.label()]) {
+                let out = Command::new("docker").args(["logs", "-t", &id]).output();
+                if let Ok(out) = out {
+                    eprintln!(
+                        "---- docker logs {id}\n{}{}",
+                        String::from_utf8_lossy(&out.stdout),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+            }
+        }
         self.project.clean_up();
     }
 }
@@ -409,8 +421,8 @@ impl Cluster {
         }
         let header = &out.stdout[..512];
         let size_field = std::str::from_utf8(&header[124..136]).ok()?;
-        let size = usize::from_str_radix(size_field.trim_matches(|c| c == '\0' || c == ' '), 8)
-            .ok()?;
+        let size =
+            usize::from_str_radix(size_field.trim_matches(|c| c == '\0' || c == ' '), 8).ok()?;
         out.stdout.get(512..512 + size).map(<[u8]>::to_vec)
     }
 
@@ -427,26 +439,48 @@ impl Cluster {
             .unwrap_or(0)
     }
 
-    /// Waits until replica `observer` is in a view above `from`; the time it took.
-    fn wait_view_change(&self, observer: u32, from: u64, since: Instant) -> Duration {
+    /// Waits until replica `observer` logs that it entered a view above `from`; returns
+    /// that view and the time from `since` (a wall-clock instant taken at the fault) to the
+    /// log line's own timestamp, so polling adds nothing to the figure.
+    fn wait_view_change(&self, observer: u32, from: u64, since: SystemTime) -> (u64, Duration) {
+        let container = self.replica(observer);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let v = self.view_of(observer);
-            if v > from {
-                return since.elapsed();
+            let out = Command::new("docker")
+                .args(["logs", &container])
+                .output()
+                .expect("docker logs");
+            // The replica logs on stderr; docker logs replays it there.
+            let text = String::from_utf8_lossy(&out.stderr);
+            for line in text.lines() {
+                let Some(rest) = line.split("entered view ").nth(1) else {
+                    continue;
+                };
+                let Some(v) = rest
+                    .split_whitespace()
+                    .next()
+                    .and_then(|v| v.parse::<u64>().ok())
+                else {
+                    continue;
+                };
+                if v > from {
+                    let at = log_time(line).expect("timestamped log line");
+                    return (v, day_diff(since, at));
+                }
             }
             assert!(
                 Instant::now() < deadline,
-                "replica {observer} still in view {v} a minute after the fault"
+                "replica {observer} entered no view above {from} a minute after the fault"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
-    /// Waits until replica `i` holds the last write acknowledged so far; the time since
-    /// `since`.
-    fn wait_caught_up(&self, i: u32, w: &Workload, since: Instant) -> Duration {
-        let (name, data) = w.last().expect("some write acknowledged");
+    /// Waits until replica `i` holds `target` (the last write acknowledged when the fault
+    /// healed: it holds everything before it too, as it executes in order); the time
+    /// since `since`, as seen by polling with `docker cp`.
+    fn wait_caught_up(&self, i: u32, target: &(String, Vec<u8>), since: Instant) -> Duration {
+        let (name, data) = target;
         let container = self.replica(i);
         let path = format!("/data/export/{name}");
         let deadline = Instant::now() + CATCH_UP_BOUND;
@@ -503,7 +537,11 @@ impl Cluster {
     /// hold every acknowledged write. Returns a report line.
     fn finish(&self, w: Workload) -> String {
         let acked = w.stop();
-        assert!(acked.len() >= 20, "only {} writes acknowledged", acked.len());
+        assert!(
+            acked.len() >= 20,
+            "only {} writes acknowledged",
+            acked.len()
+        );
         let addr = self.addr();
         let rt = runtime();
         let check = acked.clone();
@@ -527,7 +565,10 @@ impl Cluster {
                     })
                 );
                 if r.data.as_ref() != &a.data[..] {
-                    return Err(format!("{} does not read back what was acknowledged", a.name));
+                    return Err(format!(
+                        "{} does not read back what was acknowledged",
+                        a.name
+                    ));
                 }
             }
             Ok::<(), String>(())
@@ -549,6 +590,28 @@ impl Cluster {
             took.as_secs_f64()
         )
     }
+}
+
+/// Seconds since midnight UTC of a tracing log line ("2026-11-23T19:01:22.116004Z ...").
+fn log_time(line: &str) -> Option<f64> {
+    let t = line.split_whitespace().next()?.split('T').nth(1)?;
+    let t = t.strip_suffix('Z')?;
+    let mut parts = t.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+/// From `since` to `at` (seconds since midnight UTC, later than `since` by less than a
+/// day; the container's clock is the host's).
+fn day_diff(since: SystemTime, at: f64) -> Duration {
+    let since = since
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after epoch")
+        .as_secs_f64()
+        % 86_400.0;
+    Duration::from_secs_f64((at - since).rem_euclid(86_400.0))
 }
 
 fn trees_equal(a: &Path, b: &Path) -> bool {
@@ -584,7 +647,6 @@ fn spawn_watchdog(project: Project, done: Arc<AtomicBool>) {
 
 // ---------------------------------------------------------------------------------------
 // The workload: an NFS client on the host, checking every result
-
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -628,12 +690,18 @@ async fn connect(addr: SocketAddr, within: Duration) -> Result<Conn, String> {
 struct Ack {
     name: String,
     data: Vec<u8>,
+    /// When the WRITE was acknowledged.
     at: Instant,
+    /// CREATE + WRITE round trips.
+    write: Duration,
+    /// The READ-back round trip that followed (filled in once it returned).
+    read: Option<Duration>,
 }
 
 /// Writes files `w<i>` (CREATE, 4 KB WRITE FILE_SYNC, READ back) one after another on
 /// its own thread until stopped; records each acknowledged write.
 struct Workload {
+    started: Instant,
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Vec<Ack>>>,
     thread: Option<std::thread::JoinHandle<Result<(), String>>>,
@@ -648,6 +716,7 @@ impl Workload {
             std::thread::spawn(move || runtime().block_on(write_loop(addr, stop, acked)))
         };
         Workload {
+            started: Instant::now(),
             stop,
             acked,
             thread: Some(thread),
@@ -702,7 +771,10 @@ impl Workload {
             {
                 return a.at - t;
             }
-            assert!(Instant::now() < deadline, "{what}: no {k} writes within {within:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{what}: no {k} writes within {within:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -718,6 +790,43 @@ impl Workload {
             prev = a.at;
         }
         gap
+    }
+
+    /// Acknowledgements in `from..from + d` and the first one after `from`.
+    fn acks_within(&self, from: Instant, d: Duration) -> (usize, Option<Duration>) {
+        let acked = self.acked.lock().expect("lock");
+        let n = acked
+            .iter()
+            .filter(|a| a.at > from && a.at <= from + d)
+            .count();
+        (n, acked.iter().find(|a| a.at > from).map(|a| a.at - from))
+    }
+
+    /// [`Self::latencies`] before the fault, while it lasted, and after it healed.
+    fn phases(&self, fault: Instant, heal: Instant) -> Vec<String> {
+        vec![
+            self.latencies("before the fault", self.started, fault),
+            self.latencies("during the fault", fault, heal),
+            self.latencies("after healing", heal, Instant::now()),
+        ]
+    }
+
+    /// Median CREATE+WRITE and READ latencies of the writes acknowledged in `from..to`.
+    fn latencies(&self, what: &str, from: Instant, to: Instant) -> String {
+        let acked = self.acked.lock().expect("lock");
+        let in_range: Vec<&Ack> = acked.iter().filter(|a| a.at > from && a.at <= to).collect();
+        let median = |mut v: Vec<Duration>| {
+            v.sort();
+            v.get(v.len() / 2)
+                .map(|d| format!("{:.0} ms", d.as_secs_f64() * 1e3))
+                .unwrap_or_else(|| "-".into())
+        };
+        format!(
+            "{what}: {} writes, median CREATE+WRITE {}, median READ {}",
+            in_range.len(),
+            median(in_range.iter().map(|a| a.write).collect()),
+            median(in_range.iter().filter_map(|a| a.read).collect())
+        )
     }
 
     /// Stops the loop after its current write; panics if the client saw any error.
@@ -753,6 +862,7 @@ async fn write_loop(
     let root = c.root_nfs_fh3();
     let mut i = 0u32;
     while !stop.load(Ordering::SeqCst) {
+        let started = Instant::now();
         let name = format!("w{i}");
         let data: Vec<u8> = (0..4096u32)
             .map(|k| (k.wrapping_mul(7) ^ i.wrapping_mul(31)) as u8)
@@ -782,10 +892,13 @@ async fn write_loop(
         if w.count != 4096 {
             return Err(format!("WRITE {name}: wrote {} of 4096 bytes", w.count));
         }
+        let at = Instant::now();
         acked.lock().expect("lock").push(Ack {
             name: name.clone(),
             data: data.clone(),
-            at: Instant::now(),
+            at,
+            write: at - started,
+            read: None,
         });
         let r = call!(
             format!("READ {name}"),
@@ -797,6 +910,9 @@ async fn write_loop(
         );
         if r.data.as_ref() != &data[..] {
             return Err(format!("READ {name}: not what was written"));
+        }
+        if let Some(a) = acked.lock().expect("lock").last_mut() {
+            a.read = Some(at.elapsed());
         }
         i += 1;
     }
@@ -845,9 +961,10 @@ fn stop_a_backup_and_start_it_again() {
         "writes with a backup stopped",
     );
     let behind = w.acks_after(t0);
+    let target = w.last().expect("acknowledged writes");
     let t_start = Instant::now();
     docker(&["start", &backup]);
-    let catch_up = c.wait_caught_up(b, &w, t_start);
+    let catch_up = c.wait_caught_up(b, &target, t_start);
     w.wait_acks_after(
         Instant::now(),
         10,
@@ -855,19 +972,19 @@ fn stop_a_backup_and_start_it_again() {
         "writes after the restart",
     );
     let gap = w.longest_gap(t0, Instant::now());
+    let phases = w.phases(t0, t_start);
     let end = c.finish(w);
-    report(
-        test,
-        &[
-            format!("backup {b} stopped (docker stop took {})", secs(stopped)),
-            format!("longest gap between acknowledged writes: {}", secs(gap)),
-            format!(
-                "catch-up of replica {b} after docker start ({behind} writes done meanwhile): {}",
-                secs(catch_up)
-            ),
-            end,
-        ],
-    );
+    let mut lines = vec![
+        format!("backup {b} stopped (docker stop took {})", secs(stopped)),
+        format!("longest gap between acknowledged writes: {}", secs(gap)),
+        format!(
+            "catch-up of replica {b} after docker start ({behind} writes done meanwhile): <= {} (docker cp polling)",
+            secs(catch_up)
+        ),
+        end,
+    ];
+    lines.extend(phases);
+    report(test, &lines);
 }
 
 #[test]
@@ -883,38 +1000,55 @@ fn pause_the_primary_until_a_view_change() {
     let p = (view % u64::from(c.n)) as u32;
     let observer = if observer == p { 2 } else { observer };
     let primary_id = c.replica(p);
-    let t0 = Instant::now();
+    let t_cmd = Instant::now();
     docker(&["pause", &primary_id]);
-    let view_change = c.wait_view_change(observer, view, t0);
+    let (t0, wall0) = (Instant::now(), SystemTime::now());
+    let fault_took = t0 - t_cmd;
+    let (new_view, view_change) = c.wait_view_change(observer, view, wall0);
     let resumed = w.wait_acks_after(
         t0,
         10,
         Duration::from_secs(60),
         "writes after the view change",
     );
-    let t_heal = Instant::now();
+    let target = w.last().expect("acknowledged writes");
+    let t_cmd = Instant::now();
     docker(&["unpause", &primary_id]);
-    let catch_up = c.wait_caught_up(p, &w, t_heal);
+    let t_heal = Instant::now();
+    let heal_took = t_heal - t_cmd;
+    let catch_up = c.wait_caught_up(p, &target, t_heal);
     let gap = w.longest_gap(t0, Instant::now());
-    let new_view = c.view_of(observer);
+    let (acked_before_view_change, first_ack) = w.acks_within(t0, view_change);
+    let phases = w.phases(t0, t_heal);
     let end = c.finish(w);
-    report(
-        test,
-        &[
-            format!("primary {p} paused in view {view}"),
-            format!(
-                "view change: replica {observer} entered view {new_view} {} after the pause",
-                secs(view_change)
-            ),
-            format!(
-                "client stalled {} (longest gap between acknowledged writes); 10 writes done {} after the pause",
-                secs(gap),
-                secs(resumed)
-            ),
-            format!("catch-up of the old primary after unpause: {}", secs(catch_up)),
-            end,
-        ],
-    );
+    let mut lines = vec![
+        format!(
+            "primary {p} paused in view {view} (docker pause took {}, unpause {})",
+            secs(fault_took),
+            secs(heal_took)
+        ),
+        format!(
+            "view change: replica {observer} entered view {new_view} {} after the pause",
+            secs(view_change)
+        ),
+        format!(
+            "client stalled {} (longest gap between acknowledged writes); 10 writes done {} after the pause",
+            secs(gap),
+            secs(resumed)
+        ),
+        format!(
+            "catch-up of the old primary after unpause: <= {} (docker cp polling)",
+            secs(catch_up)
+        ),
+        format!(
+            "first write acknowledged {} after the fault; {acked_before_view_change} \
+             acknowledged before that view change",
+            first_ack.map(secs).unwrap_or_default()
+        ),
+        end,
+    ];
+    lines.extend(phases);
+    report(test, &lines);
 }
 
 #[test]
@@ -928,37 +1062,57 @@ fn disconnect_the_primary_and_reconnect_it() {
     let view = c.view_of(1);
     let p = (view % u64::from(c.n)) as u32;
     let observer = if p == 1 { 2 } else { 1 };
-    let t0 = Instant::now();
+    let t_cmd = Instant::now();
     c.disconnect(p);
-    let view_change = c.wait_view_change(observer, view, t0);
+    // The link is surely cut once the command returns (it may take seconds on a loaded
+    // host, and writes go on until the interface is gone): measure from there.
+    let (t0, wall0) = (Instant::now(), SystemTime::now());
+    let cut_took = t0 - t_cmd;
+    let (new_view, view_change) = c.wait_view_change(observer, view, wall0);
     w.wait_acks_after(
         t0,
         10,
         Duration::from_secs(60),
         "writes with the primary cut off",
     );
-    let t_heal = Instant::now();
+    let target = w.last().expect("acknowledged writes");
+    let t_cmd = Instant::now();
     c.reconnect(p);
-    let catch_up = c.wait_caught_up(p, &w, t_heal);
+    let t_heal = Instant::now();
+    let heal_took = t_heal - t_cmd;
+    let catch_up = c.wait_caught_up(p, &target, t_heal);
     let gap = w.longest_gap(t0, Instant::now());
-    let new_view = c.view_of(observer);
+    let (acked_before_view_change, first_ack) = w.acks_within(t0, view_change);
+    let phases = w.phases(t0, t_heal);
     let end = c.finish(w);
-    report(
-        test,
-        &[
-            format!("primary {p} disconnected in view {view}"),
-            format!(
-                "view change: replica {observer} entered view {new_view} {} after the cut",
-                secs(view_change)
-            ),
-            format!(
-                "client stalled {} (longest gap between acknowledged writes)",
-                secs(gap)
-            ),
-            format!("catch-up of the old primary after reconnecting: {}", secs(catch_up)),
-            end,
-        ],
-    );
+    let mut lines = vec![
+        format!(
+            "primary {p} disconnected in view {view} (docker network disconnect took {}, \
+             connect {})",
+            secs(cut_took),
+            secs(heal_took)
+        ),
+        format!(
+            "view change: replica {observer} entered view {new_view} {} after the cut",
+            secs(view_change)
+        ),
+        format!(
+            "client stalled {} (longest gap between acknowledged writes)",
+            secs(gap)
+        ),
+        format!(
+            "catch-up of the old primary after reconnecting: <= {} (docker cp polling)",
+            secs(catch_up)
+        ),
+        format!(
+            "first write acknowledged {} after the fault; {acked_before_view_change} \
+             acknowledged before that view change",
+            first_ack.map(secs).unwrap_or_default()
+        ),
+        end,
+    ];
+    lines.extend(phases);
+    report(test, &lines);
 }
 
 #[test]
@@ -972,8 +1126,10 @@ fn isolate_one_backup_and_the_majority_goes_on() {
     let view = c.view_of(0);
     let p = (view % u64::from(c.n)) as u32;
     let b = (p + 1) % c.n;
-    let t0 = Instant::now();
+    let t_cmd = Instant::now();
     c.disconnect(b);
+    let t0 = Instant::now();
+    let cut_took = t0 - t_cmd;
     w.wait_acks_after(
         t0,
         30,
@@ -981,28 +1137,39 @@ fn isolate_one_backup_and_the_majority_goes_on() {
         "writes with a replica isolated",
     );
     let during = w.acks_after(t0);
-    let t_heal = Instant::now();
+    let target = w.last().expect("acknowledged writes");
+    let t_cmd = Instant::now();
     c.reconnect(b);
-    let catch_up = c.wait_caught_up(b, &w, t_heal);
+    let t_heal = Instant::now();
+    let heal_took = t_heal - t_cmd;
+    let catch_up = c.wait_caught_up(b, &target, t_heal);
     let gap = w.longest_gap(t0, Instant::now());
     let view_after = c.view_of(p);
+    let phases = w.phases(t0, t_heal);
     let end = c.finish(w);
     assert_eq!(
         view_after, view,
         "isolating a backup must not cost a view change"
     );
-    report(
-        test,
-        &[
-            format!("backup {b} isolated; the majority acknowledged {during} writes meanwhile"),
-            format!(
-                "longest gap between acknowledged writes: {} (no view change: still view {view})",
-                secs(gap)
-            ),
-            format!("catch-up of replica {b} after reconnecting: {}", secs(catch_up)),
-            end,
-        ],
-    );
+    let mut lines = vec![
+        format!(
+            "backup {b} isolated; the majority acknowledged {during} writes meanwhile \
+             (docker network disconnect took {}, connect {})",
+            secs(cut_took),
+            secs(heal_took)
+        ),
+        format!(
+            "longest gap between acknowledged writes: {} (no view change: still view {view})",
+            secs(gap)
+        ),
+        format!(
+            "catch-up of replica {b} after reconnecting: <= {} (docker cp polling)",
+            secs(catch_up)
+        ),
+        end,
+    ];
+    lines.extend(phases);
+    report(test, &lines);
 }
 
 #[test]
@@ -1017,10 +1184,12 @@ fn partition_without_quorum_acknowledges_nothing_until_healed() {
     let p = (view % u64::from(c.n)) as u32;
     let cut: Vec<u32> = (1..c.n).map(|k| (p + k) % c.n).collect();
     // The frontend stays with the primary; each backup alone: no f+1 anywhere.
+    let t_cmd = Instant::now();
     for &b in &cut {
         c.disconnect(b);
     }
     let t_cut = Instant::now();
+    let cut_took = t_cut - t_cmd;
     // A reply already on the wire when the links went may still land.
     std::thread::sleep(Duration::from_millis(500));
     let before = w.count();
@@ -1032,49 +1201,138 @@ fn partition_without_quorum_acknowledges_nothing_until_healed() {
         during, 0,
         "{during} writes acknowledged while no quorum could be reached"
     );
-    let t_heal = Instant::now();
+    let t_cmd = Instant::now();
     for &b in &cut {
         c.reconnect(b);
     }
+    let t_heal = Instant::now();
+    let heal_took = t_heal - t_cmd;
     let resumed = w.wait_acks_after(
         t_heal,
         1,
         Duration::from_secs(90),
         "writes after the partition healed",
     );
+    // The first write acknowledged after healing needed the cut-off backups: each must
+    // come to hold it.
+    let target = w
+        .acked
+        .lock()
+        .expect("lock")
+        .iter()
+        .find(|a| a.at > t_heal)
+        .map(|a| (a.name.clone(), a.data.clone()))
+        .expect("a write after healing");
+    let catch_up: Vec<Duration> = cut
+        .iter()
+        .map(|&b| c.wait_caught_up(b, &target, t_heal))
+        .collect();
     w.wait_acks_after(
         t_heal,
         10,
         Duration::from_secs(60),
         "writes after the partition healed",
     );
-    let catch_up: Vec<Duration> = cut
-        .iter()
-        .map(|&b| c.wait_caught_up(b, &w, t_heal))
-        .collect();
     let views: Vec<u64> = (0..c.n).map(|i| c.view_of(i)).collect();
+    let phases = w.phases(t_cut, t_heal);
     let end = c.finish(w);
-    report(
-        test,
-        &[
-            format!(
-                "backups {cut:?} cut off from the primary {p}, the frontend and each other for {}: 0 writes acknowledged",
-                secs(hold + Duration::from_millis(500))
-            ),
-            format!(
-                "after healing: first write acknowledged {} later (outage {} in all); views now {views:?}",
-                secs(resumed),
-                secs(t_heal - t_cut + resumed)
-            ),
-            format!(
-                "catch-up of replicas {cut:?} after healing: {}",
-                catch_up
-                    .iter()
-                    .map(|d| secs(*d))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            end,
-        ],
+    let mut lines = vec![
+        format!(
+            "backups {cut:?} cut off from the primary {p}, the frontend and each other for {} \
+             (docker network disconnect x2 took {}): 0 writes acknowledged",
+            secs(hold + Duration::from_millis(500)),
+            secs(cut_took)
+        ),
+        format!(
+            "after healing (docker network connect x2 took {}): first write acknowledged {} \
+             later (outage {} in all); views now {views:?}",
+            secs(heal_took),
+            secs(resumed),
+            secs(t_heal - t_cut + resumed)
+        ),
+        format!(
+            "replicas {cut:?} hold the first write acknowledged after healing: <= {} after healing (docker cp polling)",
+            catch_up
+                .iter()
+                .map(|d| secs(*d))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        end,
+    ];
+    lines.extend(phases);
+    report(test, &lines);
+}
+
+/// f = 2 (`docker/compose.f2.yml`, five replicas): two faults at once, the primary frozen
+/// and a backup cut off; the other three order a new view and go on.
+#[test]
+fn f2_pause_the_primary_and_isolate_a_backup() {
+    let test = "f2-pause-and-isolate";
+    let Some(c) = Cluster::up(test, 2) else {
+        return;
+    };
+    let mut w = Workload::start(c.addr());
+    w.wait_acks_after(Instant::now(), 10, Duration::from_secs(60), "warm-up");
+    let view = c.view_of(2);
+    let n = u64::from(c.n);
+    let p = (view % n) as u32;
+    // Not the primary of the next view, so one view change is enough.
+    let b = ((view + 4) % n) as u32;
+    let observer = ((view + 2) % n) as u32;
+    let primary_id = c.replica(p);
+    let t_cmd = Instant::now();
+    docker(&["pause", &primary_id]);
+    c.disconnect(b);
+    let (t0, wall0) = (Instant::now(), SystemTime::now());
+    let fault_took = t0 - t_cmd;
+    let (new_view, view_change) = c.wait_view_change(observer, view, wall0);
+    let resumed = w.wait_acks_after(
+        t0,
+        10,
+        Duration::from_secs(60),
+        "writes with two replicas out",
     );
+    let target = w.last().expect("acknowledged writes");
+    let t_cmd = Instant::now();
+    docker(&["unpause", &primary_id]);
+    c.reconnect(b);
+    let t_heal = Instant::now();
+    let heal_took = t_heal - t_cmd;
+    let catch_up_p = c.wait_caught_up(p, &target, t_heal);
+    let catch_up_b = c.wait_caught_up(b, &target, t_heal);
+    let gap = w.longest_gap(t0, Instant::now());
+    let (acked_before_view_change, first_ack) = w.acks_within(t0, view_change);
+    let phases = w.phases(t0, t_heal);
+    let end = c.finish(w);
+    let mut lines = vec![
+        format!(
+            "primary {p} paused and backup {b} disconnected in view {view} (n = 5; the \
+             commands took {}, healing {})",
+            secs(fault_took),
+            secs(heal_took)
+        ),
+        format!(
+            "view change: replica {observer} entered view {new_view} {} after the faults",
+            secs(view_change)
+        ),
+        format!(
+            "client stalled {} (longest gap); 10 writes done {} after the faults",
+            secs(gap),
+            secs(resumed)
+        ),
+        format!(
+            "catch-up after healing: old primary {p} <= {}, backup {b} <= {} (docker cp polling)",
+            secs(catch_up_p),
+            secs(catch_up_b)
+        ),
+        format!(
+            "first write acknowledged {} after the fault; {acked_before_view_change} \
+             acknowledged before that view change",
+            first_ack.map(secs).unwrap_or_default()
+        ),
+        end,
+    ];
+    lines.extend(phases);
+    report(test, &lines);
 }
