@@ -1336,3 +1336,53 @@ fn f2_pause_the_primary_and_isolate_a_backup() {
     lines.extend(phases);
     report(test, &lines);
 }
+
+/// The compose files' keygen step runs on every `up`: `--if-missing` keeps the existing
+/// keys, and refuses a configuration of another size. (No Docker needed.)
+#[test]
+fn keygen_if_missing_keeps_existing_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("cluster");
+    let keygen = |replicas: &str| {
+        Command::new(env!("CARGO_BIN_EXE_bftnfs"))
+            .args(["keygen", "--replicas", replicas, "--if-missing", "--out"])
+            .arg(&out)
+            .args(["--addrs"])
+            .arg(
+                (0..replicas.parse::<u32>().expect("count"))
+                    .map(|i| format!("10.9.0.{}:7000", 11 + i))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
+            .output()
+            .expect("run keygen")
+    };
+    let first = keygen("3");
+    assert!(first.status.success(), "{first:?}");
+    let config = std::fs::read(out.join("cluster.toml")).expect("cluster.toml");
+    let key = std::fs::read(out.join("keys/replica-0.toml")).expect("replica key");
+    assert!(
+        String::from_utf8_lossy(&config).contains("10.9.0.13:7000"),
+        "container addresses in cluster.toml"
+    );
+    let again = keygen("3");
+    assert!(again.status.success(), "{again:?}");
+    assert_eq!(
+        std::fs::read(out.join("cluster.toml")).expect("read"),
+        config
+    );
+    assert_eq!(
+        std::fs::read(out.join("keys/replica-0.toml")).expect("read"),
+        key
+    );
+    let other = keygen("5");
+    assert!(
+        !other.status.success(),
+        "a 3-replica config is not reused for 5"
+    );
+    assert!(
+        String::from_utf8_lossy(&other.stderr).contains("is for 3 replicas"),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+}
