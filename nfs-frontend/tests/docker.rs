@@ -585,6 +585,11 @@ impl Cluster {
     /// hold every acknowledged write. Returns a report line.
     fn finish(&self, w: Workload) -> String {
         let acked = w.stop();
+        self.verify(&acked)
+    }
+
+    /// [`Self::finish`] for writes already stopped.
+    fn verify(&self, acked: &[Ack]) -> String {
         assert!(
             acked.len() >= 20,
             "only {} writes acknowledged",
@@ -592,7 +597,7 @@ impl Cluster {
         );
         let addr = self.addr();
         let rt = runtime();
-        let check = acked.clone();
+        let check = acked.to_vec();
         rt.block_on(async move {
             let mut c = connect(addr, Duration::from_secs(30)).await?;
             let root = c.root_nfs_fh3();
@@ -623,7 +628,7 @@ impl Cluster {
         })
         .unwrap_or_else(|e| panic!("acknowledged writes after the fault: {e}"));
         let (took, tree) = self.wait_converged();
-        for a in &acked {
+        for a in acked {
             assert!(
                 std::fs::read(tree.join(&a.name)).ok().as_deref() == Some(&a.data[..]),
                 "{} is missing or wrong in the replicas' backing directories",
@@ -1442,5 +1447,54 @@ fn keygen_if_missing_keeps_existing_keys() {
         String::from_utf8_lossy(&other.stderr).contains("is for 3 replicas"),
         "{}",
         String::from_utf8_lossy(&other.stderr)
+    );
+}
+
+/// `compose down` (containers and network gone, volumes kept) and `up` again: the one-shot
+/// keygen keeps the keys (`--if-missing`), the replicas restart from their volumes, and
+/// every acknowledged write is still served and on every replica.
+#[test]
+fn whole_cluster_down_and_up_keeps_keys_and_files() {
+    let test = "down-up";
+    let Some(c) = Cluster::up(test, 1) else {
+        return;
+    };
+    let mut w = Workload::start(c.addr());
+    w.wait_acks_after(Instant::now(), 30, Duration::from_secs(60), "writes");
+    let acked = w.stop();
+    let t_down = Instant::now();
+    let down = c
+        .project
+        .compose()
+        .args(["down", "-t", "5"])
+        .output()
+        .expect("compose down");
+    assert!(down.status.success(), "{down:?}");
+    let up = c
+        .project
+        .compose()
+        .args(["up", "-d"])
+        .output()
+        .expect("compose up");
+    assert!(up.status.success(), "{up:?}");
+    let restarted = t_down.elapsed();
+    let keygen_log = Command::new("docker")
+        .args(["logs", &c.id("keygen")])
+        .output()
+        .expect("docker logs");
+    assert!(
+        String::from_utf8_lossy(&keygen_log.stderr).contains("keeping it and its keys"),
+        "keygen kept the existing keys: {keygen_log:?}"
+    );
+    let end = c.verify(&acked);
+    report(
+        test,
+        &[
+            format!(
+                "compose down + up of the whole cluster took {}",
+                secs(restarted)
+            ),
+            end,
+        ],
     );
 }
