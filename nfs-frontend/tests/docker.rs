@@ -4,8 +4,10 @@
 //! NFS client on the host writing and reading back files through the frontend's published
 //! port, and one fault per test: a backup stopped and started, the primary frozen
 //! (`docker pause`) until a view change, the primary disconnected from the network and
-//! reconnected, one backup isolated (the majority goes on), and a partition with no
-//! quorum (nothing is acknowledged until it heals). After each: the workload saw no error
+//! reconnected, one backup isolated (the majority goes on), a partition with no quorum
+//! (nothing is acknowledged until it heals), the whole cluster down and up again, and
+//! with f = 2 (`docker/compose.f2.yml`) the primary frozen and a backup cut off at once.
+//! After each: the workload saw no error
 //! (only latency), every acknowledged write reads back, and all replicas' backing
 //! directories are identical. Each test prints how long its view change and catch-up took.
 //!
