@@ -7,9 +7,9 @@
 //! reconnected, one backup isolated (the majority goes on), a partition with no quorum
 //! (nothing is acknowledged until it heals), the whole cluster down and up again, and
 //! with f = 2 (`docker/compose.f2.yml`) the primary frozen and a backup cut off at once.
-//! After each: the workload saw no error
-//! (only latency), every acknowledged write reads back, and all replicas' backing
-//! directories are identical. Each test prints how long its view change and catch-up took.
+//! After each: the workload saw no error (only latency), every acknowledged write reads
+//! back, and all replicas' backing directories are identical. Each test prints how long
+//! its view change and catch-up took.
 //!
 //! The tests need a Docker engine and compose (`docker compose` or `docker-compose`);
 //! without them each prints a loud SKIPPED line and passes. They run one at a time (a
