@@ -1489,6 +1489,27 @@ fn whole_cluster_down_and_up_keeps_keys_and_files() {
         "keygen kept the existing keys: {keygen_log:?}"
     );
     let end = c.verify(&acked);
+    // What a user does after `compose up`: list the export with libnfs.
+    let listed = if common::have("nfs-ls") {
+        let out = Command::new("nfs-ls")
+            .arg(common::url(c.port, "/"))
+            .output()
+            .expect("nfs-ls");
+        assert!(out.status.success(), "nfs-ls: {out:?}");
+        let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+        for a in &acked {
+            assert!(
+                listing
+                    .lines()
+                    .any(|l| l.ends_with(&format!(" {}", a.name))),
+                "nfs-ls lists {}: {listing}",
+                a.name
+            );
+        }
+        "nfs-ls lists every file".to_string()
+    } else {
+        "nfs-ls not installed: libnfs check SKIPPED".to_string()
+    };
     report(
         test,
         &[
@@ -1497,6 +1518,7 @@ fn whole_cluster_down_and_up_keeps_keys_and_files() {
                 secs(restarted)
             ),
             end,
+            listed,
         ],
     );
 }
