@@ -23,9 +23,14 @@ pub struct Args {
     /// Output directory.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// Replica addresses, comma-separated (default: free loopback ports).
-    #[arg(long, value_delimiter = ',')]
+    /// Replica addresses IP:PORT, comma-separated, in replica-id order (default: free
+    /// loopback ports). In containers: each replica's fixed IP on the private network.
+    #[arg(long, value_delimiter = ',', value_name = "IP:PORT,...")]
     addrs: Option<Vec<SocketAddr>>,
+    /// If DIR/cluster.toml already exists, keep it and its keys, print its path and
+    /// succeed (for a one-shot keygen step that runs again on every `compose up`).
+    #[arg(long)]
+    if_missing: bool,
     /// One request per batch (for measuring the unbatched protocol).
     #[arg(long)]
     no_batching: bool,
@@ -36,6 +41,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.replicas % 2 == 1 && args.replicas >= 1,
         "--replicas must be 2f+1"
     );
+    let existing = args.out.join("cluster.toml");
+    if args.if_missing && existing.exists() {
+        let config = nfs_frontend::config::ClusterConfig::load(&existing)?;
+        anyhow::ensure!(
+            config.n() == args.replicas,
+            "{} is for {} replicas, not {}",
+            existing.display(),
+            config.n(),
+            args.replicas
+        );
+        eprintln!(
+            "bftnfs keygen: {} exists; keeping it and its keys",
+            existing.display()
+        );
+        println!("{}", existing.display());
+        return Ok(());
+    }
     let f = (args.replicas - 1) / 2;
     let mut opts = KeygenOptions::new(f, args.clients);
     opts.addrs = args.addrs;
