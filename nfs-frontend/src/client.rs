@@ -6,8 +6,10 @@
 //! once. It signs each request, sends it to every replica, checks reply MACs and hands
 //! back the result f+1 (ordered) or 2f+1 (read-only) replicas agree on. Ticks drive
 //! re-sends: a dead replica or a view change costs latency, never an NFS error. While a
-//! replica's connection is down, reads go straight down the ordered path, because the
-//! read-only path needs all 2f+1 replies and would only time out first.
+//! replica's connection is down, and for a while after a read-only request timed out (a
+//! paused or cut-off replica whose connection still looks up), reads go straight down
+//! the ordered path, because the read-only path needs all 2f+1 replies and would only
+//! time out first.
 //!
 //! `first_seq` of every session is the wall clock in nanoseconds at start, so a
 //! restarted frontend never reuses a sequence number (replicas drop old ones).
@@ -35,6 +37,8 @@ use crate::op::{BAD_OP_RESULT, encode_op};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// How long reads take the ordered path after a read-only request timed out.
+const READ_ONLY_PAUSE: Duration = Duration::from_secs(2);
 /// Requests queued toward one replica connection.
 const CONN_QUEUE_MAX: usize = 4_096;
 /// Largest reply frame accepted from a replica (a READ of the largest size, encoded).
@@ -144,6 +148,10 @@ struct Engine {
     waiting: Vec<Vec<oneshot::Sender<Vec<u8>>>>,
     bundling: bool,
     bundled: Arc<AtomicU64>,
+    /// Per session: its outstanding request went down the read-only path.
+    read_only_sent: Vec<bool>,
+    /// Reads are ordered until then: a recent read-only request timed out.
+    read_only_paused_until: Option<tokio::time::Instant>,
     queue: VecDeque<Job>,
     conns: Vec<mpsc::Sender<Vec<u8>>>,
     up: Vec<Arc<AtomicBool>>,
@@ -175,6 +183,8 @@ impl Engine {
             waiting: (0..config.sessions).map(|_| Vec::new()).collect(),
             bundling: config.bundling,
             bundled: Arc::new(AtomicU64::new(0)),
+            read_only_sent: vec![false; config.sessions as usize],
+            read_only_paused_until: None,
             config,
             client,
             crypto,
@@ -230,6 +240,17 @@ impl Engine {
                 _ = tick.tick() => {
                     for s in 0..self.sessions.len() {
                         let outs = self.sessions[s].on_tick();
+                        // A read-only request that timed out (not every replica answered:
+                        // one is paused or cut off behind a connection that still looks
+                        // up) goes down the ordered path; so do further reads for a while
+                        // instead of each waiting for the same timeout.
+                        if outs.iter().any(|o| {
+                            matches!(o, ClientOutput::Send(r) if !r.read_only)
+                        }) && std::mem::take(&mut self.read_only_sent[s])
+                        {
+                            self.read_only_paused_until =
+                                Some(tokio::time::Instant::now() + READ_ONLY_PAUSE);
+                        }
                         self.outputs(s, outs);
                     }
                 }
@@ -242,7 +263,10 @@ impl Engine {
     }
 
     fn dispatch(&mut self) {
-        let all_up = self.up.iter().all(|u| u.load(Ordering::Relaxed));
+        let paused = self
+            .read_only_paused_until
+            .is_some_and(|t| tokio::time::Instant::now() < t);
+        let all_up = !paused && self.up.iter().all(|u| u.load(Ordering::Relaxed));
         for s in 0..self.sessions.len() {
             if !self.sessions[s].is_idle() {
                 continue;
@@ -283,6 +307,7 @@ impl Engine {
                 self.bundled.fetch_add(ops.len() as u64, Ordering::Relaxed);
                 bundle::encode(&ops)
             };
+            self.read_only_sent[s] = read_only && all_up;
             let outs = self.sessions[s].submit(op, read_only && all_up);
             self.outputs(s, outs);
         }
