@@ -247,6 +247,9 @@ fn killed_replica_catches_up_by_state_transfer_and_tampered_replica_repairs_itse
 /// other peer; the transfer completes with the right state.
 #[test]
 fn transfer_completes_when_a_peer_serves_corrupt_chunks() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("nfs_frontend::replica=info")
+        .try_init();
     bounded(Duration::from_secs(300), || {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("c");
@@ -273,6 +276,9 @@ fn transfer_completes_when_a_peer_serves_corrupt_chunks() {
         let r1 = start_replica_thread(config.clone(), opts(1, true)).expect("start 1");
         block_on(write_files(addr, "h", 10));
         let r2 = start_replica_thread(config.clone(), opts(2, false)).expect("start 2");
+        // Clients keep working while replica 2 catches up (and the checkpoints these
+        // writes make let it catch up again if it installed an older one).
+        block_on(write_files(addr, "late", 150));
         let e0 = cluster.export_dir(0);
         let e2 = cluster.export_dir(2);
         wait_for(Duration::from_secs(90), "replica 2 converges", || {

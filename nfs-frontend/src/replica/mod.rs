@@ -235,12 +235,8 @@ impl Node {
                 };
                 self.snaps.save(&Snapshot { n, core_state, app })?;
             }
-            Output::Stable { n } => {
-                self.snaps.drop_below(n)?;
-                self.pending_snapshots = self.pending_snapshots.split_off(&n);
-                self.collect_chunks()?;
-            }
-            Output::FetchState { cert } => self.start_transfer(cert),
+            Output::Stable { n } => self.on_stable(n)?,
+            Output::FetchState { cert } => self.on_fetch_state(cert),
         }
         Ok(())
     }

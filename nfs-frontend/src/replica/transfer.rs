@@ -53,6 +53,9 @@ struct Fetch {
     in_flight: BTreeMap<u64, Pending>,
     /// Peers that sent bad or no data in this transfer; asked again only if all did.
     avoid: BTreeSet<ReplicaId>,
+    /// Peers that said they do not have a chunk: when all have said so, they moved on
+    /// (garbage-collected it) and we fetch their newer checkpoint instead.
+    absent: BTreeMap<Digest, BTreeSet<ReplicaId>>,
     next_peer: u32,
     total_chunks: usize,
     fetched_chunks: usize,
@@ -79,7 +82,17 @@ pub struct TransferStats {
 }
 
 impl Node {
-    pub(super) fn start_transfer(&mut self, cert: CheckpointCert) {
+    /// The core's `FetchState`. The core repeats it while a transfer takes long; a
+    /// transfer already under way for that checkpoint (or a later one) goes on (its own
+    /// retries in `transfer_tick` deal with silent peers) instead of starting over.
+    pub(super) fn on_fetch_state(&mut self, cert: CheckpointCert) {
+        if self.transfer.as_ref().is_some_and(|t| t.cert.n >= cert.n) {
+            return;
+        }
+        self.start_transfer(cert);
+    }
+
+    fn start_transfer(&mut self, cert: CheckpointCert) {
         info!(
             id = self.id,
             n = cert.n,
@@ -200,6 +213,7 @@ impl Node {
             blob: *blob,
             in_flight: BTreeMap::new(),
             avoid: BTreeSet::new(),
+            absent: BTreeMap::new(),
             next_peer: from,
             fetched_chunks: 0,
             fetched_bytes: 0,
@@ -327,6 +341,7 @@ impl Node {
             self.count_bad(from, "chunk does not match its hash");
         }
         let me = self.id;
+        let peers = self.n as usize - 1;
         let Some(t) = self.transfer.as_mut() else {
             return Ok(());
         };
@@ -335,6 +350,24 @@ impl Node {
         let f = t.fetch.as_mut().expect("pending came from it");
         f.fetched_chunks += stored;
         f.fetched_bytes += bytes;
+        let mut moved_on = false;
+        for h in &requeue {
+            if !bad {
+                let who = f.absent.entry(*h).or_default();
+                who.insert(from);
+                moved_on |= who.len() >= peers;
+            }
+        }
+        if moved_on {
+            info!(
+                id = me,
+                n, "state transfer: the peers moved past this checkpoint; fetching their newer one"
+            );
+            t.fetch = None;
+            t.tried.clear();
+            self.ask_state();
+            return Ok(());
+        }
         if bad || !requeue.is_empty() {
             // Bad data, or this peer lacks chunks: the others serve them.
             f.avoid.insert(from);
@@ -449,9 +482,25 @@ impl Node {
         }
     }
 
+    /// Checkpoint `n` became stable: keep its manifest and the one before it (so that a
+    /// peer fetching the previous stable checkpoint still finds its chunks), drop older
+    /// ones, and garbage-collect chunks.
+    pub(super) fn on_stable(&mut self, n: SeqNum) -> Result<(), ReplicaError> {
+        let keep_from = self
+            .snaps
+            .list()?
+            .into_iter()
+            .filter(|k| *k < n)
+            .max()
+            .unwrap_or(n);
+        self.snaps.drop_below(keep_from)?;
+        self.pending_snapshots = self.pending_snapshots.split_off(&n);
+        self.collect_chunks()
+    }
+
     /// Deletes chunks that no retained checkpoint (stable, pending, being fetched)
     /// references.
-    pub(super) fn collect_chunks(&mut self) -> Result<(), ReplicaError> {
+    fn collect_chunks(&mut self) -> Result<(), ReplicaError> {
         let mut keep: Vec<Vec<u8>> = Vec::new();
         for n in self.snaps.list()? {
             if let Some(s) = self.snaps.load(n)? {
