@@ -352,7 +352,8 @@ impl FileStateMachine {
             for (i, h) in missing {
                 let off = i as u64 * CHUNK_BYTES;
                 buf.resize(CHUNK_BYTES.min(size - off) as usize, 0);
-                f.read_exact_at(&mut buf, off).ctx("read chunk for checkpoint")?;
+                f.read_exact_at(&mut buf, off)
+                    .ctx("read chunk for checkpoint")?;
                 if digest::chunk_hash(&buf) != h {
                     // Changed behind our back since it was hashed: self-repair.
                     self.mark_suspect(id);
@@ -490,8 +491,7 @@ impl FileStateMachine {
             let off = i as u64 * CHUNK_BYTES;
             buf.resize(CHUNK_BYTES.min(size - off) as usize, 0);
             n += 1;
-            if f.read_exact_at(&mut buf, off).is_err() || digest::chunk_hash(&buf) != *expected
-            {
+            if f.read_exact_at(&mut buf, off).is_err() || digest::chunk_hash(&buf) != *expected {
                 return Ok((false, n));
             }
         }
@@ -576,7 +576,9 @@ impl FileStateMachine {
         self.poisoned = None;
         let got = self.state_digest()?;
         if got != want {
-            return Err(FsError::BadSnapshot("installed state has another digest".into()));
+            return Err(FsError::BadSnapshot(
+                "installed state has another digest".into(),
+            ));
         }
         Ok((got, stats))
     }
@@ -659,8 +661,7 @@ impl FileStateMachine {
                     }
                     _ => {
                         let staged = id.to_string().into_bytes();
-                        confine::rename(&staging, &staged, &dfd, &name.0)
-                            .ctx("install file")?;
+                        confine::rename(&staging, &staged, &dfd, &name.0).ctx("install file")?;
                     }
                 }
                 placed.insert(id, (dfd.clone(), name.0.clone()));

@@ -33,7 +33,9 @@ fn dirop(dir: &nfs_fh3, n: &str) -> diropargs3<'static> {
 /// Deterministic content of file `i`: mostly 3 KiB, every 40th 200 KiB (4 chunks).
 fn content(tag: &str, i: usize) -> Vec<u8> {
     let len = if i % 40 == 7 { 200 << 10 } else { 3 << 10 };
-    let seed = tag.bytes().fold(i as u32, |a, b| a.wrapping_mul(31) ^ u32::from(b));
+    let seed = tag
+        .bytes()
+        .fold(i as u32, |a, b| a.wrapping_mul(31) ^ u32::from(b));
     (0..len as u32)
         .map(|k| (k.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 15) as u8)
         .collect()
@@ -129,7 +131,11 @@ impl Up {
         };
         let _ = std::fs::remove_file(self.replica_dir(i).join("pid"));
         // SAFETY: kill(2) of a pid this test started (through `up`).
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0, "kill -9 {pid}");
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGKILL) },
+            0,
+            "kill -9 {pid}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 
@@ -193,7 +199,8 @@ fn bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 's
     std::thread::spawn(move || {
         let _ = tx.send(f());
     });
-    rx.recv_timeout(limit).expect("test exceeded its time bound")
+    rx.recv_timeout(limit)
+        .expect("test exceeded its time bound")
 }
 
 #[test]
@@ -294,7 +301,10 @@ fn transfer_completes_when_a_peer_serves_corrupt_chunks() {
             "replica 1's corrupt chunks were detected: {:?}",
             s2.transfer
         );
-        eprintln!("replica 2 transfer: {:?}; replica 1: {:?}", s2.transfer, s1.transfer);
+        eprintln!(
+            "replica 2 transfer: {:?}; replica 1: {:?}",
+            s2.transfer, s1.transfer
+        );
         let _ = cluster.stop();
     });
 }

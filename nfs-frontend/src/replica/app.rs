@@ -11,8 +11,8 @@ use std::path::Path;
 
 use consensus::{Digest, Request, SeqNum};
 use fs_state::{FileStateMachine, FsConfig, FsError, FsManifest, OpContext, is_read_only};
-use tracing::{debug, warn};
 use sha2::{Digest as _, Sha256};
+use tracing::{debug, warn};
 
 use crate::op::{BAD_OP_RESULT, decode_op};
 
@@ -163,7 +163,9 @@ impl App {
     /// The digest a peer's manifest describes (checked for consistency first).
     pub fn manifest_digest(&self, bytes: &[u8]) -> Result<Digest, AppError> {
         match self {
-            App::Null { .. } if bytes.is_empty() => Ok(Sha256::digest(b"bftnfs/null-app/v1").into()),
+            App::Null { .. } if bytes.is_empty() => {
+                Ok(Sha256::digest(b"bftnfs/null-app/v1").into())
+            }
             App::Null { .. } => Err(AppError::BadSnapshot),
             App::Fs(sm) => {
                 let m = FsManifest::decode(bytes).map_err(|_| AppError::BadSnapshot)?;

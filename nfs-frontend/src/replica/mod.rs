@@ -28,11 +28,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use consensus::replica::{CoreState, checkpoint_digest};
 use consensus::{Input, Output, PeerMessage, Replica, ReplicaId, SeqNum, validate};
-pub use transfer::TransferStats;
 use fs_state::FsConfig;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
+pub use transfer::TransferStats;
 use usig::{ProcessUsig, SoftwareUsig, Usig};
 
 use crate::config::ClusterConfig;
@@ -355,8 +355,15 @@ fn open_node(
         // Fine-grained: files unchanged since the checkpoint stay, the others are
         // rewritten from the chunk store.
         match app.restore(&snap.app) {
-            Ok(d) if stable.n == 0 || checkpoint_digest(&d, &snap.core_state) == stable.state_digest => {
-                info!(id, n = stable.n, "restored the stable checkpoint from the chunk store");
+            Ok(d)
+                if stable.n == 0
+                    || checkpoint_digest(&d, &snap.core_state) == stable.state_digest =>
+            {
+                info!(
+                    id,
+                    n = stable.n,
+                    "restored the stable checkpoint from the chunk store"
+                );
             }
             other => {
                 // Our own checkpoint copy is bad (disk fault, tampering): run on, the next

@@ -151,7 +151,10 @@ impl Node {
     }
 
     fn count_bad(&mut self, from: ReplicaId, what: &str) {
-        warn!(id = self.id, from, "state transfer: {what}; asking another replica");
+        warn!(
+            id = self.id,
+            from, "state transfer: {what}; asking another replica"
+        );
         self.stats.count(DropReason::Garbage);
         self.transfer_stats.bad_replies += 1;
     }
