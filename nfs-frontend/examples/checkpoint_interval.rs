@@ -122,7 +122,13 @@ async fn write_files(addr: SocketAddr, tag: &str, count: usize) -> Vec<Duration>
             offset: 0,
             count: 4096,
             stable: stable_how::FILE_SYNC,
-            data: Opaque::owned(vec![i as u8; 4096]),
+            // Unique per file, so the chunk store cannot share them between phases.
+            data: Opaque::owned({
+                let mut d = vec![i as u8; 4096];
+                let id = format!("{tag}{i}");
+                d[..id.len()].copy_from_slice(id.as_bytes());
+                d
+            }),
         })
         .await
         .expect("rpc")
@@ -148,14 +154,17 @@ fn cluster_run(k: u64) -> String {
     let dir = tmp.path().join("c");
     let path = ensure_keys(&dir, 1, true, 16).expect("keys");
     let toml = std::fs::read_to_string(&path).expect("toml");
-    std::fs::write(
-        &path,
-        toml.replace(
-            "checkpoint_interval = 64",
-            &format!("checkpoint_interval = {k}"),
-        ),
-    )
-    .expect("toml");
+    let toml: Vec<String> = toml
+        .lines()
+        .map(|l| {
+            if l.starts_with("checkpoint_interval =") {
+                format!("checkpoint_interval = {k}")
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    std::fs::write(&path, toml.join("\n") + "\n").expect("toml");
     let config = Arc::new(ClusterConfig::load(&path).expect("config"));
     let mut cluster = nfs_frontend::LocalCluster::start(nfs_frontend::ClusterOptions {
         dir: dir.clone(),

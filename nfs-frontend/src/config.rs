@@ -351,7 +351,10 @@ pub fn default_consensus(f: u32) -> Config {
     c.status_interval_ticks = 10;
     c.state_transfer_timeout_ticks = 50;
     // Also how soon peers skip a hole a crash left in a replica's counter sequence.
-    c.checkpoint_interval = 64;
+    // Chosen by measurement (docs/recovery.md): a checkpoint costs a roughly fixed
+    // 30-40 ms with 2000 files (scrub, digest, chunk capture), 0.3 ms per batch amortised
+    // at 128 against 0.6-0.8 at 64, with no measurable difference in catch-up time.
+    c.checkpoint_interval = 128;
     c
 }
 
