@@ -216,7 +216,10 @@ fn cluster_run(k: u64) -> String {
 
 fn main() {
     let ks: Vec<u64> = {
-        let v: Vec<u64> = std::env::args().skip(1).filter_map(|s| s.parse().ok()).collect();
+        let v: Vec<u64> = std::env::args()
+            .skip(1)
+            .filter_map(|s| s.parse().ok())
+            .collect();
         if v.is_empty() {
             vec![16, 64, 128, 256]
         } else {
