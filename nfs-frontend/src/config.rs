@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 pub const SESSION_STRIDE: u64 = 1 << 16;
 
 /// Default largest frame on any connection; a frame must hold a whole VIEW-CHANGE or a
-/// state-transfer snapshot (coarse: the whole export), hence the generous default.
+/// state-transfer manifest (all metadata of the export; contents travel as 1 MiB chunk
+/// replies), hence the generous default.
 pub const FRAME_BYTES_MAX_DEFAULT: usize = 256 << 20;
 
 #[derive(Debug, thiserror::Error)]
