@@ -11,7 +11,8 @@
 //! metadata), `journal` (its persistence), `confine` (names and host calls that cannot
 //! escape the export), `perm` (Unix permissions), `dir` (listings and cookies), `apply`
 //! (the procedures), `digest` (the Merkle tree), `state` (lifecycle, sync, digest),
-//! `recover` (crash check, snapshot, restore).
+//! `recover` (crash check, snapshot, restore), `transfer` (chunked checkpoints, state
+//! transfer, self-repair).
 
 mod apply;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod ops;
 mod perm;
 mod recover;
 mod state;
+pub mod transfer;
 
 pub use config::{FsConfig, SyncMode, UnstableWrites};
 pub use digest::{DigestTree, Hash};
@@ -32,3 +34,4 @@ pub use error::{FsError, LocalFault};
 pub use ops::*;
 pub use recover::{FsSnapshot, SnapshotFile};
 pub use state::{EXPORT_DIR, FileStateMachine, META_DIR, SyncStats};
+pub use transfer::{CaptureStats, ChunkStore, FsManifest, InstallStats, ScrubStats};

@@ -52,6 +52,15 @@ pub struct FileStateMachine {
     /// Objects found inconsistent with the metadata when reopening after a crash.
     pub(crate) damaged: BTreeSet<u64>,
     pub(crate) last_sync: SyncStats,
+    /// Content-addressed chunks of checkpoints (`transfer.rs`).
+    pub(crate) store: crate::transfer::ChunkStore,
+    /// Host stamp of each regular file when we last wrote or verified it (not replicated).
+    pub(crate) stamps: BTreeMap<u64, crate::transfer::Stamp>,
+    /// Files whose backing bytes were found to differ from the metadata (self-repair).
+    pub(crate) suspect: BTreeSet<u64>,
+    /// Where the rolling rehash of `scrub` continues: (fileid, chunk).
+    pub(crate) scrub_cursor: (u64, u64),
+    pub(crate) in_transfer: bool,
 }
 
 impl std::fmt::Debug for FileStateMachine {
@@ -61,6 +70,7 @@ impl std::fmt::Debug for FileStateMachine {
             .field("objects", &self.meta.inodes.len())
             .field("poisoned", &self.poisoned)
             .field("damaged", &self.damaged)
+            .field("suspect", &self.suspect)
             .finish()
     }
 }
@@ -116,6 +126,12 @@ impl FileStateMachine {
             poisoned: None,
             damaged: BTreeSet::new(),
             last_sync: SyncStats::default(),
+            store: crate::transfer::ChunkStore::open(&data_dir.join(crate::transfer::CHUNK_DIR))
+                .ctx("open chunk store")?,
+            stamps: BTreeMap::new(),
+            suspect: BTreeSet::new(),
+            scrub_cursor: (0, 0),
+            in_transfer: false,
         };
         if fresh {
             sm.journal.compact(&sm.meta)?;
@@ -318,11 +334,15 @@ impl FileStateMachine {
             let Some(inode) = self.meta.inodes.get(&id) else {
                 continue;
             };
-            if inode.ftype != FType3::Reg || idxs.is_empty() {
+            if inode.ftype != FType3::Reg {
                 continue;
             }
             let size = inode.size;
             let f = self.fd(id)?;
+            // What the file looks like after our own change (self-repair's reference).
+            if let Ok(stamp) = crate::transfer::Stamp::of(&f) {
+                self.stamps.insert(id, stamp);
+            }
             let content = self
                 .meta
                 .content
@@ -346,6 +366,9 @@ impl FileStateMachine {
             return Some(digest::damaged_leaf_hash(id));
         }
         let inode = self.meta.inodes.get(&id)?;
+        if self.suspect.contains(&id) {
+            return Some(digest::damaged_leaf_hash(id));
+        }
         let content = match inode.ftype {
             FType3::Reg => digest::file_content_hash(inode.size, &self.meta.content[&id]),
             FType3::Dir => digest::dir_content_hash(&self.meta.dirs[&id]),

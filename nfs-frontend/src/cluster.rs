@@ -201,6 +201,7 @@ impl LocalCluster {
                 null_app: opts.null_app,
                 fs_config: FsConfig::default(),
                 usig_socket,
+                serve_corrupt_chunks: false,
             };
             replicas.push(Some(start_replica_thread(config.clone(), ropts)?));
         }

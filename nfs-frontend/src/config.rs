@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 pub const SESSION_STRIDE: u64 = 1 << 16;
 
 /// Default largest frame on any connection; a frame must hold a whole VIEW-CHANGE or a
-/// state-transfer snapshot (coarse: the whole export), hence the generous default.
+/// state-transfer manifest (all metadata of the export; contents travel as 1 MiB chunk
+/// replies), hence the generous default.
 pub const FRAME_BYTES_MAX_DEFAULT: usize = 256 << 20;
 
 #[derive(Debug, thiserror::Error)]
@@ -359,7 +360,10 @@ pub fn default_consensus(f: u32) -> Config {
     c.status_interval_ticks = 10;
     c.state_transfer_timeout_ticks = 50;
     // Also how soon peers skip a hole a crash left in a replica's counter sequence.
-    c.checkpoint_interval = 64;
+    // Chosen by measurement (docs/recovery.md): a checkpoint costs a roughly fixed
+    // 12-70 ms with 2000 files (scrub, digest, chunk capture), 0.2-0.6 ms per batch
+    // amortised at 128 against 0.3-0.8 at 64; catch-up times were within noise.
+    c.checkpoint_interval = 128;
     c
 }
 

@@ -39,14 +39,26 @@ pub struct Challenge {
     pub nonce: [u8; 32],
 }
 
-/// A replica's state at a stable checkpoint, for state transfer (coarse: the whole
-/// application snapshot).
+/// A replica's stable checkpoint, for state transfer: the certificate, the core's client
+/// table and the application's manifest (fs-state `FsManifest`: metadata and chunk
+/// hashes, no file contents; those are fetched as chunks).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StateBlob {
     pub cert: CheckpointCert,
     pub core_state: CoreState,
     #[serde(with = "serde_bytes")]
     pub app: Vec<u8>,
+}
+
+/// Chunks asked for in one `ChunkRequest` (64 KiB each: 1 MiB per reply).
+pub const CHUNKS_PER_REQUEST_MAX: usize = 16;
+
+/// One content chunk in a `ChunkReply`; the receiver checks `hash` against the data.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkData {
+    pub hash: [u8; 32],
+    #[serde(with = "serde_bytes")]
+    pub data: Vec<u8>,
 }
 
 /// What travels on an authenticated replica link.
@@ -60,6 +72,16 @@ pub enum LinkMsg {
     StateReply {
         n: SeqNum,
         state: Option<Box<StateBlob>>,
+    },
+    /// "Send me these content chunks" (at most `CHUNKS_PER_REQUEST_MAX`).
+    ChunkRequest {
+        id: u64,
+        hashes: Vec<[u8; 32]>,
+    },
+    /// The requested chunks this replica has (absent ones are left out).
+    ChunkReply {
+        id: u64,
+        chunks: Vec<ChunkData>,
     },
 }
 

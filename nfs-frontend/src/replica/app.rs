@@ -11,8 +11,9 @@
 use std::path::Path;
 
 use consensus::{Digest, Request, SeqNum};
-use fs_state::{FileStateMachine, FsConfig, FsError, FsSnapshot, OpContext, is_read_only};
+use fs_state::{FileStateMachine, FsConfig, FsError, FsManifest, OpContext, is_read_only};
 use sha2::{Digest as _, Sha256};
+use tracing::{debug, warn};
 
 use crate::bundle;
 use crate::op::{BAD_OP_RESULT, decode_op};
@@ -24,6 +25,11 @@ pub enum AppError {
     #[error("snapshot does not decode")]
     BadSnapshot,
 }
+
+/// Chunks rehashed per checkpoint by the rolling scrub (on top of the stamp check of
+/// every file), so that a change that kept a file's size and times is found within
+/// `chunks / SCRUB_REHASH_CHUNKS` checkpoints.
+pub const SCRUB_REHASH_CHUNKS: u64 = 64;
 
 pub enum App {
     Fs(Box<FileStateMachine>),
@@ -104,22 +110,45 @@ impl App {
         }
     }
 
+    /// The state digest at a checkpoint. First compares the backing files with the
+    /// metadata (`scrub`), so that a file changed behind our back makes this digest
+    /// differ from the correct replicas' and the core's self-repair path fetches it.
     pub fn digest(&mut self) -> Result<Digest, AppError> {
         match self {
             App::Null { .. } => Ok(Sha256::digest(b"bftnfs/null-app/v1").into()),
-            App::Fs(sm) => Ok(sm.state_digest()?),
+            App::Fs(sm) => {
+                let s = sm.scrub(SCRUB_REHASH_CHUNKS)?;
+                if !s.found.is_empty() {
+                    warn!(
+                        fileids = ?s.found,
+                        "backing files differ from the metadata (tampered or corrupt): \
+                         this replica's checkpoint will disagree and repair itself"
+                    );
+                }
+                Ok(sm.state_digest()?)
+            }
         }
     }
 
-    /// The whole state (coarse state transfer: metadata plus every file's bytes).
+    /// The checkpoint of the current state: an encoded `FsManifest` (metadata and chunk
+    /// hashes); the chunks themselves go to the chunk store.
     pub fn snapshot(&mut self) -> Result<Vec<u8>, AppError> {
         match self {
             App::Null { .. } => Ok(Vec::new()),
-            App::Fs(sm) => Ok(sm.snapshot()?.encode()),
+            App::Fs(sm) => {
+                let (m, stats) = sm.checkpoint()?;
+                debug!(
+                    chunks = stats.chunks_stored,
+                    bytes = stats.bytes_stored,
+                    "checkpoint: new chunks stored"
+                );
+                Ok(m.encode())
+            }
         }
     }
 
-    /// Replaces the state by `bytes`; returns the new digest (the caller compares it
+    /// Puts the state at the checkpoint `bytes` (our own stored manifest, or a verified
+    /// one whose chunks were fetched); returns the new digest (the caller compares it
     /// with the certified one).
     pub fn restore(&mut self, bytes: &[u8]) -> Result<Digest, AppError> {
         match self {
@@ -130,8 +159,75 @@ impl App {
                 self.digest()
             }
             App::Fs(sm) => {
-                let snap = FsSnapshot::decode(bytes).map_err(|_| AppError::BadSnapshot)?;
-                Ok(sm.restore(&snap)?)
+                let m = FsManifest::decode_local(bytes).map_err(|_| AppError::BadSnapshot)?;
+                let (d, st) = sm.install(&m)?;
+                debug!(?st, "checkpoint installed");
+                Ok(d)
+            }
+        }
+    }
+
+    /// The digest a peer's manifest describes (checked for consistency first).
+    pub fn manifest_digest(&self, bytes: &[u8]) -> Result<Digest, AppError> {
+        match self {
+            App::Null { .. } if bytes.is_empty() => {
+                Ok(Sha256::digest(b"bftnfs/null-app/v1").into())
+            }
+            App::Null { .. } => Err(AppError::BadSnapshot),
+            App::Fs(sm) => {
+                let m = FsManifest::decode(bytes).map_err(|_| AppError::BadSnapshot)?;
+                Ok(m.verify(sm.config())?)
+            }
+        }
+    }
+
+    /// Chunks of the manifest `bytes` that our store lacks, and the manifest's content size.
+    pub fn missing_chunks(&self, bytes: &[u8]) -> Result<(Vec<Digest>, u64), AppError> {
+        match self {
+            App::Null { .. } => Ok((Vec::new(), 0)),
+            App::Fs(sm) => {
+                let m = FsManifest::decode(bytes).map_err(|_| AppError::BadSnapshot)?;
+                Ok((sm.missing_chunks(&m), m.content_bytes()))
+            }
+        }
+    }
+
+    pub fn get_chunk(&mut self, h: &Digest) -> Result<Option<Vec<u8>>, AppError> {
+        match self {
+            App::Null { .. } => Ok(None),
+            App::Fs(sm) => Ok(sm.get_chunk(h)?),
+        }
+    }
+
+    /// Stores a fetched chunk; false if it does not hash to `h`.
+    pub fn put_chunk(&mut self, h: &Digest, data: &[u8]) -> Result<bool, AppError> {
+        match self {
+            App::Null { .. } => Ok(false),
+            App::Fs(sm) => Ok(sm.put_chunk(h, data)?),
+        }
+    }
+
+    /// Deletes stored chunks that none of the manifests `keep` references.
+    pub fn retain_chunks(&mut self, keep: &[&[u8]]) -> Result<usize, AppError> {
+        match self {
+            App::Null { .. } => Ok(0),
+            App::Fs(sm) => {
+                let ms = keep
+                    .iter()
+                    .map(|b| FsManifest::decode_local(b).map_err(|_| AppError::BadSnapshot))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(sm.retain_chunks(ms.iter())?)
+            }
+        }
+    }
+
+    /// Tells the file state machine that a state transfer starts (`true`) or ended.
+    pub fn set_transfer(&mut self, active: bool) {
+        if let App::Fs(sm) = self {
+            if active {
+                sm.transfer_started();
+            } else {
+                sm.transfer_ended();
             }
         }
     }

@@ -11,31 +11,33 @@
 //! sync is shared by a whole burst.
 //!
 //! Modules: `links` (connections), `log` (protocol records), `app` (file state machine or
-//! null app), `snapshots` (checkpoint state on disk, coarse state transfer).
+//! null app), `snapshots` (checkpoint manifests on disk), `transfer` (chunked state
+//! transfer and self-repair).
 
 pub mod app;
 pub mod links;
 pub mod log;
 pub mod snapshots;
+pub mod transfer;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use consensus::message::CheckpointCert;
 use consensus::replica::{CoreState, checkpoint_digest};
 use consensus::{Input, Output, PeerMessage, Replica, ReplicaId, SeqNum, validate};
 use fs_state::FsConfig;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
+pub use transfer::TransferStats;
 use usig::{ProcessUsig, SoftwareUsig, Usig};
 
 use crate::config::ClusterConfig;
 use crate::crypto::ClusterCrypto;
-use crate::net::{DropReason, LinkMsg, NetStats, ReplicaMsg, StateBlob, encode};
+use crate::net::{DropReason, LinkMsg, NetStats, ReplicaMsg, encode};
 use app::App;
 use links::Event;
 use log::ProtocolLog;
@@ -73,6 +75,9 @@ pub struct ReplicaOptions {
     /// Reach the USIG in a separate `bftnfs usig-server` on this Unix socket instead of
     /// holding the key in-process (the replica then never reads the key file).
     pub usig_socket: Option<PathBuf>,
+    /// Fault injection for tests: serve state-transfer chunks with a flipped byte (a
+    /// Byzantine peer), so that the fetching replica must detect it and ask another.
+    pub serve_corrupt_chunks: bool,
 }
 
 /// What a replica did, reported when it stops.
@@ -82,18 +87,13 @@ pub struct ReplicaStats {
     pub view: u64,
     pub dropped_core: BTreeMap<&'static str, u64>,
     pub dropped_net: u64,
+    pub transfer: TransferStats,
 }
 
 fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
-struct Transfer {
-    cert: CheckpointCert,
-    tried: BTreeSet<ReplicaId>,
-    asked_tick: u64,
 }
 
 struct Node {
@@ -116,7 +116,10 @@ struct Node {
     pending_snapshots: BTreeMap<SeqNum, Vec<u8>>,
     peers: Vec<Option<mpsc::Sender<Arc<LinkMsg>>>>,
     clients: BTreeMap<u64, (u64, mpsc::Sender<Vec<u8>>)>,
-    transfer: Option<Transfer>,
+    transfer: Option<transfer::Transfer>,
+    transfer_stats: TransferStats,
+    chunk_req_seq: u64,
+    serve_corrupt_chunks: bool,
     ticks: u64,
     stats: Arc<NetStats>,
 }
@@ -291,40 +294,10 @@ impl Node {
                 };
                 self.snaps.save(&Snapshot { n, core_state, app })?;
             }
-            Output::Stable { n } => {
-                self.snaps.drop_below(n)?;
-                self.pending_snapshots = self.pending_snapshots.split_off(&n);
-            }
-            Output::FetchState { cert } => {
-                info!(n = cert.n, "behind a stable checkpoint: fetching state");
-                self.transfer = Some(Transfer {
-                    cert,
-                    tried: BTreeSet::new(),
-                    asked_tick: 0,
-                });
-                self.ask_state();
-            }
+            Output::Stable { n } => self.on_stable(n)?,
+            Output::FetchState { cert } => self.on_fetch_state(cert),
         }
         Ok(())
-    }
-
-    fn ask_state(&mut self) {
-        let n_rep = self.n;
-        let me = self.id;
-        let ticks = self.ticks;
-        let Some(t) = self.transfer.as_mut() else {
-            return;
-        };
-        if t.tried.len() + 1 >= n_rep as usize {
-            t.tried.clear();
-        }
-        let Some(j) = (0..n_rep).find(|j| *j != me && !t.tried.contains(j)) else {
-            return;
-        };
-        t.tried.insert(j);
-        t.asked_tick = ticks;
-        let n = t.cert.n;
-        self.send_peer(j, Arc::new(LinkMsg::StateRequest { n }));
     }
 
     fn on_event(&mut self, ev: Event) -> Result<(), ReplicaError> {
@@ -333,6 +306,8 @@ impl Node {
                 LinkMsg::Peer(m) => self.on_peer(from, m),
                 LinkMsg::StateRequest { n } => self.on_state_request(from, n),
                 LinkMsg::StateReply { n, state } => self.on_state_reply(from, n, state),
+                LinkMsg::ChunkRequest { id, hashes } => self.on_chunk_request(from, id, hashes),
+                LinkMsg::ChunkReply { id, chunks } => self.on_chunk_reply(from, id, chunks),
             },
             Event::Request { req } => {
                 let config = self.core.config().clone();
@@ -368,89 +343,9 @@ impl Node {
         }
     }
 
-    fn on_state_request(&mut self, from: ReplicaId, n: SeqNum) -> Result<(), ReplicaError> {
-        let stable = self.log.durable.stable.clone();
-        let state = if stable.n >= n && stable.n > 0 {
-            self.snaps.load(stable.n)?.map(|s| {
-                Box::new(StateBlob {
-                    cert: stable,
-                    core_state: s.core_state,
-                    app: s.app,
-                })
-            })
-        } else {
-            None
-        };
-        self.send_peer(from, Arc::new(LinkMsg::StateReply { n, state }));
-        Ok(())
-    }
-
-    fn on_state_reply(
-        &mut self,
-        from: ReplicaId,
-        n: SeqNum,
-        state: Option<Box<StateBlob>>,
-    ) -> Result<(), ReplicaError> {
-        let Some(wanted) = self.transfer.as_ref().map(|t| t.cert.clone()) else {
-            return Ok(());
-        };
-        if wanted.n != n {
-            return Ok(());
-        }
-        let Some(blob) = state else {
-            // That peer has nothing recent enough; the next tick asks another.
-            return Ok(());
-        };
-        let config = self.core.config().clone();
-        let cert_ok = if blob.cert.n == wanted.n {
-            blob.cert.state_digest == wanted.state_digest
-        } else {
-            blob.cert.n > wanted.n
-                && validate::checkpoint_cert(&config, &self.crypto, &blob.cert).is_ok()
-        };
-        if !cert_ok {
-            warn!(from, "state transfer: uncertified state offered; dropped");
-            self.stats.count(DropReason::Garbage);
-            return Ok(());
-        }
-        let app_digest = match self.app().restore(&blob.app) {
-            Ok(d) => d,
-            Err(e) => {
-                warn!(from, "state transfer: bad snapshot: {e}");
-                self.stats.count(DropReason::Garbage);
-                return Ok(());
-            }
-        };
-        if checkpoint_digest(&app_digest, &blob.core_state) != blob.cert.state_digest {
-            warn!(from, "state transfer: state does not match its certificate");
-            self.stats.count(DropReason::Garbage);
-            return Ok(());
-        }
-        let StateBlob {
-            cert,
-            core_state,
-            app,
-        } = *blob;
-        info!(n = cert.n, from, "state transfer: installed");
-        self.snaps.save(&Snapshot {
-            n: cert.n,
-            core_state: core_state.clone(),
-            app,
-        })?;
-        self.transfer = None;
-        self.feed(Input::StateInstalled { cert, core_state })
-    }
-
     fn on_tick(&mut self) -> Result<(), ReplicaError> {
         self.ticks += 1;
-        let retry = self.config.consensus.fetch_timeout_ticks.max(1) * 4;
-        if self
-            .transfer
-            .as_ref()
-            .is_some_and(|t| self.ticks - t.asked_tick >= retry)
-        {
-            self.ask_state();
-        }
+        self.transfer_tick()?;
         self.feed(Input::Tick { now_ns: now_ns() })
     }
 
@@ -460,6 +355,7 @@ impl Node {
             view: self.core.view(),
             dropped_core: self.core.dropped().clone(),
             dropped_net: self.stats.total(),
+            transfer: self.transfer_stats.clone(),
         }
     }
 }
@@ -537,12 +433,29 @@ fn open_node(
                 opts.data_dir.display()
             ))
         })?;
-        let d = app.restore(&snap.app)?;
-        if stable.n > 0 && checkpoint_digest(&d, &snap.core_state) != stable.state_digest {
-            return Err(ReplicaError::Recovery(format!(
-                "snapshot {} does not match the stable checkpoint's digest",
-                stable.n
-            )));
+        // Fine-grained: files unchanged since the checkpoint stay, the others are
+        // rewritten from the chunk store.
+        match app.restore(&snap.app) {
+            Ok(d)
+                if stable.n == 0
+                    || checkpoint_digest(&d, &snap.core_state) == stable.state_digest =>
+            {
+                info!(
+                    id,
+                    n = stable.n,
+                    "restored the stable checkpoint from the chunk store"
+                );
+            }
+            other => {
+                // Our own checkpoint copy is bad (disk fault, tampering): run on, the next
+                // checkpoint's digest disagrees and self-repair fetches the certified state.
+                warn!(
+                    id,
+                    n = stable.n,
+                    error = ?other.err().map(|e| e.to_string()),
+                    "own stable checkpoint does not restore; will repair from the others"
+                );
+            }
         }
         snap.core_state
     };
@@ -605,6 +518,9 @@ fn open_node(
         peers: Vec::new(),
         clients: BTreeMap::new(),
         transfer: None,
+        transfer_stats: TransferStats::default(),
+        chunk_req_seq: 0,
+        serve_corrupt_chunks: opts.serve_corrupt_chunks,
         ticks: 0,
         stats,
     })

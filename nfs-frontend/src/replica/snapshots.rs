@@ -3,10 +3,10 @@
 //! At each checkpoint the replica keeps the application state as of that batch plus the
 //! core's client table, for two uses: a lagging peer fetches the stable one (state
 //! transfer), and this replica restores it after a crash, because the core replays its
-//! log from the stable checkpoint and so needs the application exactly there. Coarse on
-//! purpose: one file per checkpoint holding the whole export (fs-state's `snapshot`), which
-//! is fine for the exports tests and benchmarks use; a fine-grained transfer over
-//! fs-state's digest tree would fetch only what differs.
+//! log from the stable checkpoint and so needs the application exactly there. One small
+//! file per checkpoint: the application part is fs-state's `FsManifest` (metadata and
+//! chunk hashes); file contents live once in fs-state's content-addressed chunk store,
+//! shared by all checkpoints and garbage-collected when no retained manifest needs them.
 
 use std::fs::File;
 use std::io::Write;
@@ -70,6 +70,23 @@ impl SnapshotStore {
                 format!("{}: corrupt snapshot", path.display()),
             )
         })
+    }
+
+    /// Checkpoints on disk, ascending.
+    pub fn list(&self) -> std::io::Result<Vec<SeqNum>> {
+        let mut ns = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let name = entry?.file_name();
+            if let Some(k) = name
+                .to_str()
+                .and_then(|s| s.strip_suffix(".snap"))
+                .and_then(|s| s.parse::<SeqNum>().ok())
+            {
+                ns.push(k);
+            }
+        }
+        ns.sort_unstable();
+        Ok(ns)
     }
 
     pub fn has(&self, n: SeqNum) -> bool {

@@ -61,6 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     nfs_frontend::config::UsigConfig::Software => None,
                 }
             }),
+            serve_corrupt_chunks: false,
         };
         let stats = replica::run(config.clone(), opts, listener, shutdown_signal()?).await?;
         info!(?stats, "stopped");

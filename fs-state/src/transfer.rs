@@ -1,0 +1,706 @@
+//! Fine-grained checkpoints, state transfer and self-repair (issue 6).
+//!
+//! A checkpoint of the file state is a **manifest**: the replicated metadata, which
+//! already holds every regular file's 64 KiB chunk hashes, so the manifest alone
+//! determines the state digest (`FsManifest::verify`). File contents live in a
+//! content-addressed **chunk store** (`data_dir/chunks/<sha256>`, one file per chunk, the
+//! name being `digest::chunk_hash` of its bytes): a checkpoint copies in only the chunks
+//! no earlier checkpoint stored, so checkpoints share unchanged data, and
+//! `retain_chunks` deletes what no retained manifest references.
+//!
+//! A lagging replica verifies a peer's manifest against the certified digest, asks
+//! `missing_chunks` for what its own store lacks, stores each fetched chunk after checking
+//! its hash (`put_chunk`), and then `install`s: files whose content is unchanged are kept
+//! (hard-linked aside), the others are written from the store (each chunk rehashed as it
+//! is read), the tree is rebuilt from the manifest's namespace, and the metadata snapshot
+//! is the commit point. A crash at any step leaves either the old metadata (the reopen
+//! check repairs the tree, the replica restores its stable checkpoint from its store) or
+//! the new one.
+//!
+//! Self-repair: the backing tree can be changed behind the replica's back. `scrub`, run at
+//! each checkpoint, compares every regular file's host size/mtime/ctime/inode with what
+//! was recorded when the state machine last wrote or checked it, rehashes a file whose
+//! stamp moved, and rehashes a bounded number of further chunks in rolling order (for a
+//! change that kept the stamp). A file whose bytes disagree with the metadata becomes
+//! *suspect*: its digest leaf is the damaged marker, so this replica's checkpoint digest
+//! differs from the correct replicas', the consensus core's self-repair path asks for
+//! the certified state, and `install` rewrites only the suspect files' contents.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::io::Write as _;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustix::fs::{Mode, OFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::confine::{self, HostKind};
+use crate::digest::{self, DigestTree, Hash};
+use crate::error::{Ctx, FsError, LocalFault};
+use crate::meta::{CHUNK_BYTES, Dirty, Meta, MetaImage};
+use crate::ops::{DecodeError, FType3, ROOT_FILEID};
+use crate::state::FileStateMachine;
+
+pub const CHUNK_DIR: &str = "chunks";
+/// Where `install` stages file contents (same file system as the export).
+const STAGING_DIR: &str = "install";
+
+/// A checkpoint of the file state: the replicated metadata with its chunk hashes.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct FsManifest {
+    pub meta: MetaImage,
+}
+
+impl FsManifest {
+    pub fn encode(&self) -> Vec<u8> {
+        crate::ops::encode(self)
+    }
+
+    /// Decode a manifest from another replica (bounded by the decoder's limit).
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        crate::ops::decode(bytes)
+    }
+
+    /// Decode this replica's own stored manifest.
+    pub fn decode_local(bytes: &[u8]) -> Result<Self, DecodeError> {
+        crate::ops::decode_local(bytes)
+    }
+
+    /// Checks that the manifest is self-consistent and acceptable for `config`, and
+    /// returns the state digest it describes (the caller compares it with the
+    /// certified one before fetching anything).
+    pub fn verify(&self, config: &crate::FsConfig) -> Result<Hash, FsError> {
+        let meta = checked_meta(&self.meta, config)?;
+        Ok(meta_digest(&meta))
+    }
+
+    /// Every chunk hash the manifest references.
+    pub fn chunk_hashes(&self) -> BTreeSet<Hash> {
+        self.meta
+            .content
+            .iter()
+            .flat_map(|(_, c)| c.chunks.iter().copied())
+            .collect()
+    }
+
+    /// Bytes of regular-file content the manifest describes.
+    pub fn content_bytes(&self) -> u64 {
+        self.meta
+            .inodes
+            .iter()
+            .filter(|(_, i)| i.ftype == FType3::Reg)
+            .map(|(_, i)| i.size)
+            .sum()
+    }
+}
+
+/// The digest of a whole metadata table, computed from scratch.
+fn meta_digest(meta: &Meta) -> Hash {
+    let mut tree = DigestTree::new();
+    for (id, inode) in &meta.inodes {
+        let content = match inode.ftype {
+            FType3::Reg => digest::file_content_hash(inode.size, &meta.content[id]),
+            FType3::Dir => digest::dir_content_hash(&meta.dirs[id]),
+            _ => [0; 32],
+        };
+        tree.set_leaf(*id, Some(digest::leaf_hash(*id, inode, &content)));
+    }
+    tree.recompute(&meta.globals_bytes())
+}
+
+/// The checks `restore` makes on metadata from elsewhere.
+pub(crate) fn checked_meta(image: &MetaImage, config: &crate::FsConfig) -> Result<Meta, FsError> {
+    let meta = Meta::from_image(image.clone());
+    meta.check_invariants().map_err(FsError::BadSnapshot)?;
+    let root_gen = meta.inodes[&ROOT_FILEID].generation;
+    if root_gen != config.generation {
+        return Err(FsError::BadSnapshot(format!("generation {root_gen}")));
+    }
+    if meta.inodes.len() != image.inodes.len() || meta.content.len() != image.content.len() {
+        return Err(FsError::BadSnapshot("duplicate objects".into()));
+    }
+    for (id, inode) in &meta.inodes {
+        if !matches!(inode.ftype, FType3::Reg | FType3::Dir | FType3::Lnk) {
+            return Err(FsError::BadSnapshot(format!("type of {id}")));
+        }
+        if inode.ftype == FType3::Lnk {
+            let ok = inode.target.as_ref().is_some_and(|t| {
+                !t.0.is_empty() && !t.0.contains(&0) && t.0.len() <= config.path_max as usize
+            });
+            if !ok {
+                return Err(FsError::BadSnapshot(format!("symlink target of {id}")));
+            }
+        }
+    }
+    for id in meta.content.keys() {
+        if meta.inodes.get(id).map(|i| i.ftype) != Some(FType3::Reg) {
+            return Err(FsError::BadSnapshot(format!("content of non-file {id}")));
+        }
+    }
+    for (name, _) in meta.dirs.values().flat_map(|d| d.by_name.iter()) {
+        if confine::check_name(name, config.name_max, confine::NameUse::Create).is_err() {
+            return Err(FsError::BadSnapshot(format!("name {name:?}")));
+        }
+    }
+    Ok(meta)
+}
+
+fn hex(h: &Hash) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Hash> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut h = [0u8; 32];
+    for (i, b) in h.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(h)
+}
+
+/// Content-addressed chunk files (`data_dir/chunks/<hex sha>`). The set of present
+/// hashes is kept in memory; a chunk is always verified when read.
+#[derive(Debug)]
+pub struct ChunkStore {
+    dir: PathBuf,
+    have: BTreeSet<Hash>,
+}
+
+impl ChunkStore {
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut have = BTreeSet::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            match name.to_str().and_then(unhex) {
+                Some(h) => {
+                    have.insert(h);
+                }
+                // A temporary file of a crashed write, or a stranger: not ours.
+                None => std::fs::remove_file(entry.path())?,
+            }
+        }
+        Ok(ChunkStore {
+            dir: dir.to_path_buf(),
+            have,
+        })
+    }
+
+    fn path(&self, h: &Hash) -> PathBuf {
+        self.dir.join(hex(h))
+    }
+
+    pub fn has(&self, h: &Hash) -> bool {
+        self.have.contains(h)
+    }
+
+    pub fn len(&self) -> usize {
+        self.have.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.have.is_empty()
+    }
+
+    /// Stores `data` under its hash, unless present. Not durable until `sync`.
+    pub fn put(&mut self, data: &[u8]) -> std::io::Result<Hash> {
+        let h = digest::chunk_hash(data);
+        if self.have.contains(&h) {
+            return Ok(h);
+        }
+        let path = self.path(&h);
+        let tmp = path.with_extension("tmp");
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        drop(f);
+        std::fs::rename(&tmp, &path)?;
+        self.have.insert(h);
+        Ok(h)
+    }
+
+    /// The chunk with hash `h`, verified; a stored chunk that no longer matches its
+    /// name (disk corruption, tampering) is deleted and reported absent.
+    pub fn get(&mut self, h: &Hash) -> std::io::Result<Option<Vec<u8>>> {
+        if !self.have.contains(h) {
+            return Ok(None);
+        }
+        let path = self.path(h);
+        let data = match std::fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.have.remove(h);
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        if data.len() as u64 > CHUNK_BYTES || digest::chunk_hash(&data) != *h {
+            std::fs::remove_file(&path)?;
+            self.have.remove(h);
+            return Ok(None);
+        }
+        Ok(Some(data))
+    }
+
+    /// Makes every stored chunk durable (one `syncfs`).
+    pub fn sync(&self) -> std::io::Result<()> {
+        let d = File::open(&self.dir)?;
+        rustix::fs::syncfs(&d)?;
+        Ok(())
+    }
+
+    /// Deletes every chunk not in `keep`; returns how many were deleted.
+    pub fn retain(&mut self, keep: &BTreeSet<Hash>) -> std::io::Result<usize> {
+        let gone: Vec<Hash> = self.have.difference(keep).copied().collect();
+        for h in &gone {
+            match std::fs::remove_file(self.path(h)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            self.have.remove(h);
+        }
+        Ok(gone.len())
+    }
+}
+
+/// What a host file looked like when the state machine last wrote or verified it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    ino: u64,
+}
+
+impl Stamp {
+    pub(crate) fn of(f: &File) -> std::io::Result<Stamp> {
+        let m = f.metadata()?;
+        Ok(Stamp {
+            size: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            ino: m.ino(),
+        })
+    }
+}
+
+/// What a checkpoint's `capture` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CaptureStats {
+    pub chunks_stored: u64,
+    pub bytes_stored: u64,
+}
+
+/// What a `scrub` found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScrubStats {
+    pub files_checked: u64,
+    pub files_rehashed: u64,
+    pub chunks_rehashed: u64,
+    /// Files found to differ from the metadata in this scrub.
+    pub found: Vec<u64>,
+}
+
+/// What an `install` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InstallStats {
+    pub files_kept: u64,
+    pub files_written: u64,
+    pub bytes_written: u64,
+}
+
+impl FileStateMachine {
+    /// The checkpoint of the current state: stores every chunk the store lacks (read back
+    /// from the export, checked against the metadata, made durable) and returns the
+    /// manifest. Call right after the checkpoint batch's `state_digest`.
+    pub fn checkpoint(&mut self) -> Result<(FsManifest, CaptureStats), FsError> {
+        self.check_usable()?;
+        let r = self.capture_inner();
+        r.map_err(|f| self.poison(f))
+    }
+
+    fn capture_inner(&mut self) -> Result<(FsManifest, CaptureStats), LocalFault> {
+        self.refresh_chunks()?;
+        let mut stats = CaptureStats::default();
+        let regs: Vec<(u64, u64)> = self
+            .meta
+            .inodes
+            .iter()
+            .filter(|(id, i)| {
+                i.ftype == FType3::Reg && !self.suspect.contains(id) && !self.damaged.contains(id)
+            })
+            .map(|(id, i)| (*id, i.size))
+            .collect();
+        let mut buf = Vec::new();
+        for (id, size) in regs {
+            let missing: Vec<(usize, Hash)> = self.meta.content[&id]
+                .chunks
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| !self.store.has(h))
+                .map(|(i, h)| (i, *h))
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let f = self.fd(id)?;
+            for (i, h) in missing {
+                let off = i as u64 * CHUNK_BYTES;
+                buf.resize(CHUNK_BYTES.min(size - off) as usize, 0);
+                if f.read_exact_at(&mut buf, off).is_err() || digest::chunk_hash(&buf) != h {
+                    // Changed behind our back since it was hashed: self-repair.
+                    self.mark_suspect(id);
+                    break;
+                }
+                self.store.put(&buf).ctx("store chunk")?;
+                stats.chunks_stored += 1;
+                stats.bytes_stored += buf.len() as u64;
+            }
+        }
+        if stats.chunks_stored > 0 {
+            self.store.sync().ctx("sync chunk store")?;
+        }
+        Ok((
+            FsManifest {
+                meta: self.meta.to_image(),
+            },
+            stats,
+        ))
+    }
+
+    fn mark_suspect(&mut self, id: u64) {
+        self.suspect.insert(id);
+        self.stale_leaves.insert(id);
+        self.stamps.remove(&id);
+    }
+
+    /// Objects whose backing file was found to differ from the metadata (tampered with
+    /// or corrupted); repaired by the next `install`.
+    pub fn suspect(&self) -> &BTreeSet<u64> {
+        &self.suspect
+    }
+
+    /// Compares the backing files with the metadata (stamps, plus `rehash_chunks` chunks
+    /// of rolling rehash) and marks what differs as suspect, so that the next
+    /// `state_digest` reflects what is really on disk.
+    pub fn scrub(&mut self, rehash_chunks: u64) -> Result<ScrubStats, FsError> {
+        self.check_usable()?;
+        let r = self.scrub_inner(rehash_chunks);
+        r.map_err(|f| self.poison(f))
+    }
+
+    fn scrub_inner(&mut self, rehash_chunks: u64) -> Result<ScrubStats, LocalFault> {
+        self.refresh_chunks()?;
+        let inodes = &self.meta.inodes;
+        self.suspect.retain(|id| inodes.contains_key(id));
+        self.stamps.retain(|id, _| inodes.contains_key(id));
+        let mut stats = ScrubStats::default();
+        let regs: Vec<(u64, u64)> = self
+            .meta
+            .inodes
+            .iter()
+            .filter(|(id, i)| {
+                i.ftype == FType3::Reg && !self.suspect.contains(id) && !self.damaged.contains(id)
+            })
+            .map(|(id, i)| (*id, i.size))
+            .collect();
+        for &(id, size) in &regs {
+            let f = self.fd(id)?;
+            let stamp = Stamp::of(&f).ctx("stat for scrub")?;
+            stats.files_checked += 1;
+            match self.stamps.get(&id) {
+                Some(s) if *s == stamp => continue,
+                // First sight since open or install: trust it (the rolling rehash
+                // catches what this misses).
+                None if stamp.size == size => {
+                    self.stamps.insert(id, stamp);
+                    continue;
+                }
+                _ => {}
+            }
+            stats.files_rehashed += 1;
+            let (ok, n) = self.verify_file(&f, id, size)?;
+            stats.chunks_rehashed += n;
+            if ok {
+                self.stamps.insert(id, stamp);
+            } else {
+                self.mark_suspect(id);
+                stats.found.push(id);
+            }
+        }
+        // Rolling rehash from the cursor.
+        let mut budget = rehash_chunks;
+        let mut buf = Vec::new();
+        let start = self.scrub_cursor;
+        let order: Vec<(u64, u64)> = regs
+            .iter()
+            .filter(|(id, _)| *id >= start.0)
+            .chain(regs.iter().filter(|(id, _)| *id < start.0))
+            .copied()
+            .collect();
+        for (id, size) in order {
+            if budget == 0 {
+                break;
+            }
+            if self.suspect.contains(&id) {
+                continue;
+            }
+            let count = size.div_ceil(CHUNK_BYTES);
+            let from = if id == start.0 { start.1 } else { 0 };
+            let f = self.fd(id)?;
+            let mut i = from;
+            while i < count && budget > 0 {
+                let off = i * CHUNK_BYTES;
+                buf.resize(CHUNK_BYTES.min(size - off) as usize, 0);
+                let ok = f.read_exact_at(&mut buf, off).is_ok()
+                    && digest::chunk_hash(&buf) == self.meta.content[&id].chunks[i as usize];
+                stats.chunks_rehashed += 1;
+                budget -= 1;
+                i += 1;
+                if !ok {
+                    self.mark_suspect(id);
+                    stats.found.push(id);
+                    i = count;
+                }
+            }
+            self.scrub_cursor = if i < count { (id, i) } else { (id + 1, 0) };
+        }
+        if budget > 0 {
+            // Went round everything: start over next time.
+            self.scrub_cursor = (0, 0);
+        }
+        Ok(stats)
+    }
+
+    /// Rehashes a whole file against the metadata: (matches, chunks read).
+    fn verify_file(&self, f: &File, id: u64, size: u64) -> Result<(bool, u64), LocalFault> {
+        let host = f.metadata().ctx("stat for verification")?.len();
+        if host != size {
+            return Ok((false, 0));
+        }
+        let mut buf = Vec::new();
+        let mut n = 0;
+        for (i, expected) in self.meta.content[&id].chunks.iter().enumerate() {
+            let off = i as u64 * CHUNK_BYTES;
+            buf.resize(CHUNK_BYTES.min(size - off) as usize, 0);
+            n += 1;
+            if f.read_exact_at(&mut buf, off).is_err() || digest::chunk_hash(&buf) != *expected {
+                return Ok((false, n));
+            }
+        }
+        Ok((true, n))
+    }
+
+    /// Whether the chunk store holds `h`.
+    pub fn has_chunk(&self, h: &Hash) -> bool {
+        self.store.has(h)
+    }
+
+    /// A stored chunk (verified), for a peer's state transfer.
+    pub fn get_chunk(&mut self, h: &Hash) -> Result<Option<Vec<u8>>, FsError> {
+        Ok(self.store.get(h).ctx("read chunk")?)
+    }
+
+    /// Stores a fetched chunk; `false` if `data` does not hash to `h` (bad peer data).
+    pub fn put_chunk(&mut self, h: &Hash, data: &[u8]) -> Result<bool, FsError> {
+        if data.len() as u64 > CHUNK_BYTES || digest::chunk_hash(data) != *h {
+            return Ok(false);
+        }
+        self.store.put(data).ctx("store fetched chunk")?;
+        Ok(true)
+    }
+
+    /// The chunks `manifest` needs that the store lacks, in manifest order, each once.
+    pub fn missing_chunks(&self, manifest: &FsManifest) -> Vec<Hash> {
+        let mut seen = BTreeSet::new();
+        manifest
+            .meta
+            .content
+            .iter()
+            .flat_map(|(_, c)| c.chunks.iter())
+            .filter(|h| !self.store.has(h) && seen.insert(**h))
+            .copied()
+            .collect()
+    }
+
+    /// Deletes stored chunks that none of `keep` references.
+    pub fn retain_chunks<'a>(
+        &mut self,
+        keep: impl IntoIterator<Item = &'a FsManifest>,
+    ) -> Result<usize, FsError> {
+        let mut set = BTreeSet::new();
+        for m in keep {
+            set.extend(m.chunk_hashes());
+        }
+        Ok(self.store.retain(&set).ctx("chunk garbage collection")?)
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.store.len()
+    }
+
+    /// A state transfer starts: nothing is applied until `transfer_ended`.
+    pub fn transfer_started(&mut self) {
+        self.in_transfer = true;
+    }
+
+    pub fn transfer_ended(&mut self) {
+        self.in_transfer = false;
+    }
+
+    pub fn in_transfer(&self) -> bool {
+        self.in_transfer
+    }
+
+    /// Replaces the state by `manifest`, whose chunks must all be in the store (see
+    /// `missing_chunks`). Keeps files whose content is unchanged, writes the others from
+    /// the store, rebuilds the namespace, commits the metadata, and returns the new
+    /// digest (equal to `manifest.verify`'s unless the store was corrupted meanwhile, in
+    /// which case this is an error). Clears poisoned, damaged and suspect state.
+    pub fn install(&mut self, manifest: &FsManifest) -> Result<(Hash, InstallStats), FsError> {
+        let meta = checked_meta(&manifest.meta, &self.config)?;
+        let want = meta_digest(&meta);
+        let stats = self.install_inner(meta).map_err(|e| match e {
+            InstallError::Local(f) => self.poison(f),
+            InstallError::Missing(h) => {
+                FsError::BadSnapshot(format!("chunk {} not in the store", hex(&h)))
+            }
+        })?;
+        self.poisoned = None;
+        let got = self.state_digest()?;
+        if got != want {
+            return Err(FsError::BadSnapshot(
+                "installed state has another digest".into(),
+            ));
+        }
+        Ok((got, stats))
+    }
+
+    fn install_inner(&mut self, meta: Meta) -> Result<InstallStats, InstallError> {
+        let mut stats = InstallStats::default();
+        self.fds.clear();
+        let staging_path = self.data_dir.join(crate::state::META_DIR).join(STAGING_DIR);
+        if staging_path.exists() {
+            std::fs::remove_dir_all(&staging_path).ctx("clear staging")?;
+        }
+        std::fs::create_dir_all(&staging_path).ctx("create staging")?;
+        let staging = File::from(
+            rustix::fs::open(
+                &staging_path,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .ctx("open staging")?,
+        );
+        // 1. Every regular file's content, staged under its fileid.
+        for (id, inode) in &meta.inodes {
+            if inode.ftype != FType3::Reg {
+                continue;
+            }
+            let name = id.to_string().into_bytes();
+            let keep = self.meta.inodes.get(id).is_some_and(|cur| {
+                cur.ftype == FType3::Reg
+                    && cur.size == inode.size
+                    && self.meta.content.get(id) == meta.content.get(id)
+            }) && !self.suspect.contains(id)
+                && !self.damaged.contains(id)
+                && self.stale_chunks.get(id).is_none_or(|s| s.is_empty());
+            if keep && self.link_current(*id, &staging, &name).is_ok() {
+                stats.files_kept += 1;
+                continue;
+            }
+            let f = confine::create_file(&staging, &name).ctx("create staged file")?;
+            for (i, h) in meta.content[id].chunks.iter().enumerate() {
+                let data = self
+                    .store
+                    .get(h)
+                    .ctx("read chunk")?
+                    .ok_or(InstallError::Missing(*h))?;
+                let off = i as u64 * CHUNK_BYTES;
+                let len = CHUNK_BYTES.min(inode.size - off);
+                if data.len() as u64 != len {
+                    return Err(InstallError::Missing(*h));
+                }
+                f.write_all_at(&data, off).ctx("write staged file")?;
+                stats.bytes_written += len;
+            }
+            f.set_len(inode.size).ctx("size staged file")?;
+            stats.files_written += 1;
+        }
+        // 2. The namespace, from scratch; regular files move in from staging.
+        for name in confine::list_dir(&self.root).ctx("list export")? {
+            confine::remove_tree(&self.root, &name).ctx("clear export")?;
+        }
+        let mut placed: BTreeMap<u64, (Arc<File>, Vec<u8>)> = BTreeMap::new();
+        let mut queue = vec![(ROOT_FILEID, self.root.clone())];
+        while let Some((d, dfd)) = queue.pop() {
+            for name in meta.dirs[&d].by_seq.values() {
+                let id = meta.dirs[&d].by_name[name].fileid;
+                let inode = &meta.inodes[&id];
+                if let Some((pfd, pname)) = placed.get(&id) {
+                    confine::link(pfd, pname, &dfd, &name.0).ctx("install link")?;
+                    continue;
+                }
+                match inode.ftype {
+                    FType3::Dir => {
+                        confine::mkdir(&dfd, &name.0).ctx("install mkdir")?;
+                        let f = confine::open_child(&dfd, &name.0, HostKind::Dir)
+                            .ctx("install open dir")?;
+                        queue.push((id, Arc::new(f)));
+                    }
+                    FType3::Lnk => {
+                        let t = inode.target.as_ref().expect("checked_meta");
+                        confine::symlink(&dfd, &name.0, &t.0).ctx("install symlink")?;
+                    }
+                    _ => {
+                        let staged = id.to_string().into_bytes();
+                        confine::rename(&staging, &staged, &dfd, &name.0).ctx("install file")?;
+                    }
+                }
+                placed.insert(id, (dfd.clone(), name.0.clone()));
+            }
+        }
+        rustix::fs::syncfs(&*self.root).ctx("syncfs after install")?;
+        // 3. The commit point: the new metadata.
+        self.stale_leaves = meta.inodes.keys().copied().collect();
+        self.stale_leaves.extend(self.meta.inodes.keys().copied());
+        self.meta = meta;
+        self.dirty = Dirty::default();
+        self.stale_chunks.clear();
+        self.damaged.clear();
+        self.suspect.clear();
+        self.stamps.clear();
+        self.fds.clear();
+        self.journal.compact(&self.meta)?;
+        drop(staging);
+        let _ = std::fs::remove_dir_all(&staging_path);
+        Ok(stats)
+    }
+
+    /// Hard-links the current backing file of `id` into `dir` as `name`.
+    fn link_current(&mut self, id: u64, dir: &File, name: &[u8]) -> Result<(), LocalFault> {
+        let (parent, pname) = self.meta.inodes[&id]
+            .primary_link()
+            .cloned()
+            .ok_or_else(|| LocalFault::inconsistent("file without a name"))?;
+        let pfd = self.fd(parent)?;
+        confine::link(&pfd, &pname.0, dir, name).ctx("link kept file")?;
+        Ok(())
+    }
+}
+
+enum InstallError {
+    Local(LocalFault),
+    Missing(Hash),
+}
+
+impl From<LocalFault> for InstallError {
+    fn from(f: LocalFault) -> Self {
+        InstallError::Local(f)
+    }
+}
