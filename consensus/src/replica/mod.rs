@@ -14,6 +14,7 @@ mod checkpoint;
 mod durable;
 mod fifo;
 mod normal;
+mod rebase;
 pub(crate) mod view_change;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -27,7 +28,7 @@ use crate::message::{
 use crate::types::{ClientId, Config, Digest, ReplicaId, SeqNum, Ui, View};
 use crate::validate::{Reject, Verified};
 
-pub use checkpoint::{ClientRecord, CoreState, checkpoint_digest};
+pub use checkpoint::{ClientRecord, CoreState, RebaseRecord, checkpoint_digest};
 pub use durable::DurableRecords;
 
 /// What the driver feeds the replica.
@@ -189,6 +190,9 @@ enum Intent {
     NewView {
         nv: NewView,
     },
+    Rebase {
+        last_logged: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -278,6 +282,18 @@ pub struct Replica {
     new_view_request_tick: u64,
     invalid_view_changes: BTreeSet<(ReplicaId, u64)>,
 
+    // Re-basing (I8).
+    /// Some while this replica re-bases: its REBASE counter (0 until certified).
+    rebasing: Option<u64>,
+    /// Executed REBASEs (replicated, part of the checkpointed core state).
+    rebases: BTreeMap<ReplicaId, RebaseRecord>,
+    /// REBASEs seen but not executed yet (the primary orders them; backups time them).
+    pending_rebases: BTreeMap<ReplicaId, rebase::PendingRebase>,
+    /// Highest REBASE counter processed in each sender's stream (0: none).
+    rebase_seen: Vec<u64>,
+    /// Counter ranges `lo..hi` of each sender skipped because of a REBASE.
+    void_ranges: Vec<BTreeMap<u64, u64>>,
+
     dropped: BTreeMap<&'static str, u64>,
     outputs: Vec<Output>,
     /// Simulator hook: certify NEW-VIEWs whose re-proposals were tampered with.
@@ -349,6 +365,11 @@ impl Replica {
             new_view_accepted: recovered.new_view_accepted,
             new_view_request_tick: 0,
             invalid_view_changes: BTreeSet::new(),
+            rebasing: None,
+            rebases: recovered.core_state.rebases.clone(),
+            pending_rebases: BTreeMap::new(),
+            rebase_seen: vec![0; n],
+            void_ranges: vec![BTreeMap::new(); n],
             dropped: BTreeMap::new(),
             outputs: Vec::new(),
             byzantine_bad_new_view: false,
@@ -364,6 +385,7 @@ impl Replica {
             }
         }
         replica.recover_streams(&recovered);
+        replica.recover_rebase(&recovered);
         replica
     }
 
@@ -490,6 +512,7 @@ impl Replica {
                 break;
             }
         }
+        self.check_readmitted();
         self.maybe_propose();
         self.maybe_new_view();
         self.request_next_ui();
@@ -516,8 +539,9 @@ impl Replica {
             })
             .collect();
         format!(
-            "replica {} view {} {:?} exec {} executed {} prepared {} stable {} transfer {:?} best_cert {:?} nv_accepted {} requested {:?} last_ts {} view_certs {:?} view_top {:?} pending {} proposed_n {} reproposals {:?} streams [{}] dropped {:?}",
+            "replica {} rebasing {:?} view {} {:?} exec {} executed {} prepared {} stable {} transfer {:?} best_cert {:?} nv_accepted {} requested {:?} last_ts {} view_certs {:?} view_top {:?} pending {} proposed_n {} reproposals {:?} streams [{}] dropped {:?}",
             self.id,
+            self.rebasing,
             self.view,
             self.status,
             self.exec_n,
@@ -608,6 +632,9 @@ impl Replica {
             counter: 0,
             cert: Vec::new(),
         };
+        if self.rebasing.is_some() && !matches!(intent, Intent::Rebase { .. }) {
+            return None; // I8: a re-basing replica certifies nothing but its REBASE
+        }
         Some(match intent {
             Intent::Prepare { header, batch } => {
                 if header.view != self.view || self.status != Status::Normal {
@@ -656,6 +683,11 @@ impl Replica {
                 }
                 UiMessage::NewView(nv)
             }
+            Intent::Rebase { last_logged } => UiMessage::Rebase(crate::message::Rebase {
+                sender: self.id,
+                last_logged,
+                ui: blank,
+            }),
         })
     }
 
@@ -671,6 +703,9 @@ impl Replica {
             "I1: USIG counter not consecutive"
         );
         self.own_counter = ui.counter;
+        if let UiMessage::Rebase(_) = msg {
+            self.rebasing = Some(ui.counter);
+        }
         *msg.ui_mut() = ui;
         self.outputs
             .push(Output::Persist(PersistRecord::Sent(msg.clone())));

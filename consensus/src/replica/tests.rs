@@ -31,6 +31,7 @@ fn prepare(
     req.sig = c.sign_request(req.client, &req.digest());
     let batch = Batch {
         requests: vec![req],
+        rebases: Vec::new(),
     };
     let header = PrepareHeader {
         view,

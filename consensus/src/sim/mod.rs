@@ -664,6 +664,9 @@ impl Sim {
                             .collect::<Vec<_>>(),
                         nv.ui.counter
                     ),
+                    UiMessage::Rebase(r) => {
+                        format!("REBASE last_logged{} c{}", r.last_logged, r.ui.counter)
+                    }
                 },
                 NetMsg::Peer(PeerMessage::Status { .. }) => return,
                 NetMsg::Peer(p) => format!("{p:?}").chars().take(100).collect(),
