@@ -535,7 +535,12 @@ fn expect(w: &World, args: &[&str], at: &str) {
         for i in ids(args[1]) {
             let got = get(w.replica(i));
             match args[2] {
-                "=" => assert_eq!(got, want, "{at}: replica {i}"),
+                "=" => assert_eq!(
+                    got,
+                    want,
+                    "{at}: replica {i}: {}",
+                    w.replica(i).debug_summary()
+                ),
                 "<=" => assert!(got <= want, "{at}: replica {i} has {got}"),
                 ">=" => assert!(got >= want, "{at}: replica {i} has {got}"),
                 op => panic!("{at}: unknown comparison {op}"),
@@ -611,4 +616,5 @@ scenarios! {
     state_transfer_behind_stable_checkpoint => "07-state-transfer.scen",
     view_change_timeout_doubles_and_skips_dead_primary => "08-consecutive-view-changes.scen",
     usig_gap_rebase_rejoins => "09-usig-gap-rejoin.scen",
+    lost_disk_rebase_rejoins_by_state_transfer => "10-lost-disk-rejoin.scen",
 }
