@@ -617,4 +617,5 @@ scenarios! {
     view_change_timeout_doubles_and_skips_dead_primary => "08-consecutive-view-changes.scen",
     usig_gap_rebase_rejoins => "09-usig-gap-rejoin.scen",
     lost_disk_rebase_rejoins_by_state_transfer => "10-lost-disk-rejoin.scen",
+    primary_rebases_and_is_replaced => "11-primary-rebases.scen",
 }
