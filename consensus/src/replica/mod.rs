@@ -298,6 +298,8 @@ pub struct Replica {
     outputs: Vec<Output>,
     /// Simulator hook: certify NEW-VIEWs whose re-proposals were tampered with.
     byzantine_bad_new_view: bool,
+    /// Simulator hook: keep certifying everything while re-basing.
+    byzantine_keep_talking: bool,
 }
 
 impl Replica {
@@ -373,6 +375,7 @@ impl Replica {
             dropped: BTreeMap::new(),
             outputs: Vec::new(),
             byzantine_bad_new_view: false,
+            byzantine_keep_talking: false,
             config,
         };
         replica.own_checkpoints.insert(
@@ -573,6 +576,20 @@ impl Replica {
         self.byzantine_bad_new_view = true;
     }
 
+    /// Simulator hook for a Byzantine replica that re-bases without having lost anything
+    /// (to void, at some receivers, messages it sent to others); with `keep_talking` it
+    /// goes on certifying COMMITs, CHECKPOINTs and VIEW-CHANGEs while re-basing.
+    #[doc(hidden)]
+    pub fn byzantine_rebase(&mut self, keep_talking: bool) {
+        if self.rebasing.is_some() {
+            return;
+        }
+        self.byzantine_keep_talking = keep_talking;
+        self.rebasing = Some(0);
+        let last_logged = self.own_counter;
+        self.enqueue(Intent::Rebase { last_logged });
+    }
+
     /// Simulator hook for a Byzantine driver that spent USIG counters behind its core's
     /// back (equivocation): the core continues after the counters it did not see.
     #[doc(hidden)]
@@ -632,7 +649,10 @@ impl Replica {
             counter: 0,
             cert: Vec::new(),
         };
-        if self.rebasing.is_some() && !matches!(intent, Intent::Rebase { .. }) {
+        if self.rebasing.is_some()
+            && !self.byzantine_keep_talking
+            && !matches!(intent, Intent::Rebase { .. })
+        {
             return None; // I8: a re-basing replica certifies nothing but its REBASE
         }
         Some(match intent {
