@@ -202,7 +202,8 @@ fn main() -> ExitCode {
                 out!(
                     "seed {seed} f={f} byzantine={:?}: ok, trace {} ({} ticks, {} batches, {} \
                      requests, final view {}, {} view changes, {} state transfers, {} lost \
-                     logs, {} REBASEs, restart lag {} checkpoints, corruption repaired {:?})",
+                     logs, {} REBASEs, {} still re-basing, restart lag {} checkpoints, corruption repaired \
+                     {:?})",
                     o.byzantine,
                     r.trace_hash,
                     r.ticks,
@@ -213,6 +214,7 @@ fn main() -> ExitCode {
                     r.state_transfers,
                     r.lost_logs,
                     r.rebases,
+                    r.rebasing_at_end,
                     r.restart_lag_checkpoints_max,
                     r.corruption_repaired
                 );

@@ -293,6 +293,9 @@ pub struct Replica {
     rebase_seen: Vec<u64>,
     /// Counter ranges `lo..hi` of each sender skipped because of a REBASE.
     void_ranges: Vec<BTreeMap<u64, u64>>,
+    /// The checkpoint boundary at or after the last executed REBASE: the primary fills
+    /// up to it with empty batches, so an idle cluster still readmits the replica.
+    rebase_checkpoint_to: SeqNum,
 
     dropped: BTreeMap<&'static str, u64>,
     outputs: Vec<Output>,
@@ -372,6 +375,7 @@ impl Replica {
             pending_rebases: BTreeMap::new(),
             rebase_seen: vec![0; n],
             void_ranges: vec![BTreeMap::new(); n],
+            rebase_checkpoint_to: 0,
             dropped: BTreeMap::new(),
             outputs: Vec::new(),
             byzantine_bad_new_view: false,

@@ -123,6 +123,10 @@ impl Replica {
 
     /// Executes the REBASEs of batch `n` into the replicated core state.
     pub(super) fn apply_rebases(&mut self, rebases: &[Rebase], n: SeqNum) {
+        if !rebases.is_empty() {
+            let ci = self.config.checkpoint_interval;
+            self.rebase_checkpoint_to = n.div_ceil(ci) * ci;
+        }
         for r in rebases {
             let rec = self.rebases.entry(r.sender).or_default();
             if rec.counter < r.ui.counter {

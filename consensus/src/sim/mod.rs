@@ -163,6 +163,8 @@ pub struct SimReport {
     pub restart_lag_checkpoints_max: u64,
     /// Whether every corrupted replica ended without the corruption (None: none).
     pub corruption_repaired: Option<bool>,
+    /// Replicas still re-basing when the run ended (not yet readmitted).
+    pub rebasing_at_end: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -269,6 +271,7 @@ struct Sim {
     lost_logs: u64,
     rebases: u64,
     restart_lag_checkpoints_max: u64,
+    corruption_done: bool,
 }
 
 /// Runs one seeded simulation.
@@ -357,6 +360,7 @@ impl Sim {
             lost_logs: 0,
             rebases: 0,
             restart_lag_checkpoints_max: 0,
+            corruption_done: false,
         }
     }
 
@@ -455,6 +459,11 @@ impl Sim {
             lost_logs: self.lost_logs,
             rebases: self.rebases,
             restart_lag_checkpoints_max: self.restart_lag_checkpoints_max,
+            rebasing_at_end: self
+                .replicas
+                .iter()
+                .filter(|r| r.core.as_ref().is_some_and(Replica::is_rebasing))
+                .count(),
             corruption_repaired: self
                 .replicas
                 .iter()
@@ -496,10 +505,12 @@ impl Sim {
                 self.crash(victim, self.opts.fault_ticks);
             }
         }
-        if self.opts.corrupt_state_at == Some(ticks) {
+        if self.opts.corrupt_state_at.is_some_and(|t| ticks >= t) && !self.corruption_done {
+            // At that tick, or as soon as the victim is up.
             let victim = *self.faulty.iter().next_back().expect("f >= 1");
             let r = &mut self.replicas[victim as usize];
             if r.core.is_some() {
+                self.corruption_done = true;
                 r.app.corrupt(CORRUPT_KEY, b"tampered");
                 r.corrupted = true;
                 self.trace.update([18, victim as u8]);
