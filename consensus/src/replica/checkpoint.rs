@@ -196,6 +196,24 @@ impl Replica {
         Flow::Done
     }
 
+    /// The certificate that the CHECKPOINT votes for `n` already form, if any.
+    pub(super) fn cert_from_votes(&self, n: SeqNum) -> Option<CheckpointCert> {
+        let votes = self.checkpoint_votes.get(&n)?;
+        votes.values().find_map(|c| {
+            let matching: Vec<Checkpoint> = votes
+                .values()
+                .filter(|v| v.state_digest == c.state_digest)
+                .cloned()
+                .collect();
+            (matching.len() >= self.config.quorum()).then(|| CheckpointCert {
+                n,
+                state_digest: c.state_digest,
+                view_top: None,
+                checkpoints: matching,
+            })
+        })
+    }
+
     /// A valid certificate for a checkpoint above ours: adopt it, or, if we have not
     /// reached it (or our own state disagrees), remember it and fetch its state.
     pub(super) fn consider_cert(&mut self, cert: CheckpointCert) {

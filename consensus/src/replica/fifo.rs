@@ -143,7 +143,7 @@ impl Replica {
             let resumes = match &msg {
                 UiMessage::Checkpoint(cp) => cp.n >= stable_n,
                 UiMessage::ViewChange(vc) => vc.cert.n >= stable_n,
-                UiMessage::Rebase(_) => true,
+                UiMessage::Rebase(_) => c >= s.next,
                 _ => false,
             };
             if resumes {
@@ -309,6 +309,14 @@ impl Replica {
     ) {
         let s = &self.streams[sender as usize];
         let Some(&c) = s.checkpoint_counters.get(&n) else {
+            // A re-basing sender certifies no CHECKPOINT: its REBASE is the place to
+            // resume from (I8).
+            if let Some(m) = self.latest_rebase_of(sender) {
+                self.outputs.push(Output::Send {
+                    to: from,
+                    msg: PeerMessage::Ui(m),
+                });
+            }
             return;
         };
         let msgs: Vec<UiMessage> = s

@@ -378,6 +378,11 @@ impl Replica {
         }
         if self.config.is_checkpoint(n) && !self.own_checkpoints.contains_key(&n) {
             self.take_checkpoint(n, app_digest, None);
+            // A certificate for n may have formed before we executed n: judge our own
+            // state against it now (self-repair would otherwise miss it).
+            if let Some(cert) = self.cert_from_votes(n) {
+                self.consider_cert(cert);
+            }
         }
         if self.view > 0
             && self.view_top == Some(n)
@@ -420,6 +425,7 @@ impl Replica {
         if self.status != Status::Normal {
             return;
         }
+        self.relay_waiting_rebases();
         let timeout = self.config.request_timeout_ticks;
         let ticks = self.ticks;
         // A REBASE waits for its ordering like a request (I8).
@@ -447,6 +453,7 @@ impl Replica {
         for p in self.pending_rebases.values_mut() {
             p.arrived_tick = ticks;
             p.proposed = false;
+            p.relayed = false;
         }
     }
 }

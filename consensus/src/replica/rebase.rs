@@ -25,6 +25,9 @@ pub(super) struct PendingRebase {
     pub arrived_tick: u64,
     /// Set on the primary once the REBASE is in a batch it proposed.
     pub proposed: bool,
+    /// Relayed to everyone once it waited half a request timeout (the primary, or the
+    /// f+1 needed to replace it, may not have it).
+    pub relayed: bool,
 }
 
 impl Replica {
@@ -94,6 +97,7 @@ impl Replica {
                     rebase: r.clone(),
                     arrived_tick,
                     proposed: false,
+                    relayed: false,
                 },
             );
         }
@@ -143,6 +147,38 @@ impl Replica {
                 self.pending_rebases.remove(&r.sender);
             }
         }
+    }
+
+    /// Relays REBASEs that wait too long for their ordering, like a client re-sending its
+    /// request to every replica.
+    pub(super) fn relay_waiting_rebases(&mut self) {
+        let due = self.ticks.saturating_sub(self.config.request_timeout_ticks / 2);
+        let mut relay = Vec::new();
+        for p in self.pending_rebases.values_mut() {
+            if !p.relayed && p.arrived_tick <= due {
+                p.relayed = true;
+                relay.push(p.rebase.clone());
+            }
+        }
+        for r in relay {
+            let msg = crate::message::PeerMessage::Ui(UiMessage::Rebase(r));
+            self.outputs.push(super::Output::Broadcast(msg));
+        }
+    }
+
+    /// The latest REBASE of `sender` we hold, as a resumption point for a peer that lost
+    /// its place in that sender's stream.
+    pub(super) fn latest_rebase_of(&self, sender: ReplicaId) -> Option<UiMessage> {
+        let c = self.rebase_seen[sender as usize];
+        if c == 0 {
+            return None;
+        }
+        let s = &self.streams[sender as usize];
+        // Only while its stream still ends there (it is still re-basing).
+        if s.retained.range(c + 1..).next().is_some() {
+            return None;
+        }
+        s.retained.get(&c).cloned()
     }
 
     /// Forgets pending REBASEs the installed or executed state already holds.

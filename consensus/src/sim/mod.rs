@@ -477,10 +477,17 @@ impl Sim {
         })
     }
 
+    /// Every client finished and every re-basing replica is a full member again (I8:
+    /// readmission is part of liveness).
     fn all_done(&self) -> bool {
         self.clients
             .iter()
             .all(|c| c.remaining == 0 && c.core.is_idle())
+            && self
+                .replicas
+                .iter()
+                .filter(|r| r.byzantine != Some(Byzantine::SilentPrimary))
+                .all(|r| r.core.as_ref().is_some_and(|c| !c.is_rebasing()))
     }
 
     // ----- faults and time -----------------------------------------------------------
@@ -506,10 +513,13 @@ impl Sim {
             }
         }
         if self.opts.corrupt_state_at.is_some_and(|t| ticks >= t) && !self.corruption_done {
-            // At that tick, or as soon as the victim is up.
+            // At that tick, or as soon as the victim is up. (A silent primary stays
+            // silent, catching up included: it is no victim.)
             let victim = *self.faulty.iter().next_back().expect("f >= 1");
             let r = &mut self.replicas[victim as usize];
-            if r.core.is_some() {
+            if r.byzantine == Some(Byzantine::SilentPrimary) {
+                self.corruption_done = true;
+            } else if r.core.is_some() {
                 self.corruption_done = true;
                 r.app.corrupt(CORRUPT_KEY, b"tampered");
                 r.corrupted = true;
