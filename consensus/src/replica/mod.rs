@@ -546,9 +546,15 @@ impl Replica {
             })
             .collect();
         format!(
-            "replica {} rebasing {:?} view {} {:?} exec {} executed {} prepared {} stable {} transfer {:?} best_cert {:?} nv_accepted {} requested {:?} last_ts {} view_certs {:?} view_top {:?} pending {} proposed_n {} reproposals {:?} streams [{}] dropped {:?}",
+            "replica {} rebasing {:?} rebases {:?} pending_rebases {:?} fill_to {} view {} {:?} exec {} executed {} prepared {} stable {} transfer {:?} best_cert {:?} nv_accepted {} requested {:?} last_ts {} view_certs {:?} view_top {:?} pending {} proposed_n {} reproposals {:?} streams [{}] dropped {:?}",
             self.id,
             self.rebasing,
+            self.rebases,
+            self.pending_rebases
+                .iter()
+                .map(|(j, p)| (*j, p.rebase.ui.counter, p.proposed, p.relayed))
+                .collect::<Vec<_>>(),
+            self.rebase_checkpoint_to,
             self.view,
             self.status,
             self.exec_n,

@@ -477,8 +477,9 @@ impl Sim {
         })
     }
 
-    /// Every client finished and every re-basing replica is a full member again (I8:
-    /// readmission is part of liveness).
+    /// Every client finished and every re-basing replica that is not Byzantine is a full
+    /// member again (I8: readmission is part of liveness; a Byzantine one may well have
+    /// kept its REBASE from everyone that matters).
     fn all_done(&self) -> bool {
         self.clients
             .iter()
@@ -486,7 +487,7 @@ impl Sim {
             && self
                 .replicas
                 .iter()
-                .filter(|r| r.byzantine != Some(Byzantine::SilentPrimary))
+                .filter(|r| r.byzantine.is_none())
                 .all(|r| r.core.as_ref().is_some_and(|c| !c.is_rebasing()))
     }
 
