@@ -330,6 +330,11 @@ fn byzantine_rebase_over_sent_messages_gains_nothing() {
         total(&r, "rebase_voided_messages") > 0,
         "no receiver ever voided a hidden message"
     );
+    // While re-basing it sometimes keeps certifying VIEW-CHANGEs: they must not count.
+    assert!(
+        total(&r, "view_change_below_rebase") > 0,
+        "no VIEW-CHANGE after a REBASE was ever refused"
+    );
     let r2 = run_seeds(2, Some(Byzantine::RebaseOverSent), 1600..1612);
     assert!(r2.iter().all(|x| x.completed_requests == 80));
 }
