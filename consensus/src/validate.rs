@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 
 use crate::crypto::Crypto;
 use crate::message::{
-    Checkpoint, CheckpointCert, Commit, NewView, PeerMessage, Prepare, Rebase, Request,
-    UiMessage, ViewChange, prepare_digest,
+    Checkpoint, CheckpointCert, Commit, NewView, PeerMessage, Prepare, Rebase, Request, UiMessage,
+    ViewChange, prepare_digest,
 };
 use crate::types::{Config, ReplicaId};
 

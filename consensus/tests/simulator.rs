@@ -241,11 +241,7 @@ fn core_depends_on_no_runtime() {
 
 // ----- crash recovery, re-basing (I8), self-repair --------------------------------------
 
-fn run_with(
-    f: u32,
-    seeds: std::ops::Range<u64>,
-    set: impl Fn(&mut SimOptions),
-) -> Vec<SimReport> {
+fn run_with(f: u32, seeds: std::ops::Range<u64>, set: impl Fn(&mut SimOptions)) -> Vec<SimReport> {
     seeds
         .map(|seed| {
             let mut o = SimOptions::new(seed, f);
@@ -259,8 +255,14 @@ fn run_with(
 fn crash_leaving_the_usig_ahead_of_the_log_rebases_and_rejoins() {
     let r = run_with(1, 1000..1000 + SEEDS_PER_BEHAVIOUR, |o| o.usig_gaps = true);
     assert!(r.iter().all(|x| x.completed_requests == 80));
-    assert!(r.iter().map(|x| x.lost_logs).sum::<u64>() > 0, "no log tail lost");
-    assert!(r.iter().map(|x| x.rebases).sum::<u64>() > 0, "nobody re-based");
+    assert!(
+        r.iter().map(|x| x.lost_logs).sum::<u64>() > 0,
+        "no log tail lost"
+    );
+    assert!(
+        r.iter().map(|x| x.rebases).sum::<u64>() > 0,
+        "nobody re-based"
+    );
     // The run only ends once every crash-faulty replica is a full member again.
     assert!(r.iter().all(|x| x.rebasing_at_end == 0));
 }
@@ -269,8 +271,14 @@ fn crash_leaving_the_usig_ahead_of_the_log_rebases_and_rejoins() {
 fn lost_disk_with_the_usig_kept_rebases_by_state_transfer() {
     let r = run_with(1, 1100..1100 + SEEDS_PER_BEHAVIOUR, |o| o.disk_loss = true);
     assert!(r.iter().all(|x| x.completed_requests == 80));
-    assert!(r.iter().map(|x| x.lost_logs).sum::<u64>() > 0, "no disk lost");
-    assert!(r.iter().map(|x| x.rebases).sum::<u64>() > 0, "nobody re-based");
+    assert!(
+        r.iter().map(|x| x.lost_logs).sum::<u64>() > 0,
+        "no disk lost"
+    );
+    assert!(
+        r.iter().map(|x| x.rebases).sum::<u64>() > 0,
+        "nobody re-based"
+    );
     assert!(r.iter().any(|x| x.lost_logs > 0 && x.state_transfers > 0));
     assert!(r.iter().all(|x| x.rebasing_at_end == 0));
 }
@@ -282,7 +290,10 @@ fn f_replicas_rebasing_at_once_f2() {
         o.disk_loss = true;
     });
     assert!(r.iter().all(|x| x.completed_requests == 80));
-    assert!(r.iter().any(|x| x.lost_logs >= 2), "never two lost logs in one run");
+    assert!(
+        r.iter().any(|x| x.lost_logs >= 2),
+        "never two lost logs in one run"
+    );
     assert!(r.iter().all(|x| x.rebasing_at_end == 0));
 }
 
@@ -307,7 +318,10 @@ fn corrupted_state_is_detected_and_repaired() {
         o.corrupt_state_at = Some(100);
     });
     assert!(r.iter().all(|x| x.completed_requests == 80));
-    assert!(total(&r, "own_state_diverged") > 0, "corruption never detected");
+    assert!(
+        total(&r, "own_state_diverged") > 0,
+        "corruption never detected"
+    );
     let outcomes: Vec<Option<bool>> = r.iter().map(|x| x.corruption_repaired).collect();
     assert!(outcomes.iter().flatten().count() > 0, "nothing corrupted");
     assert!(
@@ -325,7 +339,10 @@ fn byzantine_rebase_over_sent_messages_gains_nothing() {
         1500..1500 + 2 * SEEDS_PER_BEHAVIOUR,
     );
     assert!(r.iter().all(|x| x.completed_requests == 80));
-    assert!(r.iter().map(|x| x.rebases).sum::<u64>() > 0, "never re-based");
+    assert!(
+        r.iter().map(|x| x.rebases).sum::<u64>() > 0,
+        "never re-based"
+    );
     assert!(
         total(&r, "rebase_voided_messages") > 0,
         "no receiver ever voided a hidden message"

@@ -72,8 +72,8 @@ pub fn options_for(seed: u64, f: u32, mode: Option<Option<Byzantine>>) -> SimOpt
         },
     };
     // Recovery faults, picked from the seed independently of the behaviour.
-    o.usig_gaps = seed % 2 == 0;
-    o.disk_loss = seed % 3 == 0;
+    o.usig_gaps = seed.is_multiple_of(2);
+    o.disk_loss = seed.is_multiple_of(3);
     o.long_crash = seed % 7 == 3;
     o.corrupt_state_at = (seed % 5 == 1).then_some(100);
     if o.byzantine == Some(Byzantine::BadNewView) {

@@ -205,7 +205,7 @@ impl Replica {
                 .filter(|v| v.state_digest == c.state_digest)
                 .cloned()
                 .collect();
-            (matching.len() >= self.config.quorum()).then(|| CheckpointCert {
+            (matching.len() >= self.config.quorum()).then_some(CheckpointCert {
                 n,
                 state_digest: c.state_digest,
                 view_top: None,

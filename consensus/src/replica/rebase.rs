@@ -44,7 +44,12 @@ impl Replica {
     /// Decides at start-up whether this replica must re-base: its USIG issued counters its
     /// log does not hold, or it logged a REBASE the stable state has not executed yet.
     pub(super) fn recover_rebase(&mut self, recovered: &super::Recovered) {
-        let last_logged = recovered.sent.iter().map(|m| m.counter()).max().unwrap_or(0);
+        let last_logged = recovered
+            .sent
+            .iter()
+            .map(|m| m.counter())
+            .max()
+            .unwrap_or(0);
         let logged_rebase = recovered.sent.iter().rev().find_map(|m| match m {
             UiMessage::Rebase(r) => Some(r.ui.counter),
             _ => None,
@@ -152,7 +157,9 @@ impl Replica {
     /// Relays REBASEs that wait too long for their ordering, like a client re-sending its
     /// request to every replica.
     pub(super) fn relay_waiting_rebases(&mut self) {
-        let due = self.ticks.saturating_sub(self.config.request_timeout_ticks / 2);
+        let due = self
+            .ticks
+            .saturating_sub(self.config.request_timeout_ticks / 2);
         let mut relay = Vec::new();
         for p in self.pending_rebases.values_mut() {
             if !p.relayed && p.arrived_tick <= due {
@@ -184,11 +191,8 @@ impl Replica {
     /// Forgets pending REBASEs the installed or executed state already holds.
     pub(super) fn prune_pending_rebases(&mut self) {
         let table = &self.rebases;
-        self.pending_rebases.retain(|j, p| {
-            table
-                .get(j)
-                .is_none_or(|r| r.counter < p.rebase.ui.counter)
-        });
+        self.pending_rebases
+            .retain(|j, p| table.get(j).is_none_or(|r| r.counter < p.rebase.ui.counter));
     }
 
     /// The REBASEs the primary puts into its next batch.

@@ -464,16 +464,12 @@ impl Sim {
                 .iter()
                 .filter(|r| r.core.as_ref().is_some_and(Replica::is_rebasing))
                 .count(),
-            corruption_repaired: self
-                .replicas
-                .iter()
-                .any(|r| r.corrupted)
-                .then(|| {
-                    self.replicas
-                        .iter()
-                        .filter(|r| r.corrupted)
-                        .all(|r| r.app.get(CORRUPT_KEY).is_none())
-                }),
+            corruption_repaired: self.replicas.iter().any(|r| r.corrupted).then(|| {
+                self.replicas
+                    .iter()
+                    .filter(|r| r.corrupted)
+                    .all(|r| r.app.get(CORRUPT_KEY).is_none())
+            }),
         })
     }
 
