@@ -161,6 +161,19 @@ pub struct Recovered {
     pub view_certs: Vec<CheckpointCert>,
 }
 
+impl Recovered {
+    /// The last counter of this replica's own messages in its log (0 if none).
+    pub fn last_logged_counter(&self) -> u64 {
+        self.sent.iter().map(UiMessage::counter).max().unwrap_or(0)
+    }
+
+    /// True if the USIG issued counters the log does not hold: `Replica::recover` will
+    /// make this replica re-base (I8) instead of waiting for a hole nobody can fill.
+    pub fn usig_ahead_of_log(&self) -> bool {
+        self.usig_counter > self.last_logged_counter()
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Status {
     Normal,

@@ -61,7 +61,7 @@ impl Replica {
                 .get(&self.id)
                 .is_some_and(|r| r.counter >= c)
         };
-        if recovered.usig_counter > last_logged {
+        if recovered.usig_ahead_of_log() {
             self.rebasing = Some(0);
             self.enqueue(Intent::Rebase { last_logged });
         } else if let Some(c) = logged_rebase
