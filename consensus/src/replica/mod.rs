@@ -658,6 +658,15 @@ impl Replica {
             let Some(msg) = self.materialise(intent) else {
                 continue;
             };
+            // I8: a re-basing replica certifies nothing but its REBASE until readmitted.
+            assert!(
+                self.rebasing.is_none()
+                    || self.byzantine_keep_talking
+                    || matches!(msg, UiMessage::Rebase(_)),
+                "I8: replica {} asked to certify a {} while re-basing",
+                self.id,
+                msg.kind()
+            );
             self.outputs
                 .push(Output::Persist(PersistRecord::Intent(msg.clone())));
             self.outputs.push(Output::CreateUi {
