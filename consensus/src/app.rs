@@ -86,6 +86,13 @@ impl KvApp {
         self.data.get(key)
     }
 
+    /// Simulator hook: changes the state behind the protocol's back (a corrupted or
+    /// tampered backing store), so that self-repair has something to find.
+    #[doc(hidden)]
+    pub fn corrupt(&mut self, key: &[u8], value: &[u8]) {
+        self.data.insert(key.to_vec(), value.to_vec());
+    }
+
     fn apply(&mut self, op: &[u8]) -> Vec<u8> {
         match KvOp::decode(op) {
             Some(KvOp::Put { key, value }) => {

@@ -37,10 +37,13 @@ impl Request {
     }
 }
 
-/// The ordered requests of one PREPARE.
+/// The ordered requests of one PREPARE, and the REBASEs it orders (see [`Rebase`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
     pub requests: Vec<Request>,
+    /// REBASEs of other replicas ordered at this batch's number (usually none).
+    #[serde(default)]
+    pub rebases: Vec<Rebase>,
 }
 
 impl Batch {
@@ -51,7 +54,21 @@ impl Batch {
         for r in &self.requests {
             h.update(r.digest());
         }
+        // Batches without REBASEs keep the digest they always had.
+        if !self.rebases.is_empty() {
+            h.update(b"rebases");
+            h.update((self.rebases.len() as u64).to_be_bytes());
+            for r in &self.rebases {
+                h.update(r.sender.to_be_bytes());
+                h.update(r.ui.counter.to_be_bytes());
+                h.update(UiMessage::Rebase(r.clone()).certified_digest());
+            }
+        }
         h.finalize().into()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.requests.is_empty() && self.rebases.is_empty()
     }
 
     pub fn op_bytes(&self) -> usize {
@@ -159,6 +176,22 @@ pub struct ViewChange {
     pub ui: Ui,
 }
 
+/// ⟨REBASE, j, L, UIj⟩: "my USIG counter moved past my durable log (a crash between
+/// creating a UI and logging its message, or a lost disk); my messages with counters
+/// below this one that you do not hold are void". The one exception to FIFO: a receiver
+/// jumps `sender`'s stream to this counter. It is then ordered in a batch like a request
+/// and takes effect at that batch number `b` (the replicated core state records it); the
+/// sender sends nothing else until it holds a stable checkpoint at or above `b`, and its
+/// VIEW-CHANGEs count only with a checkpoint certificate at or above `b`. The argument is
+/// in `consensus/README.md` (invariant I8).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rebase {
+    pub sender: ReplicaId,
+    /// The last counter the sender still holds in its log (0 if it lost its disk).
+    pub last_logged: u64,
+    pub ui: Ui,
+}
+
 /// One batch the new primary must re-propose with its original timestamp.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reproposal {
@@ -187,6 +220,7 @@ pub enum UiMessage {
     Checkpoint(Checkpoint),
     ViewChange(ViewChange),
     NewView(NewView),
+    Rebase(Rebase),
 }
 
 impl UiMessage {
@@ -197,6 +231,7 @@ impl UiMessage {
             UiMessage::Checkpoint(m) => m.sender,
             UiMessage::ViewChange(m) => m.sender,
             UiMessage::NewView(m) => m.sender,
+            UiMessage::Rebase(m) => m.sender,
         }
     }
 
@@ -207,6 +242,7 @@ impl UiMessage {
             UiMessage::Checkpoint(m) => &m.ui,
             UiMessage::ViewChange(m) => &m.ui,
             UiMessage::NewView(m) => &m.ui,
+            UiMessage::Rebase(m) => &m.ui,
         }
     }
 
@@ -217,6 +253,7 @@ impl UiMessage {
             UiMessage::Checkpoint(m) => &mut m.ui,
             UiMessage::ViewChange(m) => &mut m.ui,
             UiMessage::NewView(m) => &mut m.ui,
+            UiMessage::Rebase(m) => &mut m.ui,
         }
     }
 
@@ -231,6 +268,7 @@ impl UiMessage {
             UiMessage::Checkpoint(_) => "CHECKPOINT",
             UiMessage::ViewChange(_) => "VIEW-CHANGE",
             UiMessage::NewView(_) => "NEW-VIEW",
+            UiMessage::Rebase(_) => "REBASE",
         }
     }
 
@@ -280,6 +318,13 @@ impl UiMessage {
                     h.update(r.timestamp_ns.to_be_bytes());
                     h.update(r.batch_digest);
                 }
+                h.finalize().into()
+            }
+            UiMessage::Rebase(m) => {
+                let mut h = Sha256::new();
+                h.update(b"bftnfs/rebase/v1");
+                h.update(m.sender.to_be_bytes());
+                h.update(m.last_logged.to_be_bytes());
                 h.finalize().into()
             }
         }

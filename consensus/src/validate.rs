@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use crate::crypto::Crypto;
 use crate::message::{
-    Checkpoint, CheckpointCert, Commit, NewView, PeerMessage, Prepare, Request, UiMessage,
+    Checkpoint, CheckpointCert, Commit, NewView, PeerMessage, Prepare, Rebase, Request, UiMessage,
     ViewChange, prepare_digest,
 };
 use crate::types::{Config, ReplicaId};
@@ -137,7 +137,16 @@ pub fn ui_message(config: &Config, crypto: &dyn Crypto, m: &UiMessage) -> Result
         UiMessage::Checkpoint(_) => Ok(()),
         UiMessage::ViewChange(vc) => view_change_body(config, crypto, vc),
         UiMessage::NewView(nv) => new_view_body(config, crypto, nv),
+        UiMessage::Rebase(r) => rebase_body(r),
     }
+}
+
+fn rebase_body(r: &Rebase) -> Result<(), Reject> {
+    // The REBASE comes after everything its sender still holds.
+    if r.last_logged >= r.ui.counter {
+        return Err(Reject::Malformed);
+    }
+    Ok(())
 }
 
 fn prepare_body(config: &Config, crypto: &dyn Crypto, p: &Prepare) -> Result<(), Reject> {
@@ -154,6 +163,19 @@ fn prepare_body(config: &Config, crypto: &dyn Crypto, p: &Prepare) -> Result<(),
     }
     if p.batch.digest() != p.header.batch_digest {
         return Err(Reject::BadBatchDigest);
+    }
+    // The REBASEs a primary orders: each certified by another replica, one per sender.
+    if p.batch.rebases.len() > config.n() as usize {
+        return Err(Reject::BatchTooLarge);
+    }
+    let mut senders = BTreeSet::new();
+    for r in &p.batch.rebases {
+        if r.sender == p.primary || !senders.insert(r.sender) {
+            return Err(Reject::Malformed);
+        }
+        let m = UiMessage::Rebase(r.clone());
+        check_ui(crypto, config, &m)?;
+        rebase_body(r)?;
     }
     let mut clients = BTreeSet::new();
     for r in &p.batch.requests {

@@ -12,10 +12,13 @@
 //! isolate 0 / heal                         cut / restore all links of a replica
 //! tick 50                                  50 clock ticks for everyone, delivering after each
 //! crash 1 / restart 1                      lose volatile state / recover from durable records
+//! crash-lose-tail 1 2                      crash losing the last 2 logged messages (USIG ahead)
+//! crash-lose-disk 1                        crash losing every durable record, keeping the USIG
 //! expect executed 0,1,2 = 3                executed batches per replica
 //! expect view 0,1,2 = 1                    current view
 //! expect stable 0,1,2 = 4                  stable checkpoint
 //! expect log 0 <= 4                        accepted PREPAREs held above the checkpoint
+//! expect rebasing 1 = 1                    1 while the replica re-bases (I8), else 0
 //! expect sent PREPARE v0 n1 reqs2 from 0   that exact message was sent (see `describe`)
 //! expect not-sent COMMIT v0 n2 from 1
 //! expect done c=0 = 1;2;                   the client's last completed result
@@ -72,6 +75,13 @@ struct World {
 fn describe(m: &Message) -> String {
     match m {
         Message::Peer(PeerMessage::Ui(u)) => match u {
+            UiMessage::Prepare(p) if !p.batch.rebases.is_empty() => format!(
+                "PREPARE v{} n{} reqs{} rebases{}",
+                p.header.view,
+                p.header.n,
+                p.batch.requests.len(),
+                p.batch.rebases.len()
+            ),
             UiMessage::Prepare(p) => format!(
                 "PREPARE v{} n{} reqs{}",
                 p.header.view,
@@ -97,6 +107,7 @@ fn describe(m: &Message) -> String {
                     nv.reproposals.len()
                 )
             }
+            UiMessage::Rebase(r) => format!("REBASE last_logged{}", r.last_logged),
         },
         Message::Peer(PeerMessage::ReqViewChange { new_view, .. }) => {
             format!("REQ-VIEW-CHANGE v{new_view}")
@@ -479,6 +490,28 @@ fn run_script(path: &Path) {
                     w.replicas[i as usize] = None;
                 }
             }
+            "crash-lose-tail" => {
+                // The crash also loses the last `k` messages' records (and any intent):
+                // the USIG counter stays ahead of the log.
+                let k: usize = rest[1].parse().unwrap();
+                for i in ids(rest[0]) {
+                    w.replicas[i as usize] = None;
+                    let d = &mut w.durable[i as usize];
+                    for _ in 0..k {
+                        d.records.sent.pop_last();
+                    }
+                    d.records.intent = None;
+                }
+            }
+            "crash-lose-disk" => {
+                // The data directory is gone; the USIG (its own device) keeps its counter.
+                for i in ids(rest[0]) {
+                    w.replicas[i as usize] = None;
+                    let d = &mut w.durable[i as usize];
+                    d.records = DurableRecords::default();
+                    d.snapshots.clear();
+                }
+            }
             "restart" => {
                 for i in ids(rest[0]) {
                     w.restart(i);
@@ -502,7 +535,12 @@ fn expect(w: &World, args: &[&str], at: &str) {
         for i in ids(args[1]) {
             let got = get(w.replica(i));
             match args[2] {
-                "=" => assert_eq!(got, want, "{at}: replica {i}"),
+                "=" => assert_eq!(
+                    got,
+                    want,
+                    "{at}: replica {i}: {}",
+                    w.replica(i).debug_summary()
+                ),
                 "<=" => assert!(got <= want, "{at}: replica {i} has {got}"),
                 ">=" => assert!(got >= want, "{at}: replica {i} has {got}"),
                 op => panic!("{at}: unknown comparison {op}"),
@@ -514,6 +552,7 @@ fn expect(w: &World, args: &[&str], at: &str) {
         "view" => per_replica(&|r| r.view()),
         "stable" => per_replica(&|r| r.stable_checkpoint().n),
         "log" => per_replica(&|r| r.log_len() as u64),
+        "rebasing" => per_replica(&|r| u64::from(r.is_rebasing())),
         "sent" | "not-sent" => {
             let text = args[1..].join(" ");
             let found = w.sent.iter().any(|s| s.starts_with(&text));
@@ -576,4 +615,7 @@ scenarios! {
     backup_crash_catches_up_by_retransmission => "06-crash-restart.scen",
     state_transfer_behind_stable_checkpoint => "07-state-transfer.scen",
     view_change_timeout_doubles_and_skips_dead_primary => "08-consecutive-view-changes.scen",
+    usig_gap_rebase_rejoins => "09-usig-gap-rejoin.scen",
+    lost_disk_rebase_rejoins_by_state_transfer => "10-lost-disk-rejoin.scen",
+    primary_rebases_and_is_replaced => "11-primary-rebases.scen",
 }

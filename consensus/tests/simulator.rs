@@ -238,3 +238,120 @@ fn core_depends_on_no_runtime() {
     }
     assert!(crates.contains_key("consensus"));
 }
+
+// ----- crash recovery, re-basing (I8), self-repair --------------------------------------
+
+fn run_with(f: u32, seeds: std::ops::Range<u64>, set: impl Fn(&mut SimOptions)) -> Vec<SimReport> {
+    seeds
+        .map(|seed| {
+            let mut o = SimOptions::new(seed, f);
+            set(&mut o);
+            sim::run(&o).unwrap_or_else(|e| panic!("{e}\n(options: {o:?})"))
+        })
+        .collect()
+}
+
+#[test]
+fn crash_leaving_the_usig_ahead_of_the_log_rebases_and_rejoins() {
+    let r = run_with(1, 1000..1000 + SEEDS_PER_BEHAVIOUR, |o| o.usig_gaps = true);
+    assert!(r.iter().all(|x| x.completed_requests == 80));
+    assert!(
+        r.iter().map(|x| x.lost_logs).sum::<u64>() > 0,
+        "no log tail lost"
+    );
+    assert!(
+        r.iter().map(|x| x.rebases).sum::<u64>() > 0,
+        "nobody re-based"
+    );
+    // The run only ends once every crash-faulty replica is a full member again.
+    assert!(r.iter().all(|x| x.rebasing_at_end == 0));
+}
+
+#[test]
+fn lost_disk_with_the_usig_kept_rebases_by_state_transfer() {
+    let r = run_with(1, 1100..1100 + SEEDS_PER_BEHAVIOUR, |o| o.disk_loss = true);
+    assert!(r.iter().all(|x| x.completed_requests == 80));
+    assert!(
+        r.iter().map(|x| x.lost_logs).sum::<u64>() > 0,
+        "no disk lost"
+    );
+    assert!(
+        r.iter().map(|x| x.rebases).sum::<u64>() > 0,
+        "nobody re-based"
+    );
+    assert!(r.iter().any(|x| x.lost_logs > 0 && x.state_transfers > 0));
+    assert!(r.iter().all(|x| x.rebasing_at_end == 0));
+}
+
+#[test]
+fn f_replicas_rebasing_at_once_f2() {
+    let r = run_with(2, 1200..1224, |o| {
+        o.usig_gaps = true;
+        o.disk_loss = true;
+    });
+    assert!(r.iter().all(|x| x.completed_requests == 80));
+    assert!(
+        r.iter().any(|x| x.lost_logs >= 2),
+        "never two lost logs in one run"
+    );
+    assert!(r.iter().all(|x| x.rebasing_at_end == 0));
+}
+
+#[test]
+fn long_crash_falls_behind_several_checkpoints_and_catches_up() {
+    let r = run_with(1, 1300..1300 + SEEDS_PER_BEHAVIOUR, |o| o.long_crash = true);
+    assert!(r.iter().all(|x| x.completed_requests == 80));
+    assert!(
+        r.iter().any(|x| x.restart_lag_checkpoints_max >= 3),
+        "no restart behind several checkpoints: {:?}",
+        r.iter()
+            .map(|x| x.restart_lag_checkpoints_max)
+            .collect::<Vec<_>>()
+    );
+    assert!(r.iter().map(|x| x.state_transfers).sum::<u64>() > 0);
+}
+
+#[test]
+fn corrupted_state_is_detected_and_repaired() {
+    let r = run_with(1, 1400..1400 + SEEDS_PER_BEHAVIOUR, |o| {
+        o.crashes = false;
+        o.corrupt_state_at = Some(100);
+    });
+    assert!(r.iter().all(|x| x.completed_requests == 80));
+    assert!(
+        total(&r, "own_state_diverged") > 0,
+        "corruption never detected"
+    );
+    let outcomes: Vec<Option<bool>> = r.iter().map(|x| x.corruption_repaired).collect();
+    assert!(outcomes.iter().flatten().count() > 0, "nothing corrupted");
+    assert!(
+        outcomes.iter().flatten().all(|&repaired| repaired),
+        "a corrupted replica ended unrepaired: {outcomes:?}"
+    );
+}
+
+#[test]
+fn byzantine_rebase_over_sent_messages_gains_nothing() {
+    // Safety (agreement, client results) is checked after every step of every run.
+    let r = run_seeds(
+        1,
+        Some(Byzantine::RebaseOverSent),
+        1500..1500 + 2 * SEEDS_PER_BEHAVIOUR,
+    );
+    assert!(r.iter().all(|x| x.completed_requests == 80));
+    assert!(
+        r.iter().map(|x| x.rebases).sum::<u64>() > 0,
+        "never re-based"
+    );
+    assert!(
+        total(&r, "rebase_voided_messages") > 0,
+        "no receiver ever voided a hidden message"
+    );
+    // While re-basing it sometimes keeps certifying VIEW-CHANGEs: they must not count.
+    assert!(
+        total(&r, "view_change_below_rebase") > 0,
+        "no VIEW-CHANGE after a REBASE was ever refused"
+    );
+    let r2 = run_seeds(2, Some(Byzantine::RebaseOverSent), 1600..1612);
+    assert!(r2.iter().all(|x| x.completed_requests == 80));
+}

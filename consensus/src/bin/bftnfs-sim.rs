@@ -1,7 +1,9 @@
 //! `bftnfs-sim`: runs the seeded whole-cluster simulator over many seeds.
 //!
 //! Each seed picks its faults (network loss/duplication/reordering/partitions, crashes
-//! with restart, one Byzantine behaviour for the f faulty replicas) deterministically;
+//! with restart, lost log tails and lost disks that make a replica re-base, long
+//! crashes, corrupted state, one Byzantine behaviour for the f faulty replicas)
+//! deterministically;
 //! a failing seed is printed and replays exactly with `--seed N`.
 
 use std::io::Write as _;
@@ -20,7 +22,7 @@ bftnfs-sim: deterministic MinPBFT cluster simulator with Byzantine faults
 
 USAGE:
     bftnfs-sim [--seeds N] [--first S] [--f F] [--seed S] [--byzantine MODE|none|mixed]
-               [--no-faults] [--requests R] [--clients C]
+               [--no-faults] [--no-recovery-faults] [--requests R] [--clients C]
 
 OPTIONS:
     --seeds N        run seeds first..first+N (default 100)
@@ -29,9 +31,13 @@ OPTIONS:
     --f F            tolerated faults; the cluster has 2F+1 replicas (default 1)
     --byzantine M    behaviour of the f faulty replicas: one of equivocating-primary,
                      silent-primary, slow-primary, bad-new-view, forge-and-replay,
-                     commit-unprepared, lying-replies, bad-state-transfer; 'none' for
-                     crash faults only; 'mixed' (default) picks one per seed
+                     commit-unprepared, lying-replies, bad-state-transfer,
+                     rebase-over-sent; 'none' for crash faults only; 'mixed' (default)
+                     picks one per seed
     --no-faults      no network faults and no crashes
+    --no-recovery-faults
+                     crashes never lose the log's tail or the disk (no re-basing), no
+                     long crash, no corrupted state (by default each seed picks some)
     --requests R     requests per client (default 20)
     --clients C      clients (default 4)
 
@@ -50,6 +56,7 @@ fn parse_mode(s: &str) -> Option<Option<Byzantine>> {
         "commit-unprepared" => Byzantine::CommitUnprepared,
         "lying-replies" => Byzantine::LyingReplies,
         "bad-state-transfer" => Byzantine::BadStateTransfer,
+        "rebase-over-sent" => Byzantine::RebaseOverSent,
         _ => return None,
     }))
 }
@@ -59,11 +66,16 @@ pub fn options_for(seed: u64, f: u32, mode: Option<Option<Byzantine>>) -> SimOpt
     let mut o = SimOptions::new(seed, f);
     o.byzantine = match mode {
         Some(m) => m,
-        None => match seed % 9 {
-            8 => None,
-            k => Some(Byzantine::ALL[k as usize]),
+        None => match (seed % (Byzantine::ALL.len() as u64 + 1)) as usize {
+            k if k == Byzantine::ALL.len() => None,
+            k => Some(Byzantine::ALL[k]),
         },
     };
+    // Recovery faults, picked from the seed independently of the behaviour.
+    o.usig_gaps = seed.is_multiple_of(2);
+    o.disk_loss = seed.is_multiple_of(3);
+    o.long_crash = seed % 7 == 3;
+    o.corrupt_state_at = (seed % 5 == 1).then_some(100);
     if o.byzantine == Some(Byzantine::BadNewView) {
         o.isolate_primary_at = vec![50];
     }
@@ -78,6 +90,7 @@ fn main() -> ExitCode {
     let mut f = 1u32;
     let mut mode: Option<Option<Byzantine>> = None;
     let mut faults = true;
+    let mut recovery_faults = true;
     let mut requests: Option<usize> = None;
     let mut clients: Option<usize> = None;
     let mut it = args.iter();
@@ -125,6 +138,7 @@ fn main() -> ExitCode {
                     };
                 }
                 "--no-faults" => faults = false,
+                "--no-recovery-faults" => recovery_faults = false,
                 "--requests" => {
                     requests = Some(
                         val("--requests")
@@ -166,6 +180,12 @@ fn main() -> ExitCode {
             o.network_faults = false;
             o.crashes = false;
         }
+        if !faults || !recovery_faults {
+            o.usig_gaps = false;
+            o.disk_loss = false;
+            o.long_crash = false;
+            o.corrupt_state_at = None;
+        }
         if let Some(r) = requests {
             o.requests_per_client = r;
         }
@@ -181,7 +201,9 @@ fn main() -> ExitCode {
             Ok(r) => {
                 out!(
                     "seed {seed} f={f} byzantine={:?}: ok, trace {} ({} ticks, {} batches, {} \
-                     requests, final view {}, {} view changes, {} state transfers)",
+                     requests, final view {}, {} view changes, {} state transfers, {} lost \
+                     logs, {} REBASEs, {} still re-basing, restart lag {} checkpoints, corruption repaired \
+                     {:?})",
                     o.byzantine,
                     r.trace_hash,
                     r.ticks,
@@ -189,7 +211,12 @@ fn main() -> ExitCode {
                     r.completed_requests,
                     r.final_view,
                     r.view_changes_seen,
-                    r.state_transfers
+                    r.state_transfers,
+                    r.lost_logs,
+                    r.rebases,
+                    r.rebasing_at_end,
+                    r.restart_lag_checkpoints_max,
+                    r.corruption_repaired
                 );
                 out!("dropped: {:?}", r.dropped);
                 ExitCode::SUCCESS

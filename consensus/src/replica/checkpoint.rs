@@ -27,10 +27,20 @@ pub struct ClientRecord {
     pub last_n: SeqNum,
 }
 
+/// An executed REBASE: replica `j`'s stream restarted at `counter`, ordered at batch `n`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebaseRecord {
+    pub counter: u64,
+    pub n: SeqNum,
+}
+
 /// The replicated state the core owns, part of every checkpoint.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CoreState {
     pub clients: BTreeMap<ClientId, ClientRecord>,
+    /// The last executed REBASE of each replica (I8).
+    #[serde(default)]
+    pub rebases: BTreeMap<ReplicaId, RebaseRecord>,
 }
 
 impl CoreState {
@@ -48,6 +58,15 @@ impl CoreState {
                     h.update(r);
                 }
                 None => h.update([0]),
+            }
+        }
+        // States without REBASEs keep the digest they always had.
+        if !self.rebases.is_empty() {
+            h.update(b"rebases");
+            for (j, r) in &self.rebases {
+                h.update(j.to_be_bytes());
+                h.update(r.counter.to_be_bytes());
+                h.update(r.n.to_be_bytes());
             }
         }
         h.finalize().into()
@@ -92,6 +111,7 @@ impl Replica {
         self.evict_clients(n);
         let core = super::CoreState {
             clients: self.clients.clone(),
+            rebases: self.rebases.clone(),
         };
         let d = checkpoint_digest(&app_digest, &core);
         self.outputs.push(Output::TakeSnapshot {
@@ -174,6 +194,24 @@ impl Replica {
             self.consider_cert(cert);
         }
         Flow::Done
+    }
+
+    /// The certificate that the CHECKPOINT votes for `n` already form, if any.
+    pub(super) fn cert_from_votes(&self, n: SeqNum) -> Option<CheckpointCert> {
+        let votes = self.checkpoint_votes.get(&n)?;
+        votes.values().find_map(|c| {
+            let matching: Vec<Checkpoint> = votes
+                .values()
+                .filter(|v| v.state_digest == c.state_digest)
+                .cloned()
+                .collect();
+            (matching.len() >= self.config.quorum()).then_some(CheckpointCert {
+                n,
+                state_digest: c.state_digest,
+                view_top: None,
+                checkpoints: matching,
+            })
+        })
     }
 
     /// A valid certificate for a checkpoint above ours: adopt it, or, if we have not
@@ -337,6 +375,8 @@ impl Replica {
 
         let n = cert.n;
         self.clients = core_state.clients.clone();
+        self.rebases = core_state.rebases.clone();
+        self.prune_pending_rebases();
         self.exec_n = n;
         self.executed_n = n;
         self.executing.clear();

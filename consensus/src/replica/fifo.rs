@@ -143,6 +143,7 @@ impl Replica {
             let resumes = match &msg {
                 UiMessage::Checkpoint(cp) => cp.n >= stable_n,
                 UiMessage::ViewChange(vc) => vc.cert.n >= stable_n,
+                UiMessage::Rebase(_) => c >= s.next,
                 _ => false,
             };
             if resumes {
@@ -151,6 +152,19 @@ impl Replica {
                 s.holdback.retain(|&k, _| k > c);
             }
         }
+        if let UiMessage::Rebase(_) = &msg
+            && c > s.next
+            && j != self.id as usize
+        {
+            // I8: the one exception to FIFO. What we have not processed of this sender
+            // below its REBASE is void for us.
+            let lo = s.next;
+            s.next = c;
+            s.holdback.retain(|&k, _| k >= c);
+            s.gap_since_tick = None;
+            self.record_void(j as ReplicaId, lo, c);
+        }
+        let s = &mut self.streams[j];
         if c < s.next || s.holdback.contains_key(&c) {
             self.drop_input("duplicate_ui");
             return;
@@ -207,6 +221,7 @@ impl Replica {
             UiMessage::Checkpoint(c) => self.on_checkpoint(c),
             UiMessage::ViewChange(vc) => self.on_view_change(vc),
             UiMessage::NewView(nv) => self.on_new_view(nv),
+            UiMessage::Rebase(r) => self.on_rebase(r),
         }
     }
 
@@ -270,7 +285,14 @@ impl Replica {
 
     pub(super) fn on_fetch(&mut self, from: ReplicaId, sender: ReplicaId, lo: u64, hi: u64) {
         let s = &self.streams[sender as usize];
-        let msgs: Vec<UiMessage> = s.retained.range(lo..=hi).map(|(_, m)| m.clone()).collect();
+        let mut msgs: Vec<UiMessage> = s.retained.range(lo..=hi).map(|(_, m)| m.clone()).collect();
+        // A hole nobody can fill ends at the sender's REBASE: hand that over too.
+        if let Some((&c, m)) = s.retained.range(lo..).next()
+            && c > hi
+            && matches!(m, UiMessage::Rebase(_))
+        {
+            msgs.push(m.clone());
+        }
         for m in msgs {
             self.outputs.push(Output::Send {
                 to: from,
@@ -287,6 +309,14 @@ impl Replica {
     ) {
         let s = &self.streams[sender as usize];
         let Some(&c) = s.checkpoint_counters.get(&n) else {
+            // A re-basing sender certifies no CHECKPOINT: its REBASE is the place to
+            // resume from (I8).
+            if let Some(m) = self.latest_rebase_of(sender) {
+                self.outputs.push(Output::Send {
+                    to: from,
+                    msg: PeerMessage::Ui(m),
+                });
+            }
             return;
         };
         let msgs: Vec<UiMessage> = s

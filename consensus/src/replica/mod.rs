@@ -14,6 +14,7 @@ mod checkpoint;
 mod durable;
 mod fifo;
 mod normal;
+mod rebase;
 pub(crate) mod view_change;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -27,7 +28,7 @@ use crate::message::{
 use crate::types::{ClientId, Config, Digest, ReplicaId, SeqNum, Ui, View};
 use crate::validate::{Reject, Verified};
 
-pub use checkpoint::{ClientRecord, CoreState, checkpoint_digest};
+pub use checkpoint::{ClientRecord, CoreState, RebaseRecord, checkpoint_digest};
 pub use durable::DurableRecords;
 
 /// What the driver feeds the replica.
@@ -160,6 +161,19 @@ pub struct Recovered {
     pub view_certs: Vec<CheckpointCert>,
 }
 
+impl Recovered {
+    /// The last counter of this replica's own messages in its log (0 if none).
+    pub fn last_logged_counter(&self) -> u64 {
+        self.sent.iter().map(UiMessage::counter).max().unwrap_or(0)
+    }
+
+    /// True if the USIG issued counters the log does not hold: `Replica::recover` will
+    /// make this replica re-base (I8) instead of waiting for a hole nobody can fill.
+    pub fn usig_ahead_of_log(&self) -> bool {
+        self.usig_counter > self.last_logged_counter()
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Status {
     Normal,
@@ -188,6 +202,9 @@ enum Intent {
     },
     NewView {
         nv: NewView,
+    },
+    Rebase {
+        last_logged: u64,
     },
 }
 
@@ -278,10 +295,27 @@ pub struct Replica {
     new_view_request_tick: u64,
     invalid_view_changes: BTreeSet<(ReplicaId, u64)>,
 
+    // Re-basing (I8).
+    /// Some while this replica re-bases: its REBASE counter (0 until certified).
+    rebasing: Option<u64>,
+    /// Executed REBASEs (replicated, part of the checkpointed core state).
+    rebases: BTreeMap<ReplicaId, RebaseRecord>,
+    /// REBASEs seen but not executed yet (the primary orders them; backups time them).
+    pending_rebases: BTreeMap<ReplicaId, rebase::PendingRebase>,
+    /// Highest REBASE counter processed in each sender's stream (0: none).
+    rebase_seen: Vec<u64>,
+    /// Counter ranges `lo..hi` of each sender skipped because of a REBASE.
+    void_ranges: Vec<BTreeMap<u64, u64>>,
+    /// The checkpoint boundary at or after the last executed REBASE: the primary fills
+    /// up to it with empty batches, so an idle cluster still readmits the replica.
+    rebase_checkpoint_to: SeqNum,
+
     dropped: BTreeMap<&'static str, u64>,
     outputs: Vec<Output>,
     /// Simulator hook: certify NEW-VIEWs whose re-proposals were tampered with.
     byzantine_bad_new_view: bool,
+    /// Simulator hook: keep certifying everything while re-basing.
+    byzantine_keep_talking: bool,
 }
 
 impl Replica {
@@ -349,9 +383,16 @@ impl Replica {
             new_view_accepted: recovered.new_view_accepted,
             new_view_request_tick: 0,
             invalid_view_changes: BTreeSet::new(),
+            rebasing: None,
+            rebases: recovered.core_state.rebases.clone(),
+            pending_rebases: BTreeMap::new(),
+            rebase_seen: vec![0; n],
+            void_ranges: vec![BTreeMap::new(); n],
+            rebase_checkpoint_to: 0,
             dropped: BTreeMap::new(),
             outputs: Vec::new(),
             byzantine_bad_new_view: false,
+            byzantine_keep_talking: false,
             config,
         };
         replica.own_checkpoints.insert(
@@ -364,6 +405,7 @@ impl Replica {
             }
         }
         replica.recover_streams(&recovered);
+        replica.recover_rebase(&recovered);
         replica
     }
 
@@ -490,6 +532,7 @@ impl Replica {
                 break;
             }
         }
+        self.check_readmitted();
         self.maybe_propose();
         self.maybe_new_view();
         self.request_next_ui();
@@ -516,8 +559,15 @@ impl Replica {
             })
             .collect();
         format!(
-            "replica {} view {} {:?} exec {} executed {} prepared {} stable {} transfer {:?} best_cert {:?} nv_accepted {} requested {:?} last_ts {} view_certs {:?} view_top {:?} pending {} proposed_n {} reproposals {:?} streams [{}] dropped {:?}",
+            "replica {} rebasing {:?} rebases {:?} pending_rebases {:?} fill_to {} view {} {:?} exec {} executed {} prepared {} stable {} transfer {:?} best_cert {:?} nv_accepted {} requested {:?} last_ts {} view_certs {:?} view_top {:?} pending {} proposed_n {} reproposals {:?} streams [{}] dropped {:?}",
             self.id,
+            self.rebasing,
+            self.rebases,
+            self.pending_rebases
+                .iter()
+                .map(|(j, p)| (*j, p.rebase.ui.counter, p.proposed, p.relayed))
+                .collect::<Vec<_>>(),
+            self.rebase_checkpoint_to,
             self.view,
             self.status,
             self.exec_n,
@@ -547,6 +597,20 @@ impl Replica {
     #[doc(hidden)]
     pub fn byzantine_bad_new_view(&mut self) {
         self.byzantine_bad_new_view = true;
+    }
+
+    /// Simulator hook for a Byzantine replica that re-bases without having lost anything
+    /// (to void, at some receivers, messages it sent to others); with `keep_talking` it
+    /// goes on certifying COMMITs, CHECKPOINTs and VIEW-CHANGEs while re-basing.
+    #[doc(hidden)]
+    pub fn byzantine_rebase(&mut self, keep_talking: bool) {
+        if self.rebasing.is_some() {
+            return;
+        }
+        self.byzantine_keep_talking = keep_talking;
+        self.rebasing = Some(0);
+        let last_logged = self.own_counter;
+        self.enqueue(Intent::Rebase { last_logged });
     }
 
     /// Simulator hook for a Byzantine driver that spent USIG counters behind its core's
@@ -594,6 +658,15 @@ impl Replica {
             let Some(msg) = self.materialise(intent) else {
                 continue;
             };
+            // I8: a re-basing replica certifies nothing but its REBASE until readmitted.
+            assert!(
+                self.rebasing.is_none()
+                    || self.byzantine_keep_talking
+                    || matches!(msg, UiMessage::Rebase(_)),
+                "I8: replica {} asked to certify a {} while re-basing",
+                self.id,
+                msg.kind()
+            );
             self.outputs
                 .push(Output::Persist(PersistRecord::Intent(msg.clone())));
             self.outputs.push(Output::CreateUi {
@@ -608,6 +681,12 @@ impl Replica {
             counter: 0,
             cert: Vec::new(),
         };
+        if self.rebasing.is_some()
+            && !self.byzantine_keep_talking
+            && !matches!(intent, Intent::Rebase { .. })
+        {
+            return None; // I8: a re-basing replica certifies nothing but its REBASE
+        }
         Some(match intent {
             Intent::Prepare { header, batch } => {
                 if header.view != self.view || self.status != Status::Normal {
@@ -656,6 +735,11 @@ impl Replica {
                 }
                 UiMessage::NewView(nv)
             }
+            Intent::Rebase { last_logged } => UiMessage::Rebase(crate::message::Rebase {
+                sender: self.id,
+                last_logged,
+                ui: blank,
+            }),
         })
     }
 
@@ -671,6 +755,9 @@ impl Replica {
             "I1: USIG counter not consecutive"
         );
         self.own_counter = ui.counter;
+        if let UiMessage::Rebase(_) = msg {
+            self.rebasing = Some(ui.counter);
+        }
         *msg.ui_mut() = ui;
         self.outputs
             .push(Output::Persist(PersistRecord::Sent(msg.clone())));

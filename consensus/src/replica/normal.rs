@@ -56,6 +56,7 @@ impl Replica {
     /// during a createUI ride in the next PREPARE (the paper's batching optimisation).
     pub(super) fn maybe_propose(&mut self) {
         if !self.is_primary()
+            || self.rebasing.is_some()
             || self.status != Status::Normal
             || self.ui_outstanding.is_some()
             || !self.ui_queue.is_empty()
@@ -107,8 +108,9 @@ impl Replica {
             p.proposed = true;
             batch.requests.push(p.request.clone());
         }
-        if batch.requests.is_empty() {
-            return;
+        batch.rebases = self.rebases_to_propose();
+        if batch.is_empty() && n > self.rebase_checkpoint_to {
+            return; // (empty batches only to reach the checkpoint that readmits, I8)
         }
         let timestamp_ns = self.now_ns.max(self.last_timestamp_ns + 1);
         let header = PrepareHeader {
@@ -188,6 +190,12 @@ impl Replica {
         self.outputs
             .push(Output::Persist(super::PersistRecord::Accepted(p.clone())));
         self.log.insert((h.view, h.n), Slot { prepare: p.clone() });
+        // The REBASEs it orders also reach their senders' streams this way (I8).
+        for r in &p.batch.rebases {
+            if r.sender != self.id {
+                self.receive_ui(crate::message::UiMessage::Rebase(r.clone()));
+            }
+        }
         self.votes
             .entry((h.view, h.n))
             .or_default()
@@ -285,6 +293,7 @@ impl Replica {
         assert_eq!(h.n, self.exec_n + 1, "I2: execution out of order");
         self.exec_n = h.n;
         self.executed_log.insert(h.n, h);
+        self.apply_rebases(&batch.rebases, h.n);
         let mut included = Vec::new();
         let mut ids = Vec::new();
         for r in batch.requests {
@@ -369,6 +378,11 @@ impl Replica {
         }
         if self.config.is_checkpoint(n) && !self.own_checkpoints.contains_key(&n) {
             self.take_checkpoint(n, app_digest, None);
+            // A certificate for n may have formed before we executed n: judge our own
+            // state against it now (self-repair would otherwise miss it).
+            if let Some(cert) = self.cert_from_votes(n) {
+                self.consider_cert(cert);
+            }
         }
         if self.view > 0
             && self.view_top == Some(n)
@@ -411,12 +425,18 @@ impl Replica {
         if self.status != Status::Normal {
             return;
         }
+        self.relay_waiting_rebases();
         let timeout = self.config.request_timeout_ticks;
         let ticks = self.ticks;
+        // A REBASE waits for its ordering like a request (I8).
         if self
             .pending
             .values()
             .any(|p| ticks.saturating_sub(p.arrived_tick) > timeout)
+            || self
+                .pending_rebases
+                .values()
+                .any(|p| ticks.saturating_sub(p.arrived_tick) > timeout)
         {
             self.suspect_primary();
         }
@@ -429,6 +449,11 @@ impl Replica {
         for p in self.pending.values_mut() {
             p.arrived_tick = ticks;
             p.proposed = false;
+        }
+        for p in self.pending_rebases.values_mut() {
+            p.arrived_tick = ticks;
+            p.proposed = false;
+            p.relayed = false;
         }
     }
 }

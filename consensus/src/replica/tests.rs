@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use super::view_change::decide_new_view;
 use super::*;
 use crate::crypto::SimCrypto;
-use crate::message::{Batch, CheckpointCert, PrepareHeader, ViewChange};
+use crate::message::{Batch, CheckpointCert, PrepareHeader, Rebase, ViewChange};
 use crate::validate;
 
 fn crypto() -> SimCrypto {
@@ -31,6 +31,7 @@ fn prepare(
     req.sig = c.sign_request(req.client, &req.digest());
     let batch = Batch {
         requests: vec![req],
+        rebases: Vec::new(),
     };
     let header = PrepareHeader {
         view,
@@ -159,4 +160,137 @@ fn holdback_is_bounded() {
     }
     assert_eq!(r.dropped().get("holdback_full"), Some(&6));
     assert_eq!(r.executed_n(), 0);
+}
+
+fn rebase(c: &SimCrypto, sender: ReplicaId, last_logged: u64, counter: u64) -> Rebase {
+    let mut r = Rebase {
+        sender,
+        last_logged,
+        ui: Ui {
+            counter,
+            cert: vec![],
+        },
+    };
+    r.ui.cert = c.ui_cert(
+        sender,
+        counter,
+        &UiMessage::Rebase(r.clone()).certified_digest(),
+    );
+    r
+}
+
+/// A PREPARE of view 0 ordering these REBASEs at n = 1, certified by primary 0.
+fn prepare_with_rebases(c: &SimCrypto, rebases: Vec<Rebase>) -> Prepare {
+    let batch = Batch {
+        requests: vec![],
+        rebases,
+    };
+    let header = PrepareHeader {
+        view: 0,
+        n: 1,
+        timestamp_ns: 1,
+        batch_digest: batch.digest(),
+    };
+    let mut p = Prepare {
+        header,
+        primary: 0,
+        batch,
+        ui: Ui {
+            counter: 1,
+            cert: vec![],
+        },
+    };
+    p.ui.cert = c.ui_cert(0, 1, &UiMessage::Prepare(p.clone()).certified_digest());
+    p
+}
+
+#[test]
+fn rebase_validation_refuses_what_could_be_abused() {
+    let c = crypto();
+    let config = Config::new(1);
+    let check = |m: UiMessage| validate::peer_message(&config, &c, 1, PeerMessage::Ui(m));
+    // A REBASE must come after everything its sender still logs.
+    assert!(check(UiMessage::Rebase(rebase(&c, 1, 4, 5))).is_ok());
+    assert_eq!(
+        check(UiMessage::Rebase(rebase(&c, 1, 5, 5))).err(),
+        Some(Reject::Malformed)
+    );
+    // A changed REBASE no longer matches its UI.
+    let mut forged = rebase(&c, 1, 4, 5);
+    forged.last_logged = 3;
+    assert_eq!(
+        check(UiMessage::Rebase(forged.clone())).err(),
+        Some(Reject::BadUi)
+    );
+    // The primary orders other replicas' REBASEs, each valid, one per sender.
+    let ok = prepare_with_rebases(&c, vec![rebase(&c, 1, 0, 9), rebase(&c, 2, 3, 7)]);
+    assert!(check(UiMessage::Prepare(ok)).is_ok());
+    let own = prepare_with_rebases(&c, vec![rebase(&c, 0, 0, 9)]);
+    assert_eq!(
+        check(UiMessage::Prepare(own)).err(),
+        Some(Reject::Malformed)
+    );
+    let twice = prepare_with_rebases(&c, vec![rebase(&c, 1, 0, 9), rebase(&c, 1, 0, 10)]);
+    assert_eq!(
+        check(UiMessage::Prepare(twice)).err(),
+        Some(Reject::Malformed)
+    );
+    let bad = prepare_with_rebases(&c, vec![forged]);
+    assert_eq!(check(UiMessage::Prepare(bad)).err(), Some(Reject::BadUi));
+}
+
+#[test]
+fn recover_with_the_usig_ahead_of_the_log_rebases_first() {
+    let c = crypto();
+    let config = Config::new(1);
+    let recovered = Recovered {
+        usig_counter: 7,
+        ..Recovered::default()
+    };
+    assert!(recovered.usig_ahead_of_log());
+    let mut r = Replica::recover(2, config, Box::new(c), recovered);
+    assert!(r.is_rebasing());
+    // The first thing it certifies is its REBASE, with the next counter.
+    let outs = r.step(Input::Tick { now_ns: 1 });
+    let digest = outs
+        .iter()
+        .find_map(|o| match o {
+            Output::CreateUi { digest } => Some(*digest),
+            _ => None,
+        })
+        .expect("a CreateUi");
+    let want = UiMessage::Rebase(Rebase {
+        sender: 2,
+        last_logged: 0,
+        ui: Ui {
+            counter: 0,
+            cert: vec![],
+        },
+    });
+    assert_eq!(digest, want.certified_digest());
+    let outs = r.step(Input::UiCreated(Ui {
+        counter: 8,
+        cert: vec![],
+    }));
+    assert!(outs.iter().any(|o| matches!(
+        o,
+        Output::Broadcast(PeerMessage::Ui(UiMessage::Rebase(x))) if x.ui.counter == 8
+    )));
+    // Then silence: a view change it follows does not make it certify a VIEW-CHANGE.
+    let config = r.config().clone();
+    for from in [0, 1] {
+        let msg = PeerMessage::ReqViewChange {
+            view: 0,
+            new_view: 1,
+        };
+        let msg = validate::peer_message(&config, &crypto(), from, msg).unwrap();
+        let outs = r.step(Input::Peer { from, msg });
+        assert!(
+            !outs.iter().any(|o| matches!(o, Output::CreateUi { .. })),
+            "{outs:?}"
+        );
+    }
+    assert_eq!(r.view(), 1);
+    assert!(r.in_view_change());
+    assert!(r.is_rebasing());
 }

@@ -81,6 +81,9 @@ pub fn decide_new_view(view_changes: &[ViewChange]) -> NewViewDecision {
 impl Replica {
     /// Asks for the next view (once per view).
     pub(super) fn suspect_primary(&mut self) {
+        if self.rebasing.is_some() {
+            return; // I8: a re-basing replica only listens
+        }
         let target = self.view + 1;
         if self.sent_req_view_change.is_some_and(|v| v >= target) {
             return;
@@ -189,6 +192,9 @@ impl Replica {
         if vc.new_view < self.view {
             return Flow::Done;
         }
+        if let Some(flow) = self.rebased_view_change(vc) {
+            return flow;
+        }
         // Omission check: everything we saw this sender accept above its checkpoint, in
         // a view before the new one, must be in its VIEW-CHANGE.
         let null = Batch::default().digest();
@@ -277,6 +283,11 @@ impl Replica {
     pub(super) fn on_new_view(&mut self, nv: &NewView) -> Flow {
         if nv.new_view < self.view || nv.new_view <= self.new_view_accepted {
             self.drop_input("stale_new_view");
+            return Flow::Done;
+        }
+        if self.new_view_uses_void(&nv.view_changes) {
+            self.drop_input("new_view_with_void_view_change");
+            self.suspect_primary_of(nv.new_view);
             return Flow::Done;
         }
         // Every VIEW-CHANGE inside must first be processed in its sender's own stream.
@@ -448,6 +459,10 @@ impl Replica {
         if nv.new_view < self.view || nv.new_view <= self.new_view_accepted {
             return;
         }
+        if self.is_void(nv.sender, nv.ui.counter) || self.new_view_uses_void(&nv.view_changes) {
+            self.drop_input("new_view_with_void_view_change");
+            return;
+        }
         let stuck_after = 4 * self.config.fetch_timeout_ticks;
         let ticks = self.ticks;
         let s = &mut self.streams[nv.sender as usize];
@@ -490,7 +505,7 @@ impl Replica {
 
     /// In a view change for too long: ask for the next one, with a doubled timeout.
     pub(super) fn check_view_change_timer(&mut self) {
-        if self.status != Status::ViewChange {
+        if self.status != Status::ViewChange || self.rebasing.is_some() {
             return;
         }
         if self.ticks - self.view_change_started_tick >= self.view_change_timeout_ticks {

@@ -30,6 +30,9 @@ use rng::Rng;
 /// Virtual microseconds per tick.
 const TICK_US: u64 = 1_000;
 
+/// The key `SimOptions::corrupt_state_at` plants (no client uses it).
+const CORRUPT_KEY: &[u8] = b"corrupted-behind-the-protocol";
+
 /// The misbehaviour of the simulator's Byzantine replicas.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Byzantine {
@@ -49,10 +52,14 @@ pub enum Byzantine {
     LyingReplies,
     /// Serves corrupted state to replicas doing state transfer.
     BadStateTransfer,
+    /// Sends some messages to part of the replicas only, then a REBASE (I8) to the others
+    /// over them; sometimes keeps sending COMMITs, CHECKPOINTs and VIEW-CHANGEs while
+    /// re-basing.
+    RebaseOverSent,
 }
 
 impl Byzantine {
-    pub const ALL: [Byzantine; 8] = [
+    pub const ALL: [Byzantine; 9] = [
         Byzantine::EquivocatingPrimary,
         Byzantine::SilentPrimary,
         Byzantine::SlowPrimary,
@@ -61,6 +68,7 @@ impl Byzantine {
         Byzantine::CommitUnprepared,
         Byzantine::LyingReplies,
         Byzantine::BadStateTransfer,
+        Byzantine::RebaseOverSent,
     ];
 }
 
@@ -83,6 +91,18 @@ pub struct SimOptions {
     pub liveness_ticks: u64,
     /// Force these view changes by isolating the primary at these ticks.
     pub isolate_primary_at: Vec<u64>,
+    /// A crash may also lose the tail of the replica's log, leaving its USIG counter
+    /// ahead of it (it must re-base, I8).
+    pub usig_gaps: bool,
+    /// A crash may lose the replica's whole disk (records and snapshots), keeping its
+    /// USIG (it must re-base and fetch the state).
+    pub disk_loss: bool,
+    /// One faulty replica crashes at tick 20 and stays down until the faults heal, long
+    /// enough to fall behind several checkpoints.
+    pub long_crash: bool,
+    /// At this tick a faulty replica's application state is corrupted behind the
+    /// protocol's back (a key no client uses): it must repair itself at a checkpoint.
+    pub corrupt_state_at: Option<u64>,
     pub config: Config,
     /// Print every delivery and, on a liveness failure, each replica's state (stderr).
     pub debug: bool,
@@ -113,6 +133,10 @@ impl SimOptions {
             fault_ticks: 400,
             liveness_ticks: 20_000,
             isolate_primary_at: Vec::new(),
+            usig_gaps: false,
+            disk_loss: false,
+            long_crash: false,
+            corrupt_state_at: None,
             config,
             debug: false,
         }
@@ -131,6 +155,16 @@ pub struct SimReport {
     pub view_changes_seen: u64,
     pub state_transfers: u64,
     pub dropped: BTreeMap<&'static str, u64>,
+    /// Crashes that lost the log's tail or the whole disk (each one re-bases).
+    pub lost_logs: u64,
+    /// REBASEs certified, over all replicas.
+    pub rebases: u64,
+    /// The most checkpoints a restarting replica was behind the cluster's stable one.
+    pub restart_lag_checkpoints_max: u64,
+    /// Whether every corrupted replica ended without the corruption (None: none).
+    pub corruption_repaired: Option<bool>,
+    /// Replicas still re-basing when the run ended (not yet readmitted).
+    pub rebasing_at_end: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -202,6 +236,10 @@ struct SimReplica {
     transfer_retry: bool,
     clock_skew_us: u64,
     down_until: u64,
+    /// Its application state was corrupted (`SimOptions::corrupt_state_at`).
+    corrupted: bool,
+    /// `RebaseOverSent`: messages still to hide from the replicas not in the mask.
+    hiding: Option<(u32, u64)>,
 }
 
 struct SimClient {
@@ -230,6 +268,10 @@ struct Sim {
     failure: Option<SimError>,
     faulty: BTreeSet<ReplicaId>,
     debug: bool,
+    lost_logs: u64,
+    rebases: u64,
+    restart_lag_checkpoints_max: u64,
+    corruption_done: bool,
 }
 
 /// Runs one seeded simulation.
@@ -284,6 +326,8 @@ impl Sim {
                 transfer_retry: false,
                 clock_skew_us: rng.range(0, 2_000),
                 down_until: 0,
+                corrupted: false,
+                hiding: None,
             })
             .collect();
         let resend = opts.config.request_timeout_ticks / 2;
@@ -313,6 +357,10 @@ impl Sim {
             failure: None,
             faulty,
             debug,
+            lost_logs: 0,
+            rebases: 0,
+            restart_lag_checkpoints_max: 0,
+            corruption_done: false,
         }
     }
 
@@ -408,13 +456,35 @@ impl Sim {
             view_changes_seen: self.view_changes_seen,
             state_transfers: self.state_transfers,
             dropped,
+            lost_logs: self.lost_logs,
+            rebases: self.rebases,
+            restart_lag_checkpoints_max: self.restart_lag_checkpoints_max,
+            rebasing_at_end: self
+                .replicas
+                .iter()
+                .filter(|r| r.core.as_ref().is_some_and(Replica::is_rebasing))
+                .count(),
+            corruption_repaired: self.replicas.iter().any(|r| r.corrupted).then(|| {
+                self.replicas
+                    .iter()
+                    .filter(|r| r.corrupted)
+                    .all(|r| r.app.get(CORRUPT_KEY).is_none())
+            }),
         })
     }
 
+    /// Every client finished and every re-basing replica that is not Byzantine is a full
+    /// member again (I8: readmission is part of liveness; a Byzantine one may well have
+    /// kept its REBASE from everyone that matters).
     fn all_done(&self) -> bool {
         self.clients
             .iter()
             .all(|c| c.remaining == 0 && c.core.is_idle())
+            && self
+                .replicas
+                .iter()
+                .filter(|r| r.byzantine.is_none())
+                .all(|r| r.core.as_ref().is_some_and(|c| !c.is_rebasing()))
     }
 
     // ----- faults and time -----------------------------------------------------------
@@ -432,6 +502,26 @@ impl Sim {
                 .unwrap_or(0);
             self.isolated
                 .insert(primary, ticks + 3 * self.opts.config.request_timeout_ticks);
+        }
+        if self.opts.long_crash && ticks == 20 {
+            let victim = *self.faulty.iter().next().expect("f >= 1");
+            if self.replicas[victim as usize].core.is_some() {
+                self.crash(victim, self.opts.fault_ticks);
+            }
+        }
+        if self.opts.corrupt_state_at.is_some_and(|t| ticks >= t) && !self.corruption_done {
+            // At that tick, or as soon as the victim is up. (A silent primary stays
+            // silent, catching up included: it is no victim.)
+            let victim = *self.faulty.iter().next_back().expect("f >= 1");
+            let r = &mut self.replicas[victim as usize];
+            if r.byzantine == Some(Byzantine::SilentPrimary) {
+                self.corruption_done = true;
+            } else if r.core.is_some() {
+                self.corruption_done = true;
+                r.app.corrupt(CORRUPT_KEY, b"tampered");
+                r.corrupted = true;
+                self.trace.update([18, victim as u8]);
+            }
         }
         if self.in_fault_phase() {
             if self.opts.network_faults && self.rng.chance(3) {
@@ -494,10 +584,39 @@ impl Sim {
         r.transfer = None;
         r.app = KvApp::default();
         r.down_until = until;
+        r.hiding = None;
         self.trace.update([9, i as u8]);
+        if self.opts.usig_gaps && self.rng.chance(500) {
+            // The crash lost the last records: the USIG counter is ahead of the log.
+            let k = self.rng.range(1, 3);
+            let d = &mut self.replicas[i as usize].durable;
+            for _ in 0..k {
+                d.records.sent.pop_last();
+            }
+            d.records.intent = None;
+            self.lost_logs += 1;
+            self.trace.update([19, i as u8]);
+        } else if self.opts.disk_loss && self.rng.chance(300) {
+            // The disk is gone; the USIG (its own device) keeps its counter.
+            let d = &mut self.replicas[i as usize].durable;
+            d.records = DurableRecords::default();
+            d.snapshots.clear();
+            self.lost_logs += 1;
+            self.trace.update([20, i as u8]);
+        }
     }
 
     fn restart(&mut self, i: ReplicaId) {
+        let cluster_stable = self
+            .replicas
+            .iter()
+            .filter_map(|r| r.core.as_ref())
+            .map(|c| c.stable_checkpoint().n)
+            .max()
+            .unwrap_or(0);
+        let own_stable = self.replicas[i as usize].durable.records.stable.n;
+        let lag = cluster_stable.saturating_sub(own_stable) / self.opts.config.checkpoint_interval;
+        self.restart_lag_checkpoints_max = self.restart_lag_checkpoints_max.max(lag);
         let r = &mut self.replicas[i as usize];
         let stable = r.durable.records.stable.clone();
         let (core_state, app) = match r.durable.snapshots.get(&stable.n) {
@@ -512,6 +631,7 @@ impl Sim {
             }
         };
         r.app = app;
+        r.corrupted &= r.app.get(CORRUPT_KEY).is_some();
         let recovered = r
             .durable
             .records
@@ -664,6 +784,9 @@ impl Sim {
                             .collect::<Vec<_>>(),
                         nv.ui.counter
                     ),
+                    UiMessage::Rebase(r) => {
+                        format!("REBASE last_logged{} c{}", r.last_logged, r.ui.counter)
+                    }
                 },
                 NetMsg::Peer(PeerMessage::Status { .. }) => return,
                 NetMsg::Peer(p) => format!("{p:?}").chars().take(100).collect(),
@@ -808,6 +931,9 @@ impl Sim {
         match o {
             Output::Send { to, msg } => self.replica_send(i, to, msg),
             Output::Broadcast(msg) => {
+                if matches!(msg, PeerMessage::Ui(UiMessage::Rebase(_))) {
+                    self.rebases += 1;
+                }
                 if self.byzantine_broadcast(i, &msg) {
                     return;
                 }
@@ -1047,6 +1173,52 @@ impl Sim {
                     }
                 }
                 false
+            }
+            (Byzantine::RebaseOverSent, UiMessage::Rebase(_)) => {
+                // The REBASE goes only to the replicas the hidden messages did not reach.
+                let mask = self.replicas[i as usize].hiding.take().map_or(0, |h| h.1);
+                for j in (0..n).filter(|j| *j != i && mask & (1 << j) == 0) {
+                    self.replica_send(i, j, msg.clone());
+                }
+                true
+            }
+            (Byzantine::RebaseOverSent, _) => {
+                let rebasing = self.replicas[i as usize]
+                    .core
+                    .as_ref()
+                    .is_some_and(Replica::is_rebasing);
+                let hiding = match self.replicas[i as usize].hiding {
+                    Some(h) => Some(h),
+                    None if !rebasing && self.in_fault_phase() && self.rng.chance(60) => {
+                        // Some of the others, never all of them.
+                        let mut mask = 0u64;
+                        for j in (0..n).filter(|j| *j != i) {
+                            if self.rng.chance(500) {
+                                mask |= 1 << j;
+                            }
+                        }
+                        let all: u64 = (0..n).filter(|j| *j != i).map(|j| 1u64 << j).sum();
+                        if mask == all {
+                            mask &= mask - 1;
+                        }
+                        Some((self.rng.range(1, 3) as u32, mask))
+                    }
+                    None => None,
+                };
+                let Some((left, mask)) = hiding else {
+                    return false;
+                };
+                for j in (0..n).filter(|j| *j != i && mask & (1 << j) != 0) {
+                    self.replica_send(i, j, msg.clone());
+                }
+                if left <= 1 {
+                    self.replicas[i as usize].hiding = Some((0, mask));
+                    let keep_talking = self.rng.chance(500);
+                    self.core_mut(i).byzantine_rebase(keep_talking);
+                } else {
+                    self.replicas[i as usize].hiding = Some((left - 1, mask));
+                }
+                true
             }
             (Byzantine::CommitUnprepared, UiMessage::Commit(c)) => {
                 // A COMMIT for a batch nobody prepared, and one with a forged primary UI.
