@@ -308,3 +308,53 @@ fn transfer_completes_when_a_peer_serves_corrupt_chunks() {
         let _ = cluster.stop();
     });
 }
+
+/// A replica that lost its disk but kept its USIG (`usig/`): its USIG counter is far
+/// ahead of an empty log, so peers would wait forever for counters nobody can send. It
+/// re-bases (consensus I8: one ordered REBASE, readmission at the next stable checkpoint)
+/// and catches up by state transfer while clients keep writing; then it is a full member
+/// again: with another replica killed, the cluster still makes progress with it.
+#[test]
+fn replica_that_lost_its_disk_but_kept_its_usig_rejoins_by_rebase() {
+    bounded(Duration::from_secs(400), || {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut up = Up::start(&tmp.path().join("D"));
+        let addr = up.addr();
+        block_on(write_files(addr, "a", 40));
+        up.kill9(2);
+        // Lose everything but the USIG state.
+        let dir = up.replica_dir(2);
+        for entry in std::fs::read_dir(&dir).expect("replica dir") {
+            let path = entry.expect("entry").path();
+            if path.file_name().is_some_and(|n| n == "usig") {
+                continue;
+            }
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path).expect("remove");
+            } else {
+                std::fs::remove_file(&path).expect("remove");
+            }
+        }
+        up.restart(2);
+        // Writes go on (2 of 3 replicas suffice) and carry the cluster past the REBASE's
+        // batch and the checkpoint that readmits replica 2.
+        block_on(write_files(addr, "b", 300));
+        let took = wait_for(Duration::from_secs(90), "replica 2 converges", || {
+            trees_equal(&up.export(0), &up.export(2))
+        });
+        eprintln!("replica 2 rejoined after losing its disk: equal after {took:?}");
+        // Readmitted: with replica 1 gone, replicas 0 and 2 alone must order writes.
+        up.kill9(1);
+        let t = Instant::now();
+        block_on(write_files(addr, "c", 20));
+        eprintln!(
+            "20 writes with replica 1 down, replica 2 re-based: {:?}",
+            t.elapsed()
+        );
+        wait_for(
+            Duration::from_secs(60),
+            "replica 2 holds the new writes",
+            || std::fs::read(up.export(2).join("c19")).is_ok_and(|b| b == content("c", 19)),
+        );
+    });
+}

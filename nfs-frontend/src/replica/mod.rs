@@ -411,7 +411,17 @@ fn open_node(
         App::open_fs(&opts.data_dir, opts.fs_config.clone())?
     };
     let usig_counter = usig.last_issued().map_or(0, |u| u.ui.counter);
-    let fresh = log.replayed == 0 && usig_counter == 0;
+    // An empty log with a USIG that has issued counters: the data directory was lost or
+    // replaced while usig/ was kept. Start from genesis; the core re-bases (I8) and
+    // catches up by state transfer.
+    let fresh = log.replayed == 0;
+    if fresh && usig_counter > 0 {
+        warn!(
+            id,
+            usig_counter,
+            "no protocol log but a used USIG: rejoining by re-base and state transfer"
+        );
+    }
     let stable = log.durable.stable.clone();
     let core_state = if fresh {
         // Genesis: keep its snapshot, so a crash before the first stable checkpoint
@@ -478,15 +488,19 @@ fn open_node(
         log.durable.apply(consensus::PersistRecord::Sent(msg));
         last_sent = usig_counter;
     }
-    if usig_counter > last_sent && !fresh {
-        // The USIG issued a UI whose message never reached the log (crash in between):
-        // peers will wait for that counter. See the report: the core needs a way out.
+    let recovered = log.durable.recovered(core_state, usig_counter);
+    if recovered.usig_ahead_of_log() {
+        // The USIG issued a UI whose message never reached the log (a crash in between,
+        // or a lost log): peers would wait for that counter forever. The core re-bases
+        // (consensus/README.md, I8): one ordered REBASE, readmission at the first stable
+        // checkpoint at or above it.
         warn!(
             usig_counter,
-            last_sent, "USIG counter ahead of the logged messages"
+            last_sent,
+            logged = recovered.last_logged_counter(),
+            "USIG counter ahead of the logged messages: re-basing"
         );
     }
-    let recovered = log.durable.recovered(core_state, usig_counter);
     info!(
         id,
         view = recovered.view,
