@@ -240,10 +240,16 @@ fn micro_measures_primitives_latency_and_throughput() {
     assert!(v["floor"]["total_us"].as_f64().expect("floor") > 0.0);
     assert_eq!(v["null_latency"]["n"].as_u64(), Some(5));
     assert_eq!(v["latency_by_size"].as_array().expect("sizes").len(), 2);
+    let points = v["throughput"].as_array().expect("points");
     assert_eq!(
-        v["throughput"].as_array().expect("points").len(),
-        4,
-        "2 counts x batching on/off"
+        points.len(),
+        6,
+        "2 counts x (batching off, batching on, batching + bundling)"
+    );
+    assert_eq!(
+        points.iter().filter(|p| p["bundling"] == true).count(),
+        2,
+        "{points:?}"
     );
     assert!(v["cluster_error"].is_null());
     assert!(stdout.contains("Floor of one MinPBFT request"), "{stdout}");
