@@ -419,6 +419,15 @@ fn open_node(
             let expected = config.usig_identity(id)?;
             Box::new(ProcessUsig::connect(socket, Some(&expected))?)
         }
+        None if matches!(
+            config.replicas[id as usize].usig,
+            crate::config::UsigConfig::Tpm { .. }
+        ) =>
+        {
+            let usig_dir = opts.data_dir.join("usig");
+            std::fs::create_dir_all(&usig_dir)?;
+            crate::tpm::open_usig(&config, id, &usig_dir)?
+        }
         None => {
             let usig_dir = opts.data_dir.join("usig");
             std::fs::create_dir_all(&usig_dir)?;
