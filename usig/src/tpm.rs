@@ -123,6 +123,7 @@ impl Esys {
     }
 
     /// (marshalled TPMT_PUBLIC, Name, qualified Name) of a loaded object.
+    #[allow(clippy::type_complexity)]
     fn read_public(&mut self, tr: sys::ESYS_TR) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), UsigError> {
         let mut public: *mut sys::TPM2B_PUBLIC = null_mut();
         let mut name: *mut sys::TPM2B_NAME = null_mut();
@@ -382,14 +383,13 @@ impl Esys {
             return Err(tpm_err("GetSessionAuditDigest", rc));
         }
         // SAFETY: ESYS returned valid structures, freed right after copying.
-        let result = unsafe {
+        unsafe {
             let bytes = (&(*attest).attestationData)[..(*attest).size as usize].to_vec();
             let sig = ecdsa_signature(&*signature);
             sys::Esys_Free(attest.cast());
             sys::Esys_Free(signature.cast());
             sig.map(|s| (bytes, s))
-        };
-        result
+        }
     }
 }
 
