@@ -219,6 +219,47 @@ impl Esys {
         }
     }
 
+    /// Whether the TPM lists `handle` (a persistent or NV handle): probing with
+    /// `TR_FromTPMPublic` instead would make tpm2-tss log errors for a missing one.
+    fn handle_exists(&mut self, handle: u32) -> Result<bool, UsigError> {
+        Ok(self.list_handles(handle & 0xFF00_0000)?.contains(&handle))
+    }
+
+    fn list_handles(&mut self, first: u32) -> Result<Vec<u32>, UsigError> {
+        const CAP_HANDLES: u32 = 1;
+        let mut more = 0u8;
+        let mut data: *mut sys::TPMS_CAPABILITY_DATA = null_mut();
+        // SAFETY: out-pointers freed below.
+        let rc = unsafe {
+            sys::Esys_GetCapability(
+                self.ctx,
+                sys::ESYS_TR_NONE,
+                sys::ESYS_TR_NONE,
+                sys::ESYS_TR_NONE,
+                CAP_HANDLES,
+                first,
+                254,
+                &mut more,
+                &mut data,
+            )
+        };
+        if rc != 0 {
+            return Err(tpm_err("GetCapability (handles)", rc));
+        }
+        // SAFETY: capability HANDLES selects the `handles` member.
+        let handles = unsafe {
+            let list = &(*data).data.handles;
+            let n = (list.count as usize).min(list.handle.len());
+            let v = list.handle[..n].to_vec();
+            sys::Esys_Free(data.cast());
+            v
+        };
+        Ok(handles
+            .into_iter()
+            .filter(|h| h >> 24 == first >> 24)
+            .collect())
+    }
+
     /// Flush every loaded session the TPM lists; returns how many.
     fn flush_loaded_sessions(&mut self) -> Result<usize, UsigError> {
         const CAP_HANDLES: u32 = 1;
@@ -480,17 +521,22 @@ pub fn provision(location: &TpmLocation) -> Result<UsigIdentity, UsigError> {
     public.nvPublic.attributes = NV_AUTHWRITE | NV_AUTHREAD | NV_NO_DA | NV_TYPE_COUNTER;
     public.nvPublic.dataSize = 8;
     let mut nv = sys::ESYS_TR_NONE;
-    let rc = unsafe {
-        sys::Esys_NV_DefineSpace(
-            esys.ctx,
-            sys::ESYS_TR_RH_OWNER,
-            sys::ESYS_TR_PASSWORD,
-            sys::ESYS_TR_NONE,
-            sys::ESYS_TR_NONE,
-            &auth,
-            &public,
-            &mut nv,
-        )
+    let rc = if esys.handle_exists(location.nv_index)? {
+        RC_NV_DEFINED
+    } else {
+        // SAFETY: valid structures; the handle object is released with the context.
+        unsafe {
+            sys::Esys_NV_DefineSpace(
+                esys.ctx,
+                sys::ESYS_TR_RH_OWNER,
+                sys::ESYS_TR_PASSWORD,
+                sys::ESYS_TR_NONE,
+                sys::ESYS_TR_NONE,
+                &auth,
+                &public,
+                &mut nv,
+            )
+        }
     };
     if rc & 0xFFF == RC_NV_DEFINED {
         nv = esys.tr_from_public(location.nv_index)?;
@@ -505,9 +551,9 @@ pub fn provision(location: &TpmLocation) -> Result<UsigIdentity, UsigError> {
     let base_counter = esys.read_counter(nv, sys::ESYS_TR_PASSWORD)?;
 
     // The signing key.
-    let key = match esys.tr_from_public(location.key_handle) {
-        Ok(key) => key,
-        Err(_) => {
+    let key = match esys.handle_exists(location.key_handle)? {
+        true => esys.tr_from_public(location.key_handle)?,
+        false => {
             let transient = create_signing_key(&mut esys)?;
             let mut persistent = sys::ESYS_TR_NONE;
             let rc = unsafe {
