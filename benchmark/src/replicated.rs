@@ -37,11 +37,29 @@ impl UsigKind {
     pub fn check_available(self) -> Result<()> {
         match self {
             UsigKind::Software | UsigKind::Process => Ok(()),
+            #[cfg(feature = "tpm")]
+            UsigKind::Tpm => {
+                anyhow::ensure!(
+                    usig_swtpm_available(),
+                    "--usig tpm needs swtpm (one per replica): apt-get install swtpm swtpm-tools"
+                );
+                Ok(())
+            }
+            #[cfg(not(feature = "tpm"))]
             UsigKind::Tpm => anyhow::bail!(
-                "USIG backend `tpm` is not available yet: use `--usig software` or `--usig process`"
+                "--usig tpm: bftnfs-bench was built without the `tpm` feature; rebuild with \
+                 `cargo build --release -p benchmark --features tpm` (needs libtss2-dev)"
             ),
         }
     }
+}
+
+#[cfg(feature = "tpm")]
+fn usig_swtpm_available() -> bool {
+    std::process::Command::new("swtpm")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// How to start the embedded cluster.
@@ -98,6 +116,7 @@ mod imp {
             sessions: config.sessions,
             process_usig: config.usig == UsigKind::Process,
             bundling: config.bundling,
+            tpm_usig: config.usig == UsigKind::Tpm,
         })?;
         Ok(Box::new(Embedded(Some(cluster))))
     }

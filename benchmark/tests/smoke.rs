@@ -109,24 +109,56 @@ fn macro_unreplicated_writes_table_json_csv_and_plot() {
 #[test]
 fn unknown_usig_backends_are_refused_clearly() {
     let output = Command::new(BIN)
+        .args(["--usig", "sgx", "macro", "--runs", "1", "--unreplicated"])
+        .output()
+        .expect("bftnfs-bench runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("invalid value"), "{stderr}");
+}
+
+/// Without the `tpm` feature, `--usig tpm` says how to get it.
+#[cfg(not(feature = "tpm"))]
+#[test]
+fn tpm_usig_without_the_feature_is_refused_clearly() {
+    let output = Command::new(BIN)
         .args(["--usig", "tpm", "macro", "--runs", "1", "--unreplicated"])
         .output()
         .expect("bftnfs-bench runs");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("not available yet"), "{stderr}");
+    assert!(stderr.contains("--features tpm"), "{stderr}");
 }
 
 #[test]
 fn macro_minpbft_with_the_process_usig() {
+    macro_minpbft_with_usig("process");
+}
+
+/// One swtpm per replica (feature `tpm`; skipped without swtpm).
+#[cfg(feature = "tpm")]
+#[test]
+fn tpm_macro_minpbft_with_the_tpm_usig() {
+    let have_swtpm = Command::new("swtpm")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_swtpm {
+        eprintln!("SKIPPED: swtpm missing (apt-get install swtpm swtpm-tools)");
+        return;
+    }
+    macro_minpbft_with_usig("tpm");
+}
+
+fn macro_minpbft_with_usig(usig: &str) {
     let out = tempfile::tempdir().expect("tempdir");
-    let json = out.path().join("process.json");
+    let json = out.path().join(format!("{usig}.json"));
     let output = Command::new(BIN)
         .arg("--data-dir")
         .arg(out.path().join("data"))
         .args([
             "--usig",
-            "process",
+            usig,
             "macro",
             "--runs",
             "3",

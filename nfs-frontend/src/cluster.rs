@@ -42,6 +42,10 @@ pub struct ClusterOptions {
     /// Clients send the operations waiting beyond their idle sessions as one bundled
     /// request (`crate::bundle`).
     pub bundling: bool,
+    /// Each replica's USIG is a TPM: one swtpm per replica (state in `replica-<i>/swtpm`,
+    /// free loopback ports), provisioned on first use, killed when the cluster drops.
+    /// Needs the `tpm` feature and swtpm.
+    pub tpm_usig: bool,
 }
 
 impl Default for ClusterOptions {
@@ -58,6 +62,7 @@ impl Default for ClusterOptions {
             sessions: 16,
             process_usig: false,
             bundling: true,
+            tpm_usig: false,
         }
     }
 }
@@ -74,6 +79,10 @@ pub struct LocalCluster {
     /// Kept to stop the USIG servers (after the replicas) when the cluster drops.
     #[allow(dead_code)]
     usig_servers: Vec<UsigServerThread>,
+    /// The swtpm guards (`usig::swtpm::Swtpm`) of a TPM cluster, killed after the
+    /// replicas stopped (fields drop in order).
+    #[allow(dead_code)]
+    swtpms: Vec<Box<dyn std::any::Any + Send>>,
 }
 
 /// A `usig::process` server on its own thread, stopped when dropped.
@@ -118,6 +127,23 @@ impl Drop for UsigServerThread {
             let _ = t.join();
         }
     }
+}
+
+#[cfg(feature = "tpm")]
+fn start_swtpms(path: &Path, dir: &Path) -> anyhow::Result<Vec<Box<dyn std::any::Any + Send>>> {
+    anyhow::ensure!(
+        usig::swtpm::available(),
+        "a TPM cluster needs swtpm: apt-get install swtpm swtpm-tools"
+    );
+    Ok(crate::tpm::start_swtpms(path, dir)?
+        .into_iter()
+        .map(|s| Box::new(s) as Box<dyn std::any::Any + Send>)
+        .collect())
+}
+
+#[cfg(not(feature = "tpm"))]
+fn start_swtpms(_path: &Path, _dir: &Path) -> anyhow::Result<Vec<Box<dyn std::any::Any + Send>>> {
+    anyhow::bail!("a TPM cluster needs bftnfs built with the `tpm` feature (needs libtss2-dev)")
 }
 
 /// Writes a fresh cluster.toml and keys into `dir` unless one is there.
@@ -180,6 +206,11 @@ pub fn start_replica_thread(
 impl LocalCluster {
     pub fn start(opts: ClusterOptions) -> anyhow::Result<LocalCluster> {
         let path = ensure_keys(&opts.dir, opts.f, opts.batching, opts.sessions)?;
+        let swtpms = if opts.tpm_usig {
+            start_swtpms(&path, &opts.dir)?
+        } else {
+            Vec::new()
+        };
         let mut config = ClusterConfig::load(&path)?;
         config.bundling &= opts.bundling;
         let config = Arc::new(config);
@@ -238,6 +269,7 @@ impl LocalCluster {
             bench: Some((bench, bench_thread)),
             dir: opts.dir,
             usig_servers,
+            swtpms,
         })
     }
 

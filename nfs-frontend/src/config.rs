@@ -61,6 +61,49 @@ pub struct ReplicaEntry {
     /// `{ kind = "process", socket = "/path/usig.sock" }` (a `bftnfs usig-server`).
     #[serde(default, skip_serializing_if = "UsigConfig::is_default")]
     pub usig: UsigConfig,
+    /// The TPM USIG's public identity, written by `bftnfs usig-provision` (then
+    /// `usig_public_key` is the TPM key's point and `usig_key_file` is unused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usig_tpm: Option<TpmIdentityEntry>,
+}
+
+/// The TPM-specific part of a replica's USIG identity (`usig::UsigIdentity::Tpm`), hex.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TpmIdentityEntry {
+    /// Marshalled TPMT_PUBLIC of the restricted signing key.
+    pub key_public: String,
+    pub key_name: String,
+    pub qualified_signer: String,
+    /// Name of the NV counter index.
+    pub counter_name: String,
+    /// TPM counter value at provisioning; UI counter k is TPM counter value base + k.
+    pub base_counter: u64,
+}
+
+impl TpmIdentityEntry {
+    /// The entry for a `UsigIdentity::Tpm` (`None` for other identities).
+    pub fn from_identity(identity: &usig::UsigIdentity) -> Option<(String, Self)> {
+        match identity {
+            usig::UsigIdentity::Tpm {
+                public_key,
+                key_public,
+                key_name,
+                qualified_signer,
+                counter_name,
+                base_counter,
+            } => Some((
+                hex(public_key),
+                TpmIdentityEntry {
+                    key_public: hex(key_public),
+                    key_name: hex(key_name),
+                    qualified_signer: hex(qualified_signer),
+                    counter_name: hex(counter_name),
+                    base_counter: *base_counter,
+                },
+            )),
+            usig::UsigIdentity::EcdsaP256 { .. } => None,
+        }
+    }
 }
 
 /// The USIG backend of one replica (DESIGN.md, "USIG").
@@ -71,6 +114,16 @@ pub enum UsigConfig {
     Software,
     Process {
         socket: PathBuf,
+    },
+    /// A TPM 2.0 provisioned by `bftnfs usig-provision` (needs the `tpm` build feature):
+    /// `tcti` is e.g. `swtpm:host=127.0.0.1,port=2321` or `device:/dev/tpmrm0`; the
+    /// counter index and key handle default to usig::tpm's defaults.
+    Tpm {
+        tcti: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nv_index: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_handle: Option<u32>,
     },
 }
 
@@ -291,7 +344,35 @@ impl ClusterConfig {
             .ok_or_else(|| ConfigError::Invalid(format!("no replica {id}")))?;
         let public_key = unhex(&entry.usig_public_key)
             .ok_or_else(|| ConfigError::Invalid("bad usig_public_key".into()))?;
-        Ok(usig::UsigIdentity::EcdsaP256 { public_key })
+        let Some(tpm) = &entry.usig_tpm else {
+            return Ok(usig::UsigIdentity::EcdsaP256 { public_key });
+        };
+        let field = |name: &str, value: &str| {
+            unhex(value).ok_or_else(|| {
+                ConfigError::Invalid(format!("replica {id}: bad usig_tpm.{name} (not hex)"))
+            })
+        };
+        Ok(usig::UsigIdentity::Tpm {
+            public_key,
+            key_public: field("key_public", &tpm.key_public)?,
+            key_name: field("key_name", &tpm.key_name)?,
+            qualified_signer: field("qualified_signer", &tpm.qualified_signer)?,
+            counter_name: field("counter_name", &tpm.counter_name)?,
+            base_counter: tpm.base_counter,
+        })
+    }
+
+    /// Rewrite the cluster.toml this configuration was loaded from (`path`), atomically
+    /// (temporary file, sync, rename); used by `bftnfs usig-provision`.
+    pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
+        let text = toml::to_string(self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let tmp = path.with_extension("toml.tmp");
+        let _ = std::fs::remove_file(&tmp);
+        write_new(&tmp, text.as_bytes(), 0o644)?;
+        std::fs::rename(&tmp, path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
     }
 
     pub fn client_secrets(&self, client: u64) -> Result<ClientSecrets, ConfigError> {
@@ -416,7 +497,9 @@ pub fn keygen(dir: &Path, opts: &KeygenOptions) -> Result<PathBuf, ConfigError> 
         let usig_key = usig::SigningKey::generate()?;
         let usig_rel = PathBuf::from(format!("keys/replica-{i}.usig.pk8"));
         usig_key.write_file(&dir.join(&usig_rel))?;
-        let usig::UsigIdentity::EcdsaP256 { public_key } = usig_key.identity();
+        let usig::UsigIdentity::EcdsaP256 { public_key } = usig_key.identity() else {
+            unreachable!("a software key has an ECDSA identity")
+        };
         let secrets = ReplicaSecretsFile {
             replica: i,
             link: (0..n)
@@ -443,6 +526,7 @@ pub fn keygen(dir: &Path, opts: &KeygenOptions) -> Result<PathBuf, ConfigError> 
             key_file: rel,
             usig_key_file: usig_rel,
             usig: UsigConfig::default(),
+            usig_tpm: None,
         });
     }
     let mut clients = Vec::new();
@@ -535,6 +619,21 @@ mod usig_config_tests {
     struct Entry {
         #[serde(default)]
         usig: UsigConfig,
+    }
+
+    #[test]
+    fn tpm_usig_reads_from_toml() {
+        let e: Entry =
+            toml::from_str("usig = { kind = \"tpm\", tcti = \"swtpm:host=127.0.0.1,port=2321\" }")
+                .unwrap();
+        assert_eq!(
+            e.usig,
+            UsigConfig::Tpm {
+                tcti: "swtpm:host=127.0.0.1,port=2321".into(),
+                nv_index: None,
+                key_handle: None,
+            }
+        );
     }
 
     #[test]

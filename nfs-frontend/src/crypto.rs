@@ -109,9 +109,7 @@ impl ClusterCrypto {
     fn public(config: &ClusterConfig) -> Result<Inner, ConfigError> {
         let mut usig = Vec::new();
         for r in &config.replicas {
-            let public_key = unhex(&r.usig_public_key)
-                .ok_or_else(|| ConfigError::Invalid(format!("replica {} key", r.id)))?;
-            let id = usig::UsigIdentity::EcdsaP256 { public_key };
+            let id = config.usig_identity(r.id)?;
             usig.push(
                 usig::Verifier::new(&id)
                     .map_err(|_| ConfigError::Invalid(format!("replica {} key", r.id)))?,

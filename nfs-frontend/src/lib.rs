@@ -34,6 +34,7 @@ pub mod op;
 pub mod replica;
 pub mod rpc;
 pub mod server;
+pub mod tpm;
 pub mod unreplicated;
 mod wire;
 

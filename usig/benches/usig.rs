@@ -158,6 +158,46 @@ fn bench_create_ui(c: &mut Criterion) {
     group.finish();
 }
 
+/// The TPM backend on swtpm (feature `tpm`, swtpm installed; otherwise a no-op):
+/// create_ui end to end (five TPM commands plus the last-UI cache write) and the
+/// verification of a TPM UI (attest parse, audit digest rebuild, ECDSA).
+fn bench_tpm(c: &mut Criterion) {
+    #[cfg(feature = "tpm")]
+    {
+        if !usig::swtpm::available() {
+            eprintln!("swtpm not installed: skipping the TPM benchmarks");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let swtpm = usig::swtpm::Swtpm::start(&dir.path().join("swtpm")).unwrap();
+        let location = usig::TpmLocation::new(swtpm.tcti());
+        let identity = usig::tpm::provision(&location).unwrap();
+        let state = dir.path().join("state");
+        fs::create_dir_all(&state).unwrap();
+        let mut tpm = usig::TpmUsig::open(&location, 1, &identity, &state).unwrap();
+        let digest = [3; 32];
+        let ui = tpm.create_ui(&digest).unwrap();
+        let mut group = c.benchmark_group("usig_tpm");
+        group
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(10));
+        group.bench_function("create_ui (swtpm)", |b| {
+            b.iter(|| tpm.create_ui(black_box(&digest)).unwrap())
+        });
+        group.finish();
+        let verifier = Verifier::new(&identity).unwrap();
+        let mut group = c.benchmark_group("usig_verify_ui");
+        group.bench_function("tpm Verifier::verify", |b| {
+            b.iter(|| verifier.verify(1, black_box(&digest), &ui).unwrap())
+        });
+        group.finish();
+        drop(tpm);
+        drop(swtpm);
+    }
+    #[cfg(not(feature = "tpm"))]
+    let _ = c;
+}
+
 /// The durable write alone: the same syscalls SoftwareUsig makes (one 512-byte block in
 /// place in a preallocated file, fdatasync) against the classic atomic replace.
 fn bench_durable_write(c: &mut Criterion) {
@@ -211,6 +251,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_sign, bench_verify, bench_create_ui, bench_durable_write
+    targets = bench_sign, bench_verify, bench_create_ui, bench_durable_write, bench_tpm
 }
 criterion_main!(benches);

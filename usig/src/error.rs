@@ -45,6 +45,9 @@ pub enum UsigError {
     /// `advance_to` was shown a UI this USIG did not certify.
     #[error("not a UI of this USIG: {0}")]
     NotOurs(String),
+    /// The TPM (or the TSS talking to it) refused or failed a command.
+    #[error("TPM: {0}")]
+    Tpm(String),
 }
 
 impl UsigError {
@@ -67,4 +70,8 @@ pub enum VerifyError {
     CertLength { len: usize, expected: usize },
     #[error("UI signature does not verify")]
     BadSignature,
+    /// A TPM UI whose attest is malformed or does not log exactly this replica's
+    /// read–increment–read of counter value `counter` and the message.
+    #[error("TPM UI attest does not certify this counter value and message")]
+    BadAttest,
 }

@@ -26,6 +26,11 @@ mod key;
 mod memory;
 pub mod process;
 mod software;
+#[cfg(feature = "tpm")]
+pub mod swtpm;
+#[cfg(feature = "tpm")]
+pub mod tpm;
+pub mod tpm_attest;
 mod verify;
 
 pub use error::{UsigError, VerifyError};
@@ -33,6 +38,8 @@ pub use key::SigningKey;
 pub use memory::MemoryUsig;
 pub use process::ProcessUsig;
 pub use software::{STATE_FILE_NAME, SoftwareUsig};
+#[cfg(feature = "tpm")]
+pub use tpm::{TpmLocation, TpmUsig};
 pub use verify::{ECDSA_P256_PUBLIC_KEY_LEN, ECDSA_P256_SIGNATURE_LEN, Verifier, verify_ui};
 
 /// SHA-256 digest of the message a UI certifies.
@@ -67,8 +74,8 @@ pub fn certified_bytes(replica: ReplicaId, counter: u64, digest: &Digest) -> [u8
 }
 
 /// What a replica publishes so that everyone can verify its UIs: the public half of its
-/// USIG key. A `Tpm { .. }` variant joins later; its verification differs, which is why
-/// verification dispatches on this enum rather than on a bare key.
+/// USIG key (software and process backends) or its TPM's key, key and counter Names and
+/// base counter (TPM backend); verification dispatches on this enum.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum UsigIdentity {
     /// ECDSA P-256 with SHA-256 over [`certified_bytes`]; `cert` is the 64-byte r‖s.
@@ -76,6 +83,27 @@ pub enum UsigIdentity {
         /// SEC1 uncompressed point (0x04 ‖ x ‖ y), 65 bytes.
         #[serde(with = "serde_bytes")]
         public_key: Vec<u8>,
+    },
+    /// A TPM 2.0 USIG (`tpm_attest` has the UI format): `cert` carries the TPM's signed
+    /// session-audit attest of read–increment–read–stir on the replica's NV counter.
+    Tpm {
+        /// SEC1 uncompressed point of the restricted signing key, 65 bytes.
+        #[serde(with = "serde_bytes")]
+        public_key: Vec<u8>,
+        /// The key's marshalled `TPMT_PUBLIC`: shows restricted, sign, fixedTPM and the
+        /// point; its SHA-256 Name must be `key_name`.
+        #[serde(with = "serde_bytes")]
+        key_public: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        key_name: Vec<u8>,
+        /// The key's qualified Name, as the TPM writes it into every attest it signs.
+        #[serde(with = "serde_bytes")]
+        qualified_signer: Vec<u8>,
+        /// Name of the NV counter index (written, so fixed).
+        #[serde(with = "serde_bytes")]
+        counter_name: Vec<u8>,
+        /// TPM counter value at provisioning; UI counter k is TPM counter value base + k.
+        base_counter: u64,
     },
 }
 

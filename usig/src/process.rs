@@ -167,7 +167,9 @@ fn serve_connection(
 }
 
 fn hello_answer(usig: &dyn Usig) -> Vec<u8> {
-    let UsigIdentity::EcdsaP256 { public_key } = usig.identity();
+    let UsigIdentity::EcdsaP256 { public_key } = usig.identity() else {
+        return error_answer("this server holds a TPM identity; TPM USIGs are not served");
+    };
     let mut body = vec![OK];
     body.extend_from_slice(&usig.replica().to_be_bytes());
     body.extend_from_slice(&(public_key.len() as u16).to_be_bytes());

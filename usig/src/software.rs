@@ -326,7 +326,7 @@ impl std::fmt::Debug for SoftwareUsig {
     }
 }
 
-fn lock_state_dir(state_dir: &Path) -> Result<File, UsigError> {
+pub(crate) fn lock_state_dir(state_dir: &Path) -> Result<File, UsigError> {
     let path = state_dir.join(LOCK_FILE_NAME);
     let lock = OpenOptions::new()
         .write(true)

@@ -4,6 +4,7 @@
 
 use ring::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey};
 
+use crate::tpm_attest::{self, NAME_LEN};
 use crate::{Digest, ReplicaId, Ui, UsigIdentity, VerifyError, certified_bytes};
 
 /// SEC1 uncompressed P-256 point: 0x04 ‖ x ‖ y.
@@ -33,6 +34,12 @@ pub struct Verifier {
 #[derive(Clone, Debug)]
 enum VerifierKey {
     EcdsaP256(UnparsedPublicKey<[u8; ECDSA_P256_PUBLIC_KEY_LEN]>),
+    Tpm {
+        key: UnparsedPublicKey<[u8; ECDSA_P256_PUBLIC_KEY_LEN]>,
+        qualified_signer: Vec<u8>,
+        counter_name: Vec<u8>,
+        base_counter: u64,
+    },
 }
 
 impl Verifier {
@@ -57,6 +64,35 @@ impl Verifier {
                     )),
                 })
             }
+            UsigIdentity::Tpm {
+                public_key,
+                key_public,
+                key_name,
+                qualified_signer,
+                counter_name,
+                base_counter,
+            } => {
+                // The published point must be the one in a restricted, fixedTPM signing
+                // key's public area whose Name is the published key Name.
+                let point = tpm_attest::parse_signing_key_public(key_public)
+                    .ok_or(VerifyError::InvalidPublicKey)?;
+                if point.as_slice() != public_key.as_slice()
+                    || tpm_attest::name_of(key_public).as_slice() != key_name.as_slice()
+                    || qualified_signer.len() != NAME_LEN
+                    || counter_name.len() != NAME_LEN
+                    || counter_name[..2] != tpm_attest::ALG_SHA256.to_be_bytes()
+                {
+                    return Err(VerifyError::InvalidPublicKey);
+                }
+                Ok(Verifier {
+                    key: VerifierKey::Tpm {
+                        key: UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point),
+                        qualified_signer: qualified_signer.clone(),
+                        counter_name: counter_name.clone(),
+                        base_counter: *base_counter,
+                    },
+                })
+            }
         }
     }
 
@@ -74,6 +110,35 @@ impl Verifier {
                     });
                 }
                 key.verify(&certified_bytes(replica, ui.counter, digest), &ui.cert)
+                    .map_err(|_| VerifyError::BadSignature)
+            }
+            VerifierKey::Tpm {
+                key,
+                qualified_signer,
+                counter_name,
+                base_counter,
+            } => {
+                // TPM counter value c = base + counter; the log must show c - 1 → c.
+                let tpm_counter = base_counter
+                    .checked_add(ui.counter)
+                    .ok_or(VerifyError::BadAttest)?;
+                let (attest, signature) =
+                    tpm_attest::split_cert(&ui.cert).ok_or(VerifyError::BadAttest)?;
+                let parsed =
+                    tpm_attest::parse_session_audit(attest).ok_or(VerifyError::BadAttest)?;
+                if parsed.qualified_signer != qualified_signer.as_slice()
+                    || !parsed.extra_data.is_empty()
+                {
+                    return Err(VerifyError::BadAttest);
+                }
+                let stirred = tpm_attest::message_hash(replica, ui.counter, digest);
+                let expected =
+                    tpm_attest::expected_audit_digest(counter_name, tpm_counter - 1, &stirred);
+                if parsed.session_digest != expected.as_slice() {
+                    return Err(VerifyError::BadAttest);
+                }
+                // ECDSA over SHA-256(attest), which is what the TPM signs.
+                key.verify(attest, signature)
                     .map_err(|_| VerifyError::BadSignature)
             }
         }

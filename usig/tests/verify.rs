@@ -122,7 +122,9 @@ fn counter_zero_is_never_valid() {
 
 #[test]
 fn malformed_identities_are_refused() {
-    let UsigIdentity::EcdsaP256 { public_key } = keys().key.identity();
+    let UsigIdentity::EcdsaP256 { public_key } = keys().key.identity() else {
+        unreachable!("a software key has an ECDSA identity")
+    };
     let mut wrong_tag = public_key.clone();
     wrong_tag[0] = 0x02;
     for bad in [

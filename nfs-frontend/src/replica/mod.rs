@@ -377,6 +377,16 @@ fn open_node(
                 false,
             )
         }
+        None if matches!(
+            config.replicas[id as usize].usig,
+            crate::config::UsigConfig::Tpm { .. }
+        ) =>
+        {
+            let usig_dir = opts.data_dir.join("usig");
+            std::fs::create_dir_all(&usig_dir)?;
+            // The TPM's counter is its own authority: keep the write-ahead intent.
+            (crate::tpm::open_usig(&config, id, &usig_dir)?, false)
+        }
         None => {
             let usig_dir = opts.data_dir.join("usig");
             std::fs::create_dir_all(&usig_dir)?;

@@ -1,7 +1,7 @@
 //! `bftnfs`: the one command-line entry point of bftnfs.
 //!
 //! Each subcommand lives in its own module with its own `Args` and `run`, so adding one
-//! (`keygen`, `replica`, `frontend`, `up`, `usig-server`) is a new file plus one variant
+//! (`keygen`, `replica`, `frontend`, `up`, `usig-server`, `usig-provision`) is a new file plus one variant
 //! and one match arm here. Each `run` builds the runtime it needs; logging is set up once
 //! here from `RUST_LOG` (default `info`), on stderr, so stdout stays for what a script
 //! reads (addresses, URLs).
@@ -11,6 +11,7 @@ mod keygen;
 mod replica;
 mod serve;
 mod up;
+mod usig_provision;
 mod usig_server;
 
 use clap::{Parser, Subcommand};
@@ -40,6 +41,7 @@ enum Command {
     Frontend(frontend::Args),
     Up(up::Args),
     UsigServer(usig_server::Args),
+    UsigProvision(usig_provision::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -58,6 +60,7 @@ fn main() -> anyhow::Result<()> {
         Command::Frontend(args) => frontend::run(args),
         Command::Up(args) => up::run(args),
         Command::UsigServer(args) => usig_server::run(args),
+        Command::UsigProvision(args) => usig_provision::run(args),
     }
 }
 

@@ -14,6 +14,8 @@ use crate::shutdown_signal;
 
 /// Run replica ID of the cluster described by FILE.
 ///
+/// Its USIG is the one cluster.toml configures for it (`usig = { kind = "software" |
+/// "process" | "tpm", … }`; "tpm" needs a build with `--features tpm`).
 /// Its backing tree is DIR/export; DIR also holds the USIG state (DIR/usig), the protocol
 /// log, checkpoint snapshots and a pid file. Killed or crashed, it restarts with the same
 /// command and catches up from the others. Stops cleanly on SIGINT or SIGTERM.
@@ -58,7 +60,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             usig_socket: args.usig_socket.clone().or_else(|| {
                 match &config.replicas[args.id as usize].usig {
                     nfs_frontend::config::UsigConfig::Process { socket } => Some(socket.clone()),
-                    nfs_frontend::config::UsigConfig::Software => None,
+                    nfs_frontend::config::UsigConfig::Software
+                    | nfs_frontend::config::UsigConfig::Tpm { .. } => None,
                 }
             }),
             serve_corrupt_chunks: false,

@@ -28,10 +28,12 @@ pub struct Args {
     /// NFS address of the frontend. Port 0 picks a free port.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:2049")]
     listen: SocketAddr,
-    /// Where each replica's USIG lives: `software` (in the replica process) or `process`
+    /// Where each replica's USIG lives: `software` (in the replica process), `process`
     /// (a separate `bftnfs usig-server` per replica, socket DIR/replica-<i>/usig.sock,
-    /// state DIR/replica-<i>/usig-server; the replica never reads the key).
-    #[arg(long, value_name = "KIND", default_value = "software", value_parser = ["software", "process"])]
+    /// state DIR/replica-<i>/usig-server; the replica never reads the key) or `tpm` (one
+    /// swtpm per replica on free loopback ports, state DIR/replica-<i>/swtpm, provisioned
+    /// on first use and stopped on exit; needs swtpm and a build with `--features tpm`).
+    #[arg(long, value_name = "KIND", default_value = "software", value_parser = ["software", "process", "tpm"])]
     usig: String,
 }
 
@@ -52,6 +54,33 @@ impl Drop for Children {
     }
 }
 
+#[cfg(feature = "tpm")]
+fn start_swtpms(args: &Args, config: &std::path::Path) -> anyhow::Result<Vec<usig::swtpm::Swtpm>> {
+    if args.usig != "tpm" {
+        return Ok(Vec::new());
+    }
+    anyhow::ensure!(
+        usig::swtpm::available(),
+        "--usig tpm needs swtpm: apt-get install swtpm swtpm-tools"
+    );
+    let swtpms = nfs_frontend::tpm::start_swtpms(config, &args.dir)
+        .context("starting and provisioning one swtpm per replica")?;
+    for (i, s) in swtpms.iter().enumerate() {
+        info!(replica = i, tcti = %s.tcti(), "swtpm started");
+    }
+    Ok(swtpms)
+}
+
+#[cfg(not(feature = "tpm"))]
+fn start_swtpms(args: &Args, _config: &std::path::Path) -> anyhow::Result<Vec<()>> {
+    anyhow::ensure!(
+        args.usig != "tpm",
+        "--usig tpm: this bftnfs was built without the `tpm` feature; rebuild with \
+         `cargo build --features tpm` (needs libtss2-dev)"
+    );
+    Ok(Vec::new())
+}
+
 pub fn run(args: Args) -> anyhow::Result<()> {
     let path = ensure_keys(&args.dir, args.f, true, 16)?;
     let config = Arc::new(ClusterConfig::load(&path)?);
@@ -62,6 +91,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         config.f
     );
     let exe = std::env::current_exe().context("locating the bftnfs binary")?;
+    // Declared before `children`, so dropped after them: replicas stop before their TPMs.
+    let _swtpms = start_swtpms(&args, &path)?;
     let mut children = Children(Vec::new());
     for i in 0..config.n() {
         let data = args.dir.join(format!("replica-{i}"));

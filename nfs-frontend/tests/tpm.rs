@@ -1,0 +1,291 @@
+//! The replicated file system with every replica's USIG on its own TPM (swtpm), feature
+//! `tpm`: an embedded cluster running an NFS workload through nfs3_client with every
+//! result checked, and `bftnfs up --usig tpm` with the libnfs tools. Each swtpm is on
+//! free loopback ports with its state under the test's temporary directory and is killed
+//! when its cluster stops. Skipped (with a note) when swtpm is not installed.
+#![cfg(feature = "tpm")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{connect, have};
+use nfs_frontend::config::{ClusterConfig, UsigConfig};
+use nfs_frontend::{ClusterOptions, LocalCluster};
+use nfs3_client::nfs3_types::nfs3::*;
+use nfs3_client::nfs3_types::xdr_codec::Opaque;
+
+fn dirop(dir: &nfs_fh3, n: &str) -> diropargs3<'static> {
+    diropargs3 {
+        dir: dir.clone(),
+        name: filename3(Opaque::owned(n.as_bytes().to_vec())),
+    }
+}
+
+fn have_swtpm() -> bool {
+    let ok = usig::swtpm::available();
+    if !ok {
+        eprintln!("SKIPPED: swtpm missing (apt-get install swtpm swtpm-tools)");
+    }
+    ok
+}
+
+/// Runs `f` on a thread and fails the test if it takes longer than `limit`.
+fn bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .expect("test exceeded its time bound")
+}
+
+fn trees_equal(a: &Path, b: &Path) -> bool {
+    Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(a)
+        .arg(b)
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The TCTIs cluster.toml points the replicas at; all must be TPM USIGs.
+fn tctis(dir: &Path) -> Vec<String> {
+    let config = ClusterConfig::load(&dir.join("cluster.toml")).expect("cluster.toml");
+    config
+        .replicas
+        .iter()
+        .map(|r| match &r.usig {
+            UsigConfig::Tpm { tcti, .. } => {
+                assert!(r.usig_tpm.is_some(), "replica {} has a TPM identity", r.id);
+                tcti.clone()
+            }
+            other => panic!("replica {} is not on a TPM: {other:?}", r.id),
+        })
+        .collect()
+}
+
+fn port_of(tcti: &str) -> u16 {
+    tcti.rsplit("port=").next().unwrap().parse().unwrap()
+}
+
+/// Every replica ordered with its TPM: its last TPM UI is cached and verifies under the
+/// identity cluster.toml publishes.
+fn check_tpm_uis(dir: &Path) {
+    let config = ClusterConfig::load(&dir.join("cluster.toml")).expect("cluster.toml");
+    for id in 0..config.n() {
+        let identity = config.usig_identity(id).expect("identity");
+        assert!(matches!(identity, usig::UsigIdentity::Tpm { .. }));
+        let last = dir
+            .join(format!("replica-{id}"))
+            .join("usig")
+            .join(usig::tpm::LAST_FILE_NAME);
+        let bytes = std::fs::read(&last).unwrap_or_else(|e| panic!("{}: {e}", last.display()));
+        assert!(bytes.len() > 100, "replica {id} issued TPM UIs");
+    }
+}
+
+#[test]
+fn tpm_cluster_runs_an_nfs_workload_with_one_swtpm_per_replica() {
+    if !have_swtpm() {
+        return;
+    }
+    bounded(Duration::from_secs(240), || {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cluster = LocalCluster::start(ClusterOptions {
+            dir: tmp.path().join("c"),
+            tpm_usig: true,
+            ..ClusterOptions::default()
+        })
+        .expect("TPM cluster starts");
+        let dir = cluster.dir().to_path_buf();
+        let ports: Vec<u16> = tctis(&dir).iter().map(|t| port_of(t)).collect();
+        assert_eq!(ports.len(), 3);
+        let addr = cluster.nfs_addr();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            let mut c = connect(addr, 0, 0).await;
+            let root = c.root_nfs_fh3();
+            let d = c
+                .mkdir(&MKDIR3args {
+                    where_: dirop(&root, "d"),
+                    attributes: sattr3::default(),
+                })
+                .await
+                .expect("rpc")
+                .unwrap()
+                .obj
+                .unwrap();
+            let mut files = Vec::new();
+            for i in 0..12u8 {
+                let name = format!("f{i}");
+                let f = c
+                    .create(&CREATE3args {
+                        where_: dirop(&d, &name),
+                        how: createhow3::UNCHECKED(sattr3::default()),
+                    })
+                    .await
+                    .expect("rpc")
+                    .unwrap()
+                    .obj
+                    .unwrap();
+                let data = vec![i.wrapping_mul(7); 1000 + usize::from(i) * 100];
+                let w = c
+                    .write(&WRITE3args {
+                        file: f.clone(),
+                        offset: 0,
+                        count: data.len() as u32,
+                        stable: stable_how::FILE_SYNC,
+                        data: Opaque::owned(data.clone()),
+                    })
+                    .await
+                    .expect("rpc")
+                    .unwrap();
+                assert_eq!(w.count as usize, data.len());
+                files.push((name, f, data));
+            }
+            for (name, f, data) in &files {
+                let r = c
+                    .read(&READ3args {
+                        file: f.clone(),
+                        offset: 0,
+                        count: 1 << 16,
+                    })
+                    .await
+                    .expect("rpc")
+                    .unwrap();
+                assert!(r.eof, "{name}");
+                assert_eq!(r.data.as_ref(), data.as_slice(), "{name} reads back");
+            }
+            c.remove(&REMOVE3args {
+                object: dirop(&d, "f0"),
+            })
+            .await
+            .expect("rpc")
+            .unwrap();
+            let gone = c
+                .lookup(&LOOKUP3args {
+                    what: dirop(&d, "f0"),
+                })
+                .await
+                .expect("rpc");
+            assert!(matches!(gone, Nfs3Result::Err(_)), "removed file is gone");
+            let listing = c
+                .readdir(&READDIR3args {
+                    dir: d.clone(),
+                    cookie: 0,
+                    cookieverf: cookieverf3::default(),
+                    count: 8192,
+                })
+                .await
+                .expect("rpc")
+                .unwrap();
+            let mut names: Vec<String> = listing
+                .reply
+                .entries
+                .0
+                .iter()
+                .map(|e| String::from_utf8_lossy(e.name.0.as_ref()).into_owned())
+                .filter(|n| n != "." && n != "..")
+                .collect();
+            names.sort();
+            let mut expected: Vec<String> = (1..12).map(|i| format!("f{i}")).collect();
+            expected.sort();
+            assert_eq!(names, expected);
+        });
+        // Let the last batch's COMMITs reach every replica before stopping.
+        std::thread::sleep(Duration::from_millis(500));
+        let exports: Vec<PathBuf> = (0..3).map(|i| cluster.export_dir(i)).collect();
+        cluster.stop().expect("stop");
+        assert!(
+            trees_equal(&exports[0], &exports[1]),
+            "replica 0 and 1 differ"
+        );
+        assert!(
+            trees_equal(&exports[0], &exports[2]),
+            "replica 0 and 2 differ"
+        );
+        check_tpm_uis(&dir);
+        for port in ports {
+            assert!(
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+                "swtpm on port {port} was stopped with the cluster"
+            );
+        }
+    });
+}
+
+#[test]
+fn tpm_bftnfs_up_round_trip_with_libnfs() {
+    if !(have("nfs-cp") && have("nfs-cat")) {
+        eprintln!("SKIPPED: libnfs-utils missing (apt-get install libnfs-utils)");
+        return;
+    }
+    if !have_swtpm() {
+        return;
+    }
+    bounded(Duration::from_secs(180), || {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("cluster");
+        let src = tmp.path().join("in.txt");
+        std::fs::write(&src, b"ordered by TPM USIGs\n").expect("source");
+        let mut up = Command::new(env!("CARGO_BIN_EXE_bftnfs"))
+            .args(["up", "--listen", "127.0.0.1:0", "--usig", "tpm", "--dir"])
+            .arg(&dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn bftnfs up");
+        let port = common::port_from_stdout(&mut up).expect("bftnfs up printed its URL");
+        let tool = |cmd: &mut Command| {
+            let out = cmd.output().expect("run libnfs tool");
+            assert!(
+                out.status.success(),
+                "{cmd:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        };
+        tool(
+            Command::new("nfs-cp")
+                .arg(&src)
+                .arg(common::url(port, "//t.txt")),
+        );
+        let back = tool(Command::new("nfs-cat").arg(common::url(port, "//t.txt")));
+        assert_eq!(back, b"ordered by TPM USIGs\n");
+        let ports: Vec<u16> = tctis(&dir).iter().map(|t| port_of(t)).collect();
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(up.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if up.try_wait().expect("wait").is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = up.kill();
+                let _ = up.wait();
+                panic!("bftnfs up did not stop within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        check_tpm_uis(&dir);
+        for i in 0..3 {
+            assert_eq!(
+                std::fs::read(dir.join(format!("replica-{i}/export/t.txt"))).expect("backing"),
+                b"ordered by TPM USIGs\n"
+            );
+        }
+        for port in ports {
+            assert!(
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+                "swtpm on port {port} was stopped with bftnfs up"
+            );
+        }
+    });
+}

@@ -1,0 +1,1105 @@
+//! The TPM 2.0 USIG (MinBFT section 7), feature `tpm`: the counter is a TPM NV counter
+//! index and the certificate a restricted TPM key's signature over a session-audit
+//! digest, the audited read–increment–read design of `notes/tpm-usig.md`
+//! ([`crate::tpm_attest`] has the format and why it keeps the USIG property).
+//!
+//! Talks to the TPM through tpm2-tss's ESYS (raw `tss-esapi` 7.7 bindings: the safe
+//! wrapper has no `GetSessionAuditDigest`), over any TCTI: `swtpm:host=127.0.0.1,port=P`
+//! for swtpm, `device:/dev/tpmrm0` for a chip behind the kernel's resource manager.
+//!
+//! The TPM is the authority on the counter: a crash between the increment and the UI
+//! leaving wastes that value (a gap, a liveness matter only), and nothing local can make
+//! the counter go back. The last issued UI is cached in `state_dir/usig-tpm.last` (written
+//! before `create_ui` returns, not fsynced, verified when read) so [`Usig::last_issued`]
+//! survives restarts of the holder; the cache is untrusted, a forged one fails
+//! verification, and losing it to a power cut costs a gap only.
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::path::{Path, PathBuf};
+use std::ptr::{null, null_mut};
+
+use tss_esapi::tss2_esys as sys;
+
+use crate::tpm_attest::{self, ALG_ECC, ALG_ECDSA, ALG_NULL, ALG_SHA256, ECC_NIST_P256};
+use crate::{Digest, IssuedUi, ReplicaId, Ui, Usig, UsigError, UsigIdentity, Verifier};
+
+/// Default NV index of the counter ("BF" in the owner range of NV indices).
+pub const DEFAULT_NV_INDEX: u32 = 0x0150_4246;
+/// Default persistent handle of the signing key.
+pub const DEFAULT_KEY_HANDLE: u32 = 0x8101_4246;
+/// Name of the last-issued-UI cache file in the state directory.
+pub const LAST_FILE_NAME: &str = "usig-tpm.last";
+
+const LAST_MAGIC: &[u8; 16] = b"bftnfs/tpm-last1";
+const LAST_FILE_BYTES_MAX: u64 = 4096;
+
+const SESSION_CONTINUE: u8 = 0x01;
+const SESSION_AUDIT_RESET: u8 = 0x04;
+const SESSION_AUDIT: u8 = 0x80;
+const SE_HMAC: u8 = 0x00;
+
+const NV_AUTHWRITE: u32 = 0x0000_0004;
+const NV_TYPE_COUNTER: u32 = 0x1 << 4;
+const NV_AUTHREAD: u32 = 0x0004_0000;
+const NV_NO_DA: u32 = 0x0200_0000;
+
+/// `TPM_RC_NV_DEFINED` and `TPM_RC_NV_SPACE`-style "already there" answers.
+const RC_NV_DEFINED: u32 = 0x14C;
+/// How often `create_ui` retries when another TPM user incremented the counter between
+/// this session's reads (each try wastes one value).
+const CONCURRENT_INCREMENT_TRIES: u32 = 3;
+
+fn tpm_err(what: &str, rc: u32) -> UsigError {
+    UsigError::Tpm(format!("{what} failed: TSS return code {rc:#x}"))
+}
+
+/// One ESYS context over one TCTI connection.
+struct Esys {
+    ctx: *mut sys::ESYS_CONTEXT,
+    tcti: *mut sys::TSS2_TCTI_CONTEXT,
+}
+
+// The context is used by one thread at a time (`&mut self`) and never shared.
+unsafe impl Send for Esys {}
+
+impl Esys {
+    fn connect(tcti: &str) -> Result<Esys, UsigError> {
+        let conf = CString::new(tcti)
+            .map_err(|_| UsigError::Tpm(format!("TCTI {tcti:?} contains a NUL byte")))?;
+        let mut esys = Esys {
+            ctx: null_mut(),
+            tcti: null_mut(),
+        };
+        // SAFETY: valid C string and out-pointers; freed in Drop.
+        let rc = unsafe { sys::Tss2_TctiLdr_Initialize(conf.as_ptr(), &mut esys.tcti) };
+        if rc != 0 {
+            return Err(UsigError::Tpm(format!(
+                "cannot open TCTI {tcti:?} (is the TPM or swtpm there?): TSS return code {rc:#x}"
+            )));
+        }
+        // SAFETY: tcti was initialised above.
+        let rc = unsafe { sys::Esys_Initialize(&mut esys.ctx, esys.tcti, null_mut()) };
+        if rc != 0 {
+            return Err(tpm_err("Esys_Initialize", rc));
+        }
+        Ok(esys)
+    }
+
+    fn tr_from_public(&mut self, handle: u32) -> Result<sys::ESYS_TR, UsigError> {
+        let mut tr = sys::ESYS_TR_NONE;
+        // SAFETY: no sessions (tpm2-tss 3.2.1 crashes with a password session here).
+        let rc = unsafe {
+            sys::Esys_TR_FromTPMPublic(
+                self.ctx,
+                handle,
+                sys::ESYS_TR_NONE,
+                sys::ESYS_TR_NONE,
+                sys::ESYS_TR_NONE,
+                &mut tr,
+            )
+        };
+        if rc != 0 {
+            return Err(UsigError::Tpm(format!(
+                "TPM handle {handle:#010x} not found or unreadable (provisioned? run bftnfs \
+                 usig-provision): TSS return code {rc:#x}"
+            )));
+        }
+        Ok(tr)
+    }
+
+    fn name(&mut self, tr: sys::ESYS_TR) -> Result<Vec<u8>, UsigError> {
+        let mut name: *mut sys::TPM2B_NAME = null_mut();
+        // SAFETY: out-pointer freed with Esys_Free below.
+        let rc = unsafe { sys::Esys_TR_GetName(self.ctx, tr, &mut name) };
+        if rc != 0 {
+            return Err(tpm_err("Esys_TR_GetName", rc));
+        }
+        // SAFETY: ESYS returned a valid TPM2B_NAME.
+        let out = unsafe { (&(*name).name)[..(*name).size as usize].to_vec() };
+        unsafe { sys::Esys_Free(name.cast()) };
+        Ok(out)
+    }
+
+    /// (marshalled TPMT_PUBLIC, Name, qualified Name) of a loaded object.
+    #[allow(clippy::type_complexity)]
+    fn read_public(&mut self, tr: sys::ESYS_TR) -> Result<(Vec<u8>, Vec<u8>, Vec<u8>), UsigError> {
+        let mut public: *mut sys::TPM2B_PUBLIC = null_mut();
+        let mut name: *mut sys::TPM2B_NAME = null_mut();
+        let mut qualified: *mut sys::TPM2B_NAME = null_mut();
+        // SAFETY: out-pointers freed below.
+        let rc = unsafe {
+            sys::Esys_ReadPublic(
+                self.ctx,
+                tr,
+                sys::ESYS_TR_NONE,
+                sys::ESYS_TR_NONE,
+                sys::ESYS_TR_NONE,
+                &mut public,
+                &mut name,
+                &mut qualified,
+            )
+        };
+        if rc != 0 {
+            return Err(tpm_err("ReadPublic", rc));
+        }
+        let mut area = vec![0u8; 1024];
+        let mut offset = 0usize;
+        // SAFETY: ESYS returned valid structures; buffer and size match.
+        let mrc = unsafe {
+            sys::Tss2_MU_TPMT_PUBLIC_Marshal(
+                &(*public).publicArea,
+                area.as_mut_ptr(),
+                area.len() as _,
+                &mut offset as *mut usize as *mut _,
+            )
+        };
+        let out = unsafe {
+            (
+                (&(*name).name)[..(*name).size as usize].to_vec(),
+                (&(*qualified).name)[..(*qualified).size as usize].to_vec(),
+            )
+        };
+        unsafe {
+            sys::Esys_Free(public.cast());
+            sys::Esys_Free(name.cast());
+            sys::Esys_Free(qualified.cast());
+        }
+        if mrc != 0 {
+            return Err(tpm_err("marshalling the key's public area", mrc));
+        }
+        area.truncate(offset);
+        Ok((area, out.0, out.1))
+    }
+
+    fn start_audit_session(&mut self) -> Result<sys::ESYS_TR, UsigError> {
+        let symmetric = sys::TPMT_SYM_DEF {
+            algorithm: ALG_NULL,
+            // SAFETY: all-zero is a valid value of these plain unions.
+            keyBits: unsafe { std::mem::zeroed() },
+            mode: unsafe { std::mem::zeroed() },
+        };
+        let mut session = sys::ESYS_TR_NONE;
+        // SAFETY: valid arguments; the session is flushed by the caller.
+        let rc = unsafe {
+            sys::Esys_StartAuthSession(
+                self.ctx,
+                sys::ESYS_TR_NONE,
+                sys::ESYS_TR_NONE,
+                sys::ESYS_TR_NONE,
+                sys::ESYS_TR_NONE,
+                sys::ESYS_TR_NONE,
+                null(),
+                SE_HMAC,
+                &symmetric,
+                ALG_SHA256,
+                &mut session,
+            )
+        };
+        if rc != 0 {
+            return Err(tpm_err("StartAuthSession", rc));
+        }
+        Ok(session)
+    }
+
+    /// Start an audit session; if the TPM has no session slot left (swtpm has no
+    /// resource manager, and a holder killed mid-run leaves its session loaded), flush
+    /// the loaded sessions and try once more. Flushing another user's session costs that
+    /// user a retry, never safety.
+    fn start_audit_session_recovering(&mut self) -> Result<sys::ESYS_TR, UsigError> {
+        match self.start_audit_session() {
+            Ok(s) => Ok(s),
+            Err(first) => {
+                if self.flush_loaded_sessions()? == 0 {
+                    return Err(first);
+                }
+                self.start_audit_session()
+            }
+        }
+    }
+
+    /// Whether the TPM lists `handle` (a persistent or NV handle): probing with
+    /// `TR_FromTPMPublic` instead would make tpm2-tss log errors for a missing one.
+    fn handle_exists(&mut self, handle: u32) -> Result<bool, UsigError> {
+        Ok(self.list_handles(handle & 0xFF00_0000)?.contains(&handle))
+    }
+
+    fn list_handles(&mut self, first: u32) -> Result<Vec<u32>, UsigError> {
+        const CAP_HANDLES: u32 = 1;
+        let mut more = 0u8;
+        let mut data: *mut sys::TPMS_CAPABILITY_DATA = null_mut();
+        // SAFETY: out-pointers freed below.
+        let rc = unsafe {
+            sys::Esys_GetCapability(
+                self.ctx,
+                sys::ESYS_TR_NONE,
+                sys::ESYS_TR_NONE,
+                sys::ESYS_TR_NONE,
+                CAP_HANDLES,
+                first,
+                254,
+                &mut more,
+                &mut data,
+            )
+        };
+        if rc != 0 {
+            return Err(tpm_err("GetCapability (handles)", rc));
+        }
+        // SAFETY: capability HANDLES selects the `handles` member.
+        let handles = unsafe {
+            let list = &(*data).data.handles;
+            let n = (list.count as usize).min(list.handle.len());
+            let v = list.handle[..n].to_vec();
+            sys::Esys_Free(data.cast());
+            v
+        };
+        Ok(handles
+            .into_iter()
+            .filter(|h| h >> 24 == first >> 24)
+            .collect())
+    }
+
+    /// Flush every loaded session the TPM lists; returns how many.
+    fn flush_loaded_sessions(&mut self) -> Result<usize, UsigError> {
+        const CAP_HANDLES: u32 = 1;
+        const LOADED_SESSION_FIRST: u32 = 0x0200_0000;
+        let mut more = 0u8;
+        let mut data: *mut sys::TPMS_CAPABILITY_DATA = null_mut();
+        // SAFETY: out-pointers freed below.
+        let rc = unsafe {
+            sys::Esys_GetCapability(
+                self.ctx,
+                sys::ESYS_TR_NONE,
+                sys::ESYS_TR_NONE,
+                sys::ESYS_TR_NONE,
+                CAP_HANDLES,
+                LOADED_SESSION_FIRST,
+                64,
+                &mut more,
+                &mut data,
+            )
+        };
+        if rc != 0 {
+            return Err(tpm_err("GetCapability (loaded sessions)", rc));
+        }
+        // SAFETY: capability HANDLES selects the `handles` member.
+        let handles: Vec<u32> = unsafe {
+            let list = &(*data).data.handles;
+            let n = (list.count as usize).min(list.handle.len());
+            let v = list.handle[..n].to_vec();
+            sys::Esys_Free(data.cast());
+            v
+        };
+        let mut sys_ctx: *mut sys::TSS2_SYS_CONTEXT = null_mut();
+        // SAFETY: the SYS context belongs to this ESYS context and is used in between
+        // ESYS calls only.
+        let rc = unsafe { sys::Esys_GetSysContext(self.ctx, &mut sys_ctx) };
+        if rc != 0 {
+            return Err(tpm_err("Esys_GetSysContext", rc));
+        }
+        let mut flushed = 0;
+        for h in handles.into_iter().filter(|h| h >> 24 == 0x02) {
+            if unsafe { sys::Tss2_Sys_FlushContext(sys_ctx, h) } == 0 {
+                flushed += 1;
+            }
+        }
+        Ok(flushed)
+    }
+
+    fn flush(&mut self, tr: sys::ESYS_TR) {
+        // SAFETY: best effort; an unknown handle only yields an error code.
+        unsafe { sys::Esys_FlushContext(self.ctx, tr) };
+    }
+
+    fn set_session_attributes(
+        &mut self,
+        session: sys::ESYS_TR,
+        flags: u8,
+    ) -> Result<(), UsigError> {
+        // SAFETY: plain call on a live session.
+        let rc = unsafe { sys::Esys_TRSess_SetAttributes(self.ctx, session, flags, 0xFF) };
+        if rc != 0 {
+            return Err(tpm_err("TRSess_SetAttributes", rc));
+        }
+        Ok(())
+    }
+
+    /// NV_Read of the 8-byte counter, authorised (and audited) by `session`, or by the
+    /// empty password if `session` is `ESYS_TR_PASSWORD`.
+    fn read_counter(&mut self, nv: sys::ESYS_TR, session: sys::ESYS_TR) -> Result<u64, UsigError> {
+        let mut data: *mut sys::TPM2B_MAX_NV_BUFFER = null_mut();
+        // SAFETY: out-pointer freed below.
+        let rc = unsafe {
+            sys::Esys_NV_Read(
+                self.ctx,
+                nv,
+                nv,
+                session,
+                sys::ESYS_TR_NONE,
+                sys::ESYS_TR_NONE,
+                8,
+                0,
+                &mut data,
+            )
+        };
+        if rc != 0 {
+            return Err(tpm_err("NV_Read of the counter", rc));
+        }
+        // SAFETY: ESYS returned a valid buffer.
+        let bytes = unsafe { (&(*data).buffer)[..(*data).size as usize].to_vec() };
+        unsafe { sys::Esys_Free(data.cast()) };
+        let bytes: [u8; 8] = bytes
+            .try_into()
+            .map_err(|_| UsigError::Tpm("NV_Read returned other than 8 bytes".into()))?;
+        Ok(u64::from_be_bytes(bytes))
+    }
+
+    fn increment(&mut self, nv: sys::ESYS_TR, session: sys::ESYS_TR) -> Result<(), UsigError> {
+        // SAFETY: plain call.
+        let rc = unsafe {
+            sys::Esys_NV_Increment(
+                self.ctx,
+                nv,
+                nv,
+                session,
+                sys::ESYS_TR_NONE,
+                sys::ESYS_TR_NONE,
+            )
+        };
+        if rc != 0 {
+            return Err(tpm_err("NV_Increment of the counter", rc));
+        }
+        Ok(())
+    }
+
+    fn stir(&mut self, session: sys::ESYS_TR, data: &[u8; 32]) -> Result<(), UsigError> {
+        // SAFETY: all-zero is a valid TPM2B.
+        let mut input: sys::TPM2B_SENSITIVE_DATA = unsafe { std::mem::zeroed() };
+        input.size = 32;
+        input.buffer[..32].copy_from_slice(data);
+        let rc = unsafe {
+            sys::Esys_StirRandom(
+                self.ctx,
+                session,
+                sys::ESYS_TR_NONE,
+                sys::ESYS_TR_NONE,
+                &input,
+            )
+        };
+        if rc != 0 {
+            return Err(tpm_err("StirRandom", rc));
+        }
+        Ok(())
+    }
+
+    /// GetSessionAuditDigest of `session`, signed by `key`: (attest bytes, r ‖ s).
+    fn signed_audit_digest(
+        &mut self,
+        key: sys::ESYS_TR,
+        session: sys::ESYS_TR,
+    ) -> Result<(Vec<u8>, [u8; 64]), UsigError> {
+        // SAFETY: all-zero is a valid empty TPM2B_DATA / NULL scheme after setting it.
+        let qualifying: sys::TPM2B_DATA = unsafe { std::mem::zeroed() };
+        let mut scheme: sys::TPMT_SIG_SCHEME = unsafe { std::mem::zeroed() };
+        scheme.scheme = ALG_NULL;
+        let mut attest: *mut sys::TPM2B_ATTEST = null_mut();
+        let mut signature: *mut sys::TPMT_SIGNATURE = null_mut();
+        let rc = unsafe {
+            sys::Esys_GetSessionAuditDigest(
+                self.ctx,
+                sys::ESYS_TR_RH_ENDORSEMENT,
+                key,
+                session,
+                sys::ESYS_TR_PASSWORD,
+                sys::ESYS_TR_PASSWORD,
+                sys::ESYS_TR_NONE,
+                &qualifying,
+                &scheme,
+                &mut attest,
+                &mut signature,
+            )
+        };
+        if rc != 0 {
+            return Err(tpm_err("GetSessionAuditDigest", rc));
+        }
+        // SAFETY: ESYS returned valid structures, freed right after copying.
+        unsafe {
+            let bytes = (&(*attest).attestationData)[..(*attest).size as usize].to_vec();
+            let sig = ecdsa_signature(&*signature);
+            sys::Esys_Free(attest.cast());
+            sys::Esys_Free(signature.cast());
+            sig.map(|s| (bytes, s))
+        }
+    }
+}
+
+/// r ‖ s, each left-padded to 32 bytes, of an ECDSA `TPMT_SIGNATURE`.
+fn ecdsa_signature(signature: &sys::TPMT_SIGNATURE) -> Result<[u8; 64], UsigError> {
+    if signature.sigAlg != ALG_ECDSA {
+        return Err(UsigError::Tpm(format!(
+            "the key signed with algorithm {:#x}, not ECDSA",
+            signature.sigAlg
+        )));
+    }
+    // SAFETY: sigAlg says which union member is valid.
+    let ecdsa = unsafe { signature.signature.ecdsa };
+    let mut out = [0u8; 64];
+    for (i, part) in [ecdsa.signatureR, ecdsa.signatureS].iter().enumerate() {
+        let len = part.size as usize;
+        if len > 32 {
+            return Err(UsigError::Tpm(
+                "ECDSA signature part longer than 32 bytes".into(),
+            ));
+        }
+        out[i * 32 + 32 - len..(i + 1) * 32].copy_from_slice(&part.buffer[..len]);
+    }
+    Ok(out)
+}
+
+impl Drop for Esys {
+    fn drop(&mut self) {
+        // SAFETY: pointers came from the initialisers (or are null, which both accept).
+        unsafe {
+            if !self.ctx.is_null() {
+                sys::Esys_Finalize(&mut self.ctx);
+            }
+            if !self.tcti.is_null() {
+                sys::Tss2_TctiLdr_Finalize(&mut self.tcti);
+            }
+        }
+    }
+}
+
+/// Where a replica's USIG lives in its TPM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TpmLocation {
+    /// TCTI configuration string, e.g. `swtpm:host=127.0.0.1,port=2321`.
+    pub tcti: String,
+    /// NV index of the counter (0x01xxxxxx).
+    pub nv_index: u32,
+    /// Persistent handle of the signing key (0x81xxxxxx).
+    pub key_handle: u32,
+}
+
+impl TpmLocation {
+    /// The default handles at `tcti`.
+    pub fn new(tcti: impl Into<String>) -> Self {
+        TpmLocation {
+            tcti: tcti.into(),
+            nv_index: DEFAULT_NV_INDEX,
+            key_handle: DEFAULT_KEY_HANDLE,
+        }
+    }
+}
+
+/// Provision a TPM for one replica: define the NV counter (authread/authwrite, no-DA) and
+/// increment it once so its Name is fixed; create the restricted P-256 ECDSA signing key
+/// and make it persistent; return the identity to publish. An existing counter index or
+/// key at the given handles is reused (the counter only grows, so the new base counter is
+/// above every UI issued before: provisioning again re-bases the replica).
+pub fn provision(location: &TpmLocation) -> Result<UsigIdentity, UsigError> {
+    let mut esys = Esys::connect(&location.tcti)?;
+    if location.nv_index >> 24 != 0x01 {
+        return Err(UsigError::Tpm(format!(
+            "NV index {:#010x} is not an NV index handle (0x01xxxxxx)",
+            location.nv_index
+        )));
+    }
+    if location.key_handle >> 24 != 0x81 {
+        return Err(UsigError::Tpm(format!(
+            "key handle {:#010x} is not a persistent handle (0x81xxxxxx)",
+            location.key_handle
+        )));
+    }
+    // The counter index.
+    // SAFETY: all-zero TPM2B_AUTH is the empty auth; the public area is filled in.
+    let auth: sys::TPM2B_AUTH = unsafe { std::mem::zeroed() };
+    let mut public: sys::TPM2B_NV_PUBLIC = unsafe { std::mem::zeroed() };
+    public.nvPublic.nvIndex = location.nv_index;
+    public.nvPublic.nameAlg = ALG_SHA256;
+    public.nvPublic.attributes = NV_AUTHWRITE | NV_AUTHREAD | NV_NO_DA | NV_TYPE_COUNTER;
+    public.nvPublic.dataSize = 8;
+    let mut nv = sys::ESYS_TR_NONE;
+    let rc = if esys.handle_exists(location.nv_index)? {
+        RC_NV_DEFINED
+    } else {
+        // SAFETY: valid structures; the handle object is released with the context.
+        unsafe {
+            sys::Esys_NV_DefineSpace(
+                esys.ctx,
+                sys::ESYS_TR_RH_OWNER,
+                sys::ESYS_TR_PASSWORD,
+                sys::ESYS_TR_NONE,
+                sys::ESYS_TR_NONE,
+                &auth,
+                &public,
+                &mut nv,
+            )
+        }
+    };
+    if rc & 0xFFF == RC_NV_DEFINED {
+        nv = esys.tr_from_public(location.nv_index)?;
+    } else if rc != 0 {
+        return Err(tpm_err("NV_DefineSpace of the counter", rc));
+    }
+    esys.increment(nv, sys::ESYS_TR_PASSWORD)?;
+    // A fresh handle object re-reads the public area, written bit set.
+    esys.flush_tr(nv);
+    let nv = esys.tr_from_public(location.nv_index)?;
+    let counter_name = esys.name(nv)?;
+    let base_counter = esys.read_counter(nv, sys::ESYS_TR_PASSWORD)?;
+
+    // The signing key.
+    let key = match esys.handle_exists(location.key_handle)? {
+        true => esys.tr_from_public(location.key_handle)?,
+        false => {
+            let transient = create_signing_key(&mut esys)?;
+            let mut persistent = sys::ESYS_TR_NONE;
+            let rc = unsafe {
+                sys::Esys_EvictControl(
+                    esys.ctx,
+                    sys::ESYS_TR_RH_OWNER,
+                    transient,
+                    sys::ESYS_TR_PASSWORD,
+                    sys::ESYS_TR_NONE,
+                    sys::ESYS_TR_NONE,
+                    location.key_handle,
+                    &mut persistent,
+                )
+            };
+            esys.flush(transient);
+            if rc != 0 {
+                return Err(tpm_err("EvictControl (making the key persistent)", rc));
+            }
+            persistent
+        }
+    };
+    let (key_public, key_name, qualified_signer) = esys.read_public(key)?;
+    let public_key = tpm_attest::parse_signing_key_public(&key_public)
+        .ok_or_else(|| {
+            UsigError::Tpm(format!(
+                "the key at {:#010x} is not a restricted fixedTPM P-256 ECDSA signing key",
+                location.key_handle
+            ))
+        })?
+        .to_vec();
+    let identity = UsigIdentity::Tpm {
+        public_key,
+        key_public,
+        key_name,
+        qualified_signer,
+        counter_name,
+        base_counter,
+    };
+    Verifier::new(&identity)
+        .map_err(|e| UsigError::Tpm(format!("provisioned identity is unusable: {e}")))?;
+    Ok(identity)
+}
+
+impl Esys {
+    /// Release an ESYS handle object without flushing anything in the TPM.
+    fn flush_tr(&mut self, tr: sys::ESYS_TR) {
+        // SAFETY: closes the ESYS-side object only.
+        unsafe { sys::Esys_TR_Close(self.ctx, &mut { tr }) };
+    }
+}
+
+/// A primary restricted ECDSA P-256 signing key under the owner hierarchy, with random
+/// `unique` bytes so each provisioning makes a distinct key.
+fn create_signing_key(esys: &mut Esys) -> Result<sys::ESYS_TR, UsigError> {
+    // SAFETY: all-zero structures, then filled in field by field.
+    let sensitive: sys::TPM2B_SENSITIVE_CREATE = unsafe { std::mem::zeroed() };
+    let mut public: sys::TPM2B_PUBLIC = unsafe { std::mem::zeroed() };
+    let area = &mut public.publicArea;
+    area.type_ = ALG_ECC;
+    area.nameAlg = ALG_SHA256;
+    area.objectAttributes =
+        tpm_attest::OBJECT_REQUIRED | tpm_attest::OBJECT_USER_WITH_AUTH | tpm_attest::OBJECT_NO_DA;
+    unsafe {
+        let ecc = &mut area.parameters.eccDetail;
+        ecc.symmetric.algorithm = ALG_NULL;
+        ecc.scheme.scheme = ALG_ECDSA;
+        ecc.scheme.details.ecdsa.hashAlg = ALG_SHA256;
+        ecc.curveID = ECC_NIST_P256;
+        ecc.kdf.scheme = ALG_NULL;
+        let mut unique = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut unique)
+            .map_err(|_| UsigError::Tpm("no randomness for the key template".into()))?;
+        area.unique.ecc.x.size = 32;
+        area.unique.ecc.x.buffer[..32].copy_from_slice(&unique);
+        area.unique.ecc.y.size = 0;
+    }
+    let outside: sys::TPM2B_DATA = unsafe { std::mem::zeroed() };
+    let pcrs: sys::TPML_PCR_SELECTION = unsafe { std::mem::zeroed() };
+    let mut handle = sys::ESYS_TR_NONE;
+    let mut out_public: *mut sys::TPM2B_PUBLIC = null_mut();
+    let mut creation_data: *mut sys::TPM2B_CREATION_DATA = null_mut();
+    let mut creation_hash: *mut sys::TPM2B_DIGEST = null_mut();
+    let mut ticket: *mut sys::TPMT_TK_CREATION = null_mut();
+    let rc = unsafe {
+        sys::Esys_CreatePrimary(
+            esys.ctx,
+            sys::ESYS_TR_RH_OWNER,
+            sys::ESYS_TR_PASSWORD,
+            sys::ESYS_TR_NONE,
+            sys::ESYS_TR_NONE,
+            &sensitive,
+            &public,
+            &outside,
+            &pcrs,
+            &mut handle,
+            &mut out_public,
+            &mut creation_data,
+            &mut creation_hash,
+            &mut ticket,
+        )
+    };
+    unsafe {
+        sys::Esys_Free(out_public.cast());
+        sys::Esys_Free(creation_data.cast());
+        sys::Esys_Free(creation_hash.cast());
+        sys::Esys_Free(ticket.cast());
+    }
+    if rc != 0 {
+        return Err(tpm_err("CreatePrimary of the signing key", rc));
+    }
+    Ok(handle)
+}
+
+/// One step of an audited command sequence, for [`TpmUsig::hostile_sequence`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// NV_Read of the counter (the first step of a sequence also resets the audit).
+    Read,
+    Increment,
+    Stir([u8; 32]),
+}
+
+/// A replica's USIG in a TPM provisioned by [`provision`].
+pub struct TpmUsig {
+    esys: Esys,
+    replica: ReplicaId,
+    identity: UsigIdentity,
+    verifier: Verifier,
+    base_counter: u64,
+    nv: sys::ESYS_TR,
+    key: sys::ESYS_TR,
+    session: Option<sys::ESYS_TR>,
+    last_path: PathBuf,
+    _lock: File,
+    last: Option<IssuedUi>,
+}
+
+impl std::fmt::Debug for TpmUsig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TpmUsig")
+            .field("replica", &self.replica)
+            .field("base_counter", &self.base_counter)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TpmUsig {
+    /// Open the USIG of `replica` at `location`, checking that the TPM's counter and key
+    /// are the ones `identity` publishes. `state_dir` (which must exist) holds the lock
+    /// and the last-issued-UI cache.
+    pub fn open(
+        location: &TpmLocation,
+        replica: ReplicaId,
+        identity: &UsigIdentity,
+        state_dir: &Path,
+    ) -> Result<Self, UsigError> {
+        let UsigIdentity::Tpm {
+            key_name,
+            qualified_signer,
+            counter_name,
+            base_counter,
+            ..
+        } = identity
+        else {
+            return Err(UsigError::Tpm(
+                "the configured USIG identity is not a TPM identity (run bftnfs usig-provision)"
+                    .into(),
+            ));
+        };
+        let verifier = Verifier::new(identity)
+            .map_err(|e| UsigError::Tpm(format!("configured TPM identity: {e}")))?;
+        let lock = crate::software::lock_state_dir(state_dir)?;
+        let mut esys = Esys::connect(&location.tcti)?;
+        let nv = esys.tr_from_public(location.nv_index)?;
+        if esys.name(nv)? != *counter_name {
+            return Err(UsigError::Tpm(format!(
+                "the NV index {:#010x} is not the configured counter (its Name differs)",
+                location.nv_index
+            )));
+        }
+        let key = esys.tr_from_public(location.key_handle)?;
+        let (_, name, qualified) = esys.read_public(key)?;
+        if name != *key_name || qualified != *qualified_signer {
+            return Err(UsigError::Tpm(format!(
+                "the key at {:#010x} is not the configured USIG key",
+                location.key_handle
+            )));
+        }
+        let last_path = state_dir.join(LAST_FILE_NAME);
+        let last = read_last(&last_path, replica, &verifier)?;
+        let tpm_counter = esys.read_counter(nv, sys::ESYS_TR_PASSWORD)?;
+        let issued = last.as_ref().map_or(0, |l| l.ui.counter);
+        if tpm_counter < base_counter.saturating_add(issued) || tpm_counter < *base_counter {
+            return Err(UsigError::CorruptState {
+                path: last_path,
+                reason: format!(
+                    "TPM counter {tpm_counter} is below the base {base_counter} plus the last \
+                     issued UI {issued}: the TPM or its state was rolled back"
+                ),
+            });
+        }
+        Ok(TpmUsig {
+            esys,
+            replica,
+            identity: identity.clone(),
+            verifier,
+            base_counter: *base_counter,
+            nv,
+            key,
+            session: None,
+            last_path,
+            _lock: lock,
+            last,
+        })
+    }
+
+    fn session(&mut self) -> Result<sys::ESYS_TR, UsigError> {
+        match self.session {
+            Some(s) => Ok(s),
+            None => {
+                let s = self.esys.start_audit_session_recovering()?;
+                self.session = Some(s);
+                Ok(s)
+            }
+        }
+    }
+
+    fn drop_session(&mut self) {
+        if let Some(s) = self.session.take() {
+            self.esys.flush(s);
+        }
+    }
+
+    /// The audited read–increment–read–stir and the signed digest; `None` if another TPM
+    /// user incremented the counter in between (that value is lost: a gap).
+    fn try_create(&mut self, digest: &Digest) -> Result<Option<Ui>, UsigError> {
+        let session = self.session()?;
+        let nv = self.nv;
+        self.esys.set_session_attributes(
+            session,
+            SESSION_CONTINUE | SESSION_AUDIT | SESSION_AUDIT_RESET,
+        )?;
+        let before = self.esys.read_counter(nv, session)?;
+        self.esys
+            .set_session_attributes(session, SESSION_CONTINUE | SESSION_AUDIT)?;
+        self.esys.increment(nv, session)?;
+        let after = self.esys.read_counter(nv, session)?;
+        if before.checked_add(1) != Some(after) {
+            return Ok(None);
+        }
+        let counter = after
+            .checked_sub(self.base_counter)
+            .filter(|c| *c > 0)
+            .ok_or_else(|| {
+                UsigError::Tpm(format!(
+                    "TPM counter {after} is not above the base {}",
+                    self.base_counter
+                ))
+            })?;
+        let stirred = tpm_attest::message_hash(self.replica, counter, digest);
+        self.esys.stir(session, &stirred)?;
+        let (attest, signature) = self.esys.signed_audit_digest(self.key, session)?;
+        Ok(Some(Ui {
+            counter,
+            cert: tpm_attest::encode_cert(&attest, &signature),
+        }))
+    }
+
+    /// Test support for hostile-host checks: run `steps` in one fresh audit session and
+    /// return the TPM-signed (attest, r ‖ s) of that session. A real host can do the
+    /// same with any TSS; the point of the tests is that nothing it gets verifies.
+    pub fn hostile_sequence(&mut self, steps: &[Step]) -> Result<(Vec<u8>, [u8; 64]), UsigError> {
+        self.drop_session();
+        let session = self.esys.start_audit_session()?;
+        let result = (|| {
+            for (i, step) in steps.iter().enumerate() {
+                let reset = if i == 0 { SESSION_AUDIT_RESET } else { 0 };
+                self.esys
+                    .set_session_attributes(session, SESSION_CONTINUE | SESSION_AUDIT | reset)?;
+                match step {
+                    Step::Read => {
+                        self.esys.read_counter(self.nv, session)?;
+                    }
+                    Step::Increment => self.esys.increment(self.nv, session)?,
+                    Step::Stir(data) => self.esys.stir(session, data)?,
+                }
+            }
+            self.esys.signed_audit_digest(self.key, session)
+        })();
+        self.esys.flush(session);
+        result
+    }
+
+    /// Test support: extend the session the last `create_ui` used (without resetting its
+    /// audit) by `steps` and have the TPM sign its digest again.
+    pub fn hostile_extend_session(
+        &mut self,
+        steps: &[Step],
+    ) -> Result<(Vec<u8>, [u8; 64]), UsigError> {
+        let session = self
+            .session
+            .ok_or_else(|| UsigError::Tpm("no live session (call create_ui first)".into()))?;
+        self.esys
+            .set_session_attributes(session, SESSION_CONTINUE | SESSION_AUDIT)?;
+        for step in steps {
+            match step {
+                Step::Read => {
+                    self.esys.read_counter(self.nv, session)?;
+                }
+                Step::Increment => self.esys.increment(self.nv, session)?,
+                Step::Stir(data) => self.esys.stir(session, data)?,
+            }
+        }
+        self.esys.signed_audit_digest(self.key, session)
+    }
+
+    /// Test support for the session replay attack: read–increment–read in a fresh audit
+    /// session, save the session's context, finish it with `first` stirred in and signed,
+    /// then load the saved context a second time and try to finish it with `second`.
+    /// Returns the counter value read, the first signed digest, and what the replay gave.
+    #[allow(clippy::type_complexity)]
+    pub fn hostile_replay_saved_session(
+        &mut self,
+        first: &[u8; 32],
+        second: &[u8; 32],
+    ) -> Result<
+        (
+            u64,
+            (Vec<u8>, [u8; 64]),
+            Result<(Vec<u8>, [u8; 64]), UsigError>,
+        ),
+        UsigError,
+    > {
+        self.drop_session();
+        let session = self.esys.start_audit_session_recovering()?;
+        self.esys.set_session_attributes(
+            session,
+            SESSION_CONTINUE | SESSION_AUDIT | SESSION_AUDIT_RESET,
+        )?;
+        self.esys.read_counter(self.nv, session)?;
+        self.esys
+            .set_session_attributes(session, SESSION_CONTINUE | SESSION_AUDIT)?;
+        self.esys.increment(self.nv, session)?;
+        let counter = self.esys.read_counter(self.nv, session)?;
+        let mut saved: *mut sys::TPMS_CONTEXT = null_mut();
+        // SAFETY: out-pointer; the blob is copied and freed.
+        let rc = unsafe { sys::Esys_ContextSave(self.esys.ctx, session, &mut saved) };
+        if rc != 0 {
+            self.esys.flush(session);
+            return Err(tpm_err("ContextSave", rc));
+        }
+        let blob: sys::TPMS_CONTEXT = unsafe { *saved };
+        unsafe { sys::Esys_Free(saved.cast()) };
+        let load = |esys: &mut Esys| -> Result<sys::ESYS_TR, UsigError> {
+            let mut tr = sys::ESYS_TR_NONE;
+            let rc = unsafe { sys::Esys_ContextLoad(esys.ctx, &blob, &mut tr) };
+            if rc != 0 {
+                return Err(tpm_err("ContextLoad of the saved session", rc));
+            }
+            Ok(tr)
+        };
+        let s1 = load(&mut self.esys)?;
+        let finish = |esys: &mut Esys, s: sys::ESYS_TR, data: &[u8; 32], key| {
+            esys.set_session_attributes(s, SESSION_CONTINUE | SESSION_AUDIT)?;
+            esys.stir(s, data)?;
+            esys.signed_audit_digest(key, s)
+        };
+        let genuine = finish(&mut self.esys, s1, first, self.key);
+        self.esys.flush(s1);
+        let genuine = genuine?;
+        let replay = load(&mut self.esys).and_then(|s2| {
+            let r = finish(&mut self.esys, s2, second, self.key);
+            self.esys.flush(s2);
+            r
+        });
+        Ok((counter, genuine, replay))
+    }
+
+    /// Test support: ask the TPM key to sign an arbitrary SHA-256 digest (a restricted
+    /// key must refuse anything that looks like an attest).
+    pub fn hostile_sign_digest(&mut self, digest: &[u8; 32]) -> Result<[u8; 64], UsigError> {
+        // SAFETY: zeroed structures filled in; out-pointer freed below.
+        let mut input: sys::TPM2B_DIGEST = unsafe { std::mem::zeroed() };
+        input.size = 32;
+        input.buffer[..32].copy_from_slice(digest);
+        let mut scheme: sys::TPMT_SIG_SCHEME = unsafe { std::mem::zeroed() };
+        scheme.scheme = ALG_NULL;
+        let mut ticket: sys::TPMT_TK_HASHCHECK = unsafe { std::mem::zeroed() };
+        ticket.tag = 0x8024; // TPM_ST_HASHCHECK
+        ticket.hierarchy = 0x4000_0007; // TPM_RH_NULL: no ticket
+        let mut signature: *mut sys::TPMT_SIGNATURE = null_mut();
+        let rc = unsafe {
+            sys::Esys_Sign(
+                self.esys.ctx,
+                self.key,
+                sys::ESYS_TR_PASSWORD,
+                sys::ESYS_TR_NONE,
+                sys::ESYS_TR_NONE,
+                &input,
+                &scheme,
+                &ticket,
+                &mut signature,
+            )
+        };
+        if rc != 0 {
+            return Err(tpm_err("Sign", rc));
+        }
+        let out = unsafe { ecdsa_signature(&*signature) };
+        unsafe { sys::Esys_Free(signature.cast()) };
+        out
+    }
+
+    /// The TPM's current counter value (not a UI counter: base + issued + gaps).
+    pub fn tpm_counter(&mut self) -> Result<u64, UsigError> {
+        self.esys.read_counter(self.nv, sys::ESYS_TR_PASSWORD)
+    }
+
+    /// Test support: waste one counter value, as a crash between increment and signing
+    /// would.
+    pub fn waste_counter_value(&mut self) -> Result<(), UsigError> {
+        self.esys.increment(self.nv, sys::ESYS_TR_PASSWORD)
+    }
+}
+
+impl Usig for TpmUsig {
+    fn replica(&self) -> ReplicaId {
+        self.replica
+    }
+
+    fn identity(&self) -> UsigIdentity {
+        self.identity.clone()
+    }
+
+    fn create_ui(&mut self, digest: &Digest) -> Result<Ui, UsigError> {
+        for _ in 0..CONCURRENT_INCREMENT_TRIES {
+            let ui = match self.try_create(digest) {
+                Ok(Some(ui)) => ui,
+                Ok(None) => continue,
+                Err(e) => {
+                    // A broken session (or connection) is started afresh next time.
+                    self.drop_session();
+                    return Err(e);
+                }
+            };
+            // A UI that does not verify must never leave (and would mean a bug here).
+            self.verifier
+                .verify(self.replica, digest, &ui)
+                .map_err(|e| UsigError::Tpm(format!("the TPM produced a UI that fails: {e}")))?;
+            let issued = IssuedUi {
+                digest: *digest,
+                ui: ui.clone(),
+            };
+            write_last(&self.last_path, self.replica, &issued)?;
+            self.last = Some(issued);
+            return Ok(ui);
+        }
+        Err(UsigError::Tpm(format!(
+            "another TPM user incremented the counter during each of \
+             {CONCURRENT_INCREMENT_TRIES} tries"
+        )))
+    }
+
+    fn last_issued(&self) -> Option<IssuedUi> {
+        self.last.clone()
+    }
+}
+
+impl Drop for TpmUsig {
+    fn drop(&mut self) {
+        // swtpm has no resource manager: a session left behind takes one of its 3 slots.
+        self.drop_session();
+    }
+}
+
+fn io_err(path: &Path, what: &str, e: std::io::Error) -> UsigError {
+    UsigError::io(format!("{what} {}", path.display()), e)
+}
+
+/// `magic ‖ replica ‖ digest ‖ counter ‖ cert_len (u16) ‖ cert`, written to a temporary
+/// file and renamed over the old one, deliberately without fsync: the TPM, not this
+/// file, is the authority on the counter, so a cache lost to a power cut costs at most a
+/// gap (a liveness matter, like the value in flight), never a reissued counter; a crash
+/// of the process keeps it (page cache), and the rename keeps it whole. Two fsyncs cost
+/// 1.5–10 ms here, a sizeable part of a 20–60 ms UI.
+fn write_last(path: &Path, replica: ReplicaId, issued: &IssuedUi) -> Result<(), UsigError> {
+    let mut bytes = Vec::with_capacity(64 + issued.ui.cert.len());
+    bytes.extend_from_slice(LAST_MAGIC);
+    bytes.extend_from_slice(&replica.to_be_bytes());
+    bytes.extend_from_slice(&issued.digest);
+    bytes.extend_from_slice(&issued.ui.counter.to_be_bytes());
+    bytes.extend_from_slice(&(issued.ui.cert.len() as u16).to_be_bytes());
+    bytes.extend_from_slice(&issued.ui.cert);
+    let tmp = path.with_extension("tmp");
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| io_err(&tmp, "creating", e))?;
+    file.write_all(&bytes)
+        .map_err(|e| io_err(&tmp, "writing", e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io_err(path, "renaming onto", e))
+}
+
+fn read_last(
+    path: &Path,
+    replica: ReplicaId,
+    verifier: &Verifier,
+) -> Result<Option<IssuedUi>, UsigError> {
+    let mut bytes = Vec::new();
+    match File::open(path) {
+        Ok(f) => f
+            .take(LAST_FILE_BYTES_MAX)
+            .read_to_end(&mut bytes)
+            .map_err(|e| io_err(path, "reading", e))?,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(path, "opening", e)),
+    };
+    let corrupt = |reason: &str| UsigError::CorruptState {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    };
+    let fixed = 16 + 4 + 32 + 8 + 2;
+    if bytes.len() < fixed || &bytes[..16] != LAST_MAGIC {
+        return Err(corrupt("not a TPM USIG last-UI file"));
+    }
+    let found = u32::from_be_bytes(bytes[16..20].try_into().expect("4 bytes"));
+    if found != replica {
+        return Err(UsigError::ReplicaMismatch {
+            path: path.to_path_buf(),
+            expected: replica,
+            found,
+        });
+    }
+    let digest: Digest = bytes[20..52].try_into().expect("32 bytes");
+    let counter = u64::from_be_bytes(bytes[52..60].try_into().expect("8 bytes"));
+    let cert_len = u16::from_be_bytes(bytes[60..62].try_into().expect("2 bytes")) as usize;
+    if bytes.len() != fixed + cert_len {
+        return Err(corrupt("length does not match its certificate length"));
+    }
+    let ui = Ui {
+        counter,
+        cert: bytes[fixed..].to_vec(),
+    };
+    verifier
+        .verify(replica, &digest, &ui)
+        .map_err(|e| corrupt(&format!("last issued UI does not verify: {e}")))?;
+    Ok(Some(IssuedUi { digest, ui }))
+}
