@@ -199,7 +199,7 @@ impl Deployment {
 }
 
 /// A new, empty directory `root/name[-k]`.
-fn fresh_dir(root: &Path, name: &str) -> Result<PathBuf> {
+pub fn fresh_dir(root: &Path, name: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
     for k in 0..1000 {
         let dir = if k == 0 {

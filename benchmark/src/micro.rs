@@ -116,7 +116,9 @@ fn protocol(config: &MicroConfig, report: &mut MicroReport) -> Result<()> {
         };
         let cluster = replicated::start(&ClusterConfig {
             f: config.f,
-            dir: config.data_root.join(format!("micro-{name}")),
+            // A new directory each run: a cluster is never restarted on another run's
+            // state (a user's --data-dir outlives the run).
+            dir: crate::deploy::fresh_dir(&config.data_root, &format!("micro-{name}"))?,
             batching,
             null_app: true,
             // One session per concurrent caller, so that all of them are in flight;
