@@ -186,10 +186,11 @@ fn durability(modes: &[Mode]) -> String {
     let mut parts = vec![
         "both embedded modes reply only after the operation is durable: the unreplicated \
          server fsyncs its file state once per batch of operations that arrived together; \
-         each MinPBFT replica group-commits what a burst of inputs produced (its file \
-         state, its protocol log and its software USIG's counter, synced side by side) \
-         before any message or reply of that burst leaves; a WRITE, UNSTABLE or not, is \
-         on disk when answered"
+         each MinPBFT replica makes what a burst of inputs produced durable before any \
+         message or reply of that burst leaves: its protocol log (which holds every \
+         ordered request) and then its software USIG's counter, fdatasynced; its file \
+         state is synced at checkpoints and rebuilt from the last one plus the log after \
+         a crash; a WRITE, UNSTABLE or not, is durable when answered"
             .to_string(),
     ];
     for m in modes {

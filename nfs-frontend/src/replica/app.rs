@@ -2,9 +2,10 @@
 //! or a null service for protocol micro-benchmarks.
 //!
 //! Execution is deterministic (the batch's primary timestamp, the request's
-//! credentials). The runtime makes executed batches durable with one `sync()` per burst
-//! of inputs, side by side with the protocol log's and the USIG's syncs, and lets no
-//! reply leave before it (`replica::Node::sync_all`). A local fault
+//! credentials). Executed batches are durable through the protocol log, which the runtime
+//! syncs before any reply leaves (`replica::Node::sync_all`); the file state itself is
+//! synced at checkpoints, and a restart restores the stable checkpoint and re-executes
+//! the logged batches above it. A local fault
 //! (EIO, ENOSPC, a damaged tree) is an `Err`: the replica stops rather than reply
 //! something other replicas would not.
 

@@ -108,7 +108,7 @@ struct Node {
     /// The USIG defers its counter's sync to `sync_all` (in-process software USIG).
     group_commit: bool,
     log: ProtocolLog,
-    /// Batches executed since the file state was last synced.
+    /// A checkpoint of the file state was taken in this burst: sync it with the burst.
     app_dirty: bool,
     snaps: SnapshotStore,
     /// Application snapshots taken right after a batch whose digest a checkpoint needs,
@@ -132,10 +132,11 @@ impl Node {
     }
 
     /// Makes everything this burst produced durable before any of it can leave: protocol
-    /// records, the USIG's counter and the executed batches. The file state syncs on a
-    /// second thread while this one syncs the log and then the USIG (measured here: a
-    /// second fdatasync right after a first costs a third of one; a thread per sync
-    /// costs more than it saves).
+    /// records (which hold every ordered request, so the executed batches too) and the
+    /// USIG's counter; and, when the burst took a checkpoint, the file state, on a second
+    /// thread while this one syncs the log and then the USIG (measured here: a second
+    /// fdatasync right after a first costs a third of one; a thread per sync costs more
+    /// than it saves).
     ///
     /// The log is durable before the USIG writes its counter, so no crash, not even a
     /// power loss, leaves the counter ahead of the logged message carrying it; a crash
@@ -240,7 +241,12 @@ impl Node {
             } => {
                 let app = self.app();
                 let results = app.execute(n, timestamp_ns, &requests)?;
-                self.app_dirty = true;
+                // The file state is synced at checkpoints only: an executed batch is
+                // durable through the protocol log (its PREPARE, synced before anything
+                // leaves), and a restart restores the stable checkpoint and re-executes
+                // the logged batches above it anyway (`open_node`), so a sync per batch
+                // would buy nothing.
+                self.app_dirty |= want_digest;
                 let app = self.app();
                 let app_digest = if want_digest {
                     let d = app.digest()?;
@@ -257,6 +263,7 @@ impl Node {
                 });
             }
             Output::ComputeDigest { n } => {
+                self.app_dirty = true;
                 let app = self.app();
                 let app_digest = app.digest()?;
                 let snap = app.snapshot()?;
