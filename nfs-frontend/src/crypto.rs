@@ -173,6 +173,20 @@ impl ClusterCrypto {
         out
     }
 
+    /// `verify()`, unless the same `key` verified before (`VerifiedRequests`); a success
+    /// is remembered, a failure never.
+    fn verified_once(&self, key: Digest, verify: impl FnOnce() -> bool) -> bool {
+        let cache = || self.0.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if cache().set.contains(&key) {
+            return true;
+        }
+        let ok = verify();
+        if ok {
+            cache().insert(key);
+        }
+        ok
+    }
+
     fn reply_key(&self, replica: ReplicaId, client: ClientId) -> Option<&[u8; 32]> {
         self.0
             .reply_keys
@@ -184,37 +198,21 @@ impl Crypto for ClusterCrypto {
     fn verify_ui(&self, replica: ReplicaId, digest: &Digest, ui: &Ui) -> bool {
         // A COMMIT embeds the primary's UI that its PREPARE already carried: each
         // receiver checks that UI once, not once per COMMIT.
-        let key = VerifiedRequests::ui_key(replica, digest, ui);
-        let cache = || self.0.verified.lock().unwrap_or_else(|p| p.into_inner());
-        if cache().set.contains(&key) {
-            return true;
-        }
-        let ok = self
-            .0
-            .usig
-            .get(replica as usize)
-            .is_some_and(|v| v.verify(replica, digest, ui).is_ok());
-        if ok {
-            cache().insert(key);
-        }
-        ok
+        self.verified_once(VerifiedRequests::ui_key(replica, digest, ui), || {
+            self.0
+                .usig
+                .get(replica as usize)
+                .is_some_and(|v| v.verify(replica, digest, ui).is_ok())
+        })
     }
 
     fn verify_request(&self, client: ClientId, digest: &Digest, sig: &[u8]) -> bool {
-        let key = VerifiedRequests::key(client, digest, sig);
-        let cache = || self.0.verified.lock().unwrap_or_else(|p| p.into_inner());
-        if cache().set.contains(&key) {
-            return true;
-        }
-        let ok = self
-            .0
-            .clients
-            .get(&ClusterConfig::client_index(client))
-            .is_some_and(|k| k.verify(digest, sig).is_ok());
-        if ok {
-            cache().insert(key);
-        }
-        ok
+        self.verified_once(VerifiedRequests::key(client, digest, sig), || {
+            self.0
+                .clients
+                .get(&ClusterConfig::client_index(client))
+                .is_some_and(|k| k.verify(digest, sig).is_ok())
+        })
     }
 
     fn verify_read_only_request(&self, client: ClientId, digest: &Digest, auth: &[u8]) -> bool {

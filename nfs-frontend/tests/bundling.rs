@@ -3,6 +3,8 @@
 //! the replicas apply each bundled operation exactly once, in order, and end identical.
 //! Bounded in time.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -15,13 +17,7 @@ const ROUNDS: usize = 3;
 
 #[test]
 fn concurrent_callers_share_bundled_requests_and_replicas_agree() {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        run();
-        let _ = tx.send(());
-    });
-    rx.recv_timeout(Duration::from_secs(120))
-        .expect("test exceeded its time bound");
+    common::bounded(Duration::from_secs(120), run);
 }
 
 fn run() {

@@ -674,17 +674,6 @@ fn day_diff(since: SystemTime, at: f64) -> Duration {
     }
 }
 
-fn trees_equal(a: &Path, b: &Path) -> bool {
-    Command::new("diff")
-        .args(["-r", "--no-dereference"])
-        .arg(a)
-        .arg(b)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// After TEST_BOUND, removes the project and aborts the test process (a hung test must
 /// not leave containers behind, and its Drop guard would never run).
 fn spawn_watchdog(project: Project, done: Arc<AtomicBool>) {
@@ -715,12 +704,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-fn dirop(dir: &nfs_fh3, n: &str) -> diropargs3<'static> {
-    diropargs3 {
-        dir: dir.clone(),
-        name: filename3(Opaque::owned(n.as_bytes().to_vec())),
-    }
-}
+use common::{dirop, trees_equal};
 
 type Conn = common::Conn;
 

@@ -6,20 +6,9 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{Conn, TestServer, connect, fh};
+use common::{Conn, TestServer, connect, dirop, fh};
 use nfs3_client::nfs3_types::nfs3::*;
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
-
-fn name(s: &str) -> filename3<'static> {
-    filename3(Opaque::owned(s.as_bytes().to_vec()))
-}
-
-fn dirop(dir: &nfs_fh3, n: &str) -> diropargs3<'static> {
-    diropargs3 {
-        dir: dir.clone(),
-        name: name(n),
-    }
-}
 
 fn mode(m: u32) -> sattr3 {
     sattr3 {

@@ -9,12 +9,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::connect;
+use common::{Up, bounded, connect, dirop, trees_equal};
 use fs_state::FsConfig;
 use nfs_frontend::cluster::start_replica_thread;
 use nfs_frontend::config::ClusterConfig;
@@ -22,13 +20,6 @@ use nfs_frontend::replica::ReplicaOptions;
 use nfs_frontend::{ClusterOptions, LocalCluster};
 use nfs3_client::nfs3_types::nfs3::*;
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
-
-fn dirop(dir: &nfs_fh3, n: &str) -> diropargs3<'static> {
-    diropargs3 {
-        dir: dir.clone(),
-        name: filename3(Opaque::owned(n.as_bytes().to_vec())),
-    }
-}
 
 /// Deterministic content of file `i`: mostly 3 KiB, every 40th 200 KiB (4 chunks).
 fn content(tag: &str, i: usize) -> Vec<u8> {
@@ -80,109 +71,6 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-/// `bftnfs up` as a child; reads the NFS port from the libnfs URL it prints.
-struct Up {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-    restarted: Vec<Child>,
-}
-
-impl Up {
-    fn start(dir: &Path) -> Up {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bftnfs"))
-            .args(["up", "--listen", "127.0.0.1:0", "--dir"])
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn bftnfs up");
-        let port = common::port_from_stdout(&mut child).expect("bftnfs up printed its URL");
-        Up {
-            child,
-            port,
-            dir: dir.to_path_buf(),
-            restarted: Vec::new(),
-        }
-    }
-
-    fn addr(&self) -> std::net::SocketAddr {
-        format!("127.0.0.1:{}", self.port).parse().expect("addr")
-    }
-
-    fn replica_dir(&self, i: u32) -> PathBuf {
-        self.dir.join(format!("replica-{i}"))
-    }
-
-    fn export(&self, i: u32) -> PathBuf {
-        self.replica_dir(i).join("export")
-    }
-
-    fn kill9(&self, i: u32) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let pid: i32 = loop {
-            if let Ok(s) = std::fs::read_to_string(self.replica_dir(i).join("pid"))
-                && let Ok(p) = s.trim().parse()
-            {
-                break p;
-            }
-            assert!(Instant::now() < deadline, "replica {i} wrote no pid file");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let _ = std::fs::remove_file(self.replica_dir(i).join("pid"));
-        // SAFETY: kill(2) of a pid this test started (through `up`).
-        assert_eq!(
-            unsafe { libc::kill(pid, libc::SIGKILL) },
-            0,
-            "kill -9 {pid}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-
-    fn restart(&mut self, i: u32) {
-        let child = Command::new(env!("CARGO_BIN_EXE_bftnfs"))
-            .args(["replica", "--config"])
-            .arg(self.dir.join("cluster.toml"))
-            .args(["--id", &i.to_string(), "--data"])
-            .arg(self.replica_dir(i))
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("restart replica");
-        self.restarted.push(child);
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        for c in &mut self.restarted {
-            // SAFETY: kill(2) of our own child.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let _ = c.wait();
-        }
-        if self.child.try_wait().ok().flatten().is_none() {
-            // SAFETY: as above.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline && self.child.try_wait().ok().flatten().is_none() {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn trees_equal(a: &Path, b: &Path) -> bool {
-    Command::new("diff")
-        .args(["-r", "--no-dereference"])
-        .arg(a)
-        .arg(b)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Waits up to `limit` for `cond`; returns how long it took.
 fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
@@ -191,16 +79,6 @@ fn wait_for(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) -> Dura
         std::thread::sleep(Duration::from_millis(200));
     }
     start.elapsed()
-}
-
-/// Runs `f` on a thread and fails the test if it takes longer than `limit`.
-fn bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(limit)
-        .expect("test exceeded its time bound")
 }
 
 #[test]

@@ -7,146 +7,14 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{connect, have};
+use common::{Up, bounded, connect, dirop, have, trees_equal};
 use fs_state::{FileStateMachine, FsConfig};
 use nfs_frontend::{ClusterOptions, LocalCluster};
 use nfs3_client::nfs3_types::nfs3::*;
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
-
-fn dirop(dir: &nfs_fh3, n: &str) -> diropargs3<'static> {
-    diropargs3 {
-        dir: dir.clone(),
-        name: filename3(Opaque::owned(n.as_bytes().to_vec())),
-    }
-}
-
-/// `bftnfs up` as a child; reads the NFS port from the libnfs URL it prints.
-struct Up {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-    /// Replicas restarted by hand (not children of `up`).
-    restarted: Vec<Child>,
-}
-
-impl Up {
-    fn start(dir: &Path) -> Up {
-        Up::start_with(dir, &[])
-    }
-
-    fn start_with(dir: &Path, extra: &[&str]) -> Up {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bftnfs"))
-            .args(["up", "--listen", "127.0.0.1:0", "--dir"])
-            .arg(dir)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn bftnfs up");
-        let port = common::port_from_stdout(&mut child).expect("bftnfs up printed its URL");
-        Up {
-            child,
-            port,
-            dir: dir.to_path_buf(),
-            restarted: Vec::new(),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        common::url(self.port, path)
-    }
-
-    fn addr(&self) -> std::net::SocketAddr {
-        format!("127.0.0.1:{}", self.port).parse().expect("addr")
-    }
-
-    fn replica_dir(&self, i: u32) -> PathBuf {
-        self.dir.join(format!("replica-{i}"))
-    }
-
-    fn pid_of(&self, i: u32) -> i32 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(s) = std::fs::read_to_string(self.replica_dir(i).join("pid"))
-                && let Ok(p) = s.trim().parse()
-            {
-                return p;
-            }
-            assert!(Instant::now() < deadline, "replica {i} wrote no pid file");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn kill9(&self, i: u32) {
-        let pid = self.pid_of(i);
-        let _ = std::fs::remove_file(self.replica_dir(i).join("pid"));
-        // SAFETY: kill(2) of a pid this test started (through `up`).
-        assert_eq!(
-            unsafe { libc::kill(pid, libc::SIGKILL) },
-            0,
-            "kill -9 {pid}"
-        );
-        // Let the OS release its port.
-        std::thread::sleep(Duration::from_millis(200));
-    }
-
-    fn restart(&mut self, i: u32) {
-        let child = Command::new(env!("CARGO_BIN_EXE_bftnfs"))
-            .args(["replica", "--config"])
-            .arg(self.dir.join("cluster.toml"))
-            .args(["--id", &i.to_string(), "--data"])
-            .arg(self.replica_dir(i))
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("restart replica");
-        self.restarted.push(child);
-    }
-
-    fn terminate(mut self) {
-        for c in &mut self.restarted {
-            // SAFETY: as above.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let _ = c.wait();
-        }
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if self.child.try_wait().expect("wait").is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("bftnfs up did not stop within 15 s of SIGTERM");
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        for c in &mut self.restarted {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        if self.child.try_wait().ok().flatten().is_none() {
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-            std::thread::sleep(Duration::from_secs(2));
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn trees_equal(a: &Path, b: &Path) -> bool {
-    Command::new("diff")
-        .args(["-r", "--no-dereference"])
-        .arg(a)
-        .arg(b)
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 fn run_tool(cmd: &mut Command) -> Vec<u8> {
     let out = cmd.output().expect("run libnfs tool");
@@ -156,16 +24,6 @@ fn run_tool(cmd: &mut Command) -> Vec<u8> {
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
-}
-
-/// Runs `f` on a thread and fails the test if it takes longer than `limit`.
-fn bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(limit)
-        .expect("test exceeded its time bound")
 }
 
 #[test]

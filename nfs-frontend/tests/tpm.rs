@@ -11,18 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{connect, have};
+use common::{bounded, connect, dirop, have, trees_equal};
 use nfs_frontend::config::{ClusterConfig, UsigConfig};
 use nfs_frontend::{ClusterOptions, LocalCluster};
 use nfs3_client::nfs3_types::nfs3::*;
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
-
-fn dirop(dir: &nfs_fh3, n: &str) -> diropargs3<'static> {
-    diropargs3 {
-        dir: dir.clone(),
-        name: filename3(Opaque::owned(n.as_bytes().to_vec())),
-    }
-}
 
 fn have_swtpm() -> bool {
     let ok = usig::swtpm::available();
@@ -30,26 +23,6 @@ fn have_swtpm() -> bool {
         eprintln!("SKIPPED: swtpm missing (apt-get install swtpm swtpm-tools)");
     }
     ok
-}
-
-/// Runs `f` on a thread and fails the test if it takes longer than `limit`.
-fn bounded<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(limit)
-        .expect("test exceeded its time bound")
-}
-
-fn trees_equal(a: &Path, b: &Path) -> bool {
-    Command::new("diff")
-        .args(["-r", "--no-dereference"])
-        .arg(a)
-        .arg(b)
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 /// The TCTIs cluster.toml points the replicas at; all must be TPM USIGs.

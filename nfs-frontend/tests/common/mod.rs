@@ -146,3 +146,168 @@ pub fn port_from_stdout(child: &mut std::process::Child) -> Option<u16> {
 pub fn url(port: u16, path: &str) -> String {
     format!("nfs://127.0.0.1{path}?nfsport={port}&mountport={port}")
 }
+
+/// NFS directory-operation arguments: `name` in `dir`.
+pub fn dirop(dir: &nfs_fh3, n: &str) -> nfs3_client::nfs3_types::nfs3::diropargs3<'static> {
+    nfs3_client::nfs3_types::nfs3::diropargs3 {
+        dir: dir.clone(),
+        name: nfs3_client::nfs3_types::nfs3::filename3(Opaque::owned(n.as_bytes().to_vec())),
+    }
+}
+
+/// Whether two backing trees are byte-identical (`diff -r`, symlinks compared as links).
+pub fn trees_equal(a: &Path, b: &Path) -> bool {
+    std::process::Command::new("diff")
+        .args(["-r", "--no-dereference"])
+        .arg(a)
+        .arg(b)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Runs `f` on a thread and fails the test if it takes longer than `limit`.
+pub fn bounded<T: Send + 'static>(
+    limit: std::time::Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .expect("test exceeded its time bound")
+}
+
+/// `bftnfs up` as a child (real processes, as a user runs them); reads the NFS port from
+/// the libnfs URL it prints. Replicas restarted by hand are killed on drop.
+pub struct Up {
+    pub child: std::process::Child,
+    pub port: u16,
+    pub dir: PathBuf,
+    /// Replicas restarted by hand (not children of `up`).
+    pub restarted: Vec<std::process::Child>,
+}
+
+impl Up {
+    pub fn start(dir: &Path) -> Up {
+        Up::start_with(dir, &[])
+    }
+
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Up {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bftnfs"))
+            .args(["up", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(dir)
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("spawn bftnfs up");
+        let port = port_from_stdout(&mut child).expect("bftnfs up printed its URL");
+        Up {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+            restarted: Vec::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        url(self.port, path)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        format!("127.0.0.1:{}", self.port).parse().expect("addr")
+    }
+
+    pub fn replica_dir(&self, i: u32) -> PathBuf {
+        self.dir.join(format!("replica-{i}"))
+    }
+
+    pub fn export(&self, i: u32) -> PathBuf {
+        self.replica_dir(i).join("export")
+    }
+
+    pub fn pid_of(&self, i: u32) -> i32 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Ok(s) = std::fs::read_to_string(self.replica_dir(i).join("pid"))
+                && let Ok(p) = s.trim().parse()
+            {
+                return p;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replica {i} wrote no pid file"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill9(&self, i: u32) {
+        let pid = self.pid_of(i);
+        let _ = std::fs::remove_file(self.replica_dir(i).join("pid"));
+        // SAFETY: kill(2) of a pid this test started (through `up`).
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGKILL) },
+            0,
+            "kill -9 {pid}"
+        );
+        // Let the OS release its port.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+
+    /// `bftnfs replica --config D/cluster.toml --id I --data D/replica-I`.
+    pub fn restart(&mut self, i: u32) {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_bftnfs"))
+            .args(["replica", "--config"])
+            .arg(self.dir.join("cluster.toml"))
+            .args(["--id", &i.to_string(), "--data"])
+            .arg(self.replica_dir(i))
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("restart replica");
+        self.restarted.push(child);
+    }
+
+    /// SIGTERM to everything; `up` must stop within 15 s.
+    pub fn terminate(mut self) {
+        for c in &mut self.restarted {
+            // SAFETY: kill(2) of our own child.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+        // SAFETY: as above.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while std::time::Instant::now() < deadline {
+            if self.child.try_wait().expect("wait").is_some() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("bftnfs up did not stop within 15 s of SIGTERM");
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        for c in &mut self.restarted {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if self.child.try_wait().ok().flatten().is_none() {
+            // SAFETY: kill(2) of our own child.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            while std::time::Instant::now() < deadline
+                && self.child.try_wait().ok().flatten().is_none()
+            {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
