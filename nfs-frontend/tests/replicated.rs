@@ -10,21 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Up, bounded, connect, dirop, have, trees_equal};
+use common::{Up, bounded, connect, dirop, have, run_tool, trees_equal};
 use fs_state::{FileStateMachine, FsConfig};
 use nfs_frontend::{ClusterOptions, LocalCluster};
 use nfs3_client::nfs3_types::nfs3::*;
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
-
-fn run_tool(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().expect("run libnfs tool");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
 
 #[test]
 fn libnfs_tools_round_trip_through_bftnfs_up() {

@@ -8,10 +8,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-use common::{bounded, connect, dirop, have, trees_equal};
+use common::{Up, bounded, connect, dirop, have, run_tool, trees_equal};
 use nfs_frontend::config::{ClusterConfig, UsigConfig};
 use nfs_frontend::{ClusterOptions, LocalCluster};
 use nfs3_client::nfs3_types::nfs3::*;
@@ -208,45 +208,12 @@ fn tpm_bftnfs_up_round_trip_with_libnfs() {
         let dir = tmp.path().join("cluster");
         let src = tmp.path().join("in.txt");
         std::fs::write(&src, b"ordered by TPM USIGs\n").expect("source");
-        let mut up = Command::new(env!("CARGO_BIN_EXE_bftnfs"))
-            .args(["up", "--listen", "127.0.0.1:0", "--usig", "tpm", "--dir"])
-            .arg(&dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn bftnfs up");
-        let port = common::port_from_stdout(&mut up).expect("bftnfs up printed its URL");
-        let tool = |cmd: &mut Command| {
-            let out = cmd.output().expect("run libnfs tool");
-            assert!(
-                out.status.success(),
-                "{cmd:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            out.stdout
-        };
-        tool(
-            Command::new("nfs-cp")
-                .arg(&src)
-                .arg(common::url(port, "//t.txt")),
-        );
-        let back = tool(Command::new("nfs-cat").arg(common::url(port, "//t.txt")));
+        let up = Up::start_with(&dir, &["--usig", "tpm"]);
+        run_tool(Command::new("nfs-cp").arg(&src).arg(up.url("//t.txt")));
+        let back = run_tool(Command::new("nfs-cat").arg(up.url("//t.txt")));
         assert_eq!(back, b"ordered by TPM USIGs\n");
         let ports: Vec<u16> = tctis(&dir).iter().map(|t| port_of(t)).collect();
-        // SAFETY: kill(2) of our own child.
-        unsafe { libc::kill(up.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if up.try_wait().expect("wait").is_some() {
-                break;
-            }
-            if Instant::now() > deadline {
-                let _ = up.kill();
-                let _ = up.wait();
-                panic!("bftnfs up did not stop within 20 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        up.terminate_within(Duration::from_secs(20));
         check_tpm_uis(&dir);
         for i in 0..3 {
             assert_eq!(

@@ -272,7 +272,12 @@ impl Up {
     }
 
     /// SIGTERM to everything; `up` must stop within 15 s.
-    pub fn terminate(mut self) {
+    pub fn terminate(self) {
+        self.terminate_within(std::time::Duration::from_secs(15));
+    }
+
+    /// SIGTERM to everything; `up` must stop within `limit`.
+    pub fn terminate_within(mut self, limit: std::time::Duration) {
         for c in &mut self.restarted {
             // SAFETY: kill(2) of our own child.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
@@ -280,14 +285,14 @@ impl Up {
         }
         // SAFETY: as above.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        let deadline = std::time::Instant::now() + limit;
         while std::time::Instant::now() < deadline {
             if self.child.try_wait().expect("wait").is_some() {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        panic!("bftnfs up did not stop within 15 s of SIGTERM");
+        panic!("bftnfs up did not stop within {limit:?} of SIGTERM");
     }
 }
 
@@ -310,4 +315,15 @@ impl Drop for Up {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Runs a libnfs tool; fails the test (with its stderr) unless it succeeds.
+pub fn run_tool(cmd: &mut std::process::Command) -> Vec<u8> {
+    let out = cmd.output().expect("run libnfs tool");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
