@@ -139,11 +139,22 @@ pub trait Usig: Send {
     fn last_issued(&self) -> Option<IssuedUi>;
 
     /// Group commit: like `create_ui`, but the counter may not be durable until `sync`.
-    /// The caller must not let the UI leave the process before `sync` has returned; a
+    /// The caller must not let the UI leave the process before `sync` has returned, or
+    /// before its own synced record of the UI stands in for it (see `write_back`); a
     /// crash in between loses the increment together with the UI, which nobody saw.
-    /// Backends that cannot defer (the default) are durable at once.
+    /// Several deferred UIs may precede one `sync`. Backends that cannot defer (the
+    /// default) are durable at once.
     fn create_ui_deferred(&mut self, digest: &Digest) -> Result<Ui, UsigError> {
         self.create_ui(digest)
+    }
+
+    /// Puts the last deferred UI where a crash of this process (not of the machine)
+    /// keeps it, without waiting for the disk. For callers that log every UI they are
+    /// given, sync that log before any UI leaves, and on restart `advance_to` the last
+    /// logged one: their log makes the counter durable, so one disk sync serves both
+    /// (the in-process software USIG). Nothing to do for the default.
+    fn write_back(&mut self) -> Result<(), UsigError> {
+        Ok(())
     }
 
     /// Makes every deferred increment durable (nothing to do for the default).
@@ -158,7 +169,8 @@ pub trait Usig: Send {
 
     /// Recovery after a crash between the caller's durable record of `issued` and this
     /// USIG's own `sync`: move the counter up to `issued`, which must be a UI this USIG
-    /// certified (its own signature is the proof). Never moves the counter back.
+    /// certified (its own signature is the proof), and make it durable. Never moves the
+    /// counter back.
     fn advance_to(&mut self, issued: &IssuedUi) -> Result<(), UsigError> {
         let _ = issued;
         Err(UsigError::Unsupported("advance_to"))
@@ -184,6 +196,10 @@ impl<U: Usig + ?Sized> Usig for Box<U> {
 
     fn create_ui_deferred(&mut self, digest: &Digest) -> Result<Ui, UsigError> {
         (**self).create_ui_deferred(digest)
+    }
+
+    fn write_back(&mut self) -> Result<(), UsigError> {
+        (**self).write_back()
     }
 
     fn sync(&mut self) -> Result<(), UsigError> {

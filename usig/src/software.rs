@@ -1,29 +1,38 @@
 //! The software USIG: `createUI` (MinBFT section 3) with an in-process ECDSA P-256 key
-//! and a counter kept in a small state file, durable before a UI leaves this module.
+//! and a counter kept in a small state file, durable before a UI leaves this module
+//! (`create_ui`), or anchored in the caller's own synced log (`create_ui_deferred`).
 //!
 //! Section 3 requires that a USIG never assigns one counter value to two messages, also
-//! across restarts. A UI is released only after the record of its counter (with its
-//! digest and signature) is on disk, so a restart continues above every released value.
+//! across restarts. `create_ui` releases a UI only after the record of its counter (with
+//! its digest and signature) is on disk, so a restart continues above every released
+//! value. A caller that logs every message it certifies, syncs that log before any of
+//! them leaves, and on restart moves the counter up to the last logged UI
+//! (`advance_to`, checked against this USIG's own signature) may instead use
+//! `create_ui_deferred` + `write_back`, with `sync` now and then: the replica's protocol
+//! log then carries the counter's durability and one `fdatasync` serves both.
 //!
 //! # State file and why it is crash-safe
 //!
 //! `usig.state` is 1536 bytes: a 512-byte header block (magic, format version, replica
 //! id, public key, SHA-256 checksum) and two 512-byte record slots. Each record holds a
 //! counter, the digest and the signature of the UI with that counter, and a SHA-256
-//! checksum over the record, the header's checksum and the slot index. Counter `c` is
-//! written in place into slot `c % 2` with one `pwrite` followed by `fdatasync`; the
-//! other slot keeps `c - 1` untouched. The file is written in full and fsynced (then
-//! renamed into place and the directory fsynced) once, when the state is created, so
-//! later writes never change its size or block allocation and `fdatasync` is enough.
+//! checksum over the record, the header's checksum and the slot index. One slot holds the
+//! last synced record and is never written until another record is synced; every write
+//! goes to the other slot with one `pwrite` (and, to make it durable, `fdatasync`), after
+//! which the roles swap. The file is written in full and fsynced (then renamed into place
+//! and the directory fsynced) once, when the state is created, so later writes never
+//! change its size or block allocation and `fdatasync` is enough.
 //!
-//! On open both slots are read. Both valid: they must hold `c` and `c - 1` (or 0 and
-//! 0), and `c` is the last issued value. One valid: the other is a write torn by a crash;
-//! it can only be the slot being written for `c + 1`, whose `fdatasync` never returned,
-//! so that UI was never released and continuing from `c` reissues nothing. None valid,
-//! a wrong size, header or key: an error, never a reset to 0. The argument assumes that
-//! the disk returns what an `fdatasync` that returned wrote (a record that decays after a
-//! successful sync is indistinguishable from a torn write), as every durable system
-//! on a single disk does.
+//! On open both slots are read and the higher valid counter is the last issued value.
+//! One valid: the other is a write torn by a crash; it can only be the slot being
+//! written, whose `fdatasync` never returned, so (for `create_ui`) that UI was never
+//! released, and (for deferred UIs) the caller's log holds it. None valid, a wrong size,
+//! header or key: an error, never a reset to 0. The argument assumes that the disk
+//! returns what an `fdatasync` that returned wrote (a record that decays after a
+//! successful sync is indistinguishable from a torn write), as every durable system on a
+//! single disk does, and that a 512-byte aligned block is written whole or not at all
+//! (the sector size of the disks here; a torn scratch slot is detected by its checksum
+//! in any case, and the synced slot shares no sector with it).
 //!
 //! A failed write or sync poisons the instance: whether the value reached the disk is
 //! unknown, so it refuses to continue until reopened, which reads back what is there.
@@ -74,10 +83,6 @@ impl Record {
         cert: [0; ECDSA_P256_SIGNATURE_LEN],
     };
 
-    fn slot(&self) -> usize {
-        (self.counter % SLOT_COUNT as u64) as usize
-    }
-
     fn issued(&self) -> Option<IssuedUi> {
         (self.counter > 0).then(|| IssuedUi {
             digest: self.digest,
@@ -98,10 +103,14 @@ pub struct SoftwareUsig {
     /// Held for the lifetime of the instance; the lock is the open file description.
     _lock: File,
     header_sum: [u8; 32],
+    /// The last UI issued (perhaps only in memory so far).
     last: Record,
+    /// The slot holding the last synced record; writes go to the other one.
+    synced_slot: usize,
+    /// `last` is in the file (page cache at least) / on disk.
+    written: bool,
+    synced: bool,
     poisoned: bool,
-    /// Issued by `create_ui_deferred`, written and synced by `sync`.
-    pending: Option<Record>,
 }
 
 impl SoftwareUsig {
@@ -140,25 +149,23 @@ impl SoftwareUsig {
             let block = &bytes[BLOCK_LEN * (1 + index)..BLOCK_LEN * (2 + index)];
             decode_slot(block, index, &header_sum)
         });
-        let last = match slots {
+        let (last, synced_slot) = match slots {
             [Ok(a), Ok(b)] => {
-                let (low, high) = if a.counter <= b.counter {
-                    (a, b)
-                } else {
-                    (b, a)
-                };
-                let consecutive = high.counter == low.counter + 1;
-                let fresh = high.counter == 0;
-                if !consecutive && !fresh {
+                if a.counter == b.counter && a.counter != 0 {
                     return Err(corrupt(format!(
-                        "slots hold counters {} and {}, which are not consecutive",
-                        low.counter, high.counter
+                        "both slots hold counter {}, which no sequence of writes leaves",
+                        a.counter
                     )));
                 }
-                high
+                if a.counter >= b.counter {
+                    (a, 0)
+                } else {
+                    (b, 1)
+                }
             }
-            // A torn write of the slot after `valid`: that UI was never released.
-            [Ok(valid), Err(_)] | [Err(_), Ok(valid)] => valid,
+            // A torn write of the other slot: see the module documentation.
+            [Ok(valid), Err(_)] => (valid, 0),
+            [Err(_), Ok(valid)] => (valid, 1),
             [Err(e0), Err(e1)] => {
                 return Err(corrupt(format!("slot 0: {e0}; slot 1: {e1}")));
             }
@@ -169,7 +176,7 @@ impl SoftwareUsig {
                 .map_err(|e| corrupt(format!("last issued UI does not verify: {e}")))?;
         }
 
-        Ok(SoftwareUsig {
+        let mut usig = SoftwareUsig {
             replica,
             signer,
             path,
@@ -177,47 +184,46 @@ impl SoftwareUsig {
             _lock: lock,
             header_sum,
             last,
+            synced_slot,
+            written: true,
+            synced: true,
             poisoned: false,
-            pending: None,
-        })
+        };
+        // What was read may be a write-back still in the page cache (a process crash
+        // keeps it): make it durable before any write goes to the other slot.
+        usig.sync_file()?;
+        Ok(usig)
     }
 
-    /// Writes `record` into its slot (never the one holding `last`) without syncing,
-    /// and makes it `last`.
-    fn write_record(&mut self, record: Record) -> Result<(), UsigError> {
-        assert_ne!(
-            record.slot(),
-            self.last.slot(),
-            "never overwrite the last record"
-        );
-        let block = encode_slot(&record, record.slot(), &self.header_sum);
-        let offset = (BLOCK_LEN * (1 + record.slot())) as u64;
+    /// Writes `last` into the slot that does not hold the last synced record, without
+    /// syncing. Repeated write-backs overwrite that scratch slot; only `sync` swaps.
+    fn write_last(&mut self) -> Result<(), UsigError> {
+        let slot = 1 - self.synced_slot;
+        let block = encode_slot(&self.last, slot, &self.header_sum);
+        let offset = (BLOCK_LEN * (1 + slot)) as u64;
         if let Err(e) = self.file.write_all_at(&block, offset) {
             self.poisoned = true;
-            return Err(UsigError::io(
-                format!(
-                    "persisting counter {} to {}",
-                    record.counter,
-                    self.path.display()
-                ),
-                e,
-            ));
+            return Err(self.persist_error(e));
         }
-        self.last = record;
+        self.written = true;
         Ok(())
+    }
+
+    fn persist_error(&self, e: std::io::Error) -> UsigError {
+        UsigError::io(
+            format!(
+                "persisting counter {} to {}",
+                self.last.counter,
+                self.path.display()
+            ),
+            e,
+        )
     }
 
     fn sync_file(&mut self) -> Result<(), UsigError> {
         self.file.sync_data().map_err(|e| {
             self.poisoned = true;
-            UsigError::io(
-                format!(
-                    "persisting counter {} to {}",
-                    self.last.counter,
-                    self.path.display()
-                ),
-                e,
-            )
+            self.persist_error(e)
         })
     }
 
@@ -242,17 +248,14 @@ impl Usig for SoftwareUsig {
         Ok(ui)
     }
 
-    /// Signs now; `sync` writes the slot and makes it durable. Until then nothing of this
-    /// UI is on disk, so a crash (even a SIGKILL, whose page-cache writes survive) before
-    /// `sync` leaves the counter where it was: the caller writes its own record of the UI
-    /// first and syncs this USIG after, and never releases the UI before both.
+    /// Signs now; nothing of this UI is in the file until `write_back` or `sync`, so a
+    /// crash before them leaves the counter where it was. Several deferred UIs may be
+    /// issued in a row: the file only ever needs the last. The caller must log each UI
+    /// and sync that log before the UI leaves, and call `advance_to` with the last
+    /// logged UI on restart (see the module documentation).
     fn create_ui_deferred(&mut self, digest: &Digest) -> Result<Ui, UsigError> {
         if self.poisoned {
             return Err(UsigError::Poisoned);
-        }
-        if self.pending.is_some() {
-            // One unsynced UI at a time (both slots must never be in flux).
-            self.sync()?;
         }
         let counter = self
             .last
@@ -260,26 +263,49 @@ impl Usig for SoftwareUsig {
             .checked_add(1)
             .ok_or(UsigError::CounterExhausted)?;
         let ui = self.signer.certify(self.replica, counter, digest)?;
-        self.pending = Some(Record {
+        self.last = Record {
             counter,
             digest: *digest,
             cert: ui.cert.as_slice().try_into().expect("fixed-size signature"),
-        });
+        };
+        self.written = false;
+        self.synced = false;
         Ok(ui)
     }
 
-    fn sync(&mut self) -> Result<(), UsigError> {
-        let Some(record) = self.pending.take() else {
+    fn write_back(&mut self) -> Result<(), UsigError> {
+        if self.poisoned {
+            return Err(UsigError::Poisoned);
+        }
+        if self.written {
             return Ok(());
-        };
-        self.write_record(record)?;
-        self.sync_file()
+        }
+        self.write_last()
+    }
+
+    fn sync(&mut self) -> Result<(), UsigError> {
+        if self.poisoned {
+            return Err(UsigError::Poisoned);
+        }
+        if self.synced {
+            return Ok(());
+        }
+        if !self.written {
+            self.write_last()?;
+        }
+        self.sync_file()?;
+        self.synced_slot = 1 - self.synced_slot;
+        self.synced = true;
+        Ok(())
     }
 
     fn needs_sync(&self) -> bool {
-        self.pending.is_some()
+        !self.synced
     }
 
+    /// Any counter above ours is accepted if this USIG's key certified it: moving up is
+    /// always safe for the USIG property (a counter never goes back), and the signature
+    /// shows the value was issued by this USIG, so the caller is not inventing one.
     fn advance_to(&mut self, issued: &IssuedUi) -> Result<(), UsigError> {
         self.sync()?;
         if issued.ui.counter <= self.last.counter {
@@ -288,15 +314,7 @@ impl Usig for SoftwareUsig {
         Verifier::new(&self.signer.identity())
             .and_then(|v| v.verify(self.replica, &issued.digest, &issued.ui))
             .map_err(|e| UsigError::NotOurs(e.to_string()))?;
-        if issued.ui.counter != self.last.counter + 1 {
-            // Each deferred UI is synced before the next is issued, so the durable
-            // counter is never more than one behind anything issued.
-            return Err(UsigError::NotOurs(format!(
-                "counter {} is more than one above the durable {}",
-                issued.ui.counter, self.last.counter
-            )));
-        }
-        let record = Record {
+        self.last = Record {
             counter: issued.ui.counter,
             digest: issued.digest,
             cert: issued
@@ -306,8 +324,9 @@ impl Usig for SoftwareUsig {
                 .try_into()
                 .map_err(|_| UsigError::NotOurs("certificate length".into()))?,
         };
-        self.write_record(record)?;
-        self.sync_file()
+        self.written = false;
+        self.synced = false;
+        self.sync()
     }
 
     fn last_issued(&self) -> Option<IssuedUi> {
@@ -451,7 +470,6 @@ fn slot_sum(body: &[u8], slot: usize, header_sum: &[u8; 32]) -> [u8; 32] {
 }
 
 fn encode_slot(record: &Record, slot: usize, header_sum: &[u8; 32]) -> [u8; BLOCK_LEN] {
-    assert!(record.counter == 0 || record.slot() == slot);
     let mut block = [0u8; BLOCK_LEN];
     block[..8].copy_from_slice(SLOT_MAGIC);
     block[8..16].copy_from_slice(&record.counter.to_be_bytes());
@@ -477,9 +495,6 @@ fn decode_slot(block: &[u8], slot: usize, header_sum: &[u8; 32]) -> Result<Recor
         digest: block[16..48].try_into().expect("32 bytes"),
         cert: block[48..SLOT_BODY_LEN].try_into().expect("64 bytes"),
     };
-    if record.counter != 0 && record.slot() != slot {
-        return Err(format!("counter {} stored in slot {slot}", record.counter));
-    }
     Ok(record)
 }
 

@@ -180,10 +180,11 @@ fn software_recovers_from_a_torn_record_write() {
     assert_eq!(usig.create_ui(&test_digest(50)).unwrap().counter, 5);
 }
 
-/// Slots from two different moments (a partial rollback) do not hold consecutive
-/// counters and are refused.
+/// An old record spliced into the slot that does not hold the newest one (a partial
+/// rollback of the file) changes nothing: the newest valid record is the last issued
+/// value, and the next UI continues above it.
 #[test]
-fn software_refuses_records_spliced_from_different_times() {
+fn software_ignores_an_old_record_beside_the_newest() {
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate().unwrap();
     let path = dir.path().join(STATE_FILE_NAME);
@@ -197,8 +198,107 @@ fn software_refuses_records_spliced_from_different_times() {
     let file = OpenOptions::new().write(true).open(&path).unwrap();
     file.write_all_at(&old[start..start + BLOCK_LEN as usize], start as u64)
         .unwrap();
-    let err = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap_err();
+    let mut usig = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap();
+    assert_eq!(usig.last_issued().unwrap().ui.counter, 4);
+    assert_eq!(usig.create_ui(&test_digest(5)).unwrap().counter, 5);
+}
+
+/// Two slots holding the same counter cannot come from any sequence of writes.
+#[test]
+fn software_refuses_both_slots_at_one_counter() {
+    let key = SigningKey::generate().unwrap();
+    // Strictly: counter 1 into slot 1, counter 2 into slot 0.
+    let strict = tempfile::tempdir().unwrap();
+    let mut usig = SoftwareUsig::open(strict.path(), 0, key.pkcs8()).unwrap();
+    issue(&mut usig, 2);
+    drop(usig);
+    // Deferred: counters 1 and 2, one sync, so counter 2 lands in slot 1.
+    let deferred = tempfile::tempdir().unwrap();
+    let mut usig = SoftwareUsig::open(deferred.path(), 0, key.pkcs8()).unwrap();
+    usig.create_ui_deferred(&test_digest(1)).unwrap();
+    usig.create_ui_deferred(&test_digest(2)).unwrap();
+    usig.sync().unwrap();
+    drop(usig);
+    let slot1 = fs::read(deferred.path().join(STATE_FILE_NAME)).unwrap();
+    let start = slot_offset(1) as usize;
+    let file = OpenOptions::new()
+        .write(true)
+        .open(strict.path().join(STATE_FILE_NAME))
+        .unwrap();
+    file.write_all_at(&slot1[start..start + BLOCK_LEN as usize], start as u64)
+        .unwrap();
+    let err = SoftwareUsig::open(strict.path(), 0, key.pkcs8()).unwrap_err();
     assert!(matches!(err, UsigError::CorruptState { .. }), "{err}");
+}
+
+/// The replica's group commit: deferred UIs anchored in the caller's synced log. Written
+/// back (no sync), the last one survives a process crash; not written back, the file
+/// stays at the last write and the caller's log moves it up with `advance_to`, by any
+/// number of steps; a torn write of the scratch slot leaves the synced slot intact.
+#[test]
+fn software_write_back_survives_a_process_crash_and_advance_covers_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    let mut logged = None;
+    {
+        let mut usig = SoftwareUsig::open(dir.path(), 2, key.pkcs8()).unwrap();
+        issue(&mut usig, 3);
+        for c in 4..=10 {
+            assert_eq!(usig.create_ui_deferred(&test_digest(c)).unwrap().counter, c);
+        }
+        usig.write_back().unwrap();
+        assert!(usig.needs_sync(), "written back is not synced");
+        for c in 11..=14 {
+            let ui = usig.create_ui_deferred(&test_digest(c)).unwrap();
+            logged = Some(usig::IssuedUi {
+                digest: test_digest(c),
+                ui,
+            });
+        }
+        // Dropped: a SIGKILL after the caller's log sync, before the next write-back.
+    }
+    let mut usig = SoftwareUsig::open(dir.path(), 2, key.pkcs8()).unwrap();
+    assert_eq!(usig.last_issued().unwrap().ui.counter, 10);
+    usig.advance_to(&logged.unwrap()).unwrap();
+    assert_eq!(usig.last_issued().unwrap().ui.counter, 14);
+    // Synced at 14 by advance_to; write back 15..17 into the scratch slot, then tear it.
+    for c in 15..=17 {
+        usig.create_ui_deferred(&test_digest(c)).unwrap();
+        usig.write_back().unwrap();
+    }
+    drop(usig);
+    let path = dir.path().join(STATE_FILE_NAME);
+    let bytes = fs::read(&path).unwrap();
+    let (mut s0, mut s1) = (None, None);
+    for (slot, out) in [(0u64, &mut s0), (1, &mut s1)] {
+        let at = (BLOCK_LEN * (1 + slot)) as usize;
+        *out = Some(u64::from_be_bytes(
+            bytes[at + 8..at + 16].try_into().unwrap(),
+        ));
+    }
+    let scratch = if s0 == Some(17) { 0 } else { 1 };
+    assert_eq!([s0, s1][scratch as usize], Some(17));
+    assert_eq!([s0, s1][1 - scratch as usize], Some(14));
+    let usig = SoftwareUsig::open(dir.path(), 2, key.pkcs8()).unwrap();
+    assert_eq!(usig.last_issued().unwrap().ui.counter, 17);
+    drop(usig);
+    // Reopening synced 17 into place; a torn write of the next scratch slot (holding
+    // 14 now) leaves 17.
+    let reopened = fs::read(&path).unwrap();
+    let other = 1 - scratch;
+    let at = BLOCK_LEN * (1 + other);
+    assert_eq!(
+        u64::from_be_bytes(
+            reopened[at as usize + 8..at as usize + 16]
+                .try_into()
+                .unwrap()
+        ),
+        14
+    );
+    flip_byte(&path, at + 30);
+    let mut usig = SoftwareUsig::open(dir.path(), 2, key.pkcs8()).unwrap();
+    assert_eq!(usig.last_issued().unwrap().ui.counter, 17);
+    assert_eq!(usig.create_ui(&test_digest(18)).unwrap().counter, 18);
 }
 
 #[test]
@@ -268,8 +368,8 @@ fn key_file_with_garbage_is_refused() {
 }
 
 /// Group commit (`create_ui_deferred` + `sync`): nothing of an unsynced UI is on disk, so
-/// a crash before `sync` leaves the counter where it was; after `sync` it is durable; a
-/// second deferred UI first syncs the one before it.
+/// a crash before `sync` leaves the counter where it was; after `sync` the last of the
+/// deferred UIs is durable.
 #[test]
 fn software_deferred_ui_is_durable_only_after_sync() {
     let dir = tempfile::tempdir().unwrap();
@@ -286,7 +386,6 @@ fn software_deferred_ui_is_durable_only_after_sync() {
         let mut usig = SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap();
         assert_eq!(usig.last_issued().unwrap().ui.counter, 3);
         assert_eq!(usig.create_ui_deferred(&test_digest(4)).unwrap().counter, 4);
-        // The next one syncs 4 before it is issued.
         assert_eq!(usig.create_ui_deferred(&test_digest(5)).unwrap().counter, 5);
         usig.sync().unwrap();
         assert!(!usig.needs_sync());
@@ -298,8 +397,8 @@ fn software_deferred_ui_is_durable_only_after_sync() {
 }
 
 /// `advance_to`: a UI the caller logged but whose counter the USIG had not yet synced
-/// (power loss between the two syncs) moves the counter up; a UI of another key, or one
-/// more than a step ahead, is refused; an old one changes nothing.
+/// (power loss between the two syncs) moves the counter up; a UI of another key or for
+/// another digest is refused; an old one changes nothing.
 #[test]
 fn software_advances_only_to_its_own_next_ui() {
     let dir = tempfile::tempdir().unwrap();

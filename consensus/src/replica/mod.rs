@@ -216,6 +216,17 @@ struct PendingRequest {
     proposed: bool,
 }
 
+/// A read-only request waiting for the batches this replica had accepted when it arrived.
+#[derive(Clone, Debug)]
+struct HeldRead {
+    until: SeqNum,
+    arrived_tick: u64,
+    request: Request,
+}
+
+/// Longest a read-only request is held for accepted batches to execute (ticks).
+const READ_HOLD_TICKS: u64 = 2;
+
 /// One batch slot above the stable checkpoint.
 #[derive(Clone, Debug)]
 struct Slot {
@@ -242,6 +253,9 @@ pub struct Replica {
 
     // Normal case.
     pending: BTreeMap<ClientId, PendingRequest>,
+    /// Read-only requests held until the batches accepted before they arrived execute
+    /// (see `Replica::on_request`).
+    held_reads: VecDeque<HeldRead>,
     /// Accepted PREPAREs above the stable checkpoint, by (view, n).
     log: BTreeMap<(View, SeqNum), Slot>,
     /// COMMIT votes (the primary's PREPARE counts as its vote), by (view, n).
@@ -347,6 +361,7 @@ impl Replica {
             own_counter: recovered.usig_counter,
             streams: (0..n).map(|_| fifo::Stream::new()).collect(),
             pending: BTreeMap::new(),
+            held_reads: VecDeque::new(),
             log: BTreeMap::new(),
             votes: BTreeMap::new(),
             prepared_n: recovered.stable.n,
@@ -515,6 +530,7 @@ impl Replica {
                 view: self.view,
             }));
         }
+        self.release_reads();
         self.check_gaps();
         self.check_request_timers();
         self.check_view_change_timer();

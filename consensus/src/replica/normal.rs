@@ -8,14 +8,30 @@
 //! precedes, in its own counter order, all its messages about batches above `n`.
 
 use super::fifo::Flow;
-use super::{Intent, Output, PendingRequest, Replica, Slot, Status};
+use super::{HeldRead, Intent, Output, PendingRequest, READ_HOLD_TICKS, Replica, Slot, Status};
 use crate::message::{Batch, Commit, Prepare, PrepareHeader, Reply, Request};
 use crate::types::{ClientId, Digest, SeqNum};
 
 impl Replica {
     pub(super) fn on_request(&mut self, req: Request) {
         if req.read_only {
-            self.outputs.push(Output::ExecuteReadOnly { request: req });
+            // A read right after a write reaches every replica while the slowest of the
+            // replicas that will execute the write has only accepted it: answered at
+            // once, its reply would differ, and the client would have to order the read.
+            // Held until the batches accepted by now execute (or for a few ticks), all
+            // replies match. Waiting only makes the state read later, never older.
+            if self.status == Status::Normal
+                && self.prepared_n > self.executed_n
+                && self.held_reads.len() < self.config.clients_max
+            {
+                self.held_reads.push_back(HeldRead {
+                    until: self.prepared_n,
+                    arrived_tick: self.ticks,
+                    request: req,
+                });
+            } else {
+                self.outputs.push(Output::ExecuteReadOnly { request: req });
+            }
             return;
         }
         if let Some(rec) = self.clients.get(&req.client) {
@@ -341,6 +357,7 @@ impl Replica {
             "I3: one result per executed request"
         );
         self.executed_n = n;
+        self.release_reads();
         // Progress in this view: the next view change starts from the base timeout again.
         self.view_change_timeout_ticks = self.config.view_change_timeout_ticks;
         for ((client, seq), result) in ids.into_iter().zip(results) {
@@ -391,6 +408,23 @@ impl Replica {
         {
             self.view_top_sent = Some(self.view);
             self.take_checkpoint(n, app_digest, Some(self.view));
+        }
+    }
+
+    /// Answers the held reads whose batches executed or whose wait is over.
+    pub(super) fn release_reads(&mut self) {
+        if self.held_reads.is_empty() {
+            return;
+        }
+        let (executed, ticks) = (self.executed_n, self.ticks);
+        let held = std::mem::take(&mut self.held_reads);
+        for h in held {
+            if h.until <= executed || ticks.saturating_sub(h.arrived_tick) >= READ_HOLD_TICKS {
+                self.outputs
+                    .push(Output::ExecuteReadOnly { request: h.request });
+            } else {
+                self.held_reads.push_back(h);
+            }
         }
     }
 

@@ -294,3 +294,77 @@ fn recover_with_the_usig_ahead_of_the_log_rebases_first() {
     assert!(r.in_view_change());
     assert!(r.is_rebasing());
 }
+
+fn read_request(c: &SimCrypto, config: &Config, client: ClientId) -> Input {
+    let mut req = Request {
+        client,
+        seq: 1,
+        read_only: true,
+        op: vec![9],
+        sig: vec![],
+    };
+    req.sig = c.sign_request(client, &req.digest());
+    Input::Request(validate::request(config, c, req).expect("valid read"))
+}
+
+fn reads_answered(outs: &[Output]) -> Vec<ClientId> {
+    outs.iter()
+        .filter_map(|o| match o {
+            Output::ExecuteReadOnly { request } => Some(request.client),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A read-only request that reaches a backup which accepted a batch but has not executed
+/// it yet waits for that execution (so it reads what the write's repliers read); one
+/// that finds nothing pending is answered at once; a held read is answered after
+/// `READ_HOLD_TICKS` ticks even if execution stalls.
+#[test]
+fn reads_wait_for_accepted_batches_then_for_at_most_a_few_ticks() {
+    let c = crypto();
+    let config = Config::new(1);
+    let mut r = Replica::new(1, config.clone(), Box::new(c.clone()));
+    r.step(Input::Tick { now_ns: 1 }); // a clock reading, to judge timestamps by
+    assert_eq!(reads_answered(&r.step(read_request(&c, &config, 50))), [50]);
+
+    let p = prepare(&c, &config, 0, 1, 1, 1);
+    let msg = validate::peer_message(&config, &c, 0, PeerMessage::Ui(UiMessage::Prepare(p)))
+        .expect("valid prepare");
+    let outs = r.step(Input::Peer { from: 0, msg });
+    assert!(
+        outs.iter().any(|o| matches!(o, Output::CreateUi { .. })),
+        "{outs:?} {:?}",
+        r.dropped()
+    );
+    // Accepted (its COMMIT is being certified), not executed: the read waits.
+    assert!(reads_answered(&r.step(read_request(&c, &config, 51))).is_empty());
+    let outs = r.step(Input::UiCreated(Ui {
+        counter: 1,
+        cert: c.ui_cert(1, 1, &[0; 32]),
+    }));
+    assert!(reads_answered(&outs).is_empty());
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Execute { n: 1, .. })),
+        "{outs:?}"
+    );
+    let outs = r.step(Input::Executed {
+        n: 1,
+        results: vec![vec![]],
+        app_digest: None,
+    });
+    assert_eq!(reads_answered(&outs), [51]);
+
+    // A second batch accepted and never executed: the read goes after the hold.
+    let p = prepare(&c, &config, 0, 2, 2, 2);
+    let msg = validate::peer_message(&config, &c, 0, PeerMessage::Ui(UiMessage::Prepare(p)))
+        .expect("valid prepare");
+    r.step(Input::Peer { from: 0, msg });
+    assert!(reads_answered(&r.step(read_request(&c, &config, 52))).is_empty());
+    let mut answered = Vec::new();
+    for tick in 1..=READ_HOLD_TICKS {
+        answered.extend(reads_answered(&r.step(Input::Tick { now_ns: 1 + tick })));
+    }
+    assert_eq!(answered, [52]);
+}

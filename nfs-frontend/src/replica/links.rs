@@ -33,8 +33,10 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// What connections hand the protocol loop.
+/// What connections (and the USIG's thread) hand the protocol loop.
 pub enum Event {
+    /// The USIG's thread finished the `createUI` it was asked for.
+    UiCreated(Result<usig::Ui, usig::UsigError>),
     Link {
         from: ReplicaId,
         msg: LinkMsg,

@@ -4,8 +4,9 @@
 //! order, the way the simulator (`consensus::sim`) does with fakes.
 //!
 //! One current-thread tokio runtime: the protocol loop handles a burst of inputs
-//! synchronously (validation, `step`, USIG, execution with its one sync per batch, log
-//! appends), then makes the log durable with one `fdatasync`, and only then yields, which
+//! synchronously (validation, `step`, USIG, execution, log appends), then makes the log
+//! durable with one `fdatasync` (which with the software USIG also makes its counter
+//! durable; the file state is synced at checkpoints), and only then yields, which
 //! is the first moment the connection tasks can write anything queued during the burst.
 //! That is how "every `Persist` is durable before any later send" holds while the log
 //! sync is shared by a whole burst.
@@ -96,6 +97,77 @@ fn now_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// Where the USIG runs. The software USIG signs in tens of microseconds and its counter
+/// rides on the log's sync, so it runs inline. A TPM (20–600 ms a UI) or a separate
+/// USIG process runs on a thread of its own: while it certifies one message the
+/// protocol thread keeps receiving, executing and replying, and requests arriving
+/// meanwhile ride in the next batch. The core asks for one UI at a time, so one thread
+/// and a queue of at most one digest keep the counters in order.
+enum UsigSeat {
+    Inline(Box<dyn Usig + Send>),
+    Worker {
+        /// Digests to certify; dropped to stop the thread.
+        tx: Option<std::sync::mpsc::Sender<usig::Digest>>,
+        /// The thread, which hands the USIG back when it stops (a TPM session is
+        /// flushed when the USIG is dropped).
+        thread: Option<std::thread::JoinHandle<Box<dyn Usig + Send>>>,
+    },
+}
+
+impl UsigSeat {
+    fn needs_sync(&self) -> bool {
+        matches!(self, UsigSeat::Inline(u) if u.needs_sync())
+    }
+
+    /// Moves the USIG onto a thread of its own that reports to `events`.
+    fn start_worker(&mut self, id: ReplicaId, events: mpsc::Sender<Event>) -> std::io::Result<()> {
+        let placeholder = UsigSeat::Worker {
+            tx: None,
+            thread: None,
+        };
+        let UsigSeat::Inline(mut usig) = std::mem::replace(self, placeholder) else {
+            return Ok(());
+        };
+        let (tx, rx) = std::sync::mpsc::channel::<usig::Digest>();
+        let thread = std::thread::Builder::new()
+            .name(format!("usig-{id}"))
+            .spawn(move || {
+                while let Ok(digest) = rx.recv() {
+                    let result = usig.create_ui(&digest);
+                    let failed = result.is_err();
+                    if events.blocking_send(Event::UiCreated(result)).is_err() || failed {
+                        break;
+                    }
+                }
+                usig
+            })?;
+        *self = UsigSeat::Worker {
+            tx: Some(tx),
+            thread: Some(thread),
+        };
+        Ok(())
+    }
+
+    /// Stops a worker (after the protocol loop stopped reading its events) and makes
+    /// everything durable.
+    fn close(&mut self) -> Result<(), ReplicaError> {
+        match self {
+            UsigSeat::Inline(u) => Ok(u.sync()?),
+            UsigSeat::Worker { tx, thread } => {
+                drop(tx.take());
+                if let Some(t) = thread.take() {
+                    // At most one createUI in flight; the USIG is dropped here.
+                    let mut usig = t.join().map_err(|_| {
+                        ReplicaError::Io(std::io::Error::other("the USIG thread panicked"))
+                    })?;
+                    usig.sync()?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 struct Node {
     id: ReplicaId,
     data_dir: PathBuf,
@@ -104,7 +176,7 @@ struct Node {
     crypto: ClusterCrypto,
     core: Replica,
     app: Option<App>,
-    usig: Box<dyn Usig + Send>,
+    usig: UsigSeat,
     /// The USIG defers its counter's sync to `sync_all` (in-process software USIG).
     group_commit: bool,
     log: ProtocolLog,
@@ -132,31 +204,37 @@ impl Node {
     }
 
     /// Makes everything this burst produced durable before any of it can leave: protocol
-    /// records (which hold every ordered request, so the executed batches too) and the
-    /// USIG's counter; and, when the burst took a checkpoint, the file state, on a second
-    /// thread while this one syncs the log and then the USIG (measured here: a second
-    /// fdatasync right after a first costs a third of one; a thread per sync costs more
-    /// than it saves).
+    /// records (which hold every ordered request, so the executed batches too, and every
+    /// message this replica certified) and the USIG's counter; and, when the burst took
+    /// a checkpoint, the file state, on a second thread while this one syncs the log
+    /// (measured here: a thread per sync costs more than it saves otherwise).
     ///
-    /// The log is durable before the USIG writes its counter, so no crash, not even a
-    /// power loss, leaves the counter ahead of the logged message carrying it; a crash
-    /// between the two leaves the counter one behind the log, which `open_node` repairs
-    /// (`Usig::advance_to`, on the USIG's own signature).
+    /// With the in-process software USIG (`group_commit`) the log's one `fdatasync` is
+    /// also the counter's: every UI of the burst is in a `Sent` record of the synced
+    /// log, `open_node` moves the counter up to the last logged one
+    /// (`Usig::advance_to`, on the USIG's own signature), and log compaction always
+    /// keeps the newest `Sent` record. The USIG only writes its counter back (no sync,
+    /// so a process crash keeps it for a replica that loses its log but not its USIG
+    /// state) after the log is durable, so its file is never ahead of the log; it syncs
+    /// it at checkpoints. Other USIGs made their counter durable in `create_ui`.
     fn sync_all(&mut self) -> Result<(), ReplicaError> {
         let usig = self.usig.needs_sync();
         let log = self.log.must_sync() || (usig && self.log.is_dirty());
         let app = std::mem::take(&mut self.app_dirty) && self.app.is_some();
-        let protocol = |log_ref: &mut ProtocolLog,
-                        usig_ref: &mut Box<dyn Usig + Send>|
-         -> Result<(), ReplicaError> {
-            if log {
-                log_ref.sync()?;
-            }
-            if usig {
-                usig_ref.sync()?;
-            }
-            Ok(())
-        };
+        let protocol =
+            |log_ref: &mut ProtocolLog, seat: &mut UsigSeat| -> Result<(), ReplicaError> {
+                if log {
+                    log_ref.sync()?;
+                }
+                if usig && let UsigSeat::Inline(usig_ref) = seat {
+                    if app {
+                        usig_ref.sync()?;
+                    } else {
+                        usig_ref.write_back()?;
+                    }
+                }
+                Ok(())
+            };
         if !app {
             return protocol(&mut self.log, &mut self.usig);
         }
@@ -216,22 +294,34 @@ impl Node {
                 }
             }
             Output::CreateUi { digest } => {
-                let ui = if self.group_commit {
-                    // Group commit: the counter becomes durable in `sync_all`, after the
-                    // log has the message, and before anything leaves (see `sync_all`).
-                    if self.usig.needs_sync() {
-                        self.sync_all()?;
-                    }
-                    self.usig.create_ui_deferred(&digest)?
-                } else {
+                if !self.group_commit {
                     // Write-ahead: the message's intent (and every record before it) is
                     // durable before the USIG spends a counter on it, so a crash in
                     // between is completed on restart instead of leaving a hole in our
                     // stream.
                     self.log.sync()?;
-                    self.usig.create_ui(&digest)?
-                };
-                work.push_back(Input::UiCreated(ui));
+                }
+                match &mut self.usig {
+                    // Group commit: the counter becomes durable with the log's sync in
+                    // `sync_all`, before anything leaves (see `sync_all`).
+                    UsigSeat::Inline(usig) if self.group_commit => {
+                        let ui = usig.create_ui_deferred(&digest)?;
+                        work.push_back(Input::UiCreated(ui));
+                    }
+                    UsigSeat::Inline(usig) => {
+                        let ui = usig.create_ui(&digest)?;
+                        work.push_back(Input::UiCreated(ui));
+                    }
+                    // The answer comes back as `Event::UiCreated`.
+                    UsigSeat::Worker { tx, .. } => {
+                        let sent = tx.as_ref().is_some_and(|tx| tx.send(digest).is_ok());
+                        if !sent {
+                            return Err(ReplicaError::Io(std::io::Error::other(
+                                "the USIG thread stopped",
+                            )));
+                        }
+                    }
+                }
             }
             Output::Execute {
                 n,
@@ -308,6 +398,7 @@ impl Node {
 
     fn on_event(&mut self, ev: Event) -> Result<(), ReplicaError> {
         match ev {
+            Event::UiCreated(result) => self.feed(Input::UiCreated(result?)),
             Event::Link { from, msg } => match msg {
                 LinkMsg::Peer(m) => self.on_peer(from, m),
                 LinkMsg::StateRequest { n } => self.on_state_request(from, n),
@@ -408,7 +499,8 @@ fn open_node(
         && let Some(msg) = log.durable.sent.values().next_back()
         && usig.last_issued().map_or(0, |u| u.ui.counter) < msg.counter()
     {
-        // Power lost between the log's sync and the USIG's (`sync_all`): the logged
+        // The log's sync made the counter durable (`sync_all`); the USIG's own file
+        // lags after a power loss (or a crash before its write-back): the logged
         // message proves, by the USIG's own signature, that its counter was issued.
         let issued = usig::IssuedUi {
             digest: msg.certified_digest(),
@@ -539,7 +631,7 @@ fn open_node(
         crypto,
         core,
         app: Some(app),
-        usig,
+        usig: UsigSeat::Inline(usig),
         group_commit,
         log,
         app_dirty: false,
@@ -570,6 +662,9 @@ pub async fn run(
     let link_keys = Arc::new(secrets.link_keys.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let (ev_tx, mut ev_rx) = mpsc::channel::<Event>(EVENT_QUEUE_MAX);
+    if !node.group_commit {
+        node.usig.start_worker(opts.id, ev_tx.clone())?;
+    }
     let mut peer_tasks = Vec::new();
     for j in 0..config.n() {
         match link_keys[j as usize] {
@@ -617,7 +712,8 @@ pub async fn run(
                 }
             }
             // Durable before we yield: nothing queued above reaches a socket before
-            // (except `Sent` records, which the synced intents already cover).
+            // (with a TPM or process USIG, a `Sent` record may wait: the synced intent
+            // and the USIG's own durable last UI cover it).
             node.sync_all()?;
         }
     }
@@ -633,8 +729,10 @@ pub async fn run(
     }
     // Whatever was appended is made durable; a clean close lets the next open skip
     // rehashing. After a local fault the state machine refuses to close: leave it.
+    // The USIG thread may be blocked handing over a UI: stop reading first.
+    drop(ev_rx);
     node.log.sync()?;
-    node.usig.sync()?;
+    node.usig.close()?;
     if result.is_ok()
         && let Some(app) = node.app.take()
     {
