@@ -187,10 +187,11 @@ fn durability(modes: &[Mode]) -> String {
         "both embedded modes reply only after the operation is durable: the unreplicated \
          server fsyncs its file state once per batch of operations that arrived together; \
          each MinPBFT replica makes what a burst of inputs produced durable before any \
-         message or reply of that burst leaves: its protocol log (which holds every \
-         ordered request) and then its software USIG's counter, fdatasynced; its file \
-         state is synced at checkpoints and rebuilt from the last one plus the log after \
-         a crash; a WRITE, UNSTABLE or not, is durable when answered"
+         message or reply of that burst leaves: its protocol log, fdatasynced once (it \
+         holds every ordered request and every UI the software USIG issued, so it is \
+         also the counter's durable record); its file state is synced at checkpoints \
+         and rebuilt from the last one plus the log after a crash; a WRITE, UNSTABLE or \
+         not, is durable when answered"
             .to_string(),
     ];
     for m in modes {
