@@ -302,9 +302,9 @@ fn restarted_replica_catches_up_with_no_client_traffic() {
         let addr = cluster.nfs_addr();
         block_on(write_files(addr, "warm", 3));
         cluster.stop_replica(2).expect("stop 2");
-        // One client, one request per batch: CREATE + WRITE per file, 67 files (the
-        // 48th has 7 WRITEs). The count is chosen so the batches do not end on a
-        // checkpoint boundary (checked below).
+        // One client, one request per batch: a CREATE and its WRITEs per file (7 WRITEs
+        // for the 200 KiB ones). 67 files leave the last batches above a checkpoint
+        // boundary (152 against 144; checked below).
         block_on(write_files(addr, "f", 67));
         // The clients stop here. Let the batches above the last checkpoint go stale.
         std::thread::sleep(Duration::from_millis(2_500));
@@ -377,7 +377,7 @@ fn transfer_progress(replica_dir: &std::path::Path) -> Option<(u64, u64)> {
 /// cluster never stops serving) and none of its writes is lost.
 #[test]
 fn replica_killed_in_the_middle_of_a_state_transfer_restarts_and_converges() {
-    bounded(Duration::from_secs(300), || {
+    bounded(Duration::from_secs(150), || {
         let tmp = tempfile::tempdir().expect("tempdir");
         let mut up = Up::start(&tmp.path().join("D"));
         let addr = up.addr();
