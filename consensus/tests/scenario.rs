@@ -618,4 +618,6 @@ scenarios! {
     usig_gap_rebase_rejoins => "09-usig-gap-rejoin.scen",
     lost_disk_rebase_rejoins_by_state_transfer => "10-lost-disk-rejoin.scen",
     primary_rebases_and_is_replaced => "11-primary-rebases.scen",
+    idle_cluster_catch_up_after_state_transfer => "12-idle-catch-up-after-transfer.scen",
+    idle_cluster_catch_up_by_retransmission => "13-idle-catch-up-by-retransmission.scen",
 }

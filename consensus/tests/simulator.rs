@@ -311,6 +311,32 @@ fn long_crash_falls_behind_several_checkpoints_and_catches_up() {
     assert!(r.iter().map(|x| x.state_transfers).sum::<u64>() > 0);
 }
 
+/// The idle-cluster catch-up hole: the long-crashed replica restarts only after every
+/// client finished and the cluster sat idle for longer than the timestamp skew; the run
+/// ends only once it executed everything the others did. Before the fix it refused the
+/// stale PREPAREs above the checkpoint it installed and never caught up (liveness
+/// failure).
+#[test]
+fn long_crash_then_idle_cluster_catches_up_without_client_traffic() {
+    for f in [1, 2] {
+        let r = run_with(f, 1600..1600 + SEEDS_PER_BEHAVIOUR / 2, |o| {
+            o.long_crash = true;
+            o.idle_catch_up = true;
+        });
+        assert!(r.iter().all(|x| x.completed_requests == 80));
+        let idle: Vec<(u64, u64)> = r.iter().filter_map(|x| x.idle_catch_up).collect();
+        assert!(
+            idle.len() * 2 > r.len(),
+            "f={f}: few idle restarts: {idle:?}"
+        );
+        assert!(
+            idle.iter().any(|&(tail, _)| tail > 0),
+            "f={f}: never a log tail above the checkpoint: {idle:?}"
+        );
+        assert!(r.iter().map(|x| x.state_transfers).sum::<u64>() > 0);
+    }
+}
+
 #[test]
 fn corrupted_state_is_detected_and_repaired() {
     let r = run_with(1, 1400..1400 + SEEDS_PER_BEHAVIOUR, |o| {

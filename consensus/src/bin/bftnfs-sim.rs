@@ -75,6 +75,8 @@ pub fn options_for(seed: u64, f: u32, mode: Option<Option<Byzantine>>) -> SimOpt
     o.usig_gaps = seed.is_multiple_of(2);
     o.disk_loss = seed.is_multiple_of(3);
     o.long_crash = seed % 7 == 3;
+    // A crash-faulty long-crash victim also restarts only after the cluster went idle.
+    o.idle_catch_up = o.long_crash;
     o.corrupt_state_at = (seed % 5 == 1).then_some(100);
     if o.byzantine == Some(Byzantine::BadNewView) {
         o.isolate_primary_at = vec![50];

@@ -192,7 +192,18 @@ impl Replica {
             if self.now_ns == 0 {
                 return Flow::Defer; // no clock reading yet: judge it at the first tick
             }
-            if !self.timestamp_ok(h.timestamp_ns) {
+            if !self.timestamp_ok(h.timestamp_ns) && !self.committed_by_others(p) {
+                if self.timestamp_stale(h.timestamp_ns) {
+                    // Too old for our clock: either a faulty primary, or we are catching
+                    // up (after a restart or a state transfer) on a batch the others
+                    // decided long ago. Wait for their COMMITs: f of them with the
+                    // PREPARE are a commit quorum, so one correct replica judged this
+                    // timestamp against its clock when it was fresh. Rejecting would
+                    // leave us behind until the next checkpoint, forever in an idle
+                    // cluster. A faulty primary's stale batch never gathers those votes
+                    // and the request timers replace it.
+                    return Flow::Defer;
+                }
                 self.drop_input("bad_timestamp");
                 self.reject_prepare(p);
                 self.suspect_primary();
@@ -250,6 +261,27 @@ impl Replica {
         ts > self.last_timestamp_ns
             && ts <= self.now_ns.saturating_add(self.config.timestamp_skew_ns)
             && ts >= self.now_ns.saturating_sub(self.config.timestamp_skew_ns)
+    }
+
+    /// True when the primary's timestamp is older than our clock allows (not merely
+    /// non-monotonic or in the future).
+    fn timestamp_stale(&self, ts: u64) -> bool {
+        ts > self.last_timestamp_ns
+            && ts < self.now_ns.saturating_sub(self.config.timestamp_skew_ns)
+    }
+
+    /// True when f backups other than us COMMITted exactly this PREPARE: with the
+    /// primary's PREPARE that is f+1 matching votes, a decided batch (at least one of
+    /// them is correct and applied the acceptance rules when it voted).
+    fn committed_by_others(&self, p: &Prepare) -> bool {
+        let h = p.header;
+        self.votes.get(&(h.view, h.n)).is_some_and(|votes| {
+            votes
+                .iter()
+                .filter(|&(&j, &vh)| j != self.id && j != p.primary && vh == h)
+                .count()
+                >= self.config.quorum() - 1
+        })
     }
 
     pub(super) fn on_commit(&mut self, c: &Commit) -> Flow {

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use super::view_change::decide_new_view;
 use super::*;
 use crate::crypto::SimCrypto;
-use crate::message::{Batch, CheckpointCert, PrepareHeader, Rebase, ViewChange};
+use crate::message::{Batch, CheckpointCert, Commit, PrepareHeader, Rebase, ViewChange};
 use crate::validate;
 
 fn crypto() -> SimCrypto {
@@ -367,4 +367,83 @@ fn reads_wait_for_accepted_batches_then_for_at_most_a_few_ticks() {
         answered.extend(reads_answered(&r.step(Input::Tick { now_ns: 1 + tick })));
     }
     assert_eq!(answered, [52]);
+}
+
+fn commit(c: &SimCrypto, p: &Prepare, header: PrepareHeader, sender: ReplicaId) -> Commit {
+    let mut m = Commit {
+        header,
+        primary: p.primary,
+        primary_ui: p.ui.clone(),
+        sender,
+        ui: Ui {
+            counter: 1,
+            cert: vec![],
+        },
+    };
+    m.ui.cert = c.ui_cert(sender, 1, &UiMessage::Commit(m.clone()).certified_digest());
+    m
+}
+
+fn accepted(outs: &[Output]) -> bool {
+    outs.iter()
+        .any(|o| matches!(o, Output::Persist(PersistRecord::Accepted(_))))
+}
+
+/// A PREPARE older than the timestamp skew (a replica catching up on batches the others
+/// decided while it was away) waits for the others' COMMITs instead of being refused:
+/// refusing it left the replica behind until the next checkpoint, forever in an idle
+/// cluster. Without a matching commit quorum it is never accepted.
+#[test]
+fn stale_prepare_is_accepted_only_once_the_others_committed_it() {
+    let c = crypto();
+    let config = Config::new(1);
+    let step_ui = |r: &mut Replica, from: ReplicaId, m: UiMessage| {
+        let v = validate::peer_message(&config, &c, from, PeerMessage::Ui(m)).unwrap();
+        r.step(Input::Peer { from, msg: v })
+    };
+    let now = 100 * config.timestamp_skew_ns;
+    let p = prepare(&c, &config, 0, 1, 1, 1); // timestamp 1 ns: stale at `now`
+
+    let mut r = Replica::new(1, config.clone(), Box::new(c.clone()));
+    r.step(Input::Tick { now_ns: now });
+    assert!(!accepted(&step_ui(
+        &mut r,
+        0,
+        UiMessage::Prepare(p.clone())
+    )));
+    // A COMMIT for another PREPARE of the same number (an equivocating primary's, with
+    // another timestamp) proves nothing about this one.
+    let mut q = prepare(&c, &config, 0, 1, 1, 2);
+    q.header.timestamp_ns = 2;
+    q.ui.cert = c.ui_cert(0, 2, &UiMessage::Prepare(q.clone()).certified_digest());
+    let outs = step_ui(&mut r, 2, UiMessage::Commit(commit(&c, &q, q.header, 2)));
+    assert!(!accepted(&outs));
+    assert!(
+        r.dropped().get("bad_timestamp").is_none(),
+        "{:?}",
+        r.dropped()
+    );
+    // Replica 2 has voted already (its first message); a fresh replica 1 gets the real one.
+    let mut r = Replica::new(1, config.clone(), Box::new(c.clone()));
+    r.step(Input::Tick { now_ns: now });
+    assert!(!accepted(&step_ui(
+        &mut r,
+        0,
+        UiMessage::Prepare(p.clone())
+    )));
+    let outs = step_ui(&mut r, 2, UiMessage::Commit(commit(&c, &p, p.header, 2)));
+    assert!(accepted(&outs), "{outs:?}");
+    assert!(
+        outs.iter()
+            .any(|o| matches!(o, Output::Execute { n: 1, .. }))
+    );
+
+    // A timestamp in the future is still refused at once (and the primary suspected).
+    let mut r = Replica::new(1, config.clone(), Box::new(c.clone()));
+    r.step(Input::Tick { now_ns: 1 });
+    let mut q = prepare(&c, &config, 0, 1, 1, 1);
+    q.header.timestamp_ns = 2 * config.timestamp_skew_ns;
+    q.ui.cert = c.ui_cert(0, 1, &UiMessage::Prepare(q.clone()).certified_digest());
+    assert!(!accepted(&step_ui(&mut r, 0, UiMessage::Prepare(q))));
+    assert_eq!(r.dropped().get("bad_timestamp"), Some(&1));
 }

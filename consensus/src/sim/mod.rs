@@ -100,6 +100,11 @@ pub struct SimOptions {
     /// One faulty replica crashes at tick 20 and stays down until the faults heal, long
     /// enough to fall behind several checkpoints.
     pub long_crash: bool,
+    /// With `long_crash`: the crashed replica stays down until every client finished and
+    /// the cluster sat idle for longer than the timestamp skew, then restarts; the run
+    /// ends only once it executed everything the others did, with no client traffic to
+    /// help it (the idle-cluster catch-up hole of docs/recovery.md).
+    pub idle_catch_up: bool,
     /// At this tick a faulty replica's application state is corrupted behind the
     /// protocol's back (a key no client uses): it must repair itself at a checkpoint.
     pub corrupt_state_at: Option<u64>,
@@ -136,6 +141,7 @@ impl SimOptions {
             usig_gaps: false,
             disk_loss: false,
             long_crash: false,
+            idle_catch_up: false,
             corrupt_state_at: None,
             config,
             debug: false,
@@ -165,6 +171,10 @@ pub struct SimReport {
     pub corruption_repaired: Option<bool>,
     /// Replicas still re-basing when the run ended (not yet readmitted).
     pub rebasing_at_end: usize,
+    /// `idle_catch_up`: batches the others had executed above their stable checkpoint
+    /// when the long-crashed replica restarted, and the ticks it took to execute all
+    /// they had.
+    pub idle_catch_up: Option<(u64, u64)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -272,6 +282,14 @@ struct Sim {
     rebases: u64,
     restart_lag_checkpoints_max: u64,
     corruption_done: bool,
+    /// `idle_catch_up`: the long-crashed replica, held down until the cluster idled.
+    idle_victim: Option<ReplicaId>,
+    /// Tick at which every client had finished.
+    clients_done_tick: Option<u64>,
+    /// Tick of the idle victim's restart and the log tail above the stable checkpoint
+    /// then; the ticks it took to catch up.
+    idle_restart: Option<(u64, u64)>,
+    idle_caught_up: Option<u64>,
 }
 
 /// Runs one seeded simulation.
@@ -361,6 +379,10 @@ impl Sim {
             rebases: 0,
             restart_lag_checkpoints_max: 0,
             corruption_done: false,
+            idle_victim: None,
+            clients_done_tick: None,
+            idle_restart: None,
+            idle_caught_up: None,
         }
     }
 
@@ -464,6 +486,10 @@ impl Sim {
                 .iter()
                 .filter(|r| r.core.as_ref().is_some_and(Replica::is_rebasing))
                 .count(),
+            idle_catch_up: self
+                .idle_restart
+                .zip(self.idle_caught_up)
+                .map(|((_, tail), ticks)| (tail, ticks)),
             corruption_repaired: self.replicas.iter().any(|r| r.corrupted).then(|| {
                 self.replicas
                     .iter()
@@ -477,14 +503,59 @@ impl Sim {
     /// member again (I8: readmission is part of liveness; a Byzantine one may well have
     /// kept its REBASE from everyone that matters).
     fn all_done(&self) -> bool {
-        self.clients
-            .iter()
-            .all(|c| c.remaining == 0 && c.core.is_idle())
+        self.clients_finished()
+            && (self.idle_victim.is_none() || self.idle_caught_up.is_some())
             && self
                 .replicas
                 .iter()
                 .filter(|r| r.byzantine.is_none())
                 .all(|r| r.core.as_ref().is_some_and(|c| !c.is_rebasing()))
+    }
+
+    fn clients_finished(&self) -> bool {
+        self.clients
+            .iter()
+            .all(|c| c.remaining == 0 && c.core.is_idle())
+    }
+
+    /// `idle_catch_up`: records when the clients finished, and whether the restarted
+    /// victim has executed everything the other replicas did.
+    fn watch_idle_catch_up(&mut self, ticks: u64) {
+        let Some(victim) = self.idle_victim else {
+            return;
+        };
+        if self.clients_done_tick.is_none() && self.clients_finished() {
+            self.clients_done_tick = Some(ticks);
+        }
+        let Some((restarted, _)) = self.idle_restart else {
+            return;
+        };
+        if self.idle_caught_up.is_some() {
+            return;
+        }
+        let executed = |r: &SimReplica| r.core.as_ref().map_or(0, Replica::executed_n);
+        let others = self
+            .replicas
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != victim as usize)
+            .map(|(_, r)| executed(r))
+            .max()
+            .unwrap_or(0);
+        if executed(&self.replicas[victim as usize]) >= others {
+            self.idle_caught_up = Some(ticks - restarted);
+        }
+    }
+
+    /// `idle_catch_up`: the victim stays down until the clients finished and the
+    /// cluster idled longer than the timestamp skew (its log tail went stale).
+    fn held_down(&self, i: ReplicaId, ticks: u64) -> bool {
+        if self.idle_victim != Some(i) || self.idle_restart.is_some() {
+            return false;
+        }
+        let skew_ticks = self.opts.config.timestamp_skew_ns / self.opts.config.tick_ns;
+        self.clients_done_tick
+            .is_none_or(|t| ticks < t + skew_ticks + 100)
     }
 
     // ----- faults and time -----------------------------------------------------------
@@ -507,8 +578,13 @@ impl Sim {
             let victim = *self.faulty.iter().next().expect("f >= 1");
             if self.replicas[victim as usize].core.is_some() {
                 self.crash(victim, self.opts.fault_ticks);
+                // (A Byzantine victim may not even try to catch up.)
+                if self.opts.idle_catch_up && self.replicas[victim as usize].byzantine.is_none() {
+                    self.idle_victim = Some(victim);
+                }
             }
         }
+        self.watch_idle_catch_up(ticks);
         if self.opts.corrupt_state_at.is_some_and(|t| ticks >= t) && !self.corruption_done {
             // At that tick, or as soon as the victim is up. (A silent primary stays
             // silent, catching up included: it is no victim.)
@@ -541,7 +617,14 @@ impl Sim {
         self.isolated.retain(|_, until| *until > ticks);
         for i in 0..n {
             let r = &self.replicas[i as usize];
-            if r.core.is_none() && (r.down_until <= ticks || !self.in_fault_phase()) {
+            if r.core.is_none()
+                && (r.down_until <= ticks || !self.in_fault_phase())
+                && !self.held_down(i, ticks)
+            {
+                if self.idle_victim == Some(i) && self.idle_restart.is_none() {
+                    let tail = self.tail_above_stable();
+                    self.idle_restart = Some((ticks, tail));
+                }
                 self.restart(i);
             }
         }
@@ -576,6 +659,16 @@ impl Sim {
             }
             self.client_outputs(k, outs);
         }
+    }
+
+    /// Batches the running replicas executed above their stable checkpoint (max).
+    fn tail_above_stable(&self) -> u64 {
+        self.replicas
+            .iter()
+            .filter_map(|r| r.core.as_ref())
+            .map(|c| c.executed_n() - c.stable_checkpoint().n)
+            .max()
+            .unwrap_or(0)
     }
 
     fn crash(&mut self, i: ReplicaId, until: u64) {

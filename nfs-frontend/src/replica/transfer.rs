@@ -37,6 +37,11 @@ use crate::net::{CHUNKS_PER_REQUEST_MAX, ChunkData, DropReason, LinkMsg, StateBl
 pub const CHUNK_REQUESTS_IN_FLIGHT_MAX: usize = 4;
 /// Progress is logged at most this often.
 const PROGRESS_LOG_SECS: u64 = 2;
+/// `<data dir>/transfer-progress`: "n N chunks A of B bytes C millis D", rewritten
+/// (atomically) after the manifest and after every chunk reply, removed when the state
+/// is installed (then `<data dir>/transfer` holds the totals). Still there after a
+/// restart: that transfer was interrupted. For operators and tests.
+pub const PROGRESS_FILE: &str = "transfer-progress";
 
 pub(super) struct Transfer {
     pub cert: CheckpointCert,
@@ -208,6 +213,7 @@ impl Node {
             chunks_missing = missing.len(),
             "state transfer: manifest verified"
         );
+        self.write_progress(blob.cert.n, 0, missing.len(), 0);
         let t = self.transfer.as_mut().expect("checked above");
         t.cert = blob.cert.clone();
         t.fetch = Some(Fetch {
@@ -376,6 +382,7 @@ impl Node {
             f.avoid.insert(from);
             f.queue.extend(requeue);
         }
+        let progress = (f.fetched_chunks, f.total_chunks, f.fetched_bytes);
         if f.last_log.elapsed().as_secs() >= PROGRESS_LOG_SECS {
             f.last_log = Instant::now();
             info!(
@@ -388,7 +395,24 @@ impl Node {
                 "state transfer: progress"
             );
         }
+        self.write_progress(n, progress.0, progress.1, progress.2);
         self.pump_chunks()
+    }
+
+    /// Rewrites `PROGRESS_FILE` (best effort: progress reporting must not stop a
+    /// transfer). A temporary file and a rename, so readers never see half a line.
+    fn write_progress(&self, n: SeqNum, chunks: usize, of: usize, bytes: u64) {
+        let millis = self
+            .transfer
+            .as_ref()
+            .map_or(0, |t| t.started.elapsed().as_millis());
+        let tmp = self.data_dir.join(format!("{PROGRESS_FILE}.tmp"));
+        let line = format!("n {n} chunks {chunks} of {of} bytes {bytes} millis {millis}\n");
+        if let Err(e) = std::fs::write(&tmp, line)
+            .and_then(|()| std::fs::rename(&tmp, self.data_dir.join(PROGRESS_FILE)))
+        {
+            warn!(id = self.id, "state transfer: writing {PROGRESS_FILE}: {e}");
+        }
     }
 
     fn finish_transfer(&mut self) -> Result<(), ReplicaError> {
@@ -437,6 +461,7 @@ impl Node {
             bad_replies = self.transfer_stats.bad_replies,
             "state transfer: installed"
         );
+        let _ = std::fs::remove_file(self.data_dir.join(PROGRESS_FILE));
         let _ = std::fs::write(
             self.data_dir.join("transfer"),
             format!(
