@@ -239,7 +239,7 @@ fn run_macro(args: MacroArgs, usig: UsigKind, data_root: &Path) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut results = Vec::new();
+    let mut deployments = Vec::new();
     let mut skipped = Vec::new();
     for mode in &modes {
         let deployment = match Deployment::start(mode, &options) {
@@ -253,18 +253,30 @@ fn run_macro(args: MacroArgs, usig: UsigKind, data_root: &Path) -> Result<()> {
             Err(e) => return Err(e.context(format!("starting {}", mode.name()))),
         };
         eprintln!("{}: {}", mode.name(), deployment.label);
-        let measured = rt.block_on(measure(&deployment, identity, config));
-        let label = deployment.label.clone();
-        let stopped = deployment.stop();
-        let (phases, commits) = measured?;
-        stopped?;
-        results.push(ModeResult {
-            name: mode.name().to_string(),
+        deployments.push(deployment);
+    }
+    let measured = rt.block_on(measure(&deployments, identity, config));
+    let mut stopped = Ok(());
+    let mut labels = Vec::new();
+    for d in deployments {
+        labels.push((d.mode.name().to_string(), d.label.clone()));
+        let r = d.stop();
+        if stopped.is_ok() {
+            stopped = r;
+        }
+    }
+    let measured = measured?;
+    stopped?;
+    let results: Vec<ModeResult> = labels
+        .into_iter()
+        .zip(measured)
+        .map(|((name, label), (phases, commits))| ModeResult {
+            name,
             label,
             phases,
             commits,
-        });
-    }
+        })
+        .collect();
     if results.is_empty() {
         bail!("no mode could run");
     }
@@ -292,37 +304,58 @@ fn run_macro(args: MacroArgs, usig: UsigKind, data_root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Runs the workload on every deployment, run by run in turn (`workload::run_all`).
 async fn measure(
-    deployment: &Deployment,
+    deployments: &[Deployment],
     identity: Identity,
     config: WorkloadConfig,
-) -> Result<(Vec<PhaseResult>, u64)> {
-    let mode = deployment.mode.name();
-    let mut client = Client::connect(&deployment.endpoint, identity).await?;
-    client.null().await?;
+) -> Result<Vec<(Vec<PhaseResult>, u64)>> {
+    let mut clients = Vec::with_capacity(deployments.len());
+    for d in deployments {
+        let mut client = Client::connect(&d.endpoint, identity)
+            .await
+            .with_context(|| format!("{}: connecting", d.mode.name()))?;
+        client.null().await?;
+        clients.push(client);
+    }
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let top = format!("bftnfs-bench-{}-{now}", std::process::id());
-    let (runs, commits) = workload::run_all(&mut client, top.as_bytes(), config, mode).await?;
-    if matches!(deployment.mode, Mode::Target(_)) {
-        // Someone else's server: leave it as it was (untimed).
-        let root = client.root();
-        if let Err(e) = client.remove_tree(&root, top.as_bytes()).await {
-            warn!("could not remove {top} from the target: {e:#}");
-        }
-    }
-    let phases = runs
-        .into_iter()
-        .map(|r| {
-            let summary = Summary::of(&r.samples).context("a phase without samples")?;
-            Ok(PhaseResult {
-                phase: r.phase,
-                summary,
-            })
+    let mut runs: Vec<workload::ModeRun> = deployments
+        .iter()
+        .zip(clients.iter_mut())
+        .map(|(d, client)| workload::ModeRun {
+            mode: d.mode.name(),
+            client,
+            phases: Vec::new(),
+            commits: 0,
         })
-        .collect::<Result<Vec<_>>>()?;
-    Ok((phases, commits))
+        .collect();
+    workload::run_all(&mut runs, top.as_bytes(), config).await?;
+    let mut out = Vec::with_capacity(runs.len());
+    for (d, run) in deployments.iter().zip(runs) {
+        if matches!(d.mode, Mode::Target(_)) {
+            // Someone else's server: leave it as it was (untimed).
+            let root = run.client.root();
+            if let Err(e) = run.client.remove_tree(&root, top.as_bytes()).await {
+                warn!("could not remove {top} from the target: {e:#}");
+            }
+        }
+        let phases = run
+            .phases
+            .into_iter()
+            .map(|r| {
+                let summary = Summary::of(&r.samples).context("a phase without samples")?;
+                Ok(PhaseResult {
+                    phase: r.phase,
+                    summary,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.push((phases, run.commits));
+    }
+    Ok(out)
 }
 
 fn run_micro(args: MicroArgs, usig: UsigKind, data_root: &Path) -> Result<()> {

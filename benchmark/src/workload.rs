@@ -125,30 +125,43 @@ pub struct WorkloadConfig {
     pub warmup: usize,
 }
 
-/// Run every phase `warmup + runs` times in a new directory `top` under the export's
-/// root; returns the timed runs and the number of COMMITs that were needed.
-pub async fn run_all(
-    c: &mut Client,
-    top: &[u8],
-    config: WorkloadConfig,
-    mode: &str,
-) -> Result<(Vec<PhaseRun>, u64)> {
-    let root = c.root();
-    let top_fh = c
-        .mkdir(&root, top)
-        .await
-        .context("making the benchmark's directory")?;
+/// One deployment under measurement: its name, a connected client and what it measured.
+pub struct ModeRun<'a> {
+    pub mode: &'a str,
+    pub client: &'a mut Client,
+    pub phases: Vec<PhaseRun>,
+    pub commits: u64,
+}
+
+/// Run every phase `warmup + runs` times on every deployment, in a new directory `top`
+/// under each export's root. The deployments take turns run by run (the first to go
+/// rotates), so a burst of load from elsewhere on this shared machine falls on all of
+/// them alike and the ratios between them stay meaningful.
+pub async fn run_all(modes: &mut [ModeRun<'_>], top: &[u8], config: WorkloadConfig) -> Result<()> {
     let files: Vec<Vec<u8>> = SOURCE_TREE
         .iter()
         .map(|(_, name, bytes)| contents(name, *bytes))
         .collect();
     let file4k = contents("file4k", FILE_BYTES);
-    let mut results = Vec::new();
-    let mut commits = 0u64;
+    let mut tops = Vec::with_capacity(modes.len());
+    for m in modes.iter_mut() {
+        let root = m.client.root();
+        let top_fh = m
+            .client
+            .mkdir(&root, top)
+            .await
+            .with_context(|| format!("{}: making the benchmark's directory", m.mode))?;
+        tops.push(top_fh);
+    }
+    let names: Vec<&str> = modes.iter().map(|m| m.mode).collect();
+    let label = names.join(" + ");
     for phase in PHASES {
-        let phase_dir = c.mkdir(&top_fh, phase.name().as_bytes()).await?;
-        let bar = progress(mode, phase, config.warmup + config.runs);
-        let mut samples = Vec::with_capacity(config.runs);
+        let mut phase_dirs = Vec::with_capacity(modes.len());
+        for (m, top_fh) in modes.iter_mut().zip(&tops) {
+            phase_dirs.push(m.client.mkdir(top_fh, phase.name().as_bytes()).await?);
+        }
+        let bar = progress(&label, phase, config.warmup + config.runs);
+        let mut samples = vec![Vec::with_capacity(config.runs); modes.len()];
         for i in 0..config.warmup + config.runs {
             let warm = i < config.warmup;
             let run_name = if warm {
@@ -156,23 +169,29 @@ pub async fn run_all(
             } else {
                 format!("r{}", i - config.warmup)
             };
-            let run_dir = c.mkdir(&phase_dir, run_name.as_bytes()).await?;
-            let run = run_once(c, phase, &run_dir, &files, &file4k);
-            let (elapsed, run_commits) = tokio::time::timeout(RUN_TIMEOUT, run)
-                .await
-                .map_err(|_| anyhow::anyhow!("no progress in {RUN_TIMEOUT:?}"))
-                .and_then(|r| r)
-                .with_context(|| format!("{mode}: {} run {run_name}", phase.name()))?;
-            commits += run_commits;
-            if !warm {
-                samples.push(elapsed);
+            for turn in 0..modes.len() {
+                let k = (i + turn) % modes.len();
+                let m = &mut modes[k];
+                let run_dir = m.client.mkdir(&phase_dirs[k], run_name.as_bytes()).await?;
+                let run = run_once(m.client, phase, &run_dir, &files, &file4k);
+                let (elapsed, run_commits) = tokio::time::timeout(RUN_TIMEOUT, run)
+                    .await
+                    .map_err(|_| anyhow::anyhow!("no progress in {RUN_TIMEOUT:?}"))
+                    .and_then(|r| r)
+                    .with_context(|| format!("{}: {} run {run_name}", m.mode, phase.name()))?;
+                m.commits += run_commits;
+                if !warm {
+                    samples[k].push(elapsed);
+                }
             }
             bar.inc(1);
         }
         bar.finish_and_clear();
-        results.push(PhaseRun { phase, samples });
+        for (m, samples) in modes.iter_mut().zip(samples) {
+            m.phases.push(PhaseRun { phase, samples });
+        }
     }
-    Ok((results, commits))
+    Ok(())
 }
 
 fn progress(mode: &str, phase: Phase, total: usize) -> ProgressBar {
