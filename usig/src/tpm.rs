@@ -23,6 +23,9 @@ use std::ptr::{null, null_mut};
 use tss_esapi::tss2_esys as sys;
 
 use crate::tpm_attest::{self, ALG_ECC, ALG_ECDSA, ALG_NULL, ALG_SHA256, ECC_NIST_P256};
+use crate::tpm_wire::{
+    self, AuditSession, SESSION_AUDIT, SESSION_AUDIT_RESET, SESSION_CONTINUE, Transport,
+};
 use crate::{Digest, IssuedUi, ReplicaId, Ui, Usig, UsigError, UsigIdentity, Verifier};
 
 /// Default NV index of the counter ("BF" in the owner range of NV indices).
@@ -35,9 +38,6 @@ pub const LAST_FILE_NAME: &str = "usig-tpm.last";
 const LAST_MAGIC: &[u8; 16] = b"bftnfs/tpm-last1";
 const LAST_FILE_BYTES_MAX: u64 = 4096;
 
-const SESSION_CONTINUE: u8 = 0x01;
-const SESSION_AUDIT_RESET: u8 = 0x04;
-const SESSION_AUDIT: u8 = 0x80;
 const SE_HMAC: u8 = 0x00;
 
 const NV_AUTHWRITE: u32 = 0x0000_0004;
@@ -471,6 +471,46 @@ impl Drop for Esys {
     }
 }
 
+/// The raw command path of [`tpm_wire`]: one command out and its response back on this
+/// context's TCTI, between ESYS calls (ESYS keeps no TCTI state across its calls).
+impl Transport for Esys {
+    fn execute(&mut self, command: &[u8]) -> Result<Vec<u8>, UsigError> {
+        let common = self.tcti as *const sys::TSS2_TCTI_CONTEXT_COMMON_V1;
+        // SAFETY: every TCTI context starts with the common v1 header (what the
+        // Tss2_Tcti_Transmit/Receive macros of tss2_tcti.h dereference); the buffers and
+        // their sizes match.
+        unsafe {
+            if (*common).version < 1 {
+                return Err(UsigError::Tpm(
+                    "TCTI context has no transmit/receive".into(),
+                ));
+            }
+            let (Some(transmit), Some(receive)) = ((*common).transmit, (*common).receive) else {
+                return Err(UsigError::Tpm(
+                    "TCTI context has no transmit/receive".into(),
+                ));
+            };
+            let rc = transmit(self.tcti, command.len() as _, command.as_ptr());
+            if rc != 0 {
+                return Err(tpm_err("TCTI transmit", rc));
+            }
+            let mut response = vec![0u8; tpm_wire::RESPONSE_MAX];
+            let mut size = response.len() as sys::size_t;
+            let rc = receive(
+                self.tcti,
+                &mut size,
+                response.as_mut_ptr(),
+                sys::TSS2_TCTI_TIMEOUT_BLOCK,
+            );
+            if rc != 0 {
+                return Err(tpm_err("TCTI receive", rc));
+            }
+            response.truncate(size as usize);
+            Ok(response)
+        }
+    }
+}
+
 /// Where a replica's USIG lives in its TPM.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TpmLocation {
@@ -685,7 +725,13 @@ pub struct TpmUsig {
     base_counter: u64,
     nv: sys::ESYS_TR,
     key: sys::ESYS_TR,
-    session: Option<sys::ESYS_TR>,
+    /// TPM handles and the counter's Name, for the raw path ([`tpm_wire`]).
+    nv_handle: u32,
+    key_handle: u32,
+    counter_name: Vec<u8>,
+    /// The audit session, kept open across `create_ui` calls (started afresh after any
+    /// error).
+    session: Option<AuditSession>,
     last_path: PathBuf,
     _lock: File,
     last: Option<IssuedUi>,
@@ -763,6 +809,9 @@ impl TpmUsig {
             base_counter: *base_counter,
             nv,
             key,
+            nv_handle: location.nv_index,
+            key_handle: location.key_handle,
+            counter_name: counter_name.clone(),
             session: None,
             last_path,
             _lock: lock,
@@ -770,37 +819,64 @@ impl TpmUsig {
         })
     }
 
-    fn session(&mut self) -> Result<sys::ESYS_TR, UsigError> {
-        match self.session {
-            Some(s) => Ok(s),
-            None => {
-                let s = self.esys.start_audit_session_recovering()?;
-                self.session = Some(s);
-                Ok(s)
-            }
+    /// The audit session, started on the raw path if there is none. If the TPM has no
+    /// session slot left (swtpm has no resource manager, and a holder killed mid-run
+    /// leaves its session loaded), flush the loaded sessions and try once more; flushing
+    /// another user's session costs that user a retry, never safety.
+    fn session(&mut self) -> Result<&mut AuditSession, UsigError> {
+        if self.session.is_none() {
+            let started = match AuditSession::start(&mut self.esys) {
+                Ok(s) => s,
+                Err(Err(e)) => return Err(e),
+                Err(Ok(tpm_wire::TpmRc(rc))) => {
+                    if self.esys.flush_loaded_sessions()? == 0 {
+                        return Err(tpm_err("StartAuthSession", rc));
+                    }
+                    AuditSession::start(&mut self.esys).map_err(|e| match e {
+                        Ok(tpm_wire::TpmRc(rc)) => tpm_err("StartAuthSession", rc),
+                        Err(e) => e,
+                    })?
+                }
+            };
+            self.session = Some(started);
         }
+        Ok(self.session.as_mut().expect("started above"))
     }
 
     fn drop_session(&mut self) {
         if let Some(s) = self.session.take() {
-            self.esys.flush(s);
+            s.flush(&mut self.esys);
         }
+    }
+
+    /// One audited step in the current session.
+    fn step(&mut self, step: &Step, reset: bool) -> Result<(), UsigError> {
+        self.session()?;
+        let session = self.session.as_mut().expect("started above");
+        let (esys, nv, name) = (&mut self.esys, self.nv_handle, &self.counter_name);
+        match step {
+            Step::Read => session.read_counter(esys, nv, name, reset).map(drop),
+            Step::Increment => session.increment(esys, nv, name, reset),
+            Step::Stir(data) => session.stir(esys, data, reset),
+        }
+    }
+
+    fn signed_audit_digest(&mut self) -> Result<(Vec<u8>, [u8; 64]), UsigError> {
+        let key = self.key_handle;
+        self.session()?;
+        let session = self.session.as_ref().expect("started above");
+        session.signed_audit_digest(&mut self.esys, key)
     }
 
     /// The audited read–increment–read–stir and the signed digest; `None` if another TPM
     /// user incremented the counter in between (that value is lost: a gap).
     fn try_create(&mut self, digest: &Digest) -> Result<Option<Ui>, UsigError> {
-        let session = self.session()?;
-        let nv = self.nv;
-        self.esys.set_session_attributes(
-            session,
-            SESSION_CONTINUE | SESSION_AUDIT | SESSION_AUDIT_RESET,
-        )?;
-        let before = self.esys.read_counter(nv, session)?;
-        self.esys
-            .set_session_attributes(session, SESSION_CONTINUE | SESSION_AUDIT)?;
-        self.esys.increment(nv, session)?;
-        let after = self.esys.read_counter(nv, session)?;
+        self.session()?;
+        let session = self.session.as_mut().expect("started above");
+        let (esys, nv, name) = (&mut self.esys, self.nv_handle, &self.counter_name);
+        let before = session.read_counter(esys, nv, name, true)?;
+        session.increment(esys, nv, name, false)?;
+        let after = session.read_counter(esys, nv, name, false)?;
         if before.checked_add(1) != Some(after) {
             return Ok(None);
         }
@@ -814,8 +890,8 @@ impl TpmUsig {
                 ))
             })?;
         let stirred = tpm_attest::message_hash(self.replica, counter, digest);
-        self.esys.stir(session, &stirred)?;
-        let (attest, signature) = self.esys.signed_audit_digest(self.key, session)?;
+        session.stir(esys, &stirred, false)?;
+        let (attest, signature) = session.signed_audit_digest(esys, self.key_handle)?;
         Ok(Some(Ui {
             counter,
             cert: tpm_attest::encode_cert(&attest, &signature),
@@ -827,23 +903,13 @@ impl TpmUsig {
     /// same with any TSS; the point of the tests is that nothing it gets verifies.
     pub fn hostile_sequence(&mut self, steps: &[Step]) -> Result<(Vec<u8>, [u8; 64]), UsigError> {
         self.drop_session();
-        let session = self.esys.start_audit_session()?;
         let result = (|| {
             for (i, step) in steps.iter().enumerate() {
-                let reset = if i == 0 { SESSION_AUDIT_RESET } else { 0 };
-                self.esys
-                    .set_session_attributes(session, SESSION_CONTINUE | SESSION_AUDIT | reset)?;
-                match step {
-                    Step::Read => {
-                        self.esys.read_counter(self.nv, session)?;
-                    }
-                    Step::Increment => self.esys.increment(self.nv, session)?,
-                    Step::Stir(data) => self.esys.stir(session, data)?,
-                }
+                self.step(step, i == 0)?;
             }
-            self.esys.signed_audit_digest(self.key, session)
+            self.signed_audit_digest()
         })();
-        self.esys.flush(session);
+        self.drop_session();
         result
     }
 
@@ -853,21 +919,15 @@ impl TpmUsig {
         &mut self,
         steps: &[Step],
     ) -> Result<(Vec<u8>, [u8; 64]), UsigError> {
-        let session = self
-            .session
-            .ok_or_else(|| UsigError::Tpm("no live session (call create_ui first)".into()))?;
-        self.esys
-            .set_session_attributes(session, SESSION_CONTINUE | SESSION_AUDIT)?;
-        for step in steps {
-            match step {
-                Step::Read => {
-                    self.esys.read_counter(self.nv, session)?;
-                }
-                Step::Increment => self.esys.increment(self.nv, session)?,
-                Step::Stir(data) => self.esys.stir(session, data)?,
-            }
+        if self.session.is_none() {
+            return Err(UsigError::Tpm(
+                "no live session (call create_ui first)".into(),
+            ));
         }
-        self.esys.signed_audit_digest(self.key, session)
+        for step in steps {
+            self.step(step, false)?;
+        }
+        self.signed_audit_digest()
     }
 
     /// Test support for the session replay attack: read–increment–read in a fresh audit
