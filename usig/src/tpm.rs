@@ -10,13 +10,14 @@
 //! The TPM is the authority on the counter: a crash between the increment and the UI
 //! leaving wastes that value (a gap, a liveness matter only), and nothing local can make
 //! the counter go back. The last issued UI is cached in `state_dir/usig-tpm.last` (written
-//! before `create_ui` returns, not fsynced, verified when read) so [`Usig::last_issued`]
-//! survives restarts of the holder; the cache is untrusted, a forged one fails
-//! verification, and losing it to a power cut costs a gap only.
+//! in place before `create_ui` returns, not fsynced, verified when read) so
+//! [`Usig::last_issued`] survives restarts of the holder; the cache is untrusted, a
+//! forged one fails verification. [`write_last`] says why it is not fsynced and what a
+//! power cut costs.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
 use std::ptr::{null, null_mut};
 
@@ -37,6 +38,11 @@ pub const LAST_FILE_NAME: &str = "usig-tpm.last";
 
 const LAST_MAGIC: &[u8; 16] = b"bftnfs/tpm-last1";
 const LAST_FILE_BYTES_MAX: u64 = 4096;
+/// The cache holds two slots of this size, written alternately in place (UI counter k
+/// goes to slot k mod 2), so a write torn by a power cut leaves the other, older one.
+const LAST_SLOT_LEN: usize = 512;
+/// magic ‖ replica ‖ digest ‖ counter ‖ cert_len: what precedes the cert in a record.
+const LAST_FIXED_LEN: usize = 16 + 4 + 32 + 8 + 2;
 
 const SE_HMAC: u8 = 0x00;
 
@@ -733,6 +739,8 @@ pub struct TpmUsig {
     /// error).
     session: Option<AuditSession>,
     last_path: PathBuf,
+    /// The cache file, open for writing in place.
+    last_file: File,
     _lock: File,
     last: Option<IssuedUi>,
 }
@@ -790,6 +798,7 @@ impl TpmUsig {
         }
         let last_path = state_dir.join(LAST_FILE_NAME);
         let last = read_last(&last_path, replica, &verifier)?;
+        let last_file = open_last(&last_path, replica, last.as_ref())?;
         let tpm_counter = esys.read_counter(nv, sys::ESYS_TR_PASSWORD)?;
         let issued = last.as_ref().map_or(0, |l| l.ui.counter);
         if tpm_counter < base_counter.saturating_add(issued) || tpm_counter < *base_counter {
@@ -814,6 +823,7 @@ impl TpmUsig {
             counter_name: counter_name.clone(),
             session: None,
             last_path,
+            last_file,
             _lock: lock,
             last,
         })
@@ -1066,7 +1076,7 @@ impl Usig for TpmUsig {
                 digest: *digest,
                 ui: ui.clone(),
             };
-            write_last(&self.last_path, self.replica, &issued)?;
+            write_last(&self.last_file, &self.last_path, self.replica, &issued)?;
             self.last = Some(issued);
             return Ok(ui);
         }
@@ -1078,6 +1088,31 @@ impl Usig for TpmUsig {
 
     fn last_issued(&self) -> Option<IssuedUi> {
         self.last.clone()
+    }
+
+    /// Bring the cache up to `issued`, a UI of this USIG the caller logged (and synced)
+    /// before it left the process: after a power cut the unsynced cache may be older
+    /// than the log, and the log is the durable record of every released UI. Checks the
+    /// UI's signature and that the TPM's counter is at or above it; never moves back.
+    fn advance_to(&mut self, issued: &IssuedUi) -> Result<(), UsigError> {
+        self.verifier
+            .verify(self.replica, &issued.digest, &issued.ui)
+            .map_err(|e| UsigError::Tpm(format!("advance_to a UI that does not verify: {e}")))?;
+        let current = self.last.as_ref().map_or(0, |l| l.ui.counter);
+        if issued.ui.counter <= current {
+            return Ok(());
+        }
+        let tpm_counter = self.tpm_counter()?;
+        if tpm_counter < self.base_counter.saturating_add(issued.ui.counter) {
+            return Err(UsigError::Tpm(format!(
+                "advance_to UI {} but the TPM counter is {tpm_counter} (base {}): the TPM \
+                 or its state was rolled back",
+                issued.ui.counter, self.base_counter
+            )));
+        }
+        write_last(&self.last_file, &self.last_path, self.replica, issued)?;
+        self.last = Some(issued.clone());
+        Ok(())
     }
 }
 
@@ -1092,30 +1127,82 @@ fn io_err(path: &Path, what: &str, e: std::io::Error) -> UsigError {
     UsigError::io(format!("{what} {}", path.display()), e)
 }
 
-/// `magic ‖ replica ‖ digest ‖ counter ‖ cert_len (u16) ‖ cert`, written to a temporary
-/// file and renamed over the old one, deliberately without fsync: the TPM, not this
-/// file, is the authority on the counter, so a cache lost to a power cut costs at most a
-/// gap (a liveness matter, like the value in flight), never a reissued counter; a crash
-/// of the process keeps it (page cache), and the rename keeps it whole. Two fsyncs cost
-/// 1.5–10 ms here, a sizeable part of a 20–60 ms UI.
-fn write_last(path: &Path, replica: ReplicaId, issued: &IssuedUi) -> Result<(), UsigError> {
-    let mut bytes = Vec::with_capacity(64 + issued.ui.cert.len());
+/// One cache record: `magic ‖ replica ‖ digest ‖ counter ‖ cert_len (u16) ‖ cert`.
+fn last_record(replica: ReplicaId, issued: &IssuedUi) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(LAST_SLOT_LEN);
     bytes.extend_from_slice(LAST_MAGIC);
     bytes.extend_from_slice(&replica.to_be_bytes());
     bytes.extend_from_slice(&issued.digest);
     bytes.extend_from_slice(&issued.ui.counter.to_be_bytes());
     bytes.extend_from_slice(&(issued.ui.cert.len() as u16).to_be_bytes());
     bytes.extend_from_slice(&issued.ui.cert);
-    let tmp = path.with_extension("tmp");
-    let mut file = OpenOptions::new()
+    bytes
+}
+
+/// Open the cache for in-place writes. A cache in the one-record layout of earlier
+/// versions (or none) is replaced, via temp file and rename, by the two-slot layout
+/// holding `last`, so a crash during the conversion leaves one layout or the other.
+fn open_last(path: &Path, replica: ReplicaId, last: Option<&IssuedUi>) -> Result<File, UsigError> {
+    let len = match std::fs::metadata(path) {
+        Ok(m) => Some(m.len()),
+        Err(e) if e.kind() == ErrorKind::NotFound => None,
+        Err(e) => return Err(io_err(path, "reading the metadata of", e)),
+    };
+    if len != Some(2 * LAST_SLOT_LEN as u64) {
+        let mut slots = vec![0u8; 2 * LAST_SLOT_LEN];
+        if let Some(issued) = last {
+            let record = last_record(replica, issued);
+            let at = slot_of(issued.ui.counter);
+            slots[at..at + record.len()].copy_from_slice(&record);
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &slots).map_err(|e| io_err(&tmp, "writing", e))?;
+        std::fs::rename(&tmp, path).map_err(|e| io_err(path, "renaming onto", e))?;
+    }
+    OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(|e| io_err(&tmp, "creating", e))?;
-    file.write_all(&bytes)
-        .map_err(|e| io_err(&tmp, "writing", e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io_err(path, "renaming onto", e))
+        .open(path)
+        .map_err(|e| io_err(path, "opening", e))
+}
+
+fn slot_of(counter: u64) -> usize {
+    (counter % 2) as usize * LAST_SLOT_LEN
+}
+
+/// Write the record of `issued` into its slot in place (one `pwrite` of a whole
+/// zero-padded slot), deliberately without fsync:
+///
+/// - The TPM, not this file, is the authority on the counter: a stale cache can never
+///   make the TPM reissue a value. `open` refuses a cache whose counter is above the
+///   TPM's (a rolled-back TPM).
+/// - A crash of the process keeps the write (page cache); a write torn by a power cut
+///   spoils only its own slot, and `read_last` falls back to the other.
+/// - A power cut can leave the cache older than the UIs that left the process. Those
+///   are in the caller's protocol log, which is synced before a UI leaves; the caller
+///   brings the cache up with [`Usig::advance_to`] on restart. A UI created but never
+///   logged or released (a crash between the TPM's increment and the log) is a gap, as
+///   it would be with an fsynced cache: a liveness matter (re-base), never safety.
+///
+/// An fdatasync would cost 1.5–10 ms here, as much as or more than the TPM commands of a
+/// UI on swtpm (~2 ms); temp file + rename allocated and freed an inode per UI (ext4
+/// inode search showed in `perf`).
+fn write_last(
+    file: &File,
+    path: &Path,
+    replica: ReplicaId,
+    issued: &IssuedUi,
+) -> Result<(), UsigError> {
+    use std::os::unix::fs::FileExt;
+    let mut slot = last_record(replica, issued);
+    if slot.len() > LAST_SLOT_LEN {
+        return Err(UsigError::Tpm(format!(
+            "UI certificate of {} bytes does not fit the last-UI cache slot",
+            issued.ui.cert.len()
+        )));
+    }
+    slot.resize(LAST_SLOT_LEN, 0);
+    file.write_all_at(&slot, slot_of(issued.ui.counter) as u64)
+        .map_err(|e| io_err(path, "writing", e))
 }
 
 fn read_last(
@@ -1132,34 +1219,93 @@ fn read_last(
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io_err(path, "opening", e)),
     };
-    let corrupt = |reason: &str| UsigError::CorruptState {
+    let corrupt = |reason: String| UsigError::CorruptState {
         path: path.to_path_buf(),
-        reason: reason.to_string(),
+        reason,
     };
-    let fixed = 16 + 4 + 32 + 8 + 2;
-    if bytes.len() < fixed || &bytes[..16] != LAST_MAGIC {
+    if bytes.len() != 2 * LAST_SLOT_LEN {
+        // The one-record layout of earlier versions: exactly one record, no padding.
+        return parse_last_record(path, &bytes, replica, verifier, false)
+            .map(Some)
+            .map_err(corrupt_or(corrupt));
+    }
+    let mut found: Option<IssuedUi> = None;
+    let mut bad = Vec::new();
+    for slot in bytes.chunks(LAST_SLOT_LEN) {
+        if slot.iter().all(|b| *b == 0) {
+            continue;
+        }
+        match parse_last_record(path, slot, replica, verifier, true) {
+            Ok(issued) => {
+                if found
+                    .as_ref()
+                    .is_none_or(|f| f.ui.counter < issued.ui.counter)
+                {
+                    found = Some(issued);
+                }
+            }
+            Err(LastError::Other(e)) => return Err(e),
+            Err(LastError::Corrupt(reason)) => bad.push(reason),
+        }
+    }
+    // One bad slot next to a good one is the write a power cut tore: the good slot is
+    // the UI before it. Nothing good at all is refused, never silently reset.
+    match bad.first() {
+        Some(reason) if found.is_none() || bad.len() > 1 => Err(corrupt(reason.clone())),
+        _ => Ok(found),
+    }
+}
+
+enum LastError {
+    Corrupt(String),
+    Other(UsigError),
+}
+
+fn corrupt_or(corrupt: impl Fn(String) -> UsigError) -> impl Fn(LastError) -> UsigError {
+    move |e| match e {
+        LastError::Corrupt(reason) => corrupt(reason),
+        LastError::Other(e) => e,
+    }
+}
+
+/// Parse and verify one record (`padded`: followed by zeros up to the slot's end).
+fn parse_last_record(
+    path: &Path,
+    bytes: &[u8],
+    replica: ReplicaId,
+    verifier: &Verifier,
+    padded: bool,
+) -> Result<IssuedUi, LastError> {
+    let corrupt = |reason: &str| LastError::Corrupt(reason.to_string());
+    if bytes.len() < LAST_FIXED_LEN || &bytes[..16] != LAST_MAGIC {
         return Err(corrupt("not a TPM USIG last-UI file"));
     }
     let found = u32::from_be_bytes(bytes[16..20].try_into().expect("4 bytes"));
     if found != replica {
-        return Err(UsigError::ReplicaMismatch {
+        return Err(LastError::Other(UsigError::ReplicaMismatch {
             path: path.to_path_buf(),
             expected: replica,
             found,
-        });
+        }));
     }
     let digest: Digest = bytes[20..52].try_into().expect("32 bytes");
     let counter = u64::from_be_bytes(bytes[52..60].try_into().expect("8 bytes"));
     let cert_len = u16::from_be_bytes(bytes[60..62].try_into().expect("2 bytes")) as usize;
-    if bytes.len() != fixed + cert_len {
+    let end = LAST_FIXED_LEN + cert_len;
+    let fits = if padded {
+        end <= bytes.len() && bytes[end..].iter().all(|b| *b == 0)
+    } else {
+        end == bytes.len()
+    };
+    if !fits {
         return Err(corrupt("length does not match its certificate length"));
     }
     let ui = Ui {
         counter,
-        cert: bytes[fixed..].to_vec(),
+        cert: bytes[LAST_FIXED_LEN..end].to_vec(),
     };
     verifier
         .verify(replica, &digest, &ui)
-        .map_err(|e| corrupt(&format!("last issued UI does not verify: {e}")))?;
-    Ok(Some(IssuedUi { digest, ui }))
+        .map_err(|e| LastError::Corrupt(format!("last issued UI does not verify: {e}")))?;
+    Ok(IssuedUi { digest, ui })
 }
