@@ -738,6 +738,8 @@ pub struct TpmUsig {
     /// The audit session, kept open across `create_ui` calls (started afresh after any
     /// error).
     session: Option<AuditSession>,
+    /// The ESYS audit session of [`TpmUsig::create_ui_through_esys`] (benchmarks only).
+    esys_session: Option<sys::ESYS_TR>,
     last_path: PathBuf,
     /// The cache file, open for writing in place.
     last_file: File,
@@ -822,6 +824,7 @@ impl TpmUsig {
             key_handle: location.key_handle,
             counter_name: counter_name.clone(),
             session: None,
+            esys_session: None,
             last_path,
             last_file,
             _lock: lock,
@@ -906,6 +909,68 @@ impl TpmUsig {
             counter,
             cert: tpm_attest::encode_cert(&attest, &signature),
         }))
+    }
+
+    /// Check a UI the TPM made and cache it before it leaves.
+    fn release(&mut self, digest: &Digest, ui: Ui) -> Result<Ui, UsigError> {
+        // A UI that does not verify must never leave (and would mean a bug here).
+        self.verifier
+            .verify(self.replica, digest, &ui)
+            .map_err(|e| UsigError::Tpm(format!("the TPM produced a UI that fails: {e}")))?;
+        let issued = IssuedUi {
+            digest: *digest,
+            ui: ui.clone(),
+        };
+        write_last(&self.last_file, &self.last_path, self.replica, &issued)?;
+        self.last = Some(issued);
+        Ok(ui)
+    }
+
+    /// Benchmark support: `create_ui` as earlier versions ran it, every command through
+    /// ESYS (in an ESYS audit session kept open across calls, like the raw one), to
+    /// measure side by side what the raw path of [`tpm_wire`] saves. The same commands
+    /// and the same checks, cache write and UI; an error (including another TPM user's
+    /// increment in between) is returned, not retried.
+    #[doc(hidden)]
+    pub fn create_ui_through_esys(&mut self, digest: &Digest) -> Result<Ui, UsigError> {
+        let session = match self.esys_session {
+            Some(s) => s,
+            None => {
+                let s = self.esys.start_audit_session_recovering()?;
+                self.esys_session = Some(s);
+                s
+            }
+        };
+        let (nv, key, base, replica) = (self.nv, self.key, self.base_counter, self.replica);
+        let esys = &mut self.esys;
+        let made = (|| {
+            esys.set_session_attributes(
+                session,
+                SESSION_CONTINUE | SESSION_AUDIT | SESSION_AUDIT_RESET,
+            )?;
+            let before = esys.read_counter(nv, session)?;
+            esys.set_session_attributes(session, SESSION_CONTINUE | SESSION_AUDIT)?;
+            esys.increment(nv, session)?;
+            let after = esys.read_counter(nv, session)?;
+            let counter = after
+                .checked_sub(base)
+                .filter(|c| *c > 0 && before.checked_add(1) == Some(after))
+                .ok_or_else(|| UsigError::Tpm(format!("counter went {before} -> {after}")))?;
+            esys.stir(session, &tpm_attest::message_hash(replica, counter, digest))?;
+            let (attest, signature) = esys.signed_audit_digest(key, session)?;
+            Ok(Ui {
+                counter,
+                cert: tpm_attest::encode_cert(&attest, &signature),
+            })
+        })();
+        match made {
+            Ok(ui) => self.release(digest, ui),
+            Err(e) => {
+                self.esys.flush(session);
+                self.esys_session = None;
+                Err(e)
+            }
+        }
     }
 
     /// Test support for hostile-host checks: run `steps` in one fresh audit session and
@@ -1068,17 +1133,7 @@ impl Usig for TpmUsig {
                     return Err(e);
                 }
             };
-            // A UI that does not verify must never leave (and would mean a bug here).
-            self.verifier
-                .verify(self.replica, digest, &ui)
-                .map_err(|e| UsigError::Tpm(format!("the TPM produced a UI that fails: {e}")))?;
-            let issued = IssuedUi {
-                digest: *digest,
-                ui: ui.clone(),
-            };
-            write_last(&self.last_file, &self.last_path, self.replica, &issued)?;
-            self.last = Some(issued);
-            return Ok(ui);
+            return self.release(digest, ui);
         }
         Err(UsigError::Tpm(format!(
             "another TPM user incremented the counter during each of \
@@ -1120,6 +1175,9 @@ impl Drop for TpmUsig {
     fn drop(&mut self) {
         // swtpm has no resource manager: a session left behind takes one of its 3 slots.
         self.drop_session();
+        if let Some(s) = self.esys_session.take() {
+            self.esys.flush(s);
+        }
     }
 }
 

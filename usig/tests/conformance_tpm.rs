@@ -574,3 +574,25 @@ fn tpm_counter_survives_sigkill() {
         }
     }
 }
+
+/// The benchmark's ESYS path makes the same UIs: interleaved with the raw path, the
+/// counters stay consecutive and every UI verifies.
+#[test]
+fn tpm_esys_path_interleaves_with_the_raw_path() {
+    if !have_swtpm() {
+        return;
+    }
+    let tpm = Tpm::start();
+    let mut usig = tpm.open(1);
+    for i in 1..=6u64 {
+        let digest = conformance::test_digest(i);
+        let ui = if i % 2 == 0 {
+            usig.create_ui_through_esys(&digest).unwrap()
+        } else {
+            usig.create_ui(&digest).unwrap()
+        };
+        assert_eq!(ui.counter, i);
+        verify_ui(&tpm.identity, 1, &digest, &ui).unwrap();
+        assert_eq!(usig.last_issued().unwrap().ui, ui);
+    }
+}
