@@ -3,9 +3,12 @@
 //! digest, the audited read–increment–read design of `notes/tpm-usig.md`
 //! ([`crate::tpm_attest`] has the format and why it keeps the USIG property).
 //!
-//! Talks to the TPM through tpm2-tss's ESYS (raw `tss-esapi` 7.7 bindings: the safe
-//! wrapper has no `GetSessionAuditDigest`), over any TCTI: `swtpm:host=127.0.0.1,port=P`
-//! for swtpm, `device:/dev/tpmrm0` for a chip behind the kernel's resource manager.
+//! Talks to the TPM over any TCTI of tpm2-tss (`swtpm:host=127.0.0.1,port=P` for swtpm,
+//! `device:/dev/tpmrm0` for a chip behind the kernel's resource manager). Provisioning,
+//! `open` and some test support go through ESYS (raw `tss-esapi` 7.7 bindings: the safe
+//! wrapper has no `GetSessionAuditDigest`); `create_ui`'s audit session and its five
+//! commands are marshalled by [`crate::tpm_wire`] and sent on the TCTI directly, because
+//! ESYS in tpm2-tss 3.2.1 spent ~90 % of a UI's time setting up OpenSSL (see there).
 //!
 //! The TPM is the authority on the counter: a crash between the increment and the UI
 //! leaving wastes that value (a gap, a liveness matter only), and nothing local can make
