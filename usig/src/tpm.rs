@@ -1201,8 +1201,10 @@ fn last_record(replica: ReplicaId, issued: &IssuedUi) -> Vec<u8> {
 }
 
 /// Open the cache for in-place writes. A cache in the one-record layout of earlier
-/// versions (or none) is replaced, via temp file and rename, by the two-slot layout
-/// holding `last`, so a crash during the conversion leaves one layout or the other.
+/// versions (or none) is replaced by the two-slot layout holding `last`: temp file,
+/// fsync, rename, fsync of the directory (once per state directory), so a crash leaves
+/// one layout or the other, never an empty file, and later in-place writes go to blocks
+/// already on disk.
 fn open_last(path: &Path, replica: ReplicaId, last: Option<&IssuedUi>) -> Result<File, UsigError> {
     let len = match std::fs::metadata(path) {
         Ok(m) => Some(m.len()),
@@ -1217,8 +1219,15 @@ fn open_last(path: &Path, replica: ReplicaId, last: Option<&IssuedUi>) -> Result
             slots[at..at + record.len()].copy_from_slice(&record);
         }
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, &slots).map_err(|e| io_err(&tmp, "writing", e))?;
+        let mut file = File::create(&tmp).map_err(|e| io_err(&tmp, "creating", e))?;
+        std::io::Write::write_all(&mut file, &slots).map_err(|e| io_err(&tmp, "writing", e))?;
+        file.sync_all().map_err(|e| io_err(&tmp, "syncing", e))?;
         std::fs::rename(&tmp, path).map_err(|e| io_err(path, "renaming onto", e))?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_err(dir, "syncing", e))?;
+        }
     }
     OpenOptions::new()
         .write(true)
