@@ -7,7 +7,7 @@
 //! every legacy algorithm name) for each hash and HMAC it computes, and an audited
 //! command needs several (cpHash, rpHash, command and response HMAC, nonce). `perf`
 //! put 50 % of a `create_ui` in `EVP_MD_fetch` alone and ~90 % of its CPU in the client:
-//! 16–24 ms per UI against ~2 ms in swtpm. The bytes sent are exactly what ESYS sent
+//! 12–28 ms per UI against ~2 ms in swtpm. The bytes sent are exactly what ESYS sent
 //! (same commands, handles, parameters and session attributes), so the TPM computes
 //! the same audit digest and [`crate::tpm_attest`] is unchanged.
 //!
