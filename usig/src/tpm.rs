@@ -884,13 +884,23 @@ impl TpmUsig {
         session.signed_audit_digest(&mut self.esys, key)
     }
 
-    /// The audited read–increment–read–stir and the signed digest; `None` if another TPM
-    /// user incremented the counter in between (that value is lost: a gap).
-    fn try_create(&mut self, digest: &Digest) -> Result<Option<Ui>, UsigError> {
+    /// The first command of a UI: the audited read of c − 1 that resets the session's
+    /// audit digest. Nothing is spent yet if it fails.
+    fn audited_read(&mut self) -> Result<u64, UsigError> {
         self.session()?;
         let session = self.session.as_mut().expect("started above");
+        session.read_counter(&mut self.esys, self.nv_handle, &self.counter_name, true)
+    }
+
+    /// The rest of a UI after [`Self::audited_read`] gave `before`: increment, read, stir
+    /// and the signed digest; `None` if another TPM user incremented the counter in
+    /// between (that value is lost: a gap).
+    fn try_create(&mut self, before: u64, digest: &Digest) -> Result<Option<Ui>, UsigError> {
+        let session = self
+            .session
+            .as_mut()
+            .ok_or_else(|| UsigError::Tpm("no session after the audited read".into()))?;
         let (esys, nv, name) = (&mut self.esys, self.nv_handle, &self.counter_name);
-        let before = session.read_counter(esys, nv, name, true)?;
         session.increment(esys, nv, name, false)?;
         let after = session.read_counter(esys, nv, name, false)?;
         if before.checked_add(1) != Some(after) {
@@ -1127,11 +1137,27 @@ impl Usig for TpmUsig {
 
     fn create_ui(&mut self, digest: &Digest) -> Result<Ui, UsigError> {
         for _ in 0..CONCURRENT_INCREMENT_TRIES {
-            let ui = match self.try_create(digest) {
+            let reused = self.session.is_some();
+            let before = match self.audited_read() {
+                Ok(before) => before,
+                // Nothing is spent before the increment: a kept session the TPM lost
+                // (swtpm or the chip restarted, another user flushed it) is started
+                // afresh once, so a TPM restart costs the holder no error.
+                Err(_) if reused => {
+                    self.drop_session();
+                    self.audited_read().inspect_err(|_| self.drop_session())?
+                }
+                Err(e) => {
+                    self.drop_session();
+                    return Err(e);
+                }
+            };
+            let ui = match self.try_create(before, digest) {
                 Ok(Some(ui)) => ui,
                 Ok(None) => continue,
                 Err(e) => {
-                    // A broken session (or connection) is started afresh next time.
+                    // A broken session (or connection) is started afresh next time; the
+                    // value incremented, if any, is a gap.
                     self.drop_session();
                     return Err(e);
                 }

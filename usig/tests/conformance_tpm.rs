@@ -596,3 +596,20 @@ fn tpm_esys_path_interleaves_with_the_raw_path() {
         assert_eq!(usig.last_issued().unwrap().ui, ui);
     }
 }
+
+/// swtpm restarts under an open holder (its audit session is gone): the next UI starts a
+/// new session and follows on without a gap or an error.
+#[test]
+fn tpm_holder_follows_a_swtpm_restart_without_reopening() {
+    if !have_swtpm() {
+        return;
+    }
+    let mut tpm = Tpm::start();
+    let mut usig = tpm.open(1);
+    let first = usig.create_ui(&conformance::test_digest(1)).unwrap();
+    tpm.swtpm.restart().expect("restart swtpm");
+    let digest = conformance::test_digest(2);
+    let second = usig.create_ui(&digest).unwrap();
+    assert_eq!(second.counter, first.counter + 1);
+    verify_ui(&tpm.identity, 1, &digest, &second).unwrap();
+}
