@@ -13,10 +13,9 @@
 //! The TPM is the authority on the counter: a crash between the increment and the UI
 //! leaving wastes that value (a gap, a liveness matter only), and nothing local can make
 //! the counter go back. The last issued UI is cached in `state_dir/usig-tpm.last` (written
-//! in place before `create_ui` returns, not fsynced, verified when read) so
-//! [`Usig::last_issued`] survives restarts of the holder; the cache is untrusted, a
-//! forged one fails verification. [`write_last`] says why it is not fsynced and what a
-//! power cut costs.
+//! in place and fdatasynced before `create_ui` returns, verified when read) so
+//! [`Usig::last_issued`] survives restarts of the holder and power cuts; the cache is
+//! untrusted, a forged one fails verification. [`write_last`] says why it is synced.
 
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -1266,22 +1265,20 @@ fn slot_of(counter: u64) -> usize {
 }
 
 /// Write the record of `issued` into its slot in place (one `pwrite` of a whole
-/// zero-padded slot), deliberately without fsync:
+/// zero-padded slot) and fdatasync it before the UI leaves.
 ///
-/// - The TPM, not this file, is the authority on the counter: a stale cache can never
-///   make the TPM reissue a value. `open` refuses a cache whose counter is above the
-///   TPM's (a rolled-back TPM).
-/// - A crash of the process keeps the write (page cache); a write torn by a power cut
-///   spoils only its own slot, and `read_last` falls back to the other.
-/// - A power cut can leave the cache older than the UIs that left the process. Those
-///   are in the caller's protocol log, which is synced before a UI leaves; the caller
-///   brings the cache up with [`Usig::advance_to`] on restart. A UI created but never
-///   logged or released (a crash between the TPM's increment and the log) is a gap, as
-///   it would be with an fsynced cache: a liveness matter (re-base), never safety.
-///
-/// An fdatasync would cost 1.5–10 ms here, as much as or more than the TPM commands of a
-/// UI on swtpm (~2 ms); temp file + rename allocated and freed an inode per UI (ext4
-/// inode search showed in `perf`).
+/// The TPM, not this file, is the authority on the counter: a stale cache can never make
+/// the TPM reissue a value, and `open` refuses a cache above the TPM's counter (a
+/// rolled-back TPM). Earlier versions therefore skipped the sync, arguing that a cache
+/// lost to a power cut costs a gap only. It costs more: the replica takes its next own
+/// counter from `last_issued()` and asserts that the USIG's next UI follows it (the
+/// core's I1), so a cache older than UIs that already left (they are in the replica's
+/// synced log) makes every restart fail that assertion, unless the replica first calls
+/// [`Usig::advance_to`] with its last logged message, which it does not do for the TPM
+/// today. Synced, the cache can lag the TPM only by the one UI in flight, never sent.
+/// The fdatasync measured 0.2–0.4 ms per UI here (1.3–1.5 ms → 1.5–1.7 ms on swtpm);
+/// with a real chip (50–600 ms per UI) it is noise. A write torn by the power cut spoils
+/// only its own slot, whose UI never left; `read_last` falls back to the other slot.
 fn write_last(
     file: &File,
     path: &Path,
@@ -1298,7 +1295,8 @@ fn write_last(
     }
     slot.resize(LAST_SLOT_LEN, 0);
     file.write_all_at(&slot, slot_of(issued.ui.counter) as u64)
-        .map_err(|e| io_err(path, "writing", e))
+        .map_err(|e| io_err(path, "writing", e))?;
+    file.sync_data().map_err(|e| io_err(path, "syncing", e))
 }
 
 fn read_last(
