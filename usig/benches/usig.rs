@@ -159,7 +159,8 @@ fn bench_create_ui(c: &mut Criterion) {
 }
 
 /// The TPM backend on swtpm (feature `tpm`, swtpm installed; otherwise a no-op):
-/// create_ui end to end (five TPM commands plus the last-UI cache write) and the
+/// create_ui end to end (five TPM commands plus the last-UI cache write), on the raw
+/// TCTI path and through ESYS side by side, and the
 /// verification of a TPM UI (attest parse, audit digest rebuild, ECDSA).
 fn bench_tpm(c: &mut Criterion) {
     #[cfg(feature = "tpm")]
@@ -183,6 +184,10 @@ fn bench_tpm(c: &mut Criterion) {
             .measurement_time(Duration::from_secs(10));
         group.bench_function("create_ui (swtpm)", |b| {
             b.iter(|| tpm.create_ui(black_box(&digest)).unwrap())
+        });
+        // The same UI with every command through tpm2-tss's ESYS, as before the raw path.
+        group.bench_function("create_ui through ESYS (swtpm)", |b| {
+            b.iter(|| tpm.create_ui_through_esys(black_box(&digest)).unwrap())
         });
         group.finish();
         let verifier = Verifier::new(&identity).unwrap();

@@ -31,6 +31,8 @@ pub mod swtpm;
 #[cfg(feature = "tpm")]
 pub mod tpm;
 pub mod tpm_attest;
+#[cfg(feature = "tpm")]
+mod tpm_wire;
 mod verify;
 
 pub use error::{UsigError, VerifyError};

@@ -35,7 +35,48 @@ pub fn available() -> bool {
 
 /// A free loopback port P with P + 1 free as well: the swtpm TCTI reaches the control
 /// channel at the command port plus one.
+///
+/// Chosen below the kernel's ephemeral port range, not with `bind(0)`: the swtpm TCTI
+/// opens a new TCP connection for every TPM command, so each UI leaves ~5 client sockets
+/// in TIME_WAIT on ephemeral ports for a minute, and Linux refuses to bind a listener to
+/// a port held by a TIME_WAIT socket that was not itself SO_REUSEADDR. At a few hundred
+/// UIs per second that filled the ephemeral range (43 000 TIME_WAIT sockets) and a
+/// benchmark could not find two adjacent free ports for its next cluster's swtpms.
 fn free_port_pair() -> Result<u16, UsigError> {
+    let (ephemeral_low, _) = ephemeral_port_range().unwrap_or((32768, 60999));
+    let low = PRIVATE_PORT_FLOOR;
+    let high = ephemeral_low.saturating_sub(2);
+    if high <= low + 64 {
+        return free_port_pair_ephemeral();
+    }
+    let span = u32::from(high - low);
+    let mut seed = [0u8; 4];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
+        .map_err(|_| UsigError::Tpm("no randomness to pick a port".into()))?;
+    let start = u32::from_be_bytes(seed) % span;
+    for i in 0..512u32 {
+        let port = low + ((start + i * 2) % span) as u16;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok()
+            && TcpListener::bind((Ipv4Addr::LOCALHOST, port + 1)).is_ok()
+        {
+            return Ok(port);
+        }
+    }
+    free_port_pair_ephemeral()
+}
+
+/// Lowest port `free_port_pair` picks (above the registered services most hosts run).
+const PRIVATE_PORT_FLOOR: u16 = 20000;
+
+/// `net.ipv4.ip_local_port_range`, if readable.
+fn ephemeral_port_range() -> Option<(u16, u16)> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut parts = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+    Some((parts.next()??, parts.next()??))
+}
+
+/// The fallback: a kernel-chosen ephemeral port P with P + 1 free.
+fn free_port_pair_ephemeral() -> Result<u16, UsigError> {
     for _ in 0..64 {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .map_err(|e| UsigError::io("finding a free loopback port", e))?;
@@ -157,5 +198,24 @@ impl Swtpm {
 impl Drop for Swtpm {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_pairs_are_free_and_outside_the_ephemeral_range() {
+        let (ephemeral_low, _) = ephemeral_port_range().expect("Linux has the sysctl");
+        for _ in 0..20 {
+            let port = free_port_pair().unwrap();
+            assert!(
+                port >= PRIVATE_PORT_FLOOR && port + 1 < ephemeral_low,
+                "{port} vs the ephemeral range from {ephemeral_low}"
+            );
+            TcpListener::bind((Ipv4Addr::LOCALHOST, port)).unwrap();
+            TcpListener::bind((Ipv4Addr::LOCALHOST, port + 1)).unwrap();
+        }
     }
 }

@@ -399,13 +399,113 @@ fn tpm_open_refuses_another_identity_and_a_rolled_back_cache() {
     drop(usig);
     // A cache from another replica id is refused.
     assert!(TpmUsig::open(&tpm.location, 1, &tpm.identity, &tpm.state_dir()).is_err());
-    // A corrupted cache is refused, never silently reset.
+    // A corrupted cache is refused, never silently reset: the only record (UI 1, in
+    // slot 1) with a flipped certificate byte, or with a byte in its padding set.
     let path = tpm.state_dir().join(tpm::LAST_FILE_NAME);
-    let mut bytes = std::fs::read(&path).unwrap();
-    let n = bytes.len();
-    bytes[n - 1] ^= 1;
-    std::fs::write(&path, &bytes).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    assert_eq!(good.len(), 2 * SLOT);
+    for at in [SLOT + 80, 2 * SLOT - 1] {
+        let mut bytes = good.clone();
+        bytes[at] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(
+            TpmUsig::open(&tpm.location, 0, &tpm.identity, &tpm.state_dir()).is_err(),
+            "flipped byte {at}"
+        );
+    }
+    std::fs::write(&path, &good).unwrap();
+    assert!(TpmUsig::open(&tpm.location, 0, &tpm.identity, &tpm.state_dir()).is_ok());
+}
+
+/// The last-UI cache's slot size (two slots, UI k in slot k mod 2).
+const SLOT: usize = 512;
+
+#[test]
+fn tpm_cache_survives_a_torn_slot_and_advance_to_catches_up() {
+    if !have_swtpm() {
+        return;
+    }
+    let tpm = Tpm::start();
+    let mut usig = tpm.open(0);
+    let issued: Vec<usig::IssuedUi> = (1..=3)
+        .map(|i| {
+            let digest = conformance::test_digest(i);
+            let ui = usig.create_ui(&digest).unwrap();
+            usig::IssuedUi { digest, ui }
+        })
+        .collect();
+    drop(usig);
+    let path = tpm.state_dir().join(tpm::LAST_FILE_NAME);
+    let good = std::fs::read(&path).unwrap();
+    // A power cut tore the write of UI 3 (slot 1): the cache falls back to UI 2, as if
+    // that write was lost.
+    let mut torn = good.clone();
+    torn[SLOT + 100] ^= 0xFF;
+    std::fs::write(&path, &torn).unwrap();
+    let mut usig = tpm.open(0);
+    assert_eq!(usig.last_issued().as_ref(), Some(&issued[1]));
+    // The caller's synced log holds UI 3: advance_to brings the cache up, durably for the
+    // next open; an older UI leaves it; a UI that does not verify is refused.
+    usig.advance_to(&issued[2]).unwrap();
+    assert_eq!(usig.last_issued().as_ref(), Some(&issued[2]));
+    usig.advance_to(&issued[0]).unwrap();
+    assert_eq!(usig.last_issued().as_ref(), Some(&issued[2]));
+    let mut forged = issued[2].clone();
+    forged.ui.counter += 1;
+    assert!(usig.advance_to(&forged).is_err());
+    let mut other_digest = issued[2].clone();
+    other_digest.digest[0] ^= 1;
+    assert!(usig.advance_to(&other_digest).is_err());
+    drop(usig);
+    assert_eq!(std::fs::read(&path).unwrap(), good);
+    let mut usig = tpm.open(0);
+    assert_eq!(usig.last_issued().as_ref(), Some(&issued[2]));
+    assert_eq!(
+        usig.create_ui(&conformance::test_digest(4))
+            .unwrap()
+            .counter,
+        4
+    );
+    drop(usig);
+    // Both slots spoiled: refused, never reset.
+    let mut both = std::fs::read(&path).unwrap();
+    both[100] ^= 0xFF;
+    both[SLOT + 100] ^= 0xFF;
+    std::fs::write(&path, &both).unwrap();
     assert!(TpmUsig::open(&tpm.location, 0, &tpm.identity, &tpm.state_dir()).is_err());
+}
+
+#[test]
+fn tpm_cache_in_the_one_record_layout_is_read_and_converted() {
+    if !have_swtpm() {
+        return;
+    }
+    let tpm = Tpm::start();
+    let mut usig = tpm.open(2);
+    let digest = conformance::test_digest(1);
+    let ui = usig.create_ui(&digest).unwrap();
+    drop(usig);
+    // magic ‖ replica ‖ digest ‖ counter ‖ cert_len ‖ cert, the whole file.
+    let mut legacy = b"bftnfs/tpm-last1".to_vec();
+    legacy.extend_from_slice(&2u32.to_be_bytes());
+    legacy.extend_from_slice(&digest);
+    legacy.extend_from_slice(&ui.counter.to_be_bytes());
+    legacy.extend_from_slice(&(ui.cert.len() as u16).to_be_bytes());
+    legacy.extend_from_slice(&ui.cert);
+    let path = tpm.state_dir().join(tpm::LAST_FILE_NAME);
+    std::fs::write(&path, &legacy).unwrap();
+    let mut usig = tpm.open(2);
+    let expected = usig::IssuedUi { digest, ui };
+    assert_eq!(usig.last_issued().as_ref(), Some(&expected));
+    assert_eq!(std::fs::read(&path).unwrap().len(), 2 * SLOT);
+    assert_eq!(
+        usig.create_ui(&conformance::test_digest(2))
+            .unwrap()
+            .counter,
+        2
+    );
+    drop(usig);
+    assert_eq!(tpm.open(2).last_issued().unwrap().ui.counter, 2);
 }
 
 fn counter_name(identity: &UsigIdentity) -> Vec<u8> {
@@ -473,4 +573,43 @@ fn tpm_counter_survives_sigkill() {
             write_child_setup(&tpm);
         }
     }
+}
+
+/// The benchmark's ESYS path makes the same UIs: interleaved with the raw path, the
+/// counters stay consecutive and every UI verifies.
+#[test]
+fn tpm_esys_path_interleaves_with_the_raw_path() {
+    if !have_swtpm() {
+        return;
+    }
+    let tpm = Tpm::start();
+    let mut usig = tpm.open(1);
+    for i in 1..=6u64 {
+        let digest = conformance::test_digest(i);
+        let ui = if i % 2 == 0 {
+            usig.create_ui_through_esys(&digest).unwrap()
+        } else {
+            usig.create_ui(&digest).unwrap()
+        };
+        assert_eq!(ui.counter, i);
+        verify_ui(&tpm.identity, 1, &digest, &ui).unwrap();
+        assert_eq!(usig.last_issued().unwrap().ui, ui);
+    }
+}
+
+/// swtpm restarts under an open holder (its audit session is gone): the next UI starts a
+/// new session and follows on without a gap or an error.
+#[test]
+fn tpm_holder_follows_a_swtpm_restart_without_reopening() {
+    if !have_swtpm() {
+        return;
+    }
+    let mut tpm = Tpm::start();
+    let mut usig = tpm.open(1);
+    let first = usig.create_ui(&conformance::test_digest(1)).unwrap();
+    tpm.swtpm.restart().expect("restart swtpm");
+    let digest = conformance::test_digest(2);
+    let second = usig.create_ui(&digest).unwrap();
+    assert_eq!(second.counter, first.counter + 1);
+    verify_ui(&tpm.identity, 1, &digest, &second).unwrap();
 }
