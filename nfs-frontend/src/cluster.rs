@@ -73,6 +73,8 @@ pub struct LocalCluster {
     config: Arc<ClusterConfig>,
     nfs_addr: SocketAddr,
     replicas: Vec<Option<StopAndJoin<ReplicaStats>>>,
+    /// How each replica was started, to start it again.
+    replica_opts: Vec<ReplicaOptions>,
     frontend: Option<StopAndJoin<()>>,
     bench: Option<(BftClient, StopAndJoin<()>)>,
     dir: PathBuf,
@@ -215,6 +217,7 @@ impl LocalCluster {
         config.bundling &= opts.bundling;
         let config = Arc::new(config);
         let mut replicas = Vec::new();
+        let mut replica_opts = Vec::new();
         let mut usig_servers = Vec::new();
         for id in 0..config.n() {
             let data_dir = opts.dir.join(format!("replica-{id}"));
@@ -234,6 +237,7 @@ impl LocalCluster {
                 usig_socket,
                 serve_corrupt_chunks: false,
             };
+            replica_opts.push(ropts.clone());
             replicas.push(Some(start_replica_thread(config.clone(), ropts)?));
         }
         let std_listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -265,6 +269,7 @@ impl LocalCluster {
             config,
             nfs_addr,
             replicas,
+            replica_opts,
             frontend: Some(frontend),
             bench: Some((bench, bench_thread)),
             dir: opts.dir,
@@ -307,6 +312,19 @@ impl LocalCluster {
         handle
             .join()
             .map_err(|_| anyhow::anyhow!("replica thread panicked"))?
+    }
+
+    /// Starts replica `id` again (after `stop_replica`) from its data directory, as a
+    /// restarted process would.
+    pub fn restart_replica(&mut self, id: u32) -> anyhow::Result<()> {
+        let slot = self
+            .replicas
+            .get_mut(id as usize)
+            .context("no such replica")?;
+        anyhow::ensure!(slot.is_none(), "replica {id} is running");
+        let opts = self.replica_opts[id as usize].clone();
+        *slot = Some(start_replica_thread(self.config.clone(), opts)?);
+        Ok(())
     }
 
     /// Stops everything; returns each replica's final statistics.

@@ -229,3 +229,107 @@ fn tpm_bftnfs_up_round_trip_with_libnfs() {
         }
     });
 }
+
+/// Creates `names` in `dir` through the NFS frontend at `addr`, each with one FILE_SYNC
+/// write of a few hundred bytes.
+async fn write_files(addr: std::net::SocketAddr, names: &[String]) {
+    let mut c = connect(addr, 0, 0).await;
+    let root = c.root_nfs_fh3();
+    for name in names {
+        let f = c
+            .create(&CREATE3args {
+                where_: dirop(&root, name),
+                how: createhow3::UNCHECKED(sattr3::default()),
+            })
+            .await
+            .expect("rpc")
+            .unwrap()
+            .obj
+            .unwrap();
+        let data = name.as_bytes().repeat(40);
+        c.write(&WRITE3args {
+            file: f,
+            offset: 0,
+            count: data.len() as u32,
+            stable: stable_how::FILE_SYNC,
+            data: Opaque::owned(data),
+        })
+        .await
+        .expect("rpc")
+        .unwrap();
+    }
+}
+
+/// A crash between a TPM increment and the write of the UI's cache leaves the TPM's
+/// counter one above the last UI the replica knows (a gap). Restarted, the replica must
+/// see the gap (`Usig::spent_counter`) and re-base over it (I8) — not number its next
+/// message after the cached UI (which the core's I1 check refuses) or wait for a UI that
+/// never existed — and then catch up with the others.
+#[test]
+fn tpm_replica_with_a_wasted_counter_value_rejoins_by_rebase() {
+    if !have_swtpm() {
+        return;
+    }
+    bounded(Duration::from_secs(240), || {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut cluster = LocalCluster::start(ClusterOptions {
+            dir: tmp.path().join("c"),
+            tpm_usig: true,
+            ..ClusterOptions::default()
+        })
+        .expect("TPM cluster starts");
+        let dir = cluster.dir().to_path_buf();
+        let addr = cluster.nfs_addr();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let before: Vec<String> = (0..6).map(|i| format!("before{i}")).collect();
+        rt.block_on(write_files(addr, &before));
+        cluster.stop_replica(2).expect("replica 2 stops");
+        {
+            let config = ClusterConfig::load(&dir.join("cluster.toml")).expect("config");
+            let UsigConfig::Tpm {
+                tcti,
+                nv_index,
+                key_handle,
+            } = &config.replicas[2].usig
+            else {
+                panic!("replica 2 is on a TPM");
+            };
+            let location = usig::TpmLocation {
+                tcti: tcti.clone(),
+                nv_index: nv_index.unwrap_or(usig::tpm::DEFAULT_NV_INDEX),
+                key_handle: key_handle.unwrap_or(usig::tpm::DEFAULT_KEY_HANDLE),
+            };
+            let identity = config.usig_identity(2).expect("identity");
+            let state = dir.join("replica-2").join("usig");
+            let mut tpm = usig::TpmUsig::open(&location, 2, &identity, &state).expect("open");
+            let issued = usig::Usig::last_issued(&tpm).expect("replica 2 issued UIs");
+            tpm.waste_counter_value().expect("increment without a UI");
+            assert_eq!(
+                usig::Usig::spent_counter(&mut tpm).expect("counter"),
+                issued.ui.counter + 1,
+                "the gap shows in spent_counter"
+            );
+            assert_eq!(usig::Usig::last_issued(&tpm), Some(issued));
+        }
+        cluster.restart_replica(2).expect("replica 2 restarts");
+        let after: Vec<String> = (0..6).map(|i| format!("after{i}")).collect();
+        rt.block_on(write_files(addr, &after));
+        let (e0, e2) = (cluster.export_dir(0), cluster.export_dir(2));
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while !(e2.join("after5").exists() && trees_equal(&e0, &e2)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replica 2 did not catch up after re-basing over its USIG gap"
+            );
+            // Keep traffic flowing, as clients would.
+            rt.block_on(write_files(addr, &["tick".to_string()]));
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let stats = cluster.stop().expect("stop");
+        assert!(stats.iter().all(|s| s.executed_n > 0));
+        check_tpm_uis(&dir);
+    });
+}

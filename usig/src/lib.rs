@@ -169,6 +169,15 @@ pub trait Usig: Send {
         false
     }
 
+    /// The highest counter value this USIG has used up: `last_issued`'s, or more when a
+    /// value was spent without its UI coming back (a TPM increment whose signature or
+    /// cache write a crash cut off). A restarting caller must take this as its own
+    /// counter: the next UI comes after it, so a higher value means a gap to re-base
+    /// over, not a UI to wait for.
+    fn spent_counter(&mut self) -> Result<u64, UsigError> {
+        Ok(self.last_issued().map_or(0, |u| u.ui.counter))
+    }
+
     /// Recovery after a crash between the caller's durable record of `issued` and this
     /// USIG's own `sync`: move the counter up to `issued`, which must be a UI this USIG
     /// certified (its own signature is the proof), and make it durable. Never moves the
@@ -214,6 +223,10 @@ impl<U: Usig + ?Sized> Usig for Box<U> {
 
     fn advance_to(&mut self, issued: &IssuedUi) -> Result<(), UsigError> {
         (**self).advance_to(issued)
+    }
+
+    fn spent_counter(&mut self) -> Result<u64, UsigError> {
+        (**self).spent_counter()
     }
 }
 

@@ -1173,6 +1173,16 @@ impl Usig for TpmUsig {
         self.last.clone()
     }
 
+    /// The TPM's counter above the base: it counts increments whose UI never came back
+    /// (a crash between the increment and the cache write), which `last_issued` cannot.
+    fn spent_counter(&mut self) -> Result<u64, UsigError> {
+        let issued = self.last.as_ref().map_or(0, |l| l.ui.counter);
+        Ok(self
+            .tpm_counter()?
+            .saturating_sub(self.base_counter)
+            .max(issued))
+    }
+
     /// Bring the cache up to `issued`, a UI of this USIG the caller logged (and synced)
     /// before it left the process: after a power cut the unsynced cache may be older
     /// than the log, and the log is the durable record of every released UI. Checks the

@@ -518,7 +518,15 @@ fn open_node(
     } else {
         App::open_fs(&opts.data_dir, opts.fs_config.clone())?
     };
-    let usig_counter = usig.last_issued().map_or(0, |u| u.ui.counter);
+    // Not just the last UI: a TPM may have spent a value whose UI a crash cut off. Such a
+    // gap puts the USIG ahead of the log, and the core re-bases over it (I8).
+    let usig_counter = usig.spent_counter()?;
+    if usig_counter > usig.last_issued().map_or(0, |u| u.ui.counter) {
+        warn!(
+            id,
+            usig_counter, "the USIG spent a counter value whose UI never came back (a gap)"
+        );
+    }
     // An empty log with a USIG that has issued counters: the data directory was lost or
     // replaced while usig/ was kept. Start from genesis; the core re-bases (I8) and
     // catches up by state transfer.
@@ -582,6 +590,7 @@ fn open_node(
     // logged before `CreateUi` plus the USIG's last UI rebuild the message exactly.
     if usig_counter == last_sent + 1
         && let (Some(intent), Some(issued)) = (log.durable.intent.clone(), usig.last_issued())
+        && issued.ui.counter == usig_counter
         && intent.certified_digest() == issued.digest
     {
         let mut msg = intent;
