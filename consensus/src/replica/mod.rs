@@ -226,6 +226,10 @@ struct HeldRead {
 
 /// Longest a read-only request is held for accepted batches to execute (ticks).
 const READ_HOLD_TICKS: u64 = 2;
+/// Most read-only requests, and most bytes of them, held at once; beyond, reads are
+/// answered at once (as without holding), so a flood of reads costs no memory.
+const HELD_READS_MAX: usize = 4096;
+const HELD_READ_BYTES_MAX: usize = 16 << 20;
 
 /// One batch slot above the stable checkpoint.
 #[derive(Clone, Debug)]
@@ -256,6 +260,7 @@ pub struct Replica {
     /// Read-only requests held until the batches accepted before they arrived execute
     /// (see `Replica::on_request`).
     held_reads: VecDeque<HeldRead>,
+    held_read_bytes: usize,
     /// Accepted PREPAREs above the stable checkpoint, by (view, n).
     log: BTreeMap<(View, SeqNum), Slot>,
     /// COMMIT votes (the primary's PREPARE counts as its vote), by (view, n).
@@ -362,6 +367,7 @@ impl Replica {
             streams: (0..n).map(|_| fifo::Stream::new()).collect(),
             pending: BTreeMap::new(),
             held_reads: VecDeque::new(),
+            held_read_bytes: 0,
             log: BTreeMap::new(),
             votes: BTreeMap::new(),
             prepared_n: recovered.stable.n,

@@ -8,7 +8,10 @@
 //! precedes, in its own counter order, all its messages about batches above `n`.
 
 use super::fifo::Flow;
-use super::{HeldRead, Intent, Output, PendingRequest, READ_HOLD_TICKS, Replica, Slot, Status};
+use super::{
+    HELD_READ_BYTES_MAX, HELD_READS_MAX, HeldRead, Intent, Output, PendingRequest, READ_HOLD_TICKS,
+    Replica, Slot, Status,
+};
 use crate::message::{Batch, Commit, Prepare, PrepareHeader, Reply, Request};
 use crate::types::{ClientId, Digest, SeqNum};
 
@@ -22,8 +25,10 @@ impl Replica {
             // replies match. Waiting only makes the state read later, never older.
             if self.status == Status::Normal
                 && self.prepared_n > self.executed_n
-                && self.held_reads.len() < self.config.clients_max
+                && self.held_reads.len() < HELD_READS_MAX
+                && self.held_read_bytes + req.op.len() <= HELD_READ_BYTES_MAX
             {
+                self.held_read_bytes += req.op.len();
                 self.held_reads.push_back(HeldRead {
                     until: self.prepared_n,
                     arrived_tick: self.ticks,
@@ -452,6 +457,7 @@ impl Replica {
         let held = std::mem::take(&mut self.held_reads);
         for h in held {
             if h.until <= executed || ticks.saturating_sub(h.arrived_tick) >= READ_HOLD_TICKS {
+                self.held_read_bytes -= h.request.op.len();
                 self.outputs
                     .push(Output::ExecuteReadOnly { request: h.request });
             } else {

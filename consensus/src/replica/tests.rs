@@ -296,11 +296,15 @@ fn recover_with_the_usig_ahead_of_the_log_rebases_first() {
 }
 
 fn read_request(c: &SimCrypto, config: &Config, client: ClientId) -> Input {
+    sized_read_request(c, config, client, 1)
+}
+
+fn sized_read_request(c: &SimCrypto, config: &Config, client: ClientId, bytes: usize) -> Input {
     let mut req = Request {
         client,
         seq: 1,
         read_only: true,
-        op: vec![9],
+        op: vec![9; bytes],
         sig: vec![],
     };
     req.sig = c.sign_request(client, &req.digest());
@@ -446,4 +450,39 @@ fn stale_prepare_is_accepted_only_once_the_others_committed_it() {
     q.ui.cert = c.ui_cert(0, 1, &UiMessage::Prepare(q.clone()).certified_digest());
     assert!(!accepted(&step_ui(&mut r, 0, UiMessage::Prepare(q))));
     assert_eq!(r.dropped().get("bad_timestamp"), Some(&1));
+}
+
+/// Held reads are bounded in bytes (and count): a flood of large reads while a batch is
+/// pending is answered at once beyond the bound instead of piling up in memory.
+#[test]
+fn held_reads_are_bounded_in_bytes() {
+    let c = crypto();
+    let config = Config::new(1);
+    let mut r = Replica::new(1, config.clone(), Box::new(c.clone()));
+    r.step(Input::Tick { now_ns: 1 });
+    let p = prepare(&c, &config, 0, 1, 1, 1);
+    let msg = validate::peer_message(&config, &c, 0, PeerMessage::Ui(UiMessage::Prepare(p)))
+        .expect("valid prepare");
+    r.step(Input::Peer { from: 0, msg });
+    let size = 512 << 10;
+    let fit = HELD_READ_BYTES_MAX / size;
+    let mut at_once = Vec::new();
+    for client in 0..fit as u64 + 3 {
+        at_once.extend(reads_answered(&r.step(sized_read_request(
+            &c,
+            &config,
+            100 + client,
+            size,
+        ))));
+    }
+    assert_eq!(
+        at_once,
+        (100 + fit as u64..100 + fit as u64 + 3).collect::<Vec<_>>()
+    );
+    // The held ones go after the hold.
+    let mut later = Vec::new();
+    for tick in 1..=READ_HOLD_TICKS {
+        later.extend(reads_answered(&r.step(Input::Tick { now_ns: 1 + tick })));
+    }
+    assert_eq!(later.len(), fit);
 }
