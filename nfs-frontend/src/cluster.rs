@@ -233,7 +233,7 @@ impl LocalCluster {
                 id,
                 data_dir,
                 null_app: opts.null_app,
-                fs_config: FsConfig::default(),
+                fs_config: crate::replica::replica_fs_config(),
                 usig_socket,
                 serve_corrupt_chunks: false,
             };

@@ -183,6 +183,8 @@ impl ProtocolLog {
     }
 
     fn compact(&mut self) -> Result<(), LogError> {
+        let started = std::time::Instant::now();
+        let old_len = self.file.metadata().map_or(0, |m| m.len());
         let tmp = self.path.with_extension("log.tmp");
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -210,6 +212,12 @@ impl ProtocolLog {
         self.pending.clear();
         self.unsynced = false;
         self.must_sync = false;
+        tracing::debug!(
+            old_bytes = old_len,
+            new_bytes = self.len,
+            took_us = started.elapsed().as_micros() as u64,
+            "protocol log compacted"
+        );
         Ok(())
     }
 }

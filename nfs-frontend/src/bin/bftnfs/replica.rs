@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use fs_state::FsConfig;
 use nfs_frontend::config::ClusterConfig;
 use nfs_frontend::replica::{self, ReplicaOptions, write_pid_file};
 use tokio::net::TcpListener;
@@ -55,7 +54,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             id: args.id,
             data_dir: args.data.clone(),
             null_app: args.null_app,
-            fs_config: FsConfig::default(),
+            fs_config: nfs_frontend::replica::replica_fs_config(),
             // The flag wins over cluster.toml's `usig = { kind = "process", socket = … }`.
             usig_socket: args.usig_socket.clone().or_else(|| {
                 match &config.replicas[args.id as usize].usig {
