@@ -478,11 +478,13 @@ impl Node {
 /// The file state settings a replica runs with: the defaults, except that its file state
 /// is made durable with one `syncfs` instead of an fsync per dirty file and directory. A
 /// replica syncs its file state only at checkpoints (the protocol log makes each batch
-/// durable), when up to a checkpoint interval's worth of objects is dirty: measured in
-/// the macro-benchmark, the per-object flushes stalled every replica's burst for 10–29
-/// ms at a third of the checkpoints, `syncfs` for 1.7–2.1 ms (median), and the
-/// five-phase ratio went from 3.4× to 3.0× side by side. The unreplicated server keeps
-/// per-object flushes: it syncs after every small batch.
+/// durable), when up to a checkpoint interval's worth of objects is dirty. Measured in
+/// the macro-benchmark (100 runs a phase): per-object flushes stalled a replica's burst
+/// for more than 10 ms at 57 checkpoint syncs (up to 29 ms), `syncfs` at 13–21 (median
+/// 1.7–2.1 ms); the MinPBFT total's standard deviation fell from 11 to 7.5 ms, its mean
+/// ratio moved within the noise (A/B interleaved, three pairs: 3.01–3.46× before,
+/// 2.96–3.20× after). The unreplicated server keeps per-object flushes: it syncs after
+/// every small batch.
 pub fn replica_fs_config() -> FsConfig {
     FsConfig {
         sync_mode: fs_state::SyncMode::Syncfs,
