@@ -15,14 +15,11 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Up, bounded, connect, dirop, trees_equal};
-use fs_state::FsConfig;
+use common::{Up, bounded, connect, trees_equal, write_file};
 use nfs_frontend::cluster::start_replica_thread;
 use nfs_frontend::config::ClusterConfig;
 use nfs_frontend::replica::ReplicaOptions;
 use nfs_frontend::{ClusterOptions, LocalCluster};
-use nfs3_client::nfs3_types::nfs3::*;
-use nfs3_client::nfs3_types::xdr_codec::Opaque;
 
 /// Deterministic content of file `i`: mostly 3 KiB, every 40th 200 KiB (4 chunks).
 fn content(tag: &str, i: usize) -> Vec<u8> {
@@ -44,35 +41,9 @@ fn content_of_len(tag: &str, i: usize, len: usize) -> Vec<u8> {
 /// Creates and writes `count` files named `{tag}{i}` in the root (32 KiB per WRITE).
 async fn write_files(addr: std::net::SocketAddr, tag: &str, count: usize) {
     let mut c = connect(addr, 0, 0).await;
-    for i in 0..count {
-        write_file(&mut c, &format!("{tag}{i}"), &content(tag, i)).await;
-    }
-}
-
-/// Creates `name` in the root and writes `data` into it (32 KiB per WRITE).
-async fn write_file(c: &mut common::Conn, name: &str, data: &[u8]) {
     let root = c.root_nfs_fh3();
-    let f = c
-        .create(&CREATE3args {
-            where_: dirop(&root, name),
-            how: createhow3::UNCHECKED(sattr3::default()),
-        })
-        .await
-        .expect("rpc")
-        .unwrap()
-        .obj
-        .unwrap();
-    for (k, piece) in data.chunks(32 << 10).enumerate() {
-        c.write(&WRITE3args {
-            file: f.clone(),
-            offset: (k * (32 << 10)) as u64,
-            count: piece.len() as u32,
-            stable: stable_how::FILE_SYNC,
-            data: Opaque::owned(piece.to_vec()),
-        })
-        .await
-        .expect("rpc")
-        .unwrap();
+    for i in 0..count {
+        write_file(&mut c, &root, &format!("{tag}{i}"), &content(tag, i)).await;
     }
 }
 
@@ -186,7 +157,7 @@ fn transfer_completes_when_a_peer_serves_corrupt_chunks() {
             id,
             data_dir: dir.join(format!("replica-{id}")),
             null_app: false,
-            fs_config: FsConfig::default(),
+            fs_config: nfs_frontend::replica::replica_fs_config(),
             usig_socket: None,
             serve_corrupt_chunks: corrupt,
         };
@@ -298,7 +269,6 @@ fn restarted_replica_catches_up_with_no_client_traffic() {
             ..ClusterOptions::default()
         })
         .expect("cluster");
-        let config = Arc::new(ClusterConfig::load(&dir.join("cluster.toml")).expect("config"));
         let addr = cluster.nfs_addr();
         block_on(write_files(addr, "warm", 3));
         cluster.stop_replica(2).expect("stop 2");
@@ -308,18 +278,7 @@ fn restarted_replica_catches_up_with_no_client_traffic() {
         block_on(write_files(addr, "f", 67));
         // The clients stop here. Let the batches above the last checkpoint go stale.
         std::thread::sleep(Duration::from_millis(2_500));
-        let r2 = start_replica_thread(
-            config.clone(),
-            ReplicaOptions {
-                id: 2,
-                data_dir: dir.join("replica-2"),
-                null_app: false,
-                fs_config: FsConfig::default(),
-                usig_socket: None,
-                serve_corrupt_chunks: false,
-            },
-        )
-        .expect("start 2");
+        cluster.restart_replica(2).expect("start 2");
         let e0 = cluster.export_dir(0);
         let e2 = cluster.export_dir(2);
         let took = wait_for(
@@ -327,8 +286,7 @@ fn restarted_replica_catches_up_with_no_client_traffic() {
             "replica 2 converges with no client traffic",
             || trees_equal(&e0, &e2),
         );
-        let _ = r2.0.send(());
-        let s2 = r2.1.join().expect("join 2").expect("replica 2 ran");
+        let s2 = cluster.stop_replica(2).expect("replica 2 ran");
         let s0 = cluster.stop_replica(0).expect("stop 0");
         eprintln!(
             "replica 2 equal to replica 0 after {took:?} with no client traffic; replica 0 \
@@ -386,9 +344,10 @@ fn replica_killed_in_the_middle_of_a_state_transfer_restarts_and_converges() {
         let t = Instant::now();
         block_on(async {
             let mut c = connect(addr, 0, 0).await;
+            let root = c.root_nfs_fh3();
             for i in 0..BIG_FILES {
                 let data = content_of_len("big", i, BIG_FILE_BYTES);
-                write_file(&mut c, &format!("big{i}"), &data).await;
+                write_file(&mut c, &root, &format!("big{i}"), &data).await;
             }
         });
         eprintln!(
@@ -404,9 +363,10 @@ fn replica_killed_in_the_middle_of_a_state_transfer_restarts_and_converges() {
             std::thread::spawn(move || {
                 block_on(async {
                     let mut c = connect(addr, 0, 0).await;
+                    let root = c.root_nfs_fh3();
                     let mut i = 0;
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                        write_file(&mut c, &format!("live{i}"), &content("live", i)).await;
+                        write_file(&mut c, &root, &format!("live{i}"), &content("live", i)).await;
                         i += 1;
                     }
                     i

@@ -11,11 +11,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Up, bounded, connect, dirop, have, run_tool, trees_equal};
+use common::{Up, bounded, connect, dirop, have, run_tool, trees_equal, write_file};
 use nfs_frontend::config::{ClusterConfig, UsigConfig};
 use nfs_frontend::{ClusterOptions, LocalCluster};
 use nfs3_client::nfs3_types::nfs3::*;
-use nfs3_client::nfs3_types::xdr_codec::Opaque;
 
 fn have_swtpm() -> bool {
     let ok = usig::swtpm::available();
@@ -98,29 +97,8 @@ fn tpm_cluster_runs_an_nfs_workload_with_one_swtpm_per_replica() {
             let mut files = Vec::new();
             for i in 0..12u8 {
                 let name = format!("f{i}");
-                let f = c
-                    .create(&CREATE3args {
-                        where_: dirop(&d, &name),
-                        how: createhow3::UNCHECKED(sattr3::default()),
-                    })
-                    .await
-                    .expect("rpc")
-                    .unwrap()
-                    .obj
-                    .unwrap();
                 let data = vec![i.wrapping_mul(7); 1000 + usize::from(i) * 100];
-                let w = c
-                    .write(&WRITE3args {
-                        file: f.clone(),
-                        offset: 0,
-                        count: data.len() as u32,
-                        stable: stable_how::FILE_SYNC,
-                        data: Opaque::owned(data.clone()),
-                    })
-                    .await
-                    .expect("rpc")
-                    .unwrap();
-                assert_eq!(w.count as usize, data.len());
+                let f = write_file(&mut c, &d, &name, &data).await;
                 files.push((name, f, data));
             }
             for (name, f, data) in &files {
@@ -230,33 +208,13 @@ fn tpm_bftnfs_up_round_trip_with_libnfs() {
     });
 }
 
-/// Creates `names` in `dir` through the NFS frontend at `addr`, each with one FILE_SYNC
-/// write of a few hundred bytes.
+/// Creates `names` in the root through the NFS frontend at `addr`, each with one
+/// FILE_SYNC write of a few hundred bytes.
 async fn write_files(addr: std::net::SocketAddr, names: &[String]) {
     let mut c = connect(addr, 0, 0).await;
     let root = c.root_nfs_fh3();
     for name in names {
-        let f = c
-            .create(&CREATE3args {
-                where_: dirop(&root, name),
-                how: createhow3::UNCHECKED(sattr3::default()),
-            })
-            .await
-            .expect("rpc")
-            .unwrap()
-            .obj
-            .unwrap();
-        let data = name.as_bytes().repeat(40);
-        c.write(&WRITE3args {
-            file: f,
-            offset: 0,
-            count: data.len() as u32,
-            stable: stable_how::FILE_SYNC,
-            data: Opaque::owned(data),
-        })
-        .await
-        .expect("rpc")
-        .unwrap();
+        write_file(&mut c, &root, name, &name.as_bytes().repeat(40)).await;
     }
 }
 

@@ -270,35 +270,8 @@ impl Esys {
 
     /// Flush every loaded session the TPM lists; returns how many.
     fn flush_loaded_sessions(&mut self) -> Result<usize, UsigError> {
-        const CAP_HANDLES: u32 = 1;
         const LOADED_SESSION_FIRST: u32 = 0x0200_0000;
-        let mut more = 0u8;
-        let mut data: *mut sys::TPMS_CAPABILITY_DATA = null_mut();
-        // SAFETY: out-pointers freed below.
-        let rc = unsafe {
-            sys::Esys_GetCapability(
-                self.ctx,
-                sys::ESYS_TR_NONE,
-                sys::ESYS_TR_NONE,
-                sys::ESYS_TR_NONE,
-                CAP_HANDLES,
-                LOADED_SESSION_FIRST,
-                64,
-                &mut more,
-                &mut data,
-            )
-        };
-        if rc != 0 {
-            return Err(tpm_err("GetCapability (loaded sessions)", rc));
-        }
-        // SAFETY: capability HANDLES selects the `handles` member.
-        let handles: Vec<u32> = unsafe {
-            let list = &(*data).data.handles;
-            let n = (list.count as usize).min(list.handle.len());
-            let v = list.handle[..n].to_vec();
-            sys::Esys_Free(data.cast());
-            v
-        };
+        let handles = self.list_handles(LOADED_SESSION_FIRST)?;
         let mut sys_ctx: *mut sys::TSS2_SYS_CONTEXT = null_mut();
         // SAFETY: the SYS context belongs to this ESYS context and is used in between
         // ESYS calls only.
@@ -307,7 +280,8 @@ impl Esys {
             return Err(tpm_err("Esys_GetSysContext", rc));
         }
         let mut flushed = 0;
-        for h in handles.into_iter().filter(|h| h >> 24 == 0x02) {
+        for h in handles {
+            // SAFETY: a handle the TPM listed; an error code only means not flushed.
             if unsafe { sys::Tss2_Sys_FlushContext(sys_ctx, h) } == 0 {
                 flushed += 1;
             }

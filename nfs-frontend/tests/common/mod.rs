@@ -155,6 +155,37 @@ pub fn dirop(dir: &nfs_fh3, n: &str) -> nfs3_client::nfs3_types::nfs3::diropargs
     }
 }
 
+/// Creates `name` in `dir` (UNCHECKED) and writes `data` into it with FILE_SYNC WRITEs
+/// of at most 32 KiB; returns the file's handle.
+pub async fn write_file(c: &mut Conn, dir: &nfs_fh3, name: &str, data: &[u8]) -> nfs_fh3 {
+    use nfs3_client::nfs3_types::nfs3::{CREATE3args, WRITE3args, createhow3, sattr3, stable_how};
+    let f = c
+        .create(&CREATE3args {
+            where_: dirop(dir, name),
+            how: createhow3::UNCHECKED(sattr3::default()),
+        })
+        .await
+        .expect("rpc")
+        .unwrap()
+        .obj
+        .unwrap();
+    for (k, piece) in data.chunks(32 << 10).enumerate() {
+        let w = c
+            .write(&WRITE3args {
+                file: f.clone(),
+                offset: (k * (32 << 10)) as u64,
+                count: piece.len() as u32,
+                stable: stable_how::FILE_SYNC,
+                data: Opaque::owned(piece.to_vec()),
+            })
+            .await
+            .expect("rpc")
+            .unwrap();
+        assert_eq!(w.count as usize, piece.len(), "{name}: short write");
+    }
+    f
+}
+
 /// Whether two backing trees are byte-identical (`diff -r`, symlinks compared as links).
 pub fn trees_equal(a: &Path, b: &Path) -> bool {
     std::process::Command::new("diff")
