@@ -1031,21 +1031,37 @@ fn stop_a_backup_and_start_it_again() {
     report(test, &lines);
 }
 
-#[test]
-fn pause_the_primary_until_a_view_change() {
-    let test = "pause-primary";
+/// How the primary-fault tests cut the primary off and heal it, and their words for it.
+#[derive(Clone, Copy)]
+enum PrimaryFault {
+    /// `docker pause` / `unpause`: the process freezes, its connections stay up.
+    Pause,
+    /// `docker network disconnect` / `connect`: the process runs on, cut off.
+    Disconnect,
+}
+
+/// Fault the primary, see a view change and writes go on, heal it and see it catch up;
+/// reports the times (one test per `PrimaryFault`).
+fn primary_fault_until_a_view_change(test: &str, fault: PrimaryFault) {
     let Some(c) = Cluster::up(test, 1) else {
         return;
     };
     let mut w = Workload::start(c.addr());
     w.wait_acks_after(Instant::now(), 10, Duration::from_secs(60), "warm-up");
-    let observer = 1;
-    let view = c.view_of(observer);
+    let view = c.view_of(1);
     let p = (view % u64::from(c.n)) as u32;
-    let observer = if observer == p { 2 } else { observer };
+    let observer = if p == 1 { 2 } else { 1 };
     let primary_id = c.replica(p);
     let t_cmd = Instant::now();
-    docker(&["pause", &primary_id]);
+    match fault {
+        PrimaryFault::Pause => {
+            docker(&["pause", &primary_id]);
+        }
+        PrimaryFault::Disconnect => c.disconnect(p),
+    }
+    // The fault is surely in place once the command returns (a disconnect may take
+    // seconds on a loaded host, and writes go on until the interface is gone): measure
+    // from there.
     let (t0, wall0) = (Instant::now(), SystemTime::now());
     let fault_took = t0 - t_cmd;
     let (new_view, view_change) = c.wait_view_change(observer, view, wall0);
@@ -1053,11 +1069,19 @@ fn pause_the_primary_until_a_view_change() {
         t0,
         10,
         Duration::from_secs(60),
-        "writes after the view change",
+        match fault {
+            PrimaryFault::Pause => "writes after the view change",
+            PrimaryFault::Disconnect => "writes with the primary cut off",
+        },
     );
     let target = w.last().expect("acknowledged writes");
     let t_cmd = Instant::now();
-    docker(&["unpause", &primary_id]);
+    match fault {
+        PrimaryFault::Pause => {
+            docker(&["unpause", &primary_id]);
+        }
+        PrimaryFault::Disconnect => c.reconnect(p),
+    }
     let t_heal = Instant::now();
     let heal_took = t_heal - t_cmd;
     let catch_up = c.wait_caught_up(p, &target, t_heal);
@@ -1065,23 +1089,45 @@ fn pause_the_primary_until_a_view_change() {
     let (acked_before_view_change, first_ack) = w.acks_within(t0, view_change);
     let phases = w.phases(t0, t_heal);
     let end = c.finish(w);
-    let mut lines = vec![
-        format!(
-            "primary {p} paused in view {view} (docker pause took {}, unpause {})",
-            secs(fault_took),
-            secs(heal_took)
+    let (fault_line, fault_word, stall_line, heal_word) = match fault {
+        PrimaryFault::Pause => (
+            format!(
+                "primary {p} paused in view {view} (docker pause took {}, unpause {})",
+                secs(fault_took),
+                secs(heal_took)
+            ),
+            "pause",
+            format!(
+                "client stalled {} (longest gap between acknowledged writes); 10 writes done {} after the pause",
+                secs(gap),
+                secs(resumed)
+            ),
+            "unpause",
         ),
+        PrimaryFault::Disconnect => (
+            format!(
+                "primary {p} disconnected in view {view} (docker network disconnect took {}, \
+                 connect {})",
+                secs(fault_took),
+                secs(heal_took)
+            ),
+            "cut",
+            format!(
+                "client stalled {} (longest gap between acknowledged writes)",
+                secs(gap)
+            ),
+            "reconnecting",
+        ),
+    };
+    let mut lines = vec![
+        fault_line,
         format!(
-            "view change: replica {observer} entered view {new_view} {} after the pause",
+            "view change: replica {observer} entered view {new_view} {} after the {fault_word}",
             secs(view_change)
         ),
+        stall_line,
         format!(
-            "client stalled {} (longest gap between acknowledged writes); 10 writes done {} after the pause",
-            secs(gap),
-            secs(resumed)
-        ),
-        format!(
-            "catch-up of the old primary after unpause: {}",
+            "catch-up of the old primary after {heal_word}: {}",
             secs(catch_up)
         ),
         format!(
@@ -1096,67 +1142,13 @@ fn pause_the_primary_until_a_view_change() {
 }
 
 #[test]
+fn pause_the_primary_until_a_view_change() {
+    primary_fault_until_a_view_change("pause-primary", PrimaryFault::Pause);
+}
+
+#[test]
 fn disconnect_the_primary_and_reconnect_it() {
-    let test = "disconnect-primary";
-    let Some(c) = Cluster::up(test, 1) else {
-        return;
-    };
-    let mut w = Workload::start(c.addr());
-    w.wait_acks_after(Instant::now(), 10, Duration::from_secs(60), "warm-up");
-    let view = c.view_of(1);
-    let p = (view % u64::from(c.n)) as u32;
-    let observer = if p == 1 { 2 } else { 1 };
-    let t_cmd = Instant::now();
-    c.disconnect(p);
-    // The link is surely cut once the command returns (it may take seconds on a loaded
-    // host, and writes go on until the interface is gone): measure from there.
-    let (t0, wall0) = (Instant::now(), SystemTime::now());
-    let cut_took = t0 - t_cmd;
-    let (new_view, view_change) = c.wait_view_change(observer, view, wall0);
-    w.wait_acks_after(
-        t0,
-        10,
-        Duration::from_secs(60),
-        "writes with the primary cut off",
-    );
-    let target = w.last().expect("acknowledged writes");
-    let t_cmd = Instant::now();
-    c.reconnect(p);
-    let t_heal = Instant::now();
-    let heal_took = t_heal - t_cmd;
-    let catch_up = c.wait_caught_up(p, &target, t_heal);
-    let gap = w.longest_gap(t0, Instant::now());
-    let (acked_before_view_change, first_ack) = w.acks_within(t0, view_change);
-    let phases = w.phases(t0, t_heal);
-    let end = c.finish(w);
-    let mut lines = vec![
-        format!(
-            "primary {p} disconnected in view {view} (docker network disconnect took {}, \
-             connect {})",
-            secs(cut_took),
-            secs(heal_took)
-        ),
-        format!(
-            "view change: replica {observer} entered view {new_view} {} after the cut",
-            secs(view_change)
-        ),
-        format!(
-            "client stalled {} (longest gap between acknowledged writes)",
-            secs(gap)
-        ),
-        format!(
-            "catch-up of the old primary after reconnecting: {}",
-            secs(catch_up)
-        ),
-        format!(
-            "first write acknowledged {} after the fault; {acked_before_view_change} \
-             acknowledged before that view change",
-            first_ack.map(secs).unwrap_or_default()
-        ),
-        end,
-    ];
-    lines.extend(phases);
-    report(test, &lines);
+    primary_fault_until_a_view_change("disconnect-primary", PrimaryFault::Disconnect);
 }
 
 #[test]
