@@ -61,6 +61,9 @@ pub struct ThroughputPoint {
     pub ops: u64,
     pub seconds: f64,
     pub ops_per_second: f64,
+    /// Operations per request the client sent, warm-up included: above 1 only with
+    /// bundling (how many operations shared one signature and one message per replica).
+    pub ops_per_request: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -210,6 +213,8 @@ async fn throughput(
     let start = Instant::now();
     let (counted_from, deadline) = (start + warm, start + warm + timed);
     let done = Rc::new(Cell::new(0u64));
+    let finished = Rc::new(Cell::new(0u64));
+    let requests_before = cluster.client().requests_sent();
     let bar = ProgressBar::new_spinner();
     bar.set_message(format!(
         "throughput: {clients} clients, batching {}, bundling {}",
@@ -220,11 +225,13 @@ async fn throughput(
     for _ in 0..clients {
         let client = cluster.client();
         let done = Rc::clone(&done);
+        let finished = Rc::clone(&finished);
         tasks.push(tokio::task::spawn_local(async move {
             loop {
                 tokio::time::timeout(INVOKE_TIMEOUT, client.invoke(Vec::new(), false))
                     .await
                     .map_err(|_| anyhow::anyhow!("no reply in {INVOKE_TIMEOUT:?}"))?;
+                finished.set(finished.get() + 1);
                 let now = Instant::now();
                 if now >= deadline {
                     break;
@@ -243,7 +250,9 @@ async fn throughput(
     }
     bar.finish_and_clear();
     let ops = done.get();
+    let requests = cluster.client().requests_sent() - requests_before;
     Ok(ThroughputPoint {
+        ops_per_request: finished.get() as f64 / requests.max(1) as f64,
         batching,
         bundling,
         clients,
@@ -358,7 +367,7 @@ impl MicroReport {
             let _ = writeln!(out, "  throughput (null ops/s, closed loop):");
             let _ = writeln!(
                 out,
-                "    clients   batching off   batching on   batching + bundling"
+                "    clients   batching off   batching on   batching + bundling (ops/request)"
             );
             let clients: std::collections::BTreeSet<usize> =
                 self.throughput.iter().map(|t| t.clients).collect();
@@ -371,9 +380,14 @@ impl MicroReport {
                         })
                         .map_or_else(|| "-".to_string(), |t| format!("{:.0}", t.ops_per_second))
                 };
+                let per_request = self
+                    .throughput
+                    .iter()
+                    .find(|t| t.clients == c && t.batching && t.bundling)
+                    .map_or_else(String::new, |t| format!(" ({:.1})", t.ops_per_request));
                 let _ = writeln!(
                     out,
-                    "    {c:>7}   {:>12}   {:>11}   {:>19}",
+                    "    {c:>7}   {:>12}   {:>11}   {:>19}{per_request}",
                     get(false, false),
                     get(true, false),
                     get(true, true)

@@ -93,6 +93,8 @@ pub trait Cluster {
 pub trait ProtocolClient {
     /// An empty `op` is a null operation with an empty result.
     fn invoke(&self, op: Vec<u8>, read_only: bool) -> Pin<Box<dyn Future<Output = Vec<u8>> + '_>>;
+    /// Requests sent so far, all clones of this client together (a bundle counts once).
+    fn requests_sent(&self) -> u64;
 }
 
 /// Start the embedded cluster.
@@ -147,6 +149,10 @@ mod imp {
             read_only: bool,
         ) -> Pin<Box<dyn Future<Output = Vec<u8>> + '_>> {
             Box::pin(BftClient::invoke(self, op, read_only))
+        }
+
+        fn requests_sent(&self) -> u64 {
+            BftClient::requests_sent(self)
         }
     }
 }

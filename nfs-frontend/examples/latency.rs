@@ -28,6 +28,10 @@ fn report(what: &str, mut samples: Vec<Duration>) {
 }
 
 fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let n: usize = std::env::args()
         .skip(1)
         .find_map(|s| s.parse().ok())

@@ -68,17 +68,24 @@ struct Job {
 pub struct BftClient {
     jobs: mpsc::UnboundedSender<Job>,
     bundled: Arc<AtomicU64>,
+    requests: Arc<AtomicU64>,
 }
 
 impl BftClient {
-    /// Orders `op` (or runs it on the read-only path) and returns the agreed result.
-    /// Waits through replica failures and view changes; an empty result only if the
-    /// engine has stopped.
     /// Operations this client has sent inside bundles so far.
     pub fn bundled_ops(&self) -> u64 {
         self.bundled.load(Ordering::Relaxed)
     }
 
+    /// Requests this client has sent so far (a bundle is one; retransmissions are not
+    /// counted): operations per request is the bundling factor.
+    pub fn requests_sent(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Orders `op` (or runs it on the read-only path) and returns the agreed result.
+    /// Waits through replica failures and view changes; an empty result only if the
+    /// engine has stopped.
     pub async fn invoke(&self, op: Vec<u8>, read_only: bool) -> Vec<u8> {
         self.try_invoke(op, read_only).await.unwrap_or_default()
     }
@@ -134,7 +141,15 @@ impl BftClient {
         let (tx, rx) = mpsc::unbounded_channel();
         let engine = Engine::new(config, client, crypto, signer);
         let bundled = engine.bundled.clone();
-        Ok((BftClient { jobs: tx, bundled }, engine.run(rx)))
+        let requests = engine.requests.clone();
+        Ok((
+            BftClient {
+                jobs: tx,
+                bundled,
+                requests,
+            },
+            engine.run(rx),
+        ))
     }
 }
 
@@ -148,6 +163,7 @@ struct Engine {
     waiting: Vec<Vec<oneshot::Sender<Vec<u8>>>>,
     bundling: bool,
     bundled: Arc<AtomicU64>,
+    requests: Arc<AtomicU64>,
     /// Per session: its outstanding request went down the read-only path.
     read_only_sent: Vec<bool>,
     /// Reads are ordered until then: a recent read-only request timed out.
@@ -183,6 +199,7 @@ impl Engine {
             waiting: (0..config.sessions).map(|_| Vec::new()).collect(),
             bundling: config.bundling,
             bundled: Arc::new(AtomicU64::new(0)),
+            requests: Arc::new(AtomicU64::new(0)),
             read_only_sent: vec![false; config.sessions as usize],
             read_only_paused_until: None,
             config,
@@ -308,6 +325,7 @@ impl Engine {
                 bundle::encode(&ops)
             };
             self.read_only_sent[s] = read_only && all_up;
+            self.requests.fetch_add(1, Ordering::Relaxed);
             let outs = self.sessions[s].submit(op, read_only && all_up);
             self.outputs(s, outs);
         }

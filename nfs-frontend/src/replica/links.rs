@@ -37,6 +37,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub enum Event {
     /// The USIG's thread finished the `createUI` it was asked for.
     UiCreated(Result<usig::Ui, usig::UsigError>),
+    /// The idle-priority thread checked a message (`super::verifier`).
+    Verified(super::verifier::Verdict),
     Link {
         from: ReplicaId,
         msg: LinkMsg,

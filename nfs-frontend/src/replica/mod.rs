@@ -13,13 +13,14 @@
 //!
 //! Modules: `links` (connections), `log` (protocol records), `app` (file state machine or
 //! null app), `snapshots` (checkpoint manifests on disk), `transfer` (chunked state
-//! transfer and self-repair).
+//! transfer and self-repair), `verifier` (off-path signature checks at idle priority).
 
 pub mod app;
 pub mod links;
 pub mod log;
 pub mod snapshots;
 pub mod transfer;
+pub mod verifier;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
@@ -28,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use consensus::replica::{CoreState, checkpoint_digest};
-use consensus::{Input, Output, PeerMessage, Replica, ReplicaId, SeqNum, validate};
+use consensus::{Input, Output, PeerMessage, Replica, ReplicaId, SeqNum};
 use fs_state::FsConfig;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -196,6 +197,8 @@ struct Node {
     serve_corrupt_chunks: bool,
     ticks: u64,
     stats: Arc<NetStats>,
+    /// Checks nobody waits for, on an idle-priority thread (`verifier`); set by `run`.
+    lazy: Option<verifier::LazyVerifier>,
 }
 
 impl Node {
@@ -425,15 +428,21 @@ impl Node {
                 LinkMsg::ChunkReply { id, chunks } => self.on_chunk_reply(from, id, chunks),
             },
             Event::Request { req } => {
+                // A backup needs an ordered request only when the PREPARE carrying it
+                // arrives (which verifies it then if the idle thread has not yet).
+                let job = verifier::Job::Request(req);
+                let job = match &self.lazy {
+                    Some(lazy) if self.request_may_wait(&job) => match lazy.defer(job) {
+                        Ok(()) => return Ok(()),
+                        Err(job) => job,
+                    },
+                    _ => job,
+                };
+                self.take_back(verifier::Source::Clients)?;
                 let config = self.core.config().clone();
-                match validate::request(&config, &self.crypto, req) {
-                    Ok(v) => self.feed(Input::Request(v)),
-                    Err(e) => {
-                        self.core.record_rejected(e);
-                        Ok(())
-                    }
-                }
+                self.apply(job.verify(&config, &self.crypto))
             }
+            Event::Verified(verdict) => self.apply(verdict),
             Event::ClientUp { client, conn, tx } => {
                 self.clients.insert(client, (conn, tx));
                 Ok(())
@@ -448,9 +457,62 @@ impl Node {
     }
 
     fn on_peer(&mut self, from: ReplicaId, msg: PeerMessage) -> Result<(), ReplicaError> {
+        let source = verifier::Job::peer_source(from, &msg);
+        let job = verifier::Job::Peer { from, msg };
+        let job = match (&self.lazy, &job) {
+            (Some(lazy), verifier::Job::Peer { msg, .. })
+                if verifier::off_path(msg, self.core.executed_n()) =>
+            {
+                match lazy.defer(job) {
+                    Ok(()) => return Ok(()),
+                    Err(job) => job,
+                }
+            }
+            _ => job,
+        };
+        // The core takes a sender's messages in counter order: what waits of this
+        // source goes first, verified here rather than after the idle thread.
+        self.take_back(source)?;
         let config = self.core.config().clone();
-        match validate::peer_message(&config, &self.crypto, from, msg) {
-            Ok(v) => self.feed(Input::Peer { from, msg: v }),
+        self.apply(job.verify(&config, &self.crypto))
+    }
+
+    /// Whether a client request may wait for the idle thread: an ordered one reaching
+    /// a backup in normal operation.
+    fn request_may_wait(&self, job: &verifier::Job) -> bool {
+        matches!(job, verifier::Job::Request(r) if !r.read_only)
+            && !self.core.is_primary()
+            && !self.core.in_view_change()
+    }
+
+    /// Verifies here, in order, the queued jobs of `source`.
+    fn take_back(&mut self, source: verifier::Source) -> Result<(), ReplicaError> {
+        let Some(lazy) = &self.lazy else {
+            return Ok(());
+        };
+        let jobs = lazy.take(source);
+        self.verify_all(jobs)
+    }
+
+    fn verify_all(&mut self, jobs: Vec<verifier::Job>) -> Result<(), ReplicaError> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let config = self.core.config().clone();
+        for job in jobs {
+            self.apply(job.verify(&config, &self.crypto))?;
+        }
+        Ok(())
+    }
+
+    /// Hands a verified message to the core, or counts why it was dropped.
+    fn apply(&mut self, verdict: verifier::Verdict) -> Result<(), ReplicaError> {
+        let input = match verdict {
+            verifier::Verdict::Peer { from, result } => result.map(|msg| Input::Peer { from, msg }),
+            verifier::Verdict::Request(result) => result.map(Input::Request),
+        };
+        match input {
+            Ok(input) => self.feed(input),
             Err(e) => {
                 self.core.record_rejected(e);
                 Ok(())
@@ -460,6 +522,10 @@ impl Node {
 
     fn on_tick(&mut self) -> Result<(), ReplicaError> {
         self.ticks += 1;
+        if let Some(lazy) = &self.lazy {
+            let stale = lazy.take_stale();
+            self.verify_all(stale)?;
+        }
         self.transfer_tick()?;
         self.feed(Input::Tick { now_ns: now_ns() })
     }
@@ -689,6 +755,7 @@ fn open_node(
         serve_corrupt_chunks: opts.serve_corrupt_chunks,
         ticks: 0,
         stats,
+        lazy: None,
     })
 }
 
@@ -709,6 +776,12 @@ pub async fn run(
     if !node.group_commit {
         node.usig.start_worker(opts.id, ev_tx.clone())?;
     }
+    node.lazy = Some(verifier::LazyVerifier::start(
+        opts.id,
+        node.core.config().clone(),
+        node.crypto.clone(),
+        ev_tx.clone(),
+    )?);
     let mut peer_tasks = Vec::new();
     for j in 0..config.n() {
         match link_keys[j as usize] {
@@ -784,6 +857,17 @@ pub async fn run(
     // rehashing. After a local fault the state machine refuses to close: leave it.
     // The USIG thread may be blocked handing over a UI: stop reading first.
     drop(ev_rx);
+    if let Some(mut lazy) = node.lazy.take() {
+        lazy.stop();
+        let s = &lazy.stats;
+        debug!(
+            id = opts.id,
+            deferred = s.deferred.load(std::sync::atomic::Ordering::Relaxed),
+            verified_idle = s.verified_idle.load(std::sync::atomic::Ordering::Relaxed),
+            taken_back = s.taken_back.load(std::sync::atomic::Ordering::Relaxed),
+            "off-path checks"
+        );
+    }
     node.log.sync()?;
     node.usig.close()?;
     if result.is_ok()
