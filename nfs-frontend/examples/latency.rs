@@ -271,8 +271,8 @@ fn main() {
     if let Some(cluster) = cluster {
         for s in cluster.stop().expect("stop") {
             println!(
-                "replica: executed {} batches, view {}",
-                s.executed_n, s.view
+                "replica: executed {} batches, view {}, dropped {:?} (network {})",
+                s.executed_n, s.view, s.dropped_core, s.dropped_net
             );
         }
     }

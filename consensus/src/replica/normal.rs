@@ -113,6 +113,12 @@ impl Replica {
         if !self.fresh_allowed(n) {
             return; // wait for the view-top certificate of this view
         }
+        if self.now_ns == 0 {
+            // No clock reading yet (a request can arrive before the first tick): a
+            // PREPARE stamped now would be stale for every backup and wait for votes
+            // that never come, until the request timers replace this primary.
+            return;
+        }
         let mut batch = Batch::default();
         let mut bytes = 0;
         for p in self.pending.values_mut() {

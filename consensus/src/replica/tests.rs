@@ -486,3 +486,44 @@ fn held_reads_are_bounded_in_bytes() {
     }
     assert_eq!(later.len(), fit);
 }
+
+/// A request that reaches the primary before its first clock reading (a cluster's very
+/// first request can) is proposed at the first tick, stamped with that tick's time.
+/// Proposed at once, its PREPARE carried a timestamp every backup found stale: the
+/// batch waited for votes that never came until the request timers changed the view.
+#[test]
+fn a_request_before_the_first_tick_is_proposed_with_the_first_clock_reading() {
+    let c = crypto();
+    let config = Config::new(1);
+    let mut r = Replica::new(0, config.clone(), Box::new(c.clone()));
+    let mut req = Request {
+        client: 7,
+        seq: 1,
+        read_only: false,
+        op: vec![1],
+        sig: vec![],
+    };
+    req.sig = c.sign_request(req.client, &req.digest());
+    let req = validate::request(&config, &c, req).expect("valid request");
+    let outs = r.step(Input::Request(req));
+    assert!(
+        !outs.iter().any(|o| matches!(o, Output::CreateUi { .. })),
+        "nothing is certified without a clock reading: {outs:?}"
+    );
+    let now = 5_000_000_000;
+    let outs = r.step(Input::Tick { now_ns: now });
+    assert!(
+        outs.iter().any(|o| matches!(o, Output::CreateUi { .. })),
+        "proposed at the first tick: {outs:?}"
+    );
+    let ui = Ui {
+        counter: 1,
+        cert: vec![],
+    };
+    let outs = r.step(Input::UiCreated(ui));
+    let stamped = outs.iter().find_map(|o| match o {
+        Output::Broadcast(PeerMessage::Ui(UiMessage::Prepare(p))) => Some(p.header.timestamp_ns),
+        _ => None,
+    });
+    assert_eq!(stamped, Some(now), "{outs:?}");
+}
