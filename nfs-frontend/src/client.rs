@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use consensus::{Client, ClientOutput, Crypto, ReplicaId, Reply};
 use fs_state::{AuthUnix, FileHandle, FsOp, FsReply, NfsStat3, is_read_only};
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
@@ -417,7 +417,8 @@ async fn connection(
             return;
         };
         let _ = stream.set_nodelay(true);
-        let (mut r, w) = stream.into_split();
+        let (r, w) = stream.into_split();
+        let mut r = BufReader::with_capacity(64 << 10, r);
         let mut w = BufWriter::with_capacity(64 << 10, w);
         if write_frame(&mut w, &encode(&Hello::Client { client }))
             .await

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use consensus::{ReplicaId, Request};
 use ring::rand::{SecureRandom, SystemRandom};
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tracing::info;
@@ -158,7 +158,9 @@ async fn serve_conn(
     conn: u64,
     mut stop: watch::Receiver<bool>,
 ) {
-    let (mut r, mut w) = stream.into_split();
+    let (r, mut w) = stream.into_split();
+    // One read takes a frame's length and body (and any frames behind it).
+    let mut r = BufReader::with_capacity(64 << 10, r);
     let hello = match tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut r, HELLO_BYTES_MAX)).await
     {
         Ok(Ok(frame)) => match decode::<Hello>(&frame) {
