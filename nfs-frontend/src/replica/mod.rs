@@ -433,8 +433,8 @@ impl Node {
                 let job = verifier::Job::Request(req);
                 let job = match &self.lazy {
                     Some(lazy) if self.request_may_wait(&job) => match lazy.defer(job) {
-                        Ok(()) => return Ok(()),
-                        Err(job) => job,
+                        None => return Ok(()),
+                        Some(job) => job,
                     },
                     _ => job,
                 };
@@ -464,8 +464,8 @@ impl Node {
                 if verifier::off_path(msg, self.core.executed_n()) =>
             {
                 match lazy.defer(job) {
-                    Ok(()) => return Ok(()),
-                    Err(job) => job,
+                    None => return Ok(()),
+                    Some(job) => job,
                 }
             }
             _ => job,

@@ -165,11 +165,11 @@ impl LazyVerifier {
         })
     }
 
-    /// Queues `job`; hands it back when the queue is full.
-    pub fn defer(&self, job: Job) -> Result<(), Job> {
+    /// Queues `job`, or hands it back (`Some`) when the queue is full.
+    pub fn defer(&self, job: Job) -> Option<Job> {
         let mut q = self.shared.lock();
         if q.jobs.len() >= JOBS_MAX || q.stop {
-            return Err(job);
+            return Some(job);
         }
         let id = q.next_id;
         q.next_id += 1;
@@ -177,7 +177,7 @@ impl LazyVerifier {
         drop(q);
         self.stats.deferred.fetch_add(1, Ordering::Relaxed);
         self.shared.wake.notify_one();
-        Ok(())
+        None
     }
 
     /// Takes back every queued job of `source`, oldest first.
@@ -342,12 +342,16 @@ mod tests {
     #[test]
     fn taking_back_keeps_each_source_in_order_and_leaves_the_others() {
         let v = queue_only();
-        v.defer(peer_job(1)).expect("room");
-        v.defer(Job::Request(read_only_request(7, 1)))
-            .expect("room");
-        v.defer(peer_job(2)).expect("room");
-        v.defer(Job::Request(read_only_request(7, 2)))
-            .expect("room");
+        assert!(v.defer(peer_job(1)).is_none(), "room");
+        assert!(
+            v.defer(Job::Request(read_only_request(7, 1))).is_none(),
+            "room"
+        );
+        assert!(v.defer(peer_job(2)).is_none(), "room");
+        assert!(
+            v.defer(Job::Request(read_only_request(7, 2))).is_none(),
+            "room"
+        );
         let taken = v.take(Source::Clients);
         let seqs: Vec<u64> = taken
             .iter()
@@ -367,9 +371,9 @@ mod tests {
     fn a_full_queue_hands_the_job_back() {
         let v = queue_only();
         for _ in 0..JOBS_MAX {
-            v.defer(peer_job(1)).expect("room");
+            assert!(v.defer(peer_job(1)).is_none(), "room");
         }
-        assert!(v.defer(peer_job(1)).is_err());
+        assert!(v.defer(peer_job(1)).is_some());
         assert!(v.take_stale().is_empty(), "nothing is old yet");
         let mut q = v.shared.lock();
         let old = Instant::now() - JOB_AGE_MAX * 2;
