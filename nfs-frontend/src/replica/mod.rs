@@ -92,6 +92,8 @@ pub struct ReplicaStats {
     pub dropped_core: BTreeMap<&'static str, u64>,
     pub dropped_net: u64,
     pub transfer: TransferStats,
+    /// Signature checks handed to the idle-priority thread (`verifier`).
+    pub checks_deferred: u64,
 }
 
 fn now_ns() -> u64 {
@@ -537,6 +539,9 @@ impl Node {
             dropped_core: self.core.dropped().clone(),
             dropped_net: self.stats.total(),
             transfer: self.transfer_stats.clone(),
+            checks_deferred: self.lazy.as_ref().map_or(0, |l| {
+                l.stats.deferred.load(std::sync::atomic::Ordering::Relaxed)
+            }),
         }
     }
 }

@@ -1,0 +1,100 @@
+//! Forged messages on an authenticated peer link: a link key proves which process sent a
+//! frame, not that its USIG certified it. Each forged message is dropped and counted,
+//! also on the idle-priority path that checks COMMITs for batches already executed
+//! (`replica::verifier`), and the cluster goes on. Bounded in time.
+
+mod common;
+
+use std::time::Duration;
+
+use common::bounded;
+use consensus::message::{Commit, PrepareHeader};
+use consensus::{PeerMessage, UiMessage};
+use nfs_frontend::net::{Challenge, Hello, LinkMsg, decode, encode, read_frame, seal_link};
+use nfs_frontend::{ClusterOptions, LocalCluster};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+fn forged_commit(n: u64, counter: u64) -> LinkMsg {
+    let header = PrepareHeader {
+        view: 0,
+        n,
+        timestamp_ns: 1,
+        batch_digest: [7; 32],
+    };
+    let ui = |counter| usig::Ui {
+        counter,
+        cert: vec![0x30; 64],
+    };
+    LinkMsg::Peer(PeerMessage::Ui(UiMessage::Commit(Commit {
+        header,
+        primary: 0,
+        primary_ui: ui(n),
+        sender: 2,
+        ui: ui(counter),
+    })))
+}
+
+#[test]
+fn forged_commits_are_dropped_and_counted_on_both_check_paths() {
+    bounded(Duration::from_secs(60), || {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cluster = LocalCluster::start(ClusterOptions {
+            dir: tmp.path().join("c"),
+            null_app: true,
+            ..ClusterOptions::default()
+        })
+        .expect("cluster");
+        let client = cluster.client();
+        let config = cluster.config().clone();
+        let key = config.replica_secrets(2).expect("secrets").link_keys[0].expect("link key");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            for _ in 0..5 {
+                client.invoke(Vec::new(), false).await;
+            }
+            // Replica 0, the primary, has executed batch 1 once it has a COMMIT for it.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            // Replica 2's link key, but not its USIG.
+            let mut s = TcpStream::connect(config.replica_addr(0))
+                .await
+                .expect("connect");
+            let hello = encode(&Hello::Replica { from: 2, to: 0 });
+            s.write_u32(hello.len() as u32).await.expect("hello");
+            s.write_all(&hello).await.expect("hello");
+            let challenge: Challenge =
+                decode(&read_frame(&mut s, 1 << 10).await.expect("challenge")).expect("decode");
+            // Batch 1 is executed: that check waits for the idle thread (and is past its
+            // 200 ms bound before the next message from "replica 2" could take it back).
+            // Batch 10⁶ is not: checked at once.
+            for (i, msg) in [forged_commit(1, 1_000), forged_commit(1_000_000, 1_001)]
+                .iter()
+                .enumerate()
+            {
+                let frame = seal_link(&key, &challenge.nonce, i as u64, msg);
+                s.write_u32(frame.len() as u32).await.expect("frame");
+                s.write_all(&frame).await.expect("frame");
+                s.flush().await.expect("flush");
+                tokio::time::sleep(Duration::from_millis(600)).await;
+            }
+            for _ in 0..5 {
+                client.invoke(Vec::new(), false).await;
+            }
+        });
+        let stats = cluster.stop().expect("stop");
+        assert_eq!(
+            stats[0].dropped_core.get("bad_ui"),
+            Some(&2),
+            "{:?}",
+            stats[0]
+        );
+        assert!(stats[0].checks_deferred >= 1, "{:?}", stats[0]);
+        assert!(
+            stats.iter().all(|s| s.executed_n >= 10 && s.view == 0),
+            "{stats:?}"
+        );
+    });
+}
