@@ -1,7 +1,8 @@
-//! Forged messages on an authenticated peer link: a link key proves which process sent a
-//! frame, not that its USIG certified it. Each forged message is dropped and counted,
-//! also on the idle-priority path that checks COMMITs for batches already executed
-//! (`replica::verifier`), and the cluster goes on. Bounded in time.
+//! The idle-priority check path (`replica::verifier`) end to end. Forged messages on an
+//! authenticated peer link (a link key proves which process sent a frame, not that its
+//! USIG certified it) are dropped and counted on both paths, and the cluster goes on; a
+//! request whose deferred check ends after its execution is not answered twice. Bounded
+//! in time.
 
 mod common;
 
@@ -96,5 +97,51 @@ fn forged_commits_are_dropped_and_counted_on_both_check_paths() {
             stats.iter().all(|s| s.executed_n >= 10 && s.view == 0),
             "{stats:?}"
         );
+    });
+}
+
+/// A backup's deferred check of a request often ends after the PREPARE carrying the
+/// request was executed; that late copy must not be answered again from the reply cache
+/// (it was, about once per request per backup, before `apply_deferred`).
+#[test]
+fn a_late_deferred_request_check_is_not_answered_twice() {
+    bounded(Duration::from_secs(60), || {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cluster = LocalCluster::start(ClusterOptions {
+            dir: tmp.path().join("c"),
+            null_app: true,
+            ..ClusterOptions::default()
+        })
+        .expect("cluster");
+        let client = cluster.client();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        const OPS: u64 = 300;
+        rt.block_on(async {
+            let callers: Vec<_> = (0..4)
+                .map(|_| {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        for _ in 0..OPS / 4 {
+                            client.invoke(Vec::new(), false).await;
+                        }
+                    })
+                })
+                .collect();
+            for c in callers {
+                c.await.expect("caller");
+            }
+        });
+        let stats = cluster.stop().expect("stop");
+        let deferred: u64 = stats.iter().map(|s| s.checks_deferred).sum();
+        let resent: u64 = stats.iter().map(|s| s.replies_from_cache).sum();
+        assert!(
+            deferred >= OPS,
+            "the backups deferred their checks: {stats:?}"
+        );
+        // Only a client's own re-sends (after a lost reply) are answered from the cache.
+        assert!(resent < OPS / 10, "{resent} replies sent twice: {stats:?}");
     });
 }

@@ -330,6 +330,8 @@ pub struct Replica {
     rebase_checkpoint_to: SeqNum,
 
     dropped: BTreeMap<&'static str, u64>,
+    /// Replies sent again from the exactly-once cache (a client re-sent its request).
+    replies_from_cache: u64,
     outputs: Vec<Output>,
     /// Simulator hook: certify NEW-VIEWs whose re-proposals were tampered with.
     byzantine_bad_new_view: bool,
@@ -411,6 +413,7 @@ impl Replica {
             void_ranges: vec![BTreeMap::new(); n],
             rebase_checkpoint_to: 0,
             dropped: BTreeMap::new(),
+            replies_from_cache: 0,
             outputs: Vec::new(),
             byzantine_bad_new_view: false,
             byzantine_keep_talking: false,
@@ -458,6 +461,16 @@ impl Replica {
         self.streams.iter().map(|s| s.retained.len()).sum()
     }
     /// Byzantine or malformed input dropped so far, by reason.
+    /// Replies sent again from the exactly-once cache.
+    pub fn replies_from_cache(&self) -> u64 {
+        self.replies_from_cache
+    }
+
+    /// The last request of `client` this replica executed (exactly-once record).
+    pub fn last_executed_seq(&self, client: ClientId) -> Option<u64> {
+        self.clients.get(&client).map(|r| r.last_seq)
+    }
+
     pub fn dropped(&self) -> &BTreeMap<&'static str, u64> {
         &self.dropped
     }

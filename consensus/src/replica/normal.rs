@@ -47,6 +47,7 @@ impl Replica {
             if req.seq == rec.last_seq {
                 // Exactly-once: a re-sent request gets the cached reply (once executed).
                 if let Some(result) = rec.result.clone() {
+                    self.replies_from_cache += 1;
                     self.send_reply(req.client, req.seq, false, result);
                 }
                 return;

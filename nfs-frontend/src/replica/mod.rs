@@ -94,6 +94,8 @@ pub struct ReplicaStats {
     pub transfer: TransferStats,
     /// Signature checks handed to the idle-priority thread (`verifier`).
     pub checks_deferred: u64,
+    /// Replies sent again from the exactly-once cache.
+    pub replies_from_cache: u64,
 }
 
 fn now_ns() -> u64 {
@@ -444,7 +446,7 @@ impl Node {
                 let config = self.core.config().clone();
                 self.apply(job.verify(&config, &self.crypto))
             }
-            Event::Verified(verdict) => self.apply(verdict),
+            Event::Verified(verdict) => self.apply_deferred(verdict),
             Event::ClientUp { client, conn, tx } => {
                 self.clients.insert(client, (conn, tx));
                 Ok(())
@@ -480,11 +482,29 @@ impl Node {
     }
 
     /// Whether a client request may wait for the idle thread: an ordered one reaching
-    /// a backup in normal operation.
+    /// a backup in normal operation for the first time (a re-sent one, whose client
+    /// waits for the cached reply, is checked at once).
     fn request_may_wait(&self, job: &verifier::Job) -> bool {
-        matches!(job, verifier::Job::Request(r) if !r.read_only)
+        matches!(job, verifier::Job::Request(r) if !r.read_only
+            && self.core.last_executed_seq(r.client).is_none_or(|s| r.seq > s))
             && !self.core.is_primary()
             && !self.core.in_view_change()
+    }
+
+    /// `apply` for a check that waited: a request executed meanwhile (its PREPARE
+    /// arrived first) is dropped rather than answered a second time from the cache.
+    fn apply_deferred(&mut self, verdict: verifier::Verdict) -> Result<(), ReplicaError> {
+        if let verifier::Verdict::Request(Ok(req)) = &verdict {
+            let r = req.get();
+            if self
+                .core
+                .last_executed_seq(r.client)
+                .is_some_and(|s| r.seq <= s)
+            {
+                return Ok(());
+            }
+        }
+        self.apply(verdict)
     }
 
     /// Verifies here, in order, the queued jobs of `source`.
@@ -502,7 +522,7 @@ impl Node {
         }
         let config = self.core.config().clone();
         for job in jobs {
-            self.apply(job.verify(&config, &self.crypto))?;
+            self.apply_deferred(job.verify(&config, &self.crypto))?;
         }
         Ok(())
     }
@@ -539,6 +559,7 @@ impl Node {
             dropped_core: self.core.dropped().clone(),
             dropped_net: self.stats.total(),
             transfer: self.transfer_stats.clone(),
+            replies_from_cache: self.core.replies_from_cache(),
             checks_deferred: self.lazy.as_ref().map_or(0, |l| {
                 l.stats.deferred.load(std::sync::atomic::Ordering::Relaxed)
             }),
