@@ -21,7 +21,9 @@
 //! - the queue is bounded; a full queue means verifying at once.
 //!
 //! A job the loop takes back while the thread is already verifying it is verified
-//! twice; the thread's answer is then dropped.
+//! twice; the thread's answer is then dropped. A deferred request whose PREPARE arrived
+//! and executed first is dropped after its check (`Node::apply_deferred`): answering it
+//! would send the cached reply a second time, once per request per backup.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
