@@ -460,7 +460,6 @@ impl Replica {
     pub fn retained_len(&self) -> usize {
         self.streams.iter().map(|s| s.retained.len()).sum()
     }
-    /// Byzantine or malformed input dropped so far, by reason.
     /// Replies sent again from the exactly-once cache.
     pub fn replies_from_cache(&self) -> u64 {
         self.replies_from_cache
@@ -471,6 +470,7 @@ impl Replica {
         self.clients.get(&client).map(|r| r.last_seq)
     }
 
+    /// Byzantine or malformed input dropped so far, by reason.
     pub fn dropped(&self) -> &BTreeMap<&'static str, u64> {
         &self.dropped
     }

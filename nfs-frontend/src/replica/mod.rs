@@ -434,15 +434,15 @@ impl Node {
             Event::Request { req } => {
                 // A backup needs an ordered request only when the PREPARE carrying it
                 // arrives (which verifies it then if the idle thread has not yet).
-                let job = verifier::Job::Request(req);
-                let job = match &self.lazy {
-                    Some(lazy) if self.request_may_wait(&job) => match lazy.defer(job) {
-                        None => return Ok(()),
-                        Some(job) => job,
-                    },
-                    _ => job,
+                let may_wait = self.request_may_wait(&req);
+                let Some(job) = self.defer(verifier::Job::Request(req), may_wait) else {
+                    return Ok(());
                 };
-                self.take_back(verifier::Source::Clients)?;
+                if self.core.is_primary() {
+                    // Requests deferred while this replica was a backup are the new
+                    // primary's to propose.
+                    self.take_back(verifier::Source::Clients)?;
+                }
                 let config = self.core.config().clone();
                 self.apply(job.verify(&config, &self.crypto))
             }
@@ -462,17 +462,9 @@ impl Node {
 
     fn on_peer(&mut self, from: ReplicaId, msg: PeerMessage) -> Result<(), ReplicaError> {
         let source = verifier::Job::peer_source(from, &msg);
-        let job = verifier::Job::Peer { from, msg };
-        let job = match (&self.lazy, &job) {
-            (Some(lazy), verifier::Job::Peer { msg, .. })
-                if verifier::off_path(msg, self.core.executed_n()) =>
-            {
-                match lazy.defer(job) {
-                    None => return Ok(()),
-                    Some(job) => job,
-                }
-            }
-            _ => job,
+        let may_wait = verifier::off_path(&msg, self.core.executed_n());
+        let Some(job) = self.defer(verifier::Job::Peer { from, msg }, may_wait) else {
+            return Ok(());
         };
         // The core takes a sender's messages in counter order: what waits of this
         // source goes first, verified here rather than after the idle thread.
@@ -484,11 +476,23 @@ impl Node {
     /// Whether a client request may wait for the idle thread: an ordered one reaching
     /// a backup in normal operation for the first time (a re-sent one, whose client
     /// waits for the cached reply, is checked at once).
-    fn request_may_wait(&self, job: &verifier::Job) -> bool {
-        matches!(job, verifier::Job::Request(r) if !r.read_only
-            && self.core.last_executed_seq(r.client).is_none_or(|s| r.seq > s))
+    fn request_may_wait(&self, r: &consensus::Request) -> bool {
+        !r.read_only
+            && self
+                .core
+                .last_executed_seq(r.client)
+                .is_none_or(|s| r.seq > s)
             && !self.core.is_primary()
             && !self.core.in_view_change()
+    }
+
+    /// Queues `job` for the idle thread when it `may_wait` (and the queue has room);
+    /// otherwise hands it back to be verified now.
+    fn defer(&self, job: verifier::Job, may_wait: bool) -> Option<verifier::Job> {
+        match &self.lazy {
+            Some(lazy) if may_wait => lazy.defer(job),
+            _ => Some(job),
+        }
     }
 
     /// `apply` for a check that waited: a request executed meanwhile (its PREPARE

@@ -184,46 +184,41 @@ impl LazyVerifier {
 
     /// Takes back every queued job of `source`, oldest first.
     pub fn take(&self, source: Source) -> Vec<Job> {
-        self.take_where(|_, job| job.source() == source)
+        let mut q = self.shared.lock();
+        self.take_from(&mut q, |job| job.source() == source)
     }
 
     /// Takes back every job that has waited longer than `JOB_AGE_MAX`, and every job of
     /// the sources those belong to (so each source's order is kept).
     pub fn take_stale(&self) -> Vec<Job> {
         let now = Instant::now();
-        let stale: Vec<Source> = {
-            let q = self.shared.lock();
-            let mut s: Vec<Source> = q
-                .jobs
-                .iter()
-                .filter(|(_, at, _)| now.duration_since(*at) > JOB_AGE_MAX)
-                .map(|(_, _, j)| j.source())
-                .collect();
-            s.dedup();
-            s
-        };
+        let mut q = self.shared.lock();
+        let stale: Vec<Source> = q
+            .jobs
+            .iter()
+            .filter(|(_, at, _)| now.duration_since(*at) > JOB_AGE_MAX)
+            .map(|(_, _, j)| j.source())
+            .collect();
         if stale.is_empty() {
             return Vec::new();
         }
-        self.take_where(|_, job| stale.contains(&job.source()))
+        self.take_from(&mut q, |job| stale.contains(&job.source()))
     }
 
-    fn take_where(&self, mut pick: impl FnMut(u64, &Job) -> bool) -> Vec<Job> {
-        let mut q = self.shared.lock();
+    fn take_from(&self, q: &mut Queue, pick: impl Fn(&Job) -> bool) -> Vec<Job> {
         if q.jobs.is_empty() {
             return Vec::new();
         }
         let mut taken = Vec::new();
         let mut kept = VecDeque::with_capacity(q.jobs.len());
         for (id, at, job) in q.jobs.drain(..) {
-            if pick(id, &job) {
+            if pick(&job) {
                 taken.push(job);
             } else {
                 kept.push_back((id, at, job));
             }
         }
         q.jobs = kept;
-        drop(q);
         self.stats
             .taken_back
             .fetch_add(taken.len() as u64, Ordering::Relaxed);
