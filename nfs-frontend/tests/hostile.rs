@@ -194,19 +194,7 @@ async fn hostile_names_and_handles_get_nfs_errors_and_stay_inside() {
     other_gen[15] ^= 0x55;
     let mut unknown = good.clone();
     unknown[..8].copy_from_slice(&9_999u64.to_be_bytes());
-    let removed = c
-        .create(&CREATE3args {
-            where_: diropargs3 {
-                dir: root.clone(),
-                name: bname(b"short-lived"),
-            },
-            how: createhow3::UNCHECKED(sattr3::default()),
-        })
-        .await
-        .expect("rpc")
-        .unwrap()
-        .obj
-        .unwrap();
+    let removed = common::create_file(&mut c, &root, "short-lived").await;
     c.remove(&REMOVE3args {
         object: diropargs3 {
             dir: root.clone(),

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::bounded;
@@ -36,23 +37,29 @@ fn forged_commit(n: u64, counter: u64) -> LinkMsg {
     })))
 }
 
+/// A cluster of the null application in `dir`, and a runtime to drive its client.
+fn null_cluster(dir: &Path) -> (LocalCluster, tokio::runtime::Runtime) {
+    let cluster = LocalCluster::start(ClusterOptions {
+        dir: dir.to_path_buf(),
+        null_app: true,
+        ..ClusterOptions::default()
+    })
+    .expect("cluster");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    (cluster, rt)
+}
+
 #[test]
 fn forged_commits_are_dropped_and_counted_on_both_check_paths() {
     bounded(Duration::from_secs(60), || {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let cluster = LocalCluster::start(ClusterOptions {
-            dir: tmp.path().join("c"),
-            null_app: true,
-            ..ClusterOptions::default()
-        })
-        .expect("cluster");
+        let (cluster, rt) = null_cluster(&tmp.path().join("c"));
         let client = cluster.client();
         let config = cluster.config().clone();
         let key = config.replica_secrets(2).expect("secrets").link_keys[0].expect("link key");
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
         rt.block_on(async {
             for _ in 0..5 {
                 client.invoke(Vec::new(), false).await;
@@ -107,17 +114,8 @@ fn forged_commits_are_dropped_and_counted_on_both_check_paths() {
 fn a_late_deferred_request_check_is_not_answered_twice() {
     bounded(Duration::from_secs(60), || {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let cluster = LocalCluster::start(ClusterOptions {
-            dir: tmp.path().join("c"),
-            null_app: true,
-            ..ClusterOptions::default()
-        })
-        .expect("cluster");
+        let (cluster, rt) = null_cluster(&tmp.path().join("c"));
         let client = cluster.client();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
         const OPS: u64 = 300;
         rt.block_on(async {
             let callers: Vec<_> = (0..4)

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Up, bounded, connect, dirop, have, run_tool, trees_equal};
+use common::{Up, bounded, connect, create_file, dirop, have, run_tool, trees_equal};
 use fs_state::{FileStateMachine, FsConfig};
 use nfs_frontend::{ClusterOptions, LocalCluster};
 use nfs3_client::nfs3_types::nfs3::*;
@@ -120,16 +120,7 @@ fn replicas_agree_after_a_mixed_workload() {
                 .unwrap();
             for i in 0..20u8 {
                 let dir = if i % 2 == 0 { &root } else { &d };
-                let f = c
-                    .create(&CREATE3args {
-                        where_: dirop(dir, &format!("f{i}")),
-                        how: createhow3::UNCHECKED(sattr3::default()),
-                    })
-                    .await
-                    .expect("rpc")
-                    .unwrap()
-                    .obj
-                    .unwrap();
+                let f = create_file(&mut c, dir, &format!("f{i}")).await;
                 c.write(&WRITE3args {
                     file: f,
                     offset: u64::from(i) * 100,

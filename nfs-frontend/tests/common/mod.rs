@@ -155,20 +155,25 @@ pub fn dirop(dir: &nfs_fh3, n: &str) -> nfs3_client::nfs3_types::nfs3::diropargs
     }
 }
 
+/// Creates `name` in `dir` (UNCHECKED); returns the file's handle.
+pub async fn create_file(c: &mut Conn, dir: &nfs_fh3, name: &str) -> nfs_fh3 {
+    use nfs3_client::nfs3_types::nfs3::{CREATE3args, createhow3, sattr3};
+    c.create(&CREATE3args {
+        where_: dirop(dir, name),
+        how: createhow3::UNCHECKED(sattr3::default()),
+    })
+    .await
+    .expect("rpc")
+    .unwrap()
+    .obj
+    .unwrap()
+}
+
 /// Creates `name` in `dir` (UNCHECKED) and writes `data` into it with FILE_SYNC WRITEs
 /// of at most 32 KiB; returns the file's handle.
 pub async fn write_file(c: &mut Conn, dir: &nfs_fh3, name: &str, data: &[u8]) -> nfs_fh3 {
-    use nfs3_client::nfs3_types::nfs3::{CREATE3args, WRITE3args, createhow3, sattr3, stable_how};
-    let f = c
-        .create(&CREATE3args {
-            where_: dirop(dir, name),
-            how: createhow3::UNCHECKED(sattr3::default()),
-        })
-        .await
-        .expect("rpc")
-        .unwrap()
-        .obj
-        .unwrap();
+    use nfs3_client::nfs3_types::nfs3::{WRITE3args, stable_how};
+    let f = create_file(c, dir, name).await;
     for (k, piece) in data.chunks(32 << 10).enumerate() {
         let w = c
             .write(&WRITE3args {
