@@ -18,6 +18,6 @@ pub use app::{Application, KvApp, KvOp};
 pub use client::{Client, ClientOutput};
 pub use crypto::{Crypto, SimCrypto};
 pub use message::{Message, PeerMessage, Reply, Request, UiMessage};
-pub use replica::{Input, Output, PersistRecord, Recovered, Replica};
+pub use replica::{Input, Output, PersistRecord, Recovered, Replica, UsigLease};
 pub use types::{ClientId, Config, Digest, ReplicaId, SeqNum, View};
 pub use validate::{Reject, Verified};

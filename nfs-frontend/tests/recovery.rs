@@ -8,7 +8,8 @@
 //! the other peer. A replica restarted after the clients stopped catches up on the
 //! batches above the checkpoint it installs with no new client traffic (idle cluster).
 //! And a replica killed (-9) in the middle of a state transfer restarts and converges
-//! while the cluster keeps serving. Every test is bounded in time.
+//! while the cluster keeps serving. A primary restarted after a (simulated) machine
+//! restart spends its USIG lease, re-bases and rejoins. Every test is bounded in time.
 
 mod common;
 
@@ -243,6 +244,89 @@ fn replica_that_lost_its_disk_but_kept_its_usig_rejoins_by_rebase() {
             "replica 2 holds the new writes",
             || std::fs::read(up.export(2).join("c19")).is_ok_and(|b| b == content("c", 19)),
         );
+    });
+}
+
+/// The counter lease (`replica::Lease`): the primary's PREPAREs leave while its log
+/// syncs. A restart in the same boot finds every released PREPARE in the log (written
+/// to the page cache before it left) and goes on with its counter; a restart after the
+/// machine went down finds a lease written in another boot, spends the USIG up to it
+/// and re-bases (consensus I8), and is readmitted: with replica 1 stopped, replicas 0
+/// and 2 alone order the last writes.
+#[test]
+fn primary_restarted_after_a_machine_restart_skips_its_lease_and_rejoins() {
+    use consensus::{PersistRecord, UsigLease};
+    use nfs_frontend::replica::log::ProtocolLog;
+    bounded(Duration::from_secs(300), || {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("c");
+        small_cluster_config(&dir, 16, 5_000_000_000);
+        let mut cluster = LocalCluster::start(ClusterOptions {
+            dir: dir.clone(),
+            ..ClusterOptions::default()
+        })
+        .expect("cluster");
+        let addr = cluster.nfs_addr();
+        let last_sent = |dir: &std::path::Path| {
+            let log = ProtocolLog::open(&dir.join("replica-0")).expect("log of replica 0");
+            let last = log.durable.sent.keys().next_back().copied().unwrap_or(0);
+            (last, log.durable.lease.clone())
+        };
+        block_on(write_files(addr, "a", 10));
+        let s0 = cluster.stop_replica(0).expect("stop 0");
+        assert!(
+            s0.prepares_early > 0,
+            "the primary sent no PREPARE early: {s0:?}"
+        );
+        let (before, lease) = last_sent(&dir);
+        // A clean stop leaves the lease at the last UI.
+        assert_eq!(lease.map(|l| l.counter), Some(before));
+
+        // Restart in the same boot: no skip, no re-base.
+        cluster.restart_replica(0).expect("restart 0");
+        block_on(write_files(addr, "b", 10));
+        let s0 = cluster.stop_replica(0).expect("stop 0");
+        assert!(!s0.started_rebasing, "a same-boot restart re-based: {s0:?}");
+
+        // As if the machine had gone down while replica 0 led with a lease 40 values
+        // above its last logged UI.
+        let (before, _) = last_sent(&dir);
+        {
+            let mut log = ProtocolLog::open(&dir.join("replica-0")).expect("log");
+            log.append(PersistRecord::Lease(UsigLease {
+                counter: before + 40,
+                boot: "a boot before the power cut".into(),
+            }));
+            log.sync().expect("sync");
+        }
+        cluster
+            .restart_replica(0)
+            .expect("restart 0 after the reboot");
+        // The others change view (the re-basing primary proposes nothing) and order the
+        // REBASE; the writes carry the cluster to the checkpoint that readmits it.
+        block_on(write_files(addr, "c", 60));
+        let e0 = cluster.export_dir(0);
+        let e1 = cluster.export_dir(1);
+        let took = wait_for(Duration::from_secs(90), "replica 0 converges", || {
+            trees_equal(&e1, &e0)
+        });
+        eprintln!("replica 0 re-based over its lease and converged after {took:?}");
+        cluster.stop_replica(1).expect("stop 1");
+        block_on(write_files(addr, "d", 10));
+        wait_for(
+            Duration::from_secs(60),
+            "replica 0 holds the writes made without replica 1",
+            || std::fs::read(e0.join("d9")).is_ok_and(|b| b == content("d", 9)),
+        );
+        let s0 = cluster.stop_replica(0).expect("stop 0");
+        assert!(s0.started_rebasing, "no re-base after the reboot: {s0:?}");
+        let (after, _) = last_sent(&dir);
+        assert!(
+            after > before + 40,
+            "the USIG did not skip the lease: last UI {after}, lease {}",
+            before + 40
+        );
+        let _ = cluster.stop();
     });
 }
 

@@ -186,7 +186,21 @@ pub trait Usig: Send {
         let _ = issued;
         Err(UsigError::Unsupported("advance_to"))
     }
+
+    /// Recovery after a machine restart for a caller that leased counter values (let
+    /// UIs up to `counter` leave before its own log made them durable): spend every
+    /// value up to `counter`, durably, so none of them is ever issued again. The USIG
+    /// certifies `SKIP_DIGEST` at `counter` as its last UI, a value no message can have.
+    /// Never moves the counter back.
+    fn skip_to(&mut self, counter: u64) -> Result<(), UsigError> {
+        let _ = counter;
+        Err(UsigError::Unsupported("skip_to"))
+    }
 }
+
+/// The digest a USIG certifies when it skips counter values (`Usig::skip_to`): all
+/// zeros, which no SHA-256 of a message is.
+pub const SKIP_DIGEST: Digest = [0; 32];
 
 impl<U: Usig + ?Sized> Usig for Box<U> {
     fn replica(&self) -> ReplicaId {
@@ -227,6 +241,10 @@ impl<U: Usig + ?Sized> Usig for Box<U> {
 
     fn spent_counter(&mut self) -> Result<u64, UsigError> {
         (**self).spent_counter()
+    }
+
+    fn skip_to(&mut self, counter: u64) -> Result<(), UsigError> {
+        (**self).skip_to(counter)
     }
 }
 

@@ -440,3 +440,24 @@ fn software_advances_only_to_its_own_next_ui() {
     let usig = SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap();
     assert_eq!(usig.last_issued().unwrap().ui.counter, 4);
 }
+
+#[test]
+fn software_skip_spends_every_value_up_to_the_lease_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate().unwrap();
+    {
+        let mut usig = SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap();
+        assert_eq!(issue(&mut usig, 3), 3);
+        usig.skip_to(40).unwrap();
+        // Never back: a lower target changes nothing.
+        usig.skip_to(10).unwrap();
+        assert_eq!(usig.spent_counter().unwrap(), 40);
+    }
+    let mut usig = SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap();
+    let last = usig.last_issued().expect("the skip is the last UI");
+    assert_eq!(last.ui.counter, 40);
+    assert_eq!(last.digest, usig::SKIP_DIGEST);
+    verify_ui(&key.identity(), 1, &last.digest, &last.ui).unwrap();
+    let next = usig.create_ui(&test_digest(41)).unwrap();
+    assert_eq!(next.counter, 41);
+}

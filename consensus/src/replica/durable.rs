@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{CoreState, PersistRecord, Recovered};
+use super::{CoreState, PersistRecord, Recovered, UsigLease};
 use crate::message::{CheckpointCert, Prepare, UiMessage};
 use crate::types::{SeqNum, View};
 
@@ -21,6 +21,8 @@ pub struct DurableRecords {
     pub view_certs: BTreeMap<View, CheckpointCert>,
     /// The last message handed to the USIG whose `Sent` record did not follow (yet).
     pub intent: Option<UiMessage>,
+    /// The driver's last USIG lease (`PersistRecord::Lease`); the core ignores it.
+    pub lease: Option<UsigLease>,
 }
 
 impl DurableRecords {
@@ -36,6 +38,7 @@ impl DurableRecords {
             }
             PersistRecord::View(v) => self.view = v,
             PersistRecord::NewViewAccepted(v) => self.new_view_accepted = v,
+            PersistRecord::Lease(l) => self.lease = Some(l),
             PersistRecord::ViewCert(c) => {
                 self.view_certs.insert(c.view_top.unwrap_or(0), c);
             }
@@ -68,6 +71,7 @@ impl DurableRecords {
         );
         out.extend(self.sent.values().cloned().map(PersistRecord::Sent));
         out.extend(self.intent.clone().map(PersistRecord::Intent));
+        out.extend(self.lease.clone().map(PersistRecord::Lease));
         out.extend(self.accepted.values().cloned().map(PersistRecord::Accepted));
         out
     }

@@ -141,6 +141,23 @@ pub enum PersistRecord {
     /// The NEW-VIEW of this view was accepted (a restarted replica must not accept a
     /// relayed copy of it a second time).
     NewViewAccepted(View),
+    /// Written by the driver, never emitted by the core: USIG counter values up to
+    /// `counter` may be released before their `Sent` record is durable (a runtime that
+    /// lets its PREPAREs leave while its log syncs). Every record is truthful when
+    /// written: no value above `counter` has been issued. The last one counts.
+    Lease(UsigLease),
+}
+
+/// A durable promise about the USIG counter (`PersistRecord::Lease`): nothing above
+/// `counter` was issued while this lease was the last one. `boot` names the machine's
+/// boot in which it was written (Linux `boot_id`): within the same boot the page cache
+/// still holds every record the runtime wrote before a message left, so the lease only
+/// matters after a machine restart (power cut, kernel crash), when the log's unsynced
+/// tail may be gone and the counter must move past every value that may have left.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsigLease {
+    pub counter: u64,
+    pub boot: String,
 }
 
 /// What a restarting replica read back from its durable records.

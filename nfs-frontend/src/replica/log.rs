@@ -89,6 +89,10 @@ impl ProtocolLog {
             );
             file.set_len(at as u64).map_err(io)?;
             file.sync_all().map_err(io)?;
+        } else if at > 0 {
+            // What a crashed process left in the page cache becomes durable before the
+            // replica acts on it (a USIG lease read back here is relied on at once).
+            file.sync_data().map_err(io)?;
         }
         Ok(ProtocolLog {
             len: at as u64,
@@ -254,6 +258,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut log = ProtocolLog::open(dir.path()).expect("open");
         log.append(PersistRecord::View(2));
+        let lease = consensus::UsigLease {
+            counter: 77,
+            boot: "b".into(),
+        };
+        log.append(PersistRecord::Lease(lease.clone()));
         log.len = LOG_COMPACT_BYTES;
         log.append(PersistRecord::Stable(
             consensus::message::CheckpointCert::default(),
@@ -263,6 +272,7 @@ mod tests {
         drop(log);
         let log = ProtocolLog::open(dir.path()).expect("reopen");
         assert_eq!(log.durable.view, 2);
-        assert_eq!(log.replayed, 3);
+        assert_eq!(log.durable.lease, Some(lease));
+        assert_eq!(log.replayed, 4);
     }
 }

@@ -6,10 +6,11 @@
 //! One current-thread tokio runtime: the protocol loop handles a burst of inputs
 //! synchronously (validation, `step`, USIG, execution, log appends), then makes the log
 //! durable with one `fdatasync` (which with the software USIG also makes its counter
-//! durable; the file state is synced at checkpoints), and only then yields, which
-//! is the first moment the connection tasks can write anything queued during the burst.
-//! That is how "every `Persist` is durable before any later send" holds while the log
-//! sync is shared by a whole burst.
+//! durable; the file state is synced at checkpoints), and only then hands what the burst
+//! produced to the connection tasks (`release`). That is how "every `Persist` is durable
+//! before any later send" holds while the log sync is shared by a whole burst. The one
+//! exception is a primary's PREPARE under a counter lease (`Lease`), which leaves while
+//! the sync runs.
 //!
 //! Modules: `links` (connections), `log` (protocol records), `app` (file state machine or
 //! null app), `snapshots` (checkpoint manifests on disk), `transfer` (chunked state
@@ -51,6 +52,9 @@ const SLOW_SYNC: Duration = Duration::from_millis(10);
 const BURST_MAX: usize = 256;
 /// Events queued from all connections toward the protocol loop.
 const EVENT_QUEUE_MAX: usize = 4_096;
+/// USIG counter values a primary leases ahead of its last UI (`Lease`): its PREPAREs up
+/// to the lease leave while the log syncs. Far above the pipeline (8 batches).
+const LEASE_WINDOW: u64 = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
@@ -96,6 +100,57 @@ pub struct ReplicaStats {
     pub checks_deferred: u64,
     /// Replies sent again from the exactly-once cache.
     pub replies_from_cache: u64,
+    /// PREPAREs sent while their log record was still being synced (`Lease`).
+    pub prepares_early: u64,
+    /// This run began by re-basing: its USIG was ahead of its log (consensus I8).
+    pub started_rebasing: bool,
+}
+
+/// The software USIG's counter lease, which lets a primary's PREPARE leave while the
+/// log that makes its counter durable is still syncing, so that the primary's sync runs
+/// beside the backups' instead of before them (one disk flush on a request's critical
+/// path instead of two).
+///
+/// The rule the runtime otherwise keeps, "nothing leaves before what produced it is
+/// durable", exists for the counter (a crash must never let the USIG issue a value
+/// twice) and for the replica's memory of what it sent. The lease answers both:
+/// - before a PREPARE leaves early, its `Sent` record is written to the log file (not
+///   synced), so a crash of the process keeps it in the page cache: a restart in the
+///   same boot finds every UI it released, as before;
+/// - a PREPARE leaves early only if its counter is at most a `Lease` record already
+///   synced; a restart after the machine went down (a different `boot_id`) moves the
+///   USIG past the lease (`Usig::skip_to`), and if that is past the log the replica
+///   re-bases (consensus I8), whose safety argument covers a replica that sent messages
+///   and lost them (`Byzantine::RebaseOverSent`, the simulator's `usig_gaps`).
+///
+/// Everything else (COMMITs, replies, CHECKPOINTs, the PREPARE of a burst that held a
+/// message before it) still waits for the sync, so a reply still means the replying
+/// replica's log holds the batch.
+#[derive(Debug, Default)]
+struct Lease {
+    /// This boot's id (`/proc/sys/kernel/random/boot_id`; empty if unknown, which never
+    /// matches).
+    boot: String,
+    /// Counter of the newest `Lease` record appended.
+    written: u64,
+    /// Counter of the newest `Lease` record known durable: PREPAREs up to it may leave
+    /// early.
+    durable: u64,
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The counter a restarting replica's USIG must skip to, if any: the lease's, when it
+/// was written in another boot (the log's unsynced tail, and with it PREPAREs that left
+/// early, may be gone) and is above what the USIG already spent.
+fn lease_skip(lease: Option<&consensus::UsigLease>, boot: &str, spent: u64) -> Option<u64> {
+    let lease = lease?;
+    let same_boot = !boot.is_empty() && lease.boot == boot;
+    (!same_boot && lease.counter > spent).then_some(lease.counter)
 }
 
 fn now_ns() -> u64 {
@@ -203,6 +258,14 @@ struct Node {
     stats: Arc<NetStats>,
     /// Checks nobody waits for, on an idle-priority thread (`verifier`); set by `run`.
     lazy: Option<verifier::LazyVerifier>,
+    lease: Lease,
+    /// Peer messages and client replies of this burst, released after its sync.
+    outbox: Vec<(ReplicaId, Arc<LinkMsg>)>,
+    replies: Vec<(u64, Vec<u8>)>,
+    /// PREPAREs of this burst that left before its sync (`Lease`).
+    early: u64,
+    prepares_early: u64,
+    started_rebasing: bool,
 }
 
 impl Node {
@@ -268,6 +331,47 @@ impl Node {
         })
     }
 
+    /// Appends a `Lease` record when a primary's lease runs low; once this replica is no
+    /// longer primary, or `stopping`, one record brings the lease down to its last UI, so
+    /// that a restart after a reboot skips no values it need not. Durable with the next
+    /// sync.
+    fn renew_lease(&mut self, stopping: bool) {
+        if !self.group_commit {
+            return;
+        }
+        let UsigSeat::Inline(usig) = &self.usig else {
+            return;
+        };
+        let issued = usig.last_issued().map_or(0, |u| u.ui.counter);
+        let leading = !stopping && self.core.is_primary() && !self.core.in_view_change();
+        let counter = if leading {
+            if self.lease.written >= issued + LEASE_WINDOW / 2 {
+                return;
+            }
+            issued + LEASE_WINDOW
+        } else {
+            if self.lease.written <= issued {
+                return;
+            }
+            issued
+        };
+        self.log
+            .append(consensus::PersistRecord::Lease(consensus::UsigLease {
+                counter,
+                boot: self.lease.boot.clone(),
+            }));
+        self.lease.written = counter;
+    }
+
+    /// The end of a burst: the lease, one sync for everything, then what waited for it
+    /// is handed to the connections. Whether anything was.
+    fn commit_burst(&mut self) -> Result<bool, ReplicaError> {
+        self.renew_lease(false);
+        self.sync_all()?;
+        self.lease.durable = self.lease.written;
+        Ok(self.release())
+    }
+
     fn feed(&mut self, input: Input) -> Result<(), ReplicaError> {
         let mut work = VecDeque::from([input]);
         while let Some(input) = work.pop_front() {
@@ -290,7 +394,39 @@ impl Node {
         Ok(())
     }
 
+    /// Queues a message to leave after this burst's sync (`release`).
     fn send_peer(&mut self, to: ReplicaId, msg: Arc<LinkMsg>) {
+        self.outbox.push((to, msg));
+    }
+
+    /// Whether this PREPARE may leave before the burst's sync (`Lease`): with the
+    /// in-process software USIG only, with a counter under a durable lease, and only while
+    /// nothing of this burst is held for a peer (FIFO order on the links).
+    fn may_send_early(&self, msg: &PeerMessage) -> bool {
+        self.group_commit
+            && self.outbox.is_empty()
+            && matches!(msg, PeerMessage::Ui(m @ consensus::UiMessage::Prepare(_))
+                if m.counter() <= self.lease.durable)
+    }
+
+    /// Hands what this burst produced to the connections; called once it is durable.
+    /// Whether there was anything.
+    fn release(&mut self) -> bool {
+        let any = !self.outbox.is_empty() || !self.replies.is_empty();
+        for (to, msg) in std::mem::take(&mut self.outbox) {
+            self.send_now(to, msg);
+        }
+        for (client, frame) in std::mem::take(&mut self.replies) {
+            if let Some((_, tx)) = self.clients.get(&client)
+                && tx.try_send(frame).is_err()
+            {
+                self.stats.count(DropReason::QueueFull);
+            }
+        }
+        any
+    }
+
+    fn send_now(&mut self, to: ReplicaId, msg: Arc<LinkMsg>) {
         if let Some(Some(tx)) = self.peers.get(to as usize)
             && tx.try_send(msg).is_err()
         {
@@ -302,9 +438,20 @@ impl Node {
         match o {
             Output::Send { to, msg } => self.send_peer(to, Arc::new(LinkMsg::Peer(msg))),
             Output::Broadcast(msg) => {
+                let early = self.may_send_early(&msg);
+                if early {
+                    // Into the page cache first: a crash of this process keeps it.
+                    self.log.write_pending()?;
+                    self.early += 1;
+                }
                 let msg = Arc::new(LinkMsg::Peer(msg));
                 for j in 0..self.n {
-                    if j != self.id {
+                    if j == self.id {
+                        continue;
+                    }
+                    if early {
+                        self.send_now(j, msg.clone());
+                    } else {
                         self.send_peer(j, msg.clone());
                     }
                 }
@@ -395,11 +542,8 @@ impl Node {
             }
             Output::Reply(reply) => {
                 let client = ClusterConfig::client_index(reply.client);
-                if let Some((_, tx)) = self.clients.get(&client)
-                    && tx.try_send(encode(&ReplicaMsg::Reply(reply))).is_err()
-                {
-                    self.stats.count(DropReason::QueueFull);
-                }
+                self.replies
+                    .push((client, encode(&ReplicaMsg::Reply(reply))));
             }
             Output::Persist(rec) => self.log.append(rec),
             Output::TakeSnapshot { n, core_state } => {
@@ -564,6 +708,8 @@ impl Node {
             dropped_net: self.stats.total(),
             transfer: self.transfer_stats.clone(),
             replies_from_cache: self.core.replies_from_cache(),
+            prepares_early: self.prepares_early,
+            started_rebasing: self.started_rebasing,
             checks_deferred: self.lazy.as_ref().map_or(0, |l| {
                 l.stats.deferred.load(std::sync::atomic::Ordering::Relaxed)
             }),
@@ -642,6 +788,26 @@ fn open_node(
             "USIG counter moved up to the logged message"
         );
         usig.advance_to(&issued)?;
+    }
+    let mut lease = Lease {
+        boot: boot_id(),
+        ..Lease::default()
+    };
+    if group_commit {
+        // The replayed log was synced on open, so its last lease is durable.
+        let spent = usig.spent_counter()?;
+        if let Some(to) = lease_skip(log.durable.lease.as_ref(), &lease.boot, spent) {
+            warn!(
+                id,
+                spent,
+                to,
+                "first start since the machine restarted: PREPAREs up to the USIG lease \
+                 may have left without their log record; spending the counter up to it"
+            );
+            usig.skip_to(to)?;
+        }
+        lease.written = log.durable.lease.as_ref().map_or(0, |l| l.counter);
+        lease.durable = lease.written;
     }
     let snaps = SnapshotStore::open(&opts.data_dir)?;
     let mut app = if opts.null_app {
@@ -737,7 +903,8 @@ fn open_node(
         last_sent = usig_counter;
     }
     let recovered = log.durable.recovered(core_state, usig_counter);
-    if recovered.usig_ahead_of_log() {
+    let started_rebasing = recovered.usig_ahead_of_log();
+    if started_rebasing {
         // The USIG issued a UI whose message never reached the log (a crash in between,
         // or a lost log): peers would wait for that counter forever. The core re-bases
         // (consensus/README.md, I8): one ordered REBASE, readmission at the first stable
@@ -786,6 +953,12 @@ fn open_node(
         ticks: 0,
         stats,
         lazy: None,
+        lease,
+        outbox: Vec::new(),
+        replies: Vec::new(),
+        early: 0,
+        prepares_early: 0,
+        started_rebasing,
     })
 }
 
@@ -858,11 +1031,16 @@ pub async fn run(
                     Err(_) => break,
                 }
             }
-            // Durable before we yield: nothing queued above reaches a socket before
-            // (with a TPM or process USIG, a `Sent` record may wait: the synced intent
-            // and the USIG's own durable last UI cover it).
+            // PREPAREs released early (`Lease`) reach the sockets now, while we sync.
+            if node.early > 0 {
+                node.prepares_early += std::mem::take(&mut node.early);
+                tokio::task::yield_now().await;
+            }
+            // Durable before it leaves: everything else queued above waits for the
+            // sync (with a TPM or process USIG, a `Sent` record may wait: the synced
+            // intent and the USIG's own durable last UI cover it).
             let synced = std::time::Instant::now();
-            node.sync_all()?;
+            let released = node.commit_burst()?;
             let took = synced.elapsed();
             if took > SLOW_SYNC {
                 debug!(
@@ -870,6 +1048,10 @@ pub async fn run(
                     took_us = took.as_micros() as u64,
                     "slow group commit"
                 );
+            }
+            if released {
+                // The connections write now, not after the next burst's sync.
+                tokio::task::yield_now().await;
             }
         }
     }
@@ -898,6 +1080,9 @@ pub async fn run(
             "off-path checks"
         );
     }
+    // A clean stop brings the lease down to the last UI: a restart after a reboot then
+    // skips nothing.
+    node.renew_lease(true);
     node.log.sync()?;
     node.usig.close()?;
     if result.is_ok()
@@ -920,4 +1105,29 @@ pub fn write_pid_file(dir: &Path) -> std::io::Result<PathBuf> {
     let path = dir.join("pid");
     std::fs::write(&path, format!("{}\n", std::process::id()))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(counter: u64, boot: &str) -> consensus::UsigLease {
+        consensus::UsigLease {
+            counter,
+            boot: boot.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_lease_is_skipped_only_after_a_machine_restart_and_only_upwards() {
+        // Same boot: the page cache kept every record written before a PREPARE left.
+        assert_eq!(lease_skip(Some(&lease(300, "b1")), "b1", 44), None);
+        // Another boot: the unsynced tail may be gone; spend up to the lease.
+        assert_eq!(lease_skip(Some(&lease(300, "b0")), "b1", 44), Some(300));
+        // An unknown boot id never counts as the same boot.
+        assert_eq!(lease_skip(Some(&lease(300, "")), "", 44), Some(300));
+        // Nothing to skip: no lease, or the USIG is past it already.
+        assert_eq!(lease_skip(None, "b1", 44), None);
+        assert_eq!(lease_skip(Some(&lease(40, "b0")), "b1", 44), None);
+    }
 }
