@@ -55,6 +55,10 @@ const EVENT_QUEUE_MAX: usize = 4_096;
 /// USIG counter values a primary leases ahead of its last UI (`Lease`): its PREPAREs up
 /// to the lease leave while the log syncs. Far above the pipeline (8 batches).
 const LEASE_WINDOW: u64 = 256;
+/// Fault injection for tests: with this variable set to `ID:N`, replica ID aborts right
+/// after its N-th early PREPARE reached the sockets, before its log sync, and leaves the
+/// PREPARE's counter in `early-abort` in its data directory.
+pub const ABORT_AFTER_EARLY_ENV: &str = "BFTNFS_FAULT_ABORT_AFTER_EARLY_PREPARE";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
@@ -264,6 +268,8 @@ struct Node {
     replies: Vec<(u64, Vec<u8>)>,
     /// PREPAREs of this burst that left before its sync (`Lease`).
     early: u64,
+    /// Counter of the last of them.
+    last_early: u64,
     prepares_early: u64,
     started_rebasing: bool,
 }
@@ -443,6 +449,9 @@ impl Node {
                     // Into the page cache first: a crash of this process keeps it.
                     self.log.write_pending()?;
                     self.early += 1;
+                    if let PeerMessage::Ui(m) = &msg {
+                        self.last_early = m.counter();
+                    }
                 }
                 let msg = Arc::new(LinkMsg::Peer(msg));
                 for j in 0..self.n {
@@ -957,6 +966,7 @@ fn open_node(
         outbox: Vec::new(),
         replies: Vec::new(),
         early: 0,
+        last_early: 0,
         prepares_early: 0,
         started_rebasing,
     })
@@ -1011,6 +1021,10 @@ pub async fn run(
         stats.clone(),
         stop_rx,
     ));
+    let abort_after_early: Option<u64> = std::env::var(ABORT_AFTER_EARLY_ENV).ok().and_then(|v| {
+        let (id, n) = v.split_once(':')?;
+        (id.parse() == Ok(opts.id)).then(|| n.parse().ok())?
+    });
     let mut tick = tokio::time::interval(Duration::from_nanos(config.consensus.tick_ns));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     tokio::pin!(shutdown);
@@ -1035,6 +1049,15 @@ pub async fn run(
             if node.early > 0 {
                 node.prepares_early += std::mem::take(&mut node.early);
                 tokio::task::yield_now().await;
+                if abort_after_early.is_some_and(|n| node.prepares_early >= n) {
+                    let note = node.data_dir.join("early-abort");
+                    let _ = std::fs::write(note, format!("{}\n", node.last_early));
+                    error!(
+                        id = opts.id,
+                        "fault injection: aborting before the log sync"
+                    );
+                    std::process::abort();
+                }
             }
             // Durable before it leaves: everything else queued above waits for the
             // sync (with a TPM or process USIG, a `Sent` record may wait: the synced

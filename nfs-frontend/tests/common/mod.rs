@@ -232,10 +232,16 @@ impl Up {
     }
 
     pub fn start_with(dir: &Path, extra: &[&str]) -> Up {
+        Up::start_with_env(dir, extra, &[])
+    }
+
+    /// `bftnfs up` with these environment variables (its replicas inherit them).
+    pub fn start_with_env(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Up {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bftnfs"))
             .args(["up", "--listen", "127.0.0.1:0", "--dir"])
             .arg(dir)
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()
