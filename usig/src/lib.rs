@@ -39,7 +39,7 @@ pub use error::{UsigError, VerifyError};
 pub use key::SigningKey;
 pub use memory::MemoryUsig;
 pub use process::ProcessUsig;
-pub use software::{STATE_FILE_NAME, SoftwareUsig};
+pub use software::{STATE_FILE_NAME, SoftwareUsig, lock_state_dir};
 #[cfg(feature = "tpm")]
 pub use tpm::{TpmLocation, TpmUsig};
 pub use verify::{ECDSA_P256_PUBLIC_KEY_LEN, ECDSA_P256_SIGNATURE_LEN, Verifier, verify_ui};

@@ -363,7 +363,10 @@ impl std::fmt::Debug for SoftwareUsig {
     }
 }
 
-pub(crate) fn lock_state_dir(state_dir: &Path) -> Result<File, UsigError> {
+/// Takes the lock a `SoftwareUsig` holds on `state_dir` for as long as it is open; fails
+/// if a USIG (a running replica) holds it. For tools that must not touch a live replica's
+/// files.
+pub fn lock_state_dir(state_dir: &Path) -> Result<File, UsigError> {
     let path = state_dir.join(LOCK_FILE_NAME);
     let lock = OpenOptions::new()
         .write(true)

@@ -93,13 +93,16 @@ impl ProtocolLog {
             durable.apply(rec);
             replayed += 1;
         }
-        let torn = bytes[at..].iter().rposition(|&b| b != 0).map(|i| i + 1);
+        // Anything but zeros after the last record is a torn write (compared a page at a
+        // time: the allocated tail is megabytes of zeros).
+        const ZEROS: [u8; 4096] = [0; 4096];
+        let tail = &bytes[at..];
+        let torn = tail.chunks(ZEROS.len()).any(|c| c != &ZEROS[..c.len()]);
         let mut allocated = bytes.len() as u64;
-        if let Some(dropped) = torn {
+        if torn {
             tracing::warn!(
                 path = %path.display(),
                 valid = at,
-                dropped,
                 "cutting a torn tail off the protocol log"
             );
             file.set_len(at as u64).map_err(io)?;
@@ -108,8 +111,10 @@ impl ProtocolLog {
             file.sync_all().map_err(io)?;
         } else if at > 0 {
             // What a crashed process left in the page cache becomes durable before the
-            // replica acts on it (a USIG lease read back here is relied on at once).
+            // replica acts on it (a USIG lease read back here is relied on at once),
+            // including the name of a log a compaction renamed into place.
             file.sync_data().map_err(io)?;
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
         }
         Ok(ProtocolLog {
             len: at as u64,
@@ -151,7 +156,7 @@ impl ProtocolLog {
         frame(&rec, &mut self.pending);
         let compact = matches!(rec, PersistRecord::Stable(_));
         self.durable.apply(rec);
-        if compact && self.len + self.pending.len() as u64 > LOG_COMPACT_BYTES {
+        if compact && self.len.saturating_add(self.pending.len() as u64) > LOG_COMPACT_BYTES {
             // Rewritten from `durable` at the next sync.
             self.pending.clear();
             self.len = u64::MAX;
@@ -323,6 +328,8 @@ mod tests {
         drop(log);
         let log = ProtocolLog::open(dir.path()).expect("reopen");
         assert_eq!((log.durable.view, log.replayed), (99, 99));
+        // The zeros after the records are no torn tail: nothing was cut or re-allocated.
+        assert_eq!(std::fs::metadata(&path).expect("stat").len(), size);
     }
 
     #[test]

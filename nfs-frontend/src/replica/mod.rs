@@ -148,6 +148,37 @@ fn boot_id() -> String {
         .unwrap_or_default()
 }
 
+/// Lowers the USIG lease in the log of a replica that is not running (it crashed or was
+/// killed) to its last logged UI, so that a machine restart before the replica's own
+/// restart does not make it skip and re-base. Safe because a stopped process sends
+/// nothing more and wrote every PREPARE it sent early into the log file before sending
+/// it (`Lease`); opening the log makes what the page cache holds durable. Refuses while
+/// a replica holds the USIG's lock. `bftnfs up` does this when a replica exits; `bftnfs
+/// seal` for other supervisors. Returns the lease before and after, if it was lowered.
+pub fn seal_lease(data_dir: &Path) -> Result<Option<(u64, u64)>, ReplicaError> {
+    let usig_dir = data_dir.join("usig");
+    let _lock = if usig_dir.is_dir() {
+        Some(usig::lock_state_dir(&usig_dir)?)
+    } else {
+        None
+    };
+    if !data_dir.join(log::LOG_FILE).exists() {
+        return Ok(None);
+    }
+    let mut log = ProtocolLog::open(data_dir)?;
+    let last = log.durable.sent.keys().next_back().copied().unwrap_or(0);
+    let Some(lease) = log.durable.lease.clone().filter(|l| l.counter > last) else {
+        return Ok(None);
+    };
+    log.append(consensus::PersistRecord::Lease(consensus::UsigLease {
+        counter: last,
+        boot: boot_id(),
+    }));
+    log.sync()?;
+    info!(data = %data_dir.display(), from = lease.counter, to = last, "USIG lease sealed");
+    Ok(Some((lease.counter, last)))
+}
+
 /// The counter a restarting replica's USIG must skip to, if any: the lease's, when it
 /// was written in another boot (the log's unsynced tail, and with it PREPAREs that left
 /// early, may be gone) and is above what the USIG already spent.
@@ -446,8 +477,13 @@ impl Node {
             Output::Broadcast(msg) => {
                 let early = self.may_send_early(&msg);
                 if early {
-                    // Into the page cache first: a crash of this process keeps it.
+                    // Into the page cache first: a crash of this process keeps the
+                    // record, and the USIG's own file its counter (a replica that then
+                    // loses its log but keeps usig/ must not issue this value again).
                     self.log.write_pending()?;
+                    if let UsigSeat::Inline(usig) = &mut self.usig {
+                        usig.write_back()?;
+                    }
                     self.early += 1;
                     if let PeerMessage::Ui(m) = &msg {
                         self.last_early = m.counter();

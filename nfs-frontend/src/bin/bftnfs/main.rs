@@ -9,6 +9,7 @@
 mod frontend;
 mod keygen;
 mod replica;
+mod seal;
 mod serve;
 mod up;
 mod usig_provision;
@@ -38,6 +39,7 @@ enum Command {
     Serve(serve::Args),
     Keygen(keygen::Args),
     Replica(replica::Args),
+    Seal(seal::Args),
     Frontend(frontend::Args),
     Up(up::Args),
     UsigServer(usig_server::Args),
@@ -57,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve::run(args),
         Command::Keygen(args) => keygen::run(args),
         Command::Replica(args) => replica::run(args),
+        Command::Seal(args) => seal::run(args),
         Command::Frontend(args) => frontend::run(args),
         Command::Up(args) => up::run(args),
         Command::UsigServer(args) => usig_server::run(args),

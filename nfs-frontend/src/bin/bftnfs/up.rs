@@ -39,6 +39,56 @@ pub struct Args {
 
 struct Children(Vec<Child>);
 
+/// The replica children, each waited for by a thread of its own that seals the
+/// replica's USIG lease as soon as it exits (`replica::seal_lease`): a replica killed
+/// while it led then needs no re-base if the machine restarts before it does.
+struct Replicas {
+    /// Each child's pid, and whether its watcher has seen it exit (its pid may then
+    /// belong to another process).
+    pids: Vec<(u32, Arc<std::sync::atomic::AtomicBool>)>,
+    watchers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Replicas {
+    fn watch(&mut self, i: u32, mut child: Child, data: PathBuf) -> std::io::Result<()> {
+        let exited = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.pids.push((child.id(), exited.clone()));
+        let watcher = std::thread::Builder::new()
+            .name(format!("watch-replica-{i}"))
+            .spawn(move || {
+                let status = child.wait();
+                exited.store(true, std::sync::atomic::Ordering::SeqCst);
+                info!(replica = i, ?status, "replica exited");
+                match nfs_frontend::replica::seal_lease(&data) {
+                    Ok(Some((from, to))) => {
+                        info!(replica = i, from, to, "sealed its USIG lease");
+                    }
+                    Ok(None) => {}
+                    Err(e) => warn!(replica = i, "could not seal its USIG lease: {e}"),
+                }
+            })?;
+        self.watchers.push(watcher);
+        Ok(())
+    }
+}
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        for (pid, exited) in &self.pids {
+            if exited.load(std::sync::atomic::Ordering::SeqCst) {
+                continue;
+            }
+            if let Ok(pid) = i32::try_from(*pid) {
+                // SAFETY: kill(2) on our own child's pid has no memory effects.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
+        for w in self.watchers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
 impl Drop for Children {
     fn drop(&mut self) {
         for c in &mut self.0 {
@@ -94,6 +144,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // Declared before `children`, so dropped after them: replicas stop before their TPMs.
     let _swtpms = start_swtpms(&args, &path)?;
     let mut children = Children(Vec::new());
+    // Declared after `children`, so dropped before them: replicas stop before their
+    // USIG servers.
+    let mut replicas = Replicas {
+        pids: Vec::new(),
+        watchers: Vec::new(),
+    };
     for i in 0..config.n() {
         let data = args.dir.join(format!("replica-{i}"));
         std::fs::create_dir_all(&data)?;
@@ -139,7 +195,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .spawn()
             .with_context(|| format!("starting replica {i}"))?;
         info!(replica = i, pid = child.id(), "replica started");
-        children.0.push(child);
+        replicas.watch(i, child, data)?;
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -153,6 +209,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Err(e) = &result {
         warn!("frontend: {e}");
     }
+    drop(replicas);
     drop(children);
     result
 }
