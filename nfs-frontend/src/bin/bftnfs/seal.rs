@@ -21,6 +21,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.data.join(replica::log::LOG_FILE).is_file(),
+        "{} holds no protocol log: not a replica's data directory (`--data` of `bftnfs \
+         replica`)",
+        args.data.display()
+    );
     match replica::seal_lease(&args.data)? {
         Some((from, to)) => println!("lease lowered from counter {from} to {to}"),
         None => println!("nothing to seal: the lease is not above the last logged UI"),
