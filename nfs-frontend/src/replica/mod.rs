@@ -153,7 +153,8 @@ fn boot_id() -> String {
 /// restart does not make it skip and re-base. Safe because a stopped process sends
 /// nothing more and wrote every PREPARE it sent early into the log file before sending
 /// it (`Lease`); opening the log makes what the page cache holds durable. Refuses while
-/// a replica holds the USIG's lock. `bftnfs up` does this when a replica exits; `bftnfs
+/// a replica holds the USIG's lock, and after a machine restart (the page cache, and
+/// with it possibly PREPAREs' records, is gone: only the re-base is safe then). `bftnfs up` does this when a replica exits; `bftnfs
 /// seal` for other supervisors. Returns the lease before and after, if it was lowered.
 pub fn seal_lease(data_dir: &Path) -> Result<Option<(u64, u64)>, ReplicaError> {
     let usig_dir = data_dir.join("usig");
@@ -170,9 +171,19 @@ pub fn seal_lease(data_dir: &Path) -> Result<Option<(u64, u64)>, ReplicaError> {
     let Some(lease) = log.durable.lease.clone().filter(|l| l.counter > last) else {
         return Ok(None);
     };
+    let boot = boot_id();
+    if boot.is_empty() || lease.boot != boot {
+        // The page cache that held the log's tail is gone: PREPAREs under the lease may
+        // have left without a record. Only the re-base is safe now.
+        return Err(ReplicaError::Recovery(format!(
+            "the USIG lease in {} was written before the machine restarted; the replica \
+             must re-base (start it), sealing now could let it issue a counter twice",
+            data_dir.display()
+        )));
+    }
     log.append(consensus::PersistRecord::Lease(consensus::UsigLease {
         counter: last,
-        boot: boot_id(),
+        boot,
     }));
     log.sync()?;
     info!(data = %data_dir.display(), from = lease.counter, to = last, "USIG lease sealed");

@@ -9,10 +9,12 @@ use nfs_frontend::replica;
 /// A primary lets its PREPAREs leave while its log syncs, under a lease of USIG counter
 /// values. If the machine restarts before the replica does, the replica must assume
 /// those PREPAREs were lost, spends its counter up to the lease and re-bases; when more
-/// than f replicas do that at once the cluster waits for an operator. This command, run
+/// than f replicas do that at once the cluster stalls. This command, run
 /// after a replica stopped (systemd `ExecStopPost=`, or by hand), makes the log durable
 /// and lowers the lease to the last logged UI, so the next start needs no re-base.
-/// `bftnfs up` does it by itself when a replica exits. Refuses while the replica runs.
+/// `bftnfs up` does it by itself when a replica exits. Refuses while the replica runs,
+/// and after the machine restarted since the lease was written (then the replica must
+/// re-base: start it).
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The replica's data directory (`--data` of `bftnfs replica`).
