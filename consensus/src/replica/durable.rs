@@ -56,6 +56,11 @@ impl DurableRecords {
         }
     }
 
+    /// The counter of the newest own UI message logged (0 if none).
+    pub fn last_sent_counter(&self) -> u64 {
+        self.sent.keys().next_back().copied().unwrap_or(0)
+    }
+
     /// The records that say the same thing, for rewriting a log compactly.
     pub fn records(&self) -> Vec<PersistRecord> {
         let mut out = vec![

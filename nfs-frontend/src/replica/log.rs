@@ -114,7 +114,7 @@ impl ProtocolLog {
             // replica acts on it (a USIG lease read back here is relied on at once),
             // including the name of a log a compaction renamed into place.
             file.sync_data().map_err(io)?;
-            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+            sync_dir(dir).map_err(io)?;
         }
         Ok(ProtocolLog {
             len: at as u64,
@@ -235,9 +235,7 @@ impl ProtocolLog {
         f.sync_all().map_err(io(&tmp))?;
         std::fs::rename(&tmp, &self.path).map_err(io(&self.path))?;
         if let Some(dir) = self.path.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(dir))?;
+            sync_dir(dir).map_err(io(dir))?;
         }
         self.file = OpenOptions::new()
             .read(true)
@@ -257,6 +255,11 @@ impl ProtocolLog {
         );
         Ok(())
     }
+}
+
+/// Makes the names in `dir` durable (a file created or renamed into it).
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// Extends `file` by `len` bytes of allocated zeros at `offset` (its size grows). Where

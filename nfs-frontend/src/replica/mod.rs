@@ -154,8 +154,9 @@ fn boot_id() -> String {
 /// nothing more and wrote every PREPARE it sent early into the log file before sending
 /// it (`Lease`); opening the log makes what the page cache holds durable. Refuses while
 /// a replica holds the USIG's lock, and after a machine restart (the page cache, and
-/// with it possibly PREPAREs' records, is gone: only the re-base is safe then). `bftnfs up` does this when a replica exits; `bftnfs
-/// seal` for other supervisors. Returns the lease before and after, if it was lowered.
+/// with it possibly PREPAREs' records, is gone: only the re-base is safe then).
+/// `bftnfs up` does this when a replica exits; `bftnfs seal` for other supervisors.
+/// Returns the lease before and after, if it was lowered.
 pub fn seal_lease(data_dir: &Path) -> Result<Option<(u64, u64)>, ReplicaError> {
     let usig_dir = data_dir.join("usig");
     let _lock = if usig_dir.is_dir() {
@@ -167,12 +168,12 @@ pub fn seal_lease(data_dir: &Path) -> Result<Option<(u64, u64)>, ReplicaError> {
         return Ok(None);
     }
     let mut log = ProtocolLog::open(data_dir)?;
-    let last = log.durable.sent.keys().next_back().copied().unwrap_or(0);
+    let last = log.durable.last_sent_counter();
     let Some(lease) = log.durable.lease.clone().filter(|l| l.counter > last) else {
         return Ok(None);
     };
     let boot = boot_id();
-    if boot.is_empty() || lease.boot != boot {
+    if !written_in(&lease, &boot) {
         // The page cache that held the log's tail is gone: PREPAREs under the lease may
         // have left without a record. Only the re-base is safe now.
         return Err(ReplicaError::Recovery(format!(
@@ -195,8 +196,13 @@ pub fn seal_lease(data_dir: &Path) -> Result<Option<(u64, u64)>, ReplicaError> {
 /// early, may be gone) and is above what the USIG already spent.
 fn lease_skip(lease: Option<&consensus::UsigLease>, boot: &str, spent: u64) -> Option<u64> {
     let lease = lease?;
-    let same_boot = !boot.is_empty() && lease.boot == boot;
-    (!same_boot && lease.counter > spent).then_some(lease.counter)
+    (!written_in(lease, boot) && lease.counter > spent).then_some(lease.counter)
+}
+
+/// Whether `lease` was written in this machine boot (an unknown boot id never matches),
+/// so that the page cache still holds every record written before a PREPARE left.
+fn written_in(lease: &consensus::UsigLease, boot: &str) -> bool {
+    !boot.is_empty() && lease.boot == boot
 }
 
 fn now_ns() -> u64 {
@@ -308,11 +314,10 @@ struct Node {
     /// Peer messages and client replies of this burst, released after its sync.
     outbox: Vec<(ReplicaId, Arc<LinkMsg>)>,
     replies: Vec<(u64, Vec<u8>)>,
-    /// PREPAREs of this burst that left before its sync (`Lease`).
-    early: u64,
-    /// Counter of the last of them.
-    last_early: u64,
+    /// PREPAREs that left before their burst's sync (`Lease`), and the last one's
+    /// counter.
     prepares_early: u64,
+    last_early: u64,
     started_rebasing: bool,
 }
 
@@ -447,14 +452,20 @@ impl Node {
         self.outbox.push((to, msg));
     }
 
-    /// Whether this PREPARE may leave before the burst's sync (`Lease`): with the
-    /// in-process software USIG only, with a counter under a durable lease, and only while
-    /// nothing of this burst is held for a peer (FIFO order on the links).
-    fn may_send_early(&self, msg: &PeerMessage) -> bool {
-        self.group_commit
-            && self.outbox.is_empty()
-            && matches!(msg, PeerMessage::Ui(m @ consensus::UiMessage::Prepare(_))
-                if m.counter() <= self.lease.durable)
+    /// The counter of this PREPARE if it may leave before the burst's sync (`Lease`):
+    /// with the in-process software USIG only, with a counter under a durable lease, and
+    /// only while nothing of this burst is held for a peer (FIFO order on the links).
+    fn early_counter(&self, msg: &PeerMessage) -> Option<u64> {
+        match msg {
+            PeerMessage::Ui(m @ consensus::UiMessage::Prepare(_))
+                if self.group_commit
+                    && self.outbox.is_empty()
+                    && m.counter() <= self.lease.durable =>
+            {
+                Some(m.counter())
+            }
+            _ => None,
+        }
     }
 
     /// Hands what this burst produced to the connections; called once it is durable.
@@ -486,8 +497,8 @@ impl Node {
         match o {
             Output::Send { to, msg } => self.send_peer(to, Arc::new(LinkMsg::Peer(msg))),
             Output::Broadcast(msg) => {
-                let early = self.may_send_early(&msg);
-                if early {
+                let early = self.early_counter(&msg);
+                if let Some(counter) = early {
                     // Into the page cache first: a crash of this process keeps the
                     // record, and the USIG's own file its counter (a replica that then
                     // loses its log but keeps usig/ must not issue this value again).
@@ -495,17 +506,15 @@ impl Node {
                     if let UsigSeat::Inline(usig) = &mut self.usig {
                         usig.write_back()?;
                     }
-                    self.early += 1;
-                    if let PeerMessage::Ui(m) = &msg {
-                        self.last_early = m.counter();
-                    }
+                    self.prepares_early += 1;
+                    self.last_early = counter;
                 }
                 let msg = Arc::new(LinkMsg::Peer(msg));
                 for j in 0..self.n {
                     if j == self.id {
                         continue;
                     }
-                    if early {
+                    if early.is_some() {
                         self.send_now(j, msg.clone());
                     } else {
                         self.send_peer(j, msg.clone());
@@ -938,7 +947,7 @@ fn open_node(
         }
         snap.core_state
     };
-    let mut last_sent = log.durable.sent.keys().next_back().copied().unwrap_or(0);
+    let mut last_sent = log.durable.last_sent_counter();
     // A crash between the USIG's durable increment and the `Sent` record: the intent
     // logged before `CreateUi` plus the USIG's last UI rebuild the message exactly.
     if usig_counter == last_sent + 1
@@ -1012,9 +1021,8 @@ fn open_node(
         lease,
         outbox: Vec::new(),
         replies: Vec::new(),
-        early: 0,
-        last_early: 0,
         prepares_early: 0,
+        last_early: 0,
         started_rebasing,
     })
 }
@@ -1077,6 +1085,7 @@ pub async fn run(
     tokio::pin!(shutdown);
     let result: Result<(), ReplicaError> = async {
         loop {
+            let early_before = node.prepares_early;
             tokio::select! {
                 biased;
                 () = &mut shutdown => return Ok(()),
@@ -1093,8 +1102,7 @@ pub async fn run(
                 }
             }
             // PREPAREs released early (`Lease`) reach the sockets now, while we sync.
-            if node.early > 0 {
-                node.prepares_early += std::mem::take(&mut node.early);
+            if node.prepares_early > early_before {
                 tokio::task::yield_now().await;
                 if abort_after_early.is_some_and(|n| node.prepares_early >= n) {
                     let note = node.data_dir.join("early-abort");

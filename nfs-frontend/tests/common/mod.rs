@@ -288,15 +288,22 @@ impl Up {
     }
 
     pub fn kill9(&self, i: u32) {
-        let pid = self.pid_of(i);
-        let _ = std::fs::remove_file(self.replica_dir(i).join("pid"));
-        // SAFETY: kill(2) of a pid this test started (through `up`).
-        assert_eq!(
-            unsafe { libc::kill(pid, libc::SIGKILL) },
-            0,
-            "kill -9 {pid}"
-        );
-        // Let the OS release its port.
+        self.kill9_all(&[i]);
+    }
+
+    /// kill -9 of these replicas at once (all pids are read before the first kill).
+    pub fn kill9_all(&self, ids: &[u32]) {
+        let pids: Vec<i32> = ids.iter().map(|&i| self.pid_of(i)).collect();
+        for (&i, pid) in ids.iter().zip(pids) {
+            let _ = std::fs::remove_file(self.replica_dir(i).join("pid"));
+            // SAFETY: kill(2) of a pid this test started (through `up`).
+            assert_eq!(
+                unsafe { libc::kill(pid, libc::SIGKILL) },
+                0,
+                "kill -9 {pid}"
+            );
+        }
+        // Let the OS release their ports.
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 
