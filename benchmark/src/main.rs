@@ -272,11 +272,12 @@ fn run_macro(args: MacroArgs, usig: UsigKind, data_root: &Path) -> Result<()> {
     let results: Vec<ModeResult> = labels
         .into_iter()
         .zip(measured)
-        .map(|((name, label), (phases, commits))| ModeResult {
+        .map(|((name, label), (phases, commits, calls))| ModeResult {
             name,
             label,
             phases,
             commits,
+            calls,
         })
         .collect();
     if results.is_empty() {
@@ -306,12 +307,16 @@ fn run_macro(args: MacroArgs, usig: UsigKind, data_root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// One deployment's phases, the COMMITs its client needed, and the latency of each kind
+/// of NFS call.
+type MeasuredMode = (Vec<PhaseResult>, u64, Vec<(&'static str, Summary)>);
+
 /// Runs the workload on every deployment, run by run in turn (`workload::run_all`).
 async fn measure(
     deployments: &[Deployment],
     identity: Identity,
     config: WorkloadConfig,
-) -> Result<Vec<(Vec<PhaseResult>, u64)>> {
+) -> Result<Vec<MeasuredMode>> {
     let mut clients = Vec::with_capacity(deployments.len());
     for d in deployments {
         let mut client = Client::connect(&d.endpoint, identity)
@@ -355,7 +360,14 @@ async fn measure(
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        out.push((phases, run.commits));
+        let calls = run
+            .client
+            .calls
+            .by_procedure
+            .iter()
+            .filter_map(|(procedure, samples)| Some((*procedure, Summary::of(samples)?)))
+            .collect();
+        out.push((phases, run.commits, calls));
     }
     Ok(out)
 }

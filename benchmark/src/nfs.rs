@@ -5,10 +5,12 @@
 //! nfs3_client defaults to AUTH_NULL and a privileged source port (notes/nfs.md): both
 //! are overridden here, and the socket gets TCP_NODELAY so that no call waits on Nagle.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nfs3_client::net::Connector;
@@ -89,6 +91,39 @@ pub struct Entry {
 
 pub struct Client {
     conn: nfs3_client::Nfs3Connection<TokioIo<TcpStream>>,
+    /// The latency of every call made while `calls.recording` is on.
+    pub calls: CallTimes,
+}
+
+/// The latency of each NFS call, by procedure, while `recording` is on: the workload
+/// turns it on for the timed part of each timed run only.
+#[derive(Debug, Default)]
+pub struct CallTimes {
+    pub recording: bool,
+    pub by_procedure: BTreeMap<&'static str, Vec<Duration>>,
+}
+
+impl CallTimes {
+    fn note(&mut self, procedure: &'static str, start: Instant) {
+        if self.recording {
+            let elapsed = start.elapsed();
+            self.by_procedure
+                .entry(procedure)
+                .or_default()
+                .push(elapsed);
+        }
+    }
+}
+
+/// One NFS call through `self.conn`, timed into `self.calls` and turned into a `Result`
+/// that names the procedure.
+macro_rules! call {
+    ($client:ident, $procedure:literal, $method:ident($args:expr)) => {{
+        let start = Instant::now();
+        let reply = $client.conn.$method($args).await;
+        $client.calls.note($procedure, start);
+        nfs_ok($procedure, reply)
+    }};
 }
 
 fn nfs_ok<T, E: Debug>(procedure: &str, r: Result<Nfs3Result<T, E>, RpcError>) -> Result<T> {
@@ -139,7 +174,10 @@ impl Client {
                 endpoint.addr, endpoint.export
             )
         })?;
-        Ok(Client { conn })
+        Ok(Client {
+            conn,
+            calls: CallTimes::default(),
+        })
     }
 
     pub fn root(&self) -> nfs_fh3 {
@@ -158,7 +196,7 @@ impl Client {
                 ..sattr3::default()
             },
         };
-        let ok = nfs_ok("MKDIR", self.conn.mkdir(&args).await)?;
+        let ok = call!(self, "MKDIR", mkdir(&args))?;
         handle("MKDIR", ok.obj)
     }
 
@@ -170,7 +208,7 @@ impl Client {
                 ..sattr3::default()
             }),
         };
-        let ok = nfs_ok("CREATE", self.conn.create(&args).await)?;
+        let ok = call!(self, "CREATE", create(&args))?;
         handle("CREATE", ok.obj)
     }
 
@@ -189,7 +227,7 @@ impl Client {
             stable,
             data: Opaque::borrowed(data),
         };
-        let ok = nfs_ok("WRITE", self.conn.write(&args).await)?;
+        let ok = call!(self, "WRITE", write(&args))?;
         if ok.count as usize != data.len() {
             bail!("WRITE: short write ({} of {} bytes)", ok.count, data.len());
         }
@@ -202,7 +240,7 @@ impl Client {
             offset: 0,
             count: 0,
         };
-        nfs_ok("COMMIT", self.conn.commit(&args).await).map(|_| ())
+        call!(self, "COMMIT", commit(&args)).map(|_| ())
     }
 
     /// What `cp` does for one file: CREATE, UNSTABLE WRITEs, and COMMIT unless every
@@ -225,12 +263,12 @@ impl Client {
         let args = LOOKUP3args {
             what: dirop(dir, name),
         };
-        nfs_ok("LOOKUP", self.conn.lookup(&args).await).map(|ok| ok.object)
+        call!(self, "LOOKUP", lookup(&args)).map(|ok| ok.object)
     }
 
     pub async fn getattr(&mut self, fh: &nfs_fh3) -> Result<fattr3> {
         let args = GETATTR3args { object: fh.clone() };
-        nfs_ok("GETATTR", self.conn.getattr(&args).await).map(|ok| ok.obj_attributes)
+        call!(self, "GETATTR", getattr(&args)).map(|ok| ok.obj_attributes)
     }
 
     /// READ from offset 0 until EOF; returns the number of bytes read.
@@ -242,7 +280,7 @@ impl Client {
                 offset,
                 count: TRANSFER_BYTES as u32,
             };
-            let ok = nfs_ok("READ", self.conn.read(&args).await)?;
+            let ok = call!(self, "READ", read(&args))?;
             offset += u64::from(ok.count);
             if ok.eof {
                 return Ok(offset);
@@ -267,7 +305,7 @@ impl Client {
                 dircount: READDIR_DIRCOUNT,
                 maxcount: READDIR_MAXCOUNT,
             };
-            let ok = nfs_ok("READDIRPLUS", self.conn.readdirplus(&args).await)?;
+            let ok = call!(self, "READDIRPLUS", readdirplus(&args))?;
             cookieverf = ok.cookieverf;
             for e in ok.reply.entries.0 {
                 cookie = e.cookie;
@@ -296,14 +334,14 @@ impl Client {
         let args = REMOVE3args {
             object: dirop(dir, name),
         };
-        nfs_ok("REMOVE", self.conn.remove(&args).await).map(|_| ())
+        call!(self, "REMOVE", remove(&args)).map(|_| ())
     }
 
     pub async fn rmdir(&mut self, dir: &nfs_fh3, name: &[u8]) -> Result<()> {
         let args = RMDIR3args {
             object: dirop(dir, name),
         };
-        nfs_ok("RMDIR", self.conn.rmdir(&args).await).map(|_| ())
+        call!(self, "RMDIR", rmdir(&args)).map(|_| ())
     }
 
     /// `rm -r parent/name`: LOOKUP, then depth first READDIRPLUS, REMOVE and RMDIR.

@@ -31,6 +31,8 @@ pub struct ModeResult {
     pub phases: Vec<PhaseResult>,
     /// COMMITs the client had to send because a WRITE came back UNSTABLE.
     pub commits: u64,
+    /// Latency of each NFS procedure over the timed parts of the timed runs.
+    pub calls: Vec<(&'static str, Summary)>,
 }
 
 impl ModeResult {
@@ -52,6 +54,13 @@ impl ModeResult {
             min_ms: sum(|s| s.min_ms),
             max_ms: sum(|s| s.max_ms),
         }
+    }
+
+    fn call(&self, procedure: &str) -> Option<Summary> {
+        self.calls
+            .iter()
+            .find(|(p, _)| *p == procedure)
+            .map(|(_, s)| *s)
     }
 
     fn phase(&self, phase: Phase) -> Option<&Summary> {
@@ -83,9 +92,20 @@ struct JsonPhase<'a> {
 }
 
 #[derive(Serialize)]
+struct JsonCall<'a> {
+    procedure: &'a str,
+    calls: usize,
+    mean_ms: f64,
+    stddev_ms: f64,
+    median_ms: f64,
+    p95_ms: f64,
+}
+
+#[derive(Serialize)]
 struct JsonMode<'a> {
     total_ms: f64,
     phases: Vec<JsonPhase<'a>>,
+    calls: Vec<JsonCall<'a>>,
 }
 
 #[derive(Serialize)]
@@ -124,11 +144,24 @@ impl MacroReport {
                         p95_ms: p.summary.p95_ms,
                     })
                     .collect();
+                let calls = m
+                    .calls
+                    .iter()
+                    .map(|(procedure, s)| JsonCall {
+                        procedure,
+                        calls: s.n,
+                        mean_ms: s.mean_ms,
+                        stddev_ms: s.stddev_ms,
+                        median_ms: s.median_ms,
+                        p95_ms: s.p95_ms,
+                    })
+                    .collect();
                 (
                     m.name.as_str(),
                     JsonMode {
                         total_ms: m.total().mean_ms,
                         phases,
+                        calls,
                     },
                 )
             })
@@ -226,9 +259,32 @@ impl MacroReport {
         row(&mut out, "Total".to_string(), &|m: &ModeResult| {
             Some(m.total())
         });
+        let mut procedures: Vec<&str> = self
+            .modes
+            .iter()
+            .flat_map(|m| m.calls.iter().map(|(p, _)| *p))
+            .collect();
+        procedures.sort_unstable();
+        procedures.dedup();
+        if !procedures.is_empty() {
+            let _ = writeln!(out, "{rule}");
+            for procedure in procedures {
+                let calls = self
+                    .modes
+                    .iter()
+                    .find_map(|m| m.call(procedure))
+                    .map_or(0, |s| s.n);
+                row(
+                    &mut out,
+                    format!("  one {procedure} ({calls} calls)"),
+                    &|m: &ModeResult| m.call(procedure),
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "\nTotal: sums over the phases (sd as if the phases were independent). \
+             Below it: the latency of one NFS call of each kind over the timed runs. \
              Ratios: the mode's mean (median) over the unreplicated one."
         );
         let _ = writeln!(out, "Calls per run:");
@@ -322,6 +378,10 @@ mod tests {
                 })
                 .collect(),
             commits: 0,
+            calls: vec![
+                ("MKDIR", summary(0.5 * scale)),
+                ("READ", summary(0.25 * scale)),
+            ],
         }
     }
 
@@ -359,6 +419,11 @@ mod tests {
             ["mean_ms", "median_ms", "name", "p95_ms", "stddev_ms"]
         );
         assert_eq!(v["modes"]["minpbft"]["total_ms"].as_f64(), Some(30.0));
+        assert_eq!(u["calls"][0]["procedure"], "MKDIR");
+        assert_eq!(
+            v["modes"]["minpbft"]["calls"][1]["mean_ms"].as_f64(),
+            Some(0.5)
+        );
     }
 
     #[test]
@@ -370,6 +435,8 @@ mod tests {
         assert!(t.contains("Total"));
         assert!(t.contains("minpbft/unrepl"));
         assert!(t.contains("2.00x"));
+        assert!(t.contains("one MKDIR"), "{t}");
+        assert!(t.contains("one READ"), "{t}");
     }
 
     #[test]

@@ -173,7 +173,7 @@ pub async fn run_all(modes: &mut [ModeRun<'_>], top: &[u8], config: WorkloadConf
                 let k = (i + turn) % modes.len();
                 let m = &mut modes[k];
                 let run_dir = m.client.mkdir(&phase_dirs[k], run_name.as_bytes()).await?;
-                let run = run_once(m.client, phase, &run_dir, &files, &file4k);
+                let run = run_once(m.client, phase, &run_dir, &files, &file4k, !warm);
                 let (elapsed, run_commits) = tokio::time::timeout(RUN_TIMEOUT, run)
                     .await
                     .map_err(|_| anyhow::anyhow!("no progress in {RUN_TIMEOUT:?}"))
@@ -204,37 +204,47 @@ fn progress(mode: &str, phase: Phase, total: usize) -> ProgressBar {
     bar
 }
 
-/// One run of `phase` in the empty directory `dir`: untimed setup, then the timed calls.
+/// One run of `phase` in the empty directory `dir`: untimed setup, then the timed calls,
+/// each call's latency recorded in `c.calls` if `record_calls`.
 async fn run_once(
     c: &mut Client,
     phase: Phase,
     dir: &nfs_fh3,
     files: &[Vec<u8>],
     file4k: &[u8],
+    record_calls: bool,
 ) -> Result<(Duration, u64)> {
     match phase {
         Phase::P1 => {
             let start = Instant::now();
+            c.calls.recording = record_calls;
             let mut parent = dir.clone();
             for depth in 1..=NESTED_DIRS {
                 parent = c.mkdir(&parent, format!("d{depth}").as_bytes()).await?;
             }
             c.remove_tree(dir, b"d1").await?;
-            Ok((start.elapsed(), 0))
+            let elapsed = start.elapsed();
+            c.calls.recording = false;
+            Ok((elapsed, 0))
         }
         Phase::P2 => {
             let start = Instant::now();
+            c.calls.recording = record_calls;
             let commits = copy_tree(c, dir, files).await?;
             c.remove_tree(dir, TREE_ROOT).await?;
-            Ok((start.elapsed(), commits))
+            let elapsed = start.elapsed();
+            c.calls.recording = false;
+            Ok((elapsed, commits))
         }
         Phase::P3 => {
             let commits = copy_tree(c, dir, files).await?;
             let start = Instant::now();
+            c.calls.recording = record_calls;
             let tree = c.lookup(dir, TREE_ROOT).await?;
             c.getattr(&tree).await?;
             let examined = 1 + c.stat_tree(&tree).await?;
             let elapsed = start.elapsed();
+            c.calls.recording = false;
             ensure!(
                 examined == TREE_OBJECTS,
                 "P3 examined {examined} objects, the tree has {TREE_OBJECTS}"
@@ -244,9 +254,11 @@ async fn run_once(
         Phase::P4 => {
             let commits = u64::from(c.write_file(dir, b"file4k", file4k).await?);
             let start = Instant::now();
+            c.calls.recording = record_calls;
             let fh = c.lookup(dir, b"file4k").await?;
             let read = c.read_all(&fh).await?;
             let elapsed = start.elapsed();
+            c.calls.recording = false;
             ensure!(
                 read == FILE_BYTES as u64,
                 "P4 read {read} bytes of {FILE_BYTES}"
@@ -255,8 +267,11 @@ async fn run_once(
         }
         Phase::P5 => {
             let start = Instant::now();
+            c.calls.recording = record_calls;
             let commits = u64::from(c.write_file(dir, b"new4k", file4k).await?);
-            Ok((start.elapsed(), commits))
+            let elapsed = start.elapsed();
+            c.calls.recording = false;
+            Ok((elapsed, commits))
         }
     }
 }

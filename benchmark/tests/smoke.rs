@@ -43,7 +43,7 @@ fn run_macro(mode: &str, out: &Path) -> (serde_json::Value, String) {
     (value, stdout)
 }
 
-fn check_mode(v: &serde_json::Value, mode: &str) {
+fn check_mode(v: &serde_json::Value, mode: &str, runs: u64) {
     let m = &v["modes"][mode];
     let total = m["total_ms"].as_f64().expect("total_ms is a number");
     let phases = m["phases"].as_array().expect("phases is an array");
@@ -76,6 +76,22 @@ fn check_mode(v: &serde_json::Value, mode: &str) {
         (total - sum).abs() < 1e-6 * sum.max(1.0),
         "total is the sum of the phase means"
     );
+    // Per NFS call, over the timed runs of each phase: P1 makes 6 MKDIR and 6 RMDIR a
+    // run, P2 2 more of each; P4 one READ.
+    let calls = m["calls"].as_array().expect("calls is an array");
+    let count = |procedure: &str| {
+        calls
+            .iter()
+            .find(|c| c["procedure"] == procedure)
+            .and_then(|c| c["calls"].as_u64())
+            .unwrap_or(0)
+    };
+    assert_eq!(count("MKDIR"), runs * (6 + 2), "{calls:?}");
+    assert_eq!(count("RMDIR"), runs * (6 + 2), "{calls:?}");
+    assert_eq!(count("READ"), runs, "{calls:?}");
+    for c in calls {
+        assert!(c["mean_ms"].as_f64().expect("mean") > 0.0, "{c}");
+    }
 }
 
 fn check_top_level(v: &serde_json::Value) {
@@ -98,12 +114,13 @@ fn macro_unreplicated_writes_table_json_csv_and_plot() {
     let out = tempfile::tempdir().expect("tempdir");
     let (v, stdout) = run_macro("--unreplicated", out.path());
     check_top_level(&v);
-    check_mode(&v, "unreplicated");
+    check_mode(&v, "unreplicated", 5);
     assert_eq!(v["modes"].as_object().expect("modes").len(), 1);
     assert!(stdout.contains("Table 2"), "{stdout}");
     assert!(stdout.contains("Total"), "{stdout}");
     assert!(stdout.contains("durability:"), "{stdout}");
     assert!(stdout.contains("machine:"), "{stdout}");
+    assert!(stdout.contains("one MKDIR (40 calls)"), "{stdout}");
 }
 
 #[test]
@@ -179,7 +196,7 @@ fn macro_minpbft_with_usig(usig: &str) {
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("valid JSON");
     check_top_level(&v);
-    check_mode(&v, "minpbft");
+    check_mode(&v, "minpbft", 3);
 }
 
 #[test]
@@ -214,8 +231,8 @@ fn macro_both_modes_print_the_ratio() {
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("valid JSON");
     check_top_level(&v);
-    check_mode(&v, "unreplicated");
-    check_mode(&v, "minpbft");
+    check_mode(&v, "unreplicated", 5);
+    check_mode(&v, "minpbft", 5);
     assert!(stdout.contains("minpbft/unrepl"), "{stdout}");
     let svg = std::fs::read_to_string(&plot).expect("plot written");
     assert!(
@@ -315,7 +332,7 @@ fn macro_target_measures_any_nfs_server_and_cleans_up() {
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("valid JSON");
     check_top_level(&v);
-    check_mode(&v, "target");
+    check_mode(&v, "target", 3);
     assert_eq!(v["modes"].as_object().expect("modes").len(), 1);
     assert!(
         v["durability"]
