@@ -8,11 +8,15 @@
 //! leave the process. Each record is `u32` length, 8 bytes of SHA-256 over the body, the
 //! bincode body; a torn or corrupt tail (a crash during a write) is cut off on open.
 //!
-//! The file is allocated ahead (`fallocate`, `PREALLOC_BYTES` at a time) and records are
-//! written into that space, so an append leaves the file's size alone and its
-//! `fdatasync` needs no journal commit for the size (on this machine's ext4: 160 µs
-//! against 225 µs for a true append). Zeros after the last record never parse as one
-//! (no body hashes to zeros).
+//! The file is written ahead with zeros (`PREALLOC_BYTES` at a time) and records
+//! overwrite that space, so an append changes neither the file's size nor its extent
+//! map and its `fdatasync` is a data write and a cache flush, with no journal commit. On
+//! this machine's ext4 a 1 KiB append plus `fdatasync` took 225 µs, 160 µs into
+//! `fallocate`d space (its extents are still marked unwritten, so the first write to
+//! each block commits the journal) and less again over written zeros: medians of
+//! 145–198 µs against 210–236 µs, and p95 210–298 µs against 350–380 µs, with three
+//! processes syncing at once as three replicas do. Zeros after the last record never
+//! parse as one (no body hashes to zeros).
 //! When a checkpoint becomes stable and the file has grown past a bound, it is rewritten
 //! with only what is still needed (write temp, fsync, rename, fsync directory).
 
@@ -262,15 +266,20 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Extends `file` by `len` bytes of allocated zeros at `offset` (its size grows). Where
-/// the file system cannot allocate ahead, the file just grows (a sparse tail of zeros):
-/// correct, only without the saving.
+/// Extends `file` by `len` bytes of zeros at `offset`, written for real (not
+/// `fallocate`d) so that later records overwrite blocks the file system already counts
+/// as written: syncing them then needs no journal commit. The caller's next sync makes
+/// the zeros durable with the size.
 fn allocate(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), offset, len) {
-        Ok(()) => Ok(()),
-        Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::NOSYS) => file.set_len(offset + len),
-        Err(e) => Err(e.into()),
+    static CHUNK: [u8; 1 << 16] = [0; 1 << 16];
+    let mut at = offset;
+    let end = offset + len;
+    while at < end {
+        let n = (end - at).min(CHUNK.len() as u64) as usize;
+        file.write_all_at(&CHUNK[..n], at)?;
+        at += n as u64;
     }
+    Ok(())
 }
 
 #[cfg(test)]
