@@ -117,7 +117,7 @@ fn protocol(config: &MicroConfig, report: &mut MicroReport) -> Result<()> {
             (false, false) => "no-batching",
             _ => "bundling",
         };
-        let cluster = replicated::start(&ClusterConfig {
+        let mut cluster = replicated::start(&ClusterConfig {
             f: config.f,
             // A new directory each run: a cluster is never restarted on another run's
             // state (a user's --data-dir outlives the run).
@@ -134,6 +134,12 @@ fn protocol(config: &MicroConfig, report: &mut MicroReport) -> Result<()> {
             bundling,
             usig: config.usig,
         })?;
+        // The client's engine runs here, beside the callers, as the NFS frontend runs
+        // its own beside its NFS server: a reply wakes the callers it completes, and
+        // what they call next reaches the engine, without crossing threads.
+        let engine = cluster
+            .take_client_engine()
+            .map(|engine| rt.spawn(engine));
         let local = tokio::task::LocalSet::new();
         let measured = local.block_on(&rt, async {
             if batching && !bundling {
@@ -167,6 +173,9 @@ fn protocol(config: &MicroConfig, report: &mut MicroReport) -> Result<()> {
             }
             anyhow::Ok(())
         });
+        if let Some(engine) = engine {
+            engine.abort();
+        }
         cluster.stop()?;
         measured?;
     }

@@ -86,6 +86,9 @@ pub trait Cluster {
     fn nfs_addr(&self) -> SocketAddr;
     /// A new protocol client (its own identity and request numbers).
     fn client(&self) -> Box<dyn ProtocolClient>;
+    /// The protocol client's engine, once, for the caller to run beside the tasks that
+    /// call `client()` (as the NFS frontend runs its own); abort it before `stop`.
+    fn take_client_engine(&mut self) -> Option<nfs_frontend::cluster::ClientEngine>;
     fn stop(self: Box<Self>) -> Result<()>;
 }
 
@@ -119,6 +122,7 @@ mod imp {
             process_usig: config.usig == UsigKind::Process,
             bundling: config.bundling,
             tpm_usig: config.usig == UsigKind::Tpm,
+            client_engine_on_caller: true,
         })?;
         Ok(Box::new(Embedded(Some(cluster))))
     }
@@ -132,6 +136,10 @@ mod imp {
 
         fn client(&self) -> Box<dyn ProtocolClient> {
             Box::new(self.0.as_ref().expect("running").client())
+        }
+
+        fn take_client_engine(&mut self) -> Option<nfs_frontend::cluster::ClientEngine> {
+            self.0.as_mut().expect("running").take_client_engine()
         }
 
         fn stop(mut self: Box<Self>) -> Result<()> {

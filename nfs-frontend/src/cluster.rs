@@ -1,7 +1,8 @@
 //! An embedded cluster for tests and the benchmark: 2f+1 replicas and an NFS frontend in
 //! this process, each replica on its own thread with its own current-thread runtime
 //! (as in its own process: separate USIG, log, export and sockets on 127.0.0.1), the
-//! frontend on another, and a second BFT client for micro-benchmarks on a third.
+//! frontend on another, and a second BFT client for micro-benchmarks on a third (or, with
+//! `client_engine_on_caller`, on the caller's runtime).
 //!
 //! Threads rather than child processes so that a benchmark or test needs no binary and
 //! stops everything with `stop`; the kill -9 tests use real `bftnfs` processes instead.
@@ -46,6 +47,11 @@ pub struct ClusterOptions {
     /// free loopback ports), provisioned on first use, killed when the cluster drops.
     /// Needs the `tpm` feature and swtpm.
     pub tpm_usig: bool,
+    /// The caller runs the micro-benchmark client's engine on its own runtime
+    /// (`LocalCluster::take_client_engine`), beside the tasks that call it, as the NFS
+    /// frontend runs its engine beside its NFS server. Otherwise a thread of the cluster
+    /// runs it, and every call and reply crosses threads.
+    pub client_engine_on_caller: bool,
 }
 
 impl Default for ClusterOptions {
@@ -63,11 +69,15 @@ impl Default for ClusterOptions {
             process_usig: false,
             bundling: true,
             tpm_usig: false,
+            client_engine_on_caller: false,
         }
     }
 }
 
 type StopAndJoin<T> = (oneshot::Sender<()>, JoinHandle<anyhow::Result<T>>);
+
+/// A BFT client's engine: the future that sends its requests and gathers the replies.
+pub type ClientEngine = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
 pub struct LocalCluster {
     config: Arc<ClusterConfig>,
@@ -76,7 +86,9 @@ pub struct LocalCluster {
     /// How each replica was started, to start it again.
     replica_opts: Vec<ReplicaOptions>,
     frontend: Option<StopAndJoin<()>>,
-    bench: Option<(BftClient, StopAndJoin<()>)>,
+    bench: Option<(BftClient, Option<StopAndJoin<()>>)>,
+    /// The micro-benchmark client's engine until the caller takes it.
+    bench_engine: Option<ClientEngine>,
     dir: PathBuf,
     /// Kept to stop the USIG servers (after the replicas) when the cluster drops.
     #[allow(dead_code)]
@@ -257,14 +269,19 @@ impl LocalCluster {
             Ok(())
         })?;
         let (bench, engine) = BftClient::build(config.clone(), BENCH_CLIENT)?;
-        let bench_thread =
-            spawn_runtime_thread("bftnfs-bench-client".into(), move |stop| async move {
-                tokio::select! {
-                    () = engine => {}
-                    _ = stop => {}
-                }
-                Ok(())
-            })?;
+        let (bench_thread, bench_engine) = if opts.client_engine_on_caller {
+            (None, Some(Box::pin(engine) as ClientEngine))
+        } else {
+            let thread =
+                spawn_runtime_thread("bftnfs-bench-client".into(), move |stop| async move {
+                    tokio::select! {
+                        () = engine => {}
+                        _ = stop => {}
+                    }
+                    Ok(())
+                })?;
+            (Some(thread), None)
+        };
         Ok(LocalCluster {
             config,
             nfs_addr,
@@ -272,6 +289,7 @@ impl LocalCluster {
             replica_opts,
             frontend: Some(frontend),
             bench: Some((bench, bench_thread)),
+            bench_engine,
             dir: opts.dir,
             usig_servers,
             swtpms,
@@ -283,9 +301,18 @@ impl LocalCluster {
         self.nfs_addr
     }
 
-    /// A BFT client for micro-benchmarks (its own client key and sessions).
+    /// A BFT client for micro-benchmarks (its own client key and sessions). With
+    /// `client_engine_on_caller`, its calls complete only while the engine from
+    /// `take_client_engine` runs.
     pub fn client(&self) -> BftClient {
         self.bench.as_ref().expect("running").0.clone()
+    }
+
+    /// The engine of `client()`, once, for the caller to run on its own runtime (with
+    /// `client_engine_on_caller`; `None` otherwise or when taken). Stop it before the
+    /// cluster stops: it keeps reconnecting to replicas that are gone.
+    pub fn take_client_engine(&mut self) -> Option<ClientEngine> {
+        self.bench_engine.take()
     }
 
     pub fn config(&self) -> &ClusterConfig {
@@ -338,7 +365,7 @@ impl LocalCluster {
             h.join()
                 .map_err(|_| anyhow::anyhow!("frontend panicked"))??;
         }
-        if let Some((_, (tx, h))) = self.bench.take() {
+        if let Some((_, Some((tx, h)))) = self.bench.take() {
             let _ = tx.send(());
             let _ = h.join();
         }
