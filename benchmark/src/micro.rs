@@ -137,9 +137,7 @@ fn protocol(config: &MicroConfig, report: &mut MicroReport) -> Result<()> {
         // The client's engine runs here, beside the callers, as the NFS frontend runs
         // its own beside its NFS server: a reply wakes the callers it completes, and
         // what they call next reaches the engine, without crossing threads.
-        let engine = cluster
-            .take_client_engine()
-            .map(|engine| rt.spawn(engine));
+        let engine = cluster.take_client_engine().map(|engine| rt.spawn(engine));
         let local = tokio::task::LocalSet::new();
         let measured = local.block_on(&rt, async {
             if batching && !bundling {

@@ -11,6 +11,14 @@
 //! the ordered path, because the read-only path needs all 2f+1 replies and would only
 //! time out first.
 //!
+//! With bundling, operations that can travel together wait while
+//! `ClusterConfig::bundles_in_flight` bundles (1 by default) are out, unless a full
+//! bundle waits, and then leave as one (Nagle's rule, for requests): on a host where the
+//! replicas share the cores, requests in flight at once only contend for them, while one
+//! fuller request costs one signature and one round of protocol messages for all its
+//! operations. After replies come in, the engine yields once so that the callers they
+//! completed can queue their next operations before the next bundle forms.
+//!
 //! `first_seq` of every session is the wall clock in nanoseconds at start, so a
 //! restarted frontend never reuses a sequence number (replicas drop old ones).
 
@@ -162,6 +170,9 @@ struct Engine {
     /// Per session, the callers of its outstanding request (several for a bundle).
     waiting: Vec<Vec<oneshot::Sender<Vec<u8>>>>,
     bundling: bool,
+    /// Per session: its outstanding request is a bundle (or could have been one).
+    bundle_lane: Vec<bool>,
+    bundles_in_flight: usize,
     bundled: Arc<AtomicU64>,
     requests: Arc<AtomicU64>,
     /// Per session: its outstanding request went down the read-only path.
@@ -198,6 +209,8 @@ impl Engine {
         Engine {
             waiting: (0..config.sessions).map(|_| Vec::new()).collect(),
             bundling: config.bundling,
+            bundle_lane: vec![false; config.sessions as usize],
+            bundles_in_flight: usize::try_from(config.bundles_in_flight).unwrap_or(usize::MAX),
             bundled: Arc::new(AtomicU64::new(0)),
             requests: Arc::new(AtomicU64::new(0)),
             read_only_sent: vec![false; config.sessions as usize],
@@ -252,6 +265,12 @@ impl Engine {
                     while let Ok(reply) = replies.try_recv() {
                         self.on_reply(&reply);
                     }
+                    // The callers these replies completed run first (same runtime):
+                    // what they call next joins the queue before the next bundle forms.
+                    tokio::task::yield_now().await;
+                    while let Ok(job) = jobs.try_recv() {
+                        self.queue.push_back(job);
+                    }
                     self.dispatch();
                 }
                 _ = tick.tick() => {
@@ -270,6 +289,8 @@ impl Engine {
                         }
                         self.outputs(s, outs);
                     }
+                    // A session the tick finished frees what waited for it.
+                    self.dispatch();
                 }
             }
         }
@@ -288,9 +309,10 @@ impl Engine {
             if !self.sessions[s].is_idle() {
                 continue;
             }
-            let Some(job) = self.next_job() else {
+            let Some(job) = self.next_job(self.hold_bundles()) else {
                 return;
             };
+            self.bundle_lane[s] = job.bundleable && self.bundling;
             let read_only = job.read_only;
             let mut ops = vec![job.op];
             self.waiting[s] = vec![job.reply];
@@ -331,14 +353,39 @@ impl Engine {
         }
     }
 
-    /// The oldest queued job whose caller still waits.
-    fn next_job(&mut self) -> Option<Job> {
-        while let Some(job) = self.queue.pop_front() {
-            if !job.reply.is_closed() {
-                return Some(job);
+    /// The oldest queued job whose caller still waits; with `hold_bundleable`, the oldest
+    /// that cannot travel bundled.
+    fn next_job(&mut self, hold_bundleable: bool) -> Option<Job> {
+        self.queue.retain(|job| !job.reply.is_closed());
+        let at = if hold_bundleable {
+            self.queue.iter().position(|job| !job.bundleable)?
+        } else {
+            0
+        };
+        self.queue.remove(at)
+    }
+
+    /// Whether bundleable operations wait for the next bundle (Nagle's rule): while
+    /// `bundles_in_flight` bundles are out, unless a full bundle is waiting.
+    fn hold_bundles(&self) -> bool {
+        if !self.bundling {
+            return false;
+        }
+        let out = (0..self.sessions.len())
+            .filter(|&s| self.bundle_lane[s] && !self.sessions[s].is_idle())
+            .count();
+        if out < self.bundles_in_flight {
+            return false;
+        }
+        let (mut ops, mut bytes) = (0, 0);
+        for job in self.queue.iter().filter(|j| j.bundleable) {
+            ops += 1;
+            bytes += job.op.len();
+            if ops >= bundle::BUNDLE_OPS_MAX || bytes >= bundle::BUNDLE_BYTES_MAX {
+                return false;
             }
         }
-        None
+        true
     }
 
     fn on_reply(&mut self, reply: &Reply) {

@@ -152,6 +152,14 @@ pub struct ClusterConfig {
     /// signed request (`bundle`). On unless the configuration says otherwise.
     #[serde(default = "default_true")]
     pub bundling: bool,
+    /// With bundling: bundles one frontend has in flight at once, unless more than a
+    /// full bundle waits. Operations that arrive while they are in flight wait and
+    /// travel together in the next one: on a host where replicas and clients share the
+    /// cores, requests in flight at once only contend for them, and fewer, fuller
+    /// requests spend less CPU per operation (see `benchmark/README.md`). Raise it where
+    /// each replica has cores of its own.
+    #[serde(default = "default_bundles_in_flight")]
+    pub bundles_in_flight: u64,
     pub frame_bytes_max: usize,
     pub consensus: Config,
     pub replicas: Vec<ReplicaEntry>,
@@ -281,6 +289,11 @@ impl ClusterConfig {
         if self.sessions == 0 || self.sessions >= SESSION_STRIDE {
             return Err(ConfigError::Invalid("sessions out of range".into()));
         }
+        if self.bundles_in_flight == 0 {
+            return Err(ConfigError::Invalid(
+                "bundles_in_flight is 0: no bundle could ever leave".into(),
+            ));
+        }
         if self.consensus.tick_ns == 0 {
             return Err(ConfigError::Invalid("tick_ns is 0".into()));
         }
@@ -405,6 +418,10 @@ impl ClusterConfig {
 
 fn default_true() -> bool {
     true
+}
+
+fn default_bundles_in_flight() -> u64 {
+    1
 }
 
 /// What `keygen` should produce.
@@ -560,6 +577,7 @@ pub fn keygen(dir: &Path, opts: &KeygenOptions) -> Result<PathBuf, ConfigError> 
         f: opts.f,
         sessions: opts.sessions,
         bundling: true,
+        bundles_in_flight: default_bundles_in_flight(),
         frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
         consensus,
         replicas,

@@ -132,3 +132,72 @@ where
         })
         .await
 }
+
+/// Nagle's rule for bundles (`ClusterConfig::bundles_in_flight`, 1 by default): calls
+/// that arrive one by one while a bundle is out wait for it and leave together, even
+/// though idle sessions are free; without the rule each would leave at once, alone.
+#[test]
+fn calls_arriving_while_a_bundle_is_out_wait_and_leave_together() {
+    common::bounded(Duration::from_secs(60), || {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cluster = LocalCluster::start(ClusterOptions {
+            dir: tmp.path().join("c"),
+            sessions: 8,
+            ..ClusterOptions::default()
+        })
+        .expect("cluster");
+        let client = cluster.client();
+        let root = FileHandle::root(FsConfig::default().generation);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let create = |name: String| FsOp::Create {
+            dir: root.clone(),
+            name: Filename3::from(name.as_str()),
+            how: CreateHow::Unchecked(Default::default()),
+        };
+        rt.block_on(async {
+            // Connections up and a first request done: the clock starts warm.
+            client
+                .try_invoke(encode_op(&AuthUnix::root(), &create("warm".into())), false)
+                .await
+                .expect("engine running");
+            let before = client.requests_sent();
+            let local = tokio::task::LocalSet::new();
+            local
+                .run_until(async {
+                    let mut calls = Vec::new();
+                    for i in 0..LATE_CALLERS + 1 {
+                        let client = client.clone();
+                        let op = encode_op(&AuthUnix::root(), &create(format!("late-{i}")));
+                        calls.push(tokio::task::spawn_local(async move {
+                            let out = client.try_invoke(op, false).await.expect("engine");
+                            FsReply::decode(&out).expect("an NFS reply")
+                        }));
+                        // The call reaches the engine's queue, and the engine, on its own
+                        // thread, has time to send it before the next one comes.
+                        tokio::task::yield_now().await;
+                        std::thread::sleep(Duration::from_micros(100));
+                    }
+                    for call in calls {
+                        let reply = call.await.expect("caller task");
+                        assert!(
+                            matches!(reply, FsReply(Ok(ReplyBody::Create { obj: Some(_), .. }))),
+                            "{reply:?}"
+                        );
+                    }
+                })
+                .await;
+            let requests = client.requests_sent() - before;
+            assert!(
+                requests <= 3,
+                "{} calls arriving one by one took {requests} requests",
+                LATE_CALLERS + 1
+            );
+        });
+        cluster.stop().expect("stop");
+    });
+}
+
+const LATE_CALLERS: usize = 20;
