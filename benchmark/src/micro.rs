@@ -172,7 +172,9 @@ fn protocol(config: &MicroConfig, report: &mut MicroReport) -> Result<()> {
             anyhow::Ok(())
         });
         if let Some(engine) = engine {
+            // Stopped now, while the runtime runs, not at its next use.
             engine.abort();
+            let _ = rt.block_on(engine);
         }
         cluster.stop()?;
         measured?;

@@ -269,14 +269,22 @@ impl MacroReport {
         if !procedures.is_empty() {
             let _ = writeln!(out, "{rule}");
             for procedure in procedures {
-                let calls = self
+                // Counts differ between modes where a call is conditional (a COMMIT
+                // after an UNSTABLE write): then one per mode, in column order.
+                let mut counts: Vec<usize> = self
                     .modes
                     .iter()
-                    .find_map(|m| m.call(procedure))
-                    .map_or(0, |s| s.n);
+                    .map(|m| m.call(procedure).map_or(0, |s| s.n))
+                    .collect();
+                counts.dedup();
+                let counts = counts
+                    .iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join("/");
                 row(
                     &mut out,
-                    format!("  one {procedure} ({calls} calls)"),
+                    format!("  one {procedure} ({counts} calls)"),
                     &|m: &ModeResult| m.call(procedure),
                 );
             }

@@ -17,7 +17,10 @@
 //! replicas share the cores, requests in flight at once only contend for them, while one
 //! fuller request costs one signature and one round of protocol messages for all its
 //! operations. After replies come in, the engine yields once so that the callers they
-//! completed can queue their next operations before the next bundle forms.
+//! completed can queue their next operations before the next bundle forms (callers in
+//! this process, such as the micro-benchmark's; an NFS client's next call comes over
+//! TCP later). Read-only and ordered bundles are counted apart, and a bundle that has
+//! been out for `BUNDLE_HOLD_MAX` (a view change) no longer holds anything back.
 //!
 //! `first_seq` of every session is the wall clock in nanoseconds at start, so a
 //! restarted frontend never reuses a sequence number (replicas drop old ones).
@@ -45,6 +48,9 @@ use crate::op::{BAD_OP_RESULT, encode_op};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// A bundle out for longer than this no longer holds the next one back (Nagle's rule
+/// gives way while a request is stuck, as in a view change).
+const BUNDLE_HOLD_MAX: Duration = Duration::from_millis(20);
 /// How long reads take the ordered path after a read-only request timed out.
 const READ_ONLY_PAUSE: Duration = Duration::from_secs(2);
 /// Requests queued toward one replica connection.
@@ -170,8 +176,9 @@ struct Engine {
     /// Per session, the callers of its outstanding request (several for a bundle).
     waiting: Vec<Vec<oneshot::Sender<Vec<u8>>>>,
     bundling: bool,
-    /// Per session: its outstanding request is a bundle (or could have been one).
-    bundle_lane: Vec<bool>,
+    /// Per session: its outstanding request is a bundle (or could have been one) of
+    /// this kind (read-only or not), sent then.
+    bundle_lane: Vec<Option<(bool, tokio::time::Instant)>>,
     bundles_in_flight: usize,
     bundled: Arc<AtomicU64>,
     requests: Arc<AtomicU64>,
@@ -209,7 +216,7 @@ impl Engine {
         Engine {
             waiting: (0..config.sessions).map(|_| Vec::new()).collect(),
             bundling: config.bundling,
-            bundle_lane: vec![false; config.sessions as usize],
+            bundle_lane: vec![None; config.sessions as usize],
             bundles_in_flight: usize::try_from(config.bundles_in_flight).unwrap_or(usize::MAX),
             bundled: Arc::new(AtomicU64::new(0)),
             requests: Arc::new(AtomicU64::new(0)),
@@ -305,14 +312,18 @@ impl Engine {
             .read_only_paused_until
             .is_some_and(|t| tokio::time::Instant::now() < t);
         let all_up = !paused && self.up.iter().all(|u| u.load(Ordering::Relaxed));
+        // Calls whose caller went away neither leave nor count towards a full bundle.
+        self.queue.retain(|job| !job.reply.is_closed());
         for s in 0..self.sessions.len() {
             if !self.sessions[s].is_idle() {
                 continue;
             }
-            let Some(job) = self.next_job(self.hold_bundles()) else {
+            let held = [self.hold_bundles(false), self.hold_bundles(true)];
+            let Some(job) = self.next_job(held) else {
                 return;
             };
-            self.bundle_lane[s] = job.bundleable && self.bundling;
+            self.bundle_lane[s] = (job.bundleable && self.bundling)
+                .then(|| (job.read_only, tokio::time::Instant::now()));
             let read_only = job.read_only;
             let mut ops = vec![job.op];
             self.waiting[s] = vec![job.reply];
@@ -353,32 +364,44 @@ impl Engine {
         }
     }
 
-    /// The oldest queued job whose caller still waits; with `hold_bundleable`, the oldest
-    /// that cannot travel bundled.
-    fn next_job(&mut self, hold_bundleable: bool) -> Option<Job> {
+    /// The oldest queued job whose caller still waits, passing over bundleable ones of
+    /// a kind that is `held` (indexed by `read_only`).
+    fn next_job(&mut self, held: [bool; 2]) -> Option<Job> {
         self.queue.retain(|job| !job.reply.is_closed());
-        let at = if hold_bundleable {
-            self.queue.iter().position(|job| !job.bundleable)?
-        } else {
-            0
-        };
+        let at = self
+            .queue
+            .iter()
+            .position(|job| !(job.bundleable && held[usize::from(job.read_only)]))?;
         self.queue.remove(at)
     }
 
-    /// Whether bundleable operations wait for the next bundle (Nagle's rule): while
-    /// `bundles_in_flight` bundles are out, unless a full bundle is waiting.
-    fn hold_bundles(&self) -> bool {
+    /// Whether bundleable operations of this kind (read-only or ordered; they never share
+    /// a request) wait for the next bundle, by Nagle's rule: while `bundles_in_flight`
+    /// bundles of the kind are out, unless a full bundle of it waits. A bundle out for
+    /// longer than `BUNDLE_HOLD_MAX` (a view change, a replica that stopped answering
+    /// reads) no longer counts, and the ticks dispatch what it held.
+    fn hold_bundles(&self, read_only: bool) -> bool {
         if !self.bundling {
             return false;
         }
+        let now = tokio::time::Instant::now();
         let out = (0..self.sessions.len())
-            .filter(|&s| self.bundle_lane[s] && !self.sessions[s].is_idle())
+            .filter(|&s| {
+                !self.sessions[s].is_idle()
+                    && self.bundle_lane[s].is_some_and(|(kind, since)| {
+                        kind == read_only && now.duration_since(since) < BUNDLE_HOLD_MAX
+                    })
+            })
             .count();
         if out < self.bundles_in_flight {
             return false;
         }
         let (mut ops, mut bytes) = (0, 0);
-        for job in self.queue.iter().filter(|j| j.bundleable) {
+        for job in self
+            .queue
+            .iter()
+            .filter(|j| j.bundleable && j.read_only == read_only)
+        {
             ops += 1;
             bytes += job.op.len();
             if ops >= bundle::BUNDLE_OPS_MAX || bytes >= bundle::BUNDLE_BYTES_MAX {

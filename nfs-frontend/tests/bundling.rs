@@ -135,69 +135,115 @@ where
 
 /// Nagle's rule for bundles (`ClusterConfig::bundles_in_flight`, 1 by default): calls
 /// that arrive one by one while a bundle is out wait for it and leave together, even
-/// though idle sessions are free; without the rule each would leave at once, alone.
+/// though idle sessions are free; without the rule each would leave at once, alone. The
+/// client's engine runs on this test's thread, so each call reaches it, and is sent or
+/// held, before the next call is made: no timing is involved. Read-only and ordered
+/// bundles are counted apart: a read does not wait for a write.
 #[test]
 fn calls_arriving_while_a_bundle_is_out_wait_and_leave_together() {
     common::bounded(Duration::from_secs(60), || {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let cluster = LocalCluster::start(ClusterOptions {
+        let mut cluster = LocalCluster::start(ClusterOptions {
             dir: tmp.path().join("c"),
             sessions: 8,
+            client_engine_on_caller: true,
             ..ClusterOptions::default()
         })
         .expect("cluster");
         let client = cluster.client();
+        let engine = cluster.take_client_engine().expect("the engine, once");
         let root = FileHandle::root(FsConfig::default().generation);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("rt");
+        let engine = rt.spawn(engine);
         let create = |name: String| FsOp::Create {
             dir: root.clone(),
             name: Filename3::from(name.as_str()),
             how: CreateHow::Unchecked(Default::default()),
         };
-        rt.block_on(async {
-            // Connections up and a first request done: the clock starts warm.
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            // Connections up and a first request done.
             client
                 .try_invoke(encode_op(&AuthUnix::root(), &create("warm".into())), false)
                 .await
                 .expect("engine running");
             let before = client.requests_sent();
-            let local = tokio::task::LocalSet::new();
-            local
-                .run_until(async {
-                    let mut calls = Vec::new();
-                    for i in 0..LATE_CALLERS + 1 {
-                        let client = client.clone();
-                        let op = encode_op(&AuthUnix::root(), &create(format!("late-{i}")));
-                        calls.push(tokio::task::spawn_local(async move {
-                            let out = client.try_invoke(op, false).await.expect("engine");
-                            FsReply::decode(&out).expect("an NFS reply")
-                        }));
-                        // The call reaches the engine's queue, and the engine, on its own
-                        // thread, has time to send it before the next one comes.
-                        tokio::task::yield_now().await;
-                        std::thread::sleep(Duration::from_micros(100));
-                    }
-                    for call in calls {
-                        let reply = call.await.expect("caller task");
-                        assert!(
-                            matches!(reply, FsReply(Ok(ReplyBody::Create { obj: Some(_), .. }))),
-                            "{reply:?}"
-                        );
-                    }
-                })
-                .await;
+            let mut calls = Vec::new();
+            for i in 0..=LATE_CALLERS {
+                let caller = client.clone();
+                let op = encode_op(&AuthUnix::root(), &create(format!("late-{i}")));
+                calls.push(tokio::task::spawn_local(async move {
+                    let out = caller.try_invoke(op, false).await.expect("engine");
+                    FsReply::decode(&out).expect("an NFS reply")
+                }));
+                // The call queues its operation, then the engine sends or holds it.
+                for _ in 0..8 {
+                    tokio::task::yield_now().await;
+                }
+                if i == 0 {
+                    assert_eq!(client.requests_sent() - before, 1, "the first call left");
+                }
+            }
+            let sent_while_out = client.requests_sent() - before;
+            for call in calls {
+                let reply = call.await.expect("caller task");
+                assert!(
+                    matches!(reply, FsReply(Ok(ReplyBody::Create { obj: Some(_), .. }))),
+                    "{reply:?}"
+                );
+            }
             let requests = client.requests_sent() - before;
-            assert!(
-                requests <= 3,
-                "{} calls arriving one by one took {requests} requests",
+            assert_eq!(
+                (sent_while_out, requests),
+                (1, 2),
+                "{} calls made while the first was out: requests sent meanwhile, in all",
                 LATE_CALLERS + 1
             );
+            // Read-only and ordered bundles are counted apart: a read made while a
+            // write is out leaves at once.
+            let before = client.requests_sent();
+            let writer = client.clone();
+            let write = encode_op(&AuthUnix::root(), &create("after".into()));
+            let write = tokio::task::spawn_local(async move {
+                writer.try_invoke(write, false).await.expect("engine")
+            });
+            for _ in 0..8 {
+                tokio::task::yield_now().await;
+            }
+            let lookup = FsOp::Lookup {
+                dir: root.clone(),
+                name: Filename3::from("warm"),
+            };
+            let reader = client.clone();
+            let lookup = encode_op(&AuthUnix::root(), &lookup);
+            let read = tokio::task::spawn_local(async move {
+                reader.try_invoke(lookup, true).await.expect("engine")
+            });
+            for _ in 0..8 {
+                tokio::task::yield_now().await;
+            }
+            assert_eq!(
+                client.requests_sent() - before,
+                2,
+                "the read left while the write was out"
+            );
+            let read = read.await.expect("reader task");
+            assert!(
+                matches!(
+                    FsReply::decode(&read),
+                    Ok(FsReply(Ok(ReplyBody::Lookup { .. })))
+                ),
+                "LOOKUP"
+            );
+            write.await.expect("writer task");
         });
+        engine.abort();
+        let _ = rt.block_on(engine);
         cluster.stop().expect("stop");
     });
 }
 
-const LATE_CALLERS: usize = 20;
+const LATE_CALLERS: usize = 6;
