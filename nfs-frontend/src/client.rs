@@ -364,10 +364,9 @@ impl Engine {
         }
     }
 
-    /// The oldest queued job whose caller still waits, passing over bundleable ones of
-    /// a kind that is `held` (indexed by `read_only`).
+    /// The oldest queued job, passing over bundleable ones of a kind that is `held`
+    /// (indexed by `read_only`). `dispatch` has dropped those whose caller went away.
     fn next_job(&mut self, held: [bool; 2]) -> Option<Job> {
-        self.queue.retain(|job| !job.reply.is_closed());
         let at = self
             .queue
             .iter()
