@@ -433,6 +433,8 @@ pub struct KeygenOptions {
     pub addrs: Option<Vec<SocketAddr>>,
     pub consensus: Config,
     pub sessions: u64,
+    /// `ClusterConfig::bundles_in_flight`.
+    pub bundles_in_flight: u64,
 }
 
 impl KeygenOptions {
@@ -443,6 +445,7 @@ impl KeygenOptions {
             addrs: None,
             consensus: default_consensus(f),
             sessions: 16,
+            bundles_in_flight: default_bundles_in_flight(),
         }
     }
 }
@@ -577,7 +580,7 @@ pub fn keygen(dir: &Path, opts: &KeygenOptions) -> Result<PathBuf, ConfigError> 
         f: opts.f,
         sessions: opts.sessions,
         bundling: true,
-        bundles_in_flight: default_bundles_in_flight(),
+        bundles_in_flight: opts.bundles_in_flight,
         frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
         consensus,
         replicas,
@@ -616,6 +619,35 @@ mod tests {
             keygen(dir.path(), &KeygenOptions::new(1, 2)).is_err(),
             "no overwrite"
         );
+    }
+
+    #[test]
+    fn bundles_in_flight_defaults_to_one_and_zero_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut opts = KeygenOptions::new(1, 1);
+        opts.bundles_in_flight = 3;
+        let path = keygen(dir.path(), &opts).expect("keygen");
+        assert_eq!(
+            ClusterConfig::load(&path).expect("load").bundles_in_flight,
+            3
+        );
+        // A cluster.toml written before the setting existed reads as 1.
+        let text = std::fs::read_to_string(&path).expect("read");
+        let older: String = text
+            .lines()
+            .filter(|l| !l.starts_with("bundles_in_flight"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, older).expect("write");
+        assert_eq!(
+            ClusterConfig::load(&path).expect("load").bundles_in_flight,
+            1
+        );
+        let zero = text.replace("bundles_in_flight = 3", "bundles_in_flight = 0");
+        assert_ne!(zero, text, "the setting is a top-level key");
+        std::fs::write(&path, zero).expect("write");
+        let err = ClusterConfig::load(&path).expect_err("0 is refused");
+        assert!(err.to_string().contains("bundles_in_flight"), "{err}");
     }
 
     #[test]

@@ -34,6 +34,11 @@ pub struct Args {
     /// One request per batch (for measuring the unbatched protocol).
     #[arg(long)]
     no_batching: bool,
+    /// Bundles a frontend keeps in flight at once (Nagle's rule: calls that arrive
+    /// meanwhile wait and travel together in the next). 1 suits replicas that share a
+    /// few cores; raise it where each replica has cores of its own.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    bundles_in_flight: u64,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -61,6 +66,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let f = (args.replicas - 1) / 2;
     let mut opts = KeygenOptions::new(f, args.clients);
     opts.addrs = args.addrs;
+    opts.bundles_in_flight = args.bundles_in_flight;
     if args.no_batching {
         opts.consensus.batch_requests_max = 1;
     }
