@@ -91,19 +91,31 @@ pub struct Entry {
 
 pub struct Client {
     conn: nfs3_client::Nfs3Connection<TokioIo<TcpStream>>,
-    /// The latency of every call made while `calls.recording` is on.
+    /// The latency of every call made in a timed part (`CallTimes::start_timing`).
     pub calls: CallTimes,
 }
 
-/// The latency of each NFS call, by procedure, while `recording` is on: the workload
-/// turns it on for the timed part of each timed run only.
+/// The latency of each NFS call, by procedure, between `start_timing` and `stop_timing`:
+/// the workload records the timed part of each timed run only.
 #[derive(Debug, Default)]
 pub struct CallTimes {
-    pub recording: bool,
+    recording: bool,
     pub by_procedure: BTreeMap<&'static str, Vec<Duration>>,
 }
 
 impl CallTimes {
+    /// Starts the timed part of a run: its clock, and each call's latency if `record`.
+    pub fn start_timing(&mut self, record: bool) -> Instant {
+        self.recording = record;
+        Instant::now()
+    }
+
+    /// Ends the timed part that began at `start`: its length; calls are recorded no more.
+    pub fn stop_timing(&mut self, start: Instant) -> Duration {
+        self.recording = false;
+        start.elapsed()
+    }
+
     fn note(&mut self, procedure: &'static str, start: Instant) {
         if self.recording {
             let elapsed = start.elapsed();

@@ -4,7 +4,7 @@
 //! starts, so no run sees another's leftovers; the setup a phase needs (the tree P3
 //! examines, the file P4 reads) is made in that directory untimed.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -216,35 +216,27 @@ async fn run_once(
 ) -> Result<(Duration, u64)> {
     match phase {
         Phase::P1 => {
-            let start = Instant::now();
-            c.calls.recording = record_calls;
+            let start = c.calls.start_timing(record_calls);
             let mut parent = dir.clone();
             for depth in 1..=NESTED_DIRS {
                 parent = c.mkdir(&parent, format!("d{depth}").as_bytes()).await?;
             }
             c.remove_tree(dir, b"d1").await?;
-            let elapsed = start.elapsed();
-            c.calls.recording = false;
-            Ok((elapsed, 0))
+            Ok((c.calls.stop_timing(start), 0))
         }
         Phase::P2 => {
-            let start = Instant::now();
-            c.calls.recording = record_calls;
+            let start = c.calls.start_timing(record_calls);
             let commits = copy_tree(c, dir, files).await?;
             c.remove_tree(dir, TREE_ROOT).await?;
-            let elapsed = start.elapsed();
-            c.calls.recording = false;
-            Ok((elapsed, commits))
+            Ok((c.calls.stop_timing(start), commits))
         }
         Phase::P3 => {
             let commits = copy_tree(c, dir, files).await?;
-            let start = Instant::now();
-            c.calls.recording = record_calls;
+            let start = c.calls.start_timing(record_calls);
             let tree = c.lookup(dir, TREE_ROOT).await?;
             c.getattr(&tree).await?;
             let examined = 1 + c.stat_tree(&tree).await?;
-            let elapsed = start.elapsed();
-            c.calls.recording = false;
+            let elapsed = c.calls.stop_timing(start);
             ensure!(
                 examined == TREE_OBJECTS,
                 "P3 examined {examined} objects, the tree has {TREE_OBJECTS}"
@@ -253,12 +245,10 @@ async fn run_once(
         }
         Phase::P4 => {
             let commits = u64::from(c.write_file(dir, b"file4k", file4k).await?);
-            let start = Instant::now();
-            c.calls.recording = record_calls;
+            let start = c.calls.start_timing(record_calls);
             let fh = c.lookup(dir, b"file4k").await?;
             let read = c.read_all(&fh).await?;
-            let elapsed = start.elapsed();
-            c.calls.recording = false;
+            let elapsed = c.calls.stop_timing(start);
             ensure!(
                 read == FILE_BYTES as u64,
                 "P4 read {read} bytes of {FILE_BYTES}"
@@ -266,12 +256,9 @@ async fn run_once(
             Ok((elapsed, commits))
         }
         Phase::P5 => {
-            let start = Instant::now();
-            c.calls.recording = record_calls;
+            let start = c.calls.start_timing(record_calls);
             let commits = u64::from(c.write_file(dir, b"new4k", file4k).await?);
-            let elapsed = start.elapsed();
-            c.calls.recording = false;
-            Ok((elapsed, commits))
+            Ok((c.calls.stop_timing(start), commits))
         }
     }
 }

@@ -39,6 +39,10 @@ const PREALLOC_BYTES: u64 = 1 << 20;
 
 pub const LOG_FILE: &str = "protocol.log";
 
+/// Zeros, what the log is allocated ahead with (`allocate`) and what its tail after the
+/// last record must be (else it is torn).
+static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+
 /// What the records say, kept in memory (the core bounds it between checkpoints).
 pub use consensus::replica::DurableRecords as Durable;
 
@@ -99,9 +103,8 @@ impl ProtocolLog {
             durable.apply(rec);
             replayed += 1;
         }
-        // Anything but zeros after the last record is a torn write (compared a page at a
-        // time: the allocated tail is megabytes of zeros).
-        const ZEROS: [u8; 4096] = [0; 4096];
+        // Anything but zeros after the last record is a torn write (compared a chunk at a
+        // time: the allocated tail is up to a megabyte of zeros).
         let tail = &bytes[at..];
         let torn = tail.chunks(ZEROS.len()).any(|c| c != &ZEROS[..c.len()]);
         let mut allocated = bytes.len() as u64;
@@ -273,12 +276,11 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// as written: syncing them then needs no journal commit. The caller's next sync makes
 /// the zeros durable with the size.
 fn allocate(file: &File, offset: u64, len: u64) -> std::io::Result<()> {
-    static CHUNK: [u8; 1 << 16] = [0; 1 << 16];
     let mut at = offset;
     let end = offset + len;
     while at < end {
-        let n = (end - at).min(CHUNK.len() as u64) as usize;
-        file.write_all_at(&CHUNK[..n], at)?;
+        let n = (end - at).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], at)?;
         at += n as u64;
     }
     Ok(())

@@ -687,12 +687,16 @@ impl Node {
     /// waits for the cached reply, is checked at once).
     fn request_may_wait(&self, r: &consensus::Request) -> bool {
         !r.read_only
-            && self
-                .core
-                .last_executed_seq(r.client)
-                .is_none_or(|s| r.seq > s)
+            && !self.executed_already(r)
             && !self.core.is_primary()
             && !self.core.in_view_change()
+    }
+
+    /// Whether `r`, or a later request of its client, has been executed here.
+    fn executed_already(&self, r: &consensus::Request) -> bool {
+        self.core
+            .last_executed_seq(r.client)
+            .is_some_and(|s| r.seq <= s)
     }
 
     /// Queues `job` for the idle thread when it `may_wait` (and the queue has room);
@@ -707,15 +711,10 @@ impl Node {
     /// `apply` for a check that waited: a request executed meanwhile (its PREPARE
     /// arrived first) is dropped rather than answered a second time from the cache.
     fn apply_deferred(&mut self, verdict: verifier::Verdict) -> Result<(), ReplicaError> {
-        if let verifier::Verdict::Request(Ok(req)) = &verdict {
-            let r = req.get();
-            if self
-                .core
-                .last_executed_seq(r.client)
-                .is_some_and(|s| r.seq <= s)
-            {
-                return Ok(());
-            }
+        if let verifier::Verdict::Request(Ok(req)) = &verdict
+            && self.executed_already(req.get())
+        {
+            return Ok(());
         }
         self.apply(verdict)
     }
