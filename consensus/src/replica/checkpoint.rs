@@ -23,7 +23,8 @@ pub struct ClientRecord {
     pub last_seq: u64,
     /// None while the request is executing.
     pub result: Option<Vec<u8>>,
-    /// Batch in which the client last executed (for bounded, deterministic eviction).
+    /// Batch in which the client's last request executed (for bounded, deterministic
+    /// eviction).
     pub last_n: SeqNum,
 }
 
@@ -108,7 +109,7 @@ impl Replica {
         if let Some((d, _)) = self.own_checkpoints.get(&n) {
             return *d;
         }
-        self.evict_clients(n);
+        self.evict_clients();
         let core = super::CoreState {
             clients: self.clients.clone(),
             rebases: self.rebases.clone(),
@@ -123,13 +124,12 @@ impl Replica {
     }
 
     /// Keeps the client table bounded, deterministically: the least recently active
-    /// clients go first.
-    fn evict_clients(&mut self, n: SeqNum) {
-        for rec in self.clients.values_mut() {
-            if rec.last_n == 0 {
-                rec.last_n = n;
-            }
-        }
+    /// clients (by the batch their last request executed in) go first. Only executed
+    /// batches decide, never which checkpoints this replica happened to take: a view-top
+    /// checkpoint is taken only by the replicas that reach the top in the new view, and
+    /// stamping records at checkpoint time once made replicas' client tables, and so
+    /// their checkpoint digests, differ.
+    fn evict_clients(&mut self) {
         while self.clients.len() > self.config.clients_max {
             let oldest = self
                 .clients

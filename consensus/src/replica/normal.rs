@@ -362,6 +362,7 @@ impl Replica {
                 continue; // exactly-once: already executed
             }
             rec.last_seq = r.seq;
+            rec.last_n = h.n;
             rec.result = None;
             ids.push((r.client, r.seq));
             if self
