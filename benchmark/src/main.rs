@@ -8,6 +8,7 @@
 //!
 //! See README.md for what each number means.
 
+mod cpu;
 mod deploy;
 mod machine;
 mod micro;
@@ -27,6 +28,7 @@ use clap::{Args, Parser, Subcommand};
 use tracing::warn;
 use tracing_subscriber::EnvFilter;
 
+use crate::cpu::Cost;
 use crate::deploy::{DeployOptions, Deployment, Mode, Target};
 use crate::machine::Machine;
 use crate::nfs::{Client, Identity};
@@ -272,12 +274,13 @@ fn run_macro(args: MacroArgs, usig: UsigKind, data_root: &Path) -> Result<()> {
     let results: Vec<ModeResult> = labels
         .into_iter()
         .zip(measured)
-        .map(|((name, label), (phases, commits, calls))| ModeResult {
+        .map(|((name, label), m)| ModeResult {
             name,
             label,
-            phases,
-            commits,
-            calls,
+            phases: m.phases,
+            commits: m.commits,
+            calls: m.calls,
+            cost: m.cost,
         })
         .collect();
     if results.is_empty() {
@@ -307,9 +310,14 @@ fn run_macro(args: MacroArgs, usig: UsigKind, data_root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// One deployment's phases, the COMMITs its client needed, and the latency of each kind
-/// of NFS call.
-type MeasuredMode = (Vec<PhaseResult>, u64, Vec<(&'static str, Summary)>);
+/// One deployment's phases, the COMMITs its client needed, the latency of each kind of
+/// NFS call, and what one run of the five phases cost the process.
+struct MeasuredMode {
+    phases: Vec<PhaseResult>,
+    commits: u64,
+    calls: Vec<(&'static str, Summary)>,
+    cost: Cost,
+}
 
 /// Runs the workload on every deployment, run by run in turn (`workload::run_all`).
 async fn measure(
@@ -367,7 +375,17 @@ async fn measure(
             .iter()
             .filter_map(|(procedure, samples)| Some((*procedure, Summary::of(samples)?)))
             .collect();
-        out.push((phases, run.commits, calls));
+        let cost = run
+            .client
+            .calls
+            .used
+            .per(config.runs, run.client.calls.recorded);
+        out.push(MeasuredMode {
+            phases,
+            commits: run.commits,
+            calls,
+            cost,
+        });
     }
     Ok(out)
 }

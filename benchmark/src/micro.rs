@@ -14,6 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tracing::warn;
 
+use crate::cpu::{Cost, Usage};
 use crate::machine::Machine;
 use crate::primitives::{self, Floor, PrimitiveCounts, Primitives};
 use crate::replicated::{self, Cluster, ClusterConfig, ProtocolClient, UsigKind};
@@ -74,6 +75,9 @@ pub struct MicroReport {
     pub primitives: Primitives,
     pub floor: Floor,
     pub null_latency: Option<Summary>,
+    /// What the timed null operations cost the whole process (client and replicas), per
+    /// operation.
+    pub null_cost: Option<Cost>,
     pub latency_by_size: Vec<LatencyPoint>,
     pub throughput: Vec<ThroughputPoint>,
     /// Why the protocol measurements are missing, if they are.
@@ -92,6 +96,7 @@ pub fn run(config: &MicroConfig, machine: Machine) -> Result<MicroReport> {
         primitives: prims,
         floor,
         null_latency: None,
+        null_cost: None,
         latency_by_size: Vec::new(),
         throughput: Vec::new(),
         cluster_error: None,
@@ -144,10 +149,12 @@ fn protocol(config: &MicroConfig, report: &mut MicroReport) -> Result<()> {
                 // Latency is measured with batching on, the cluster's default; one
                 // sequential client never has more than one request to batch.
                 let client = cluster.client();
-                let null = latency(&*client, 0, config.warmup, config.requests, "null op").await?;
+                let (null, used, wall) =
+                    latency(&*client, 0, config.warmup, config.requests, "null op").await?;
                 report.null_latency = Summary::of(&null);
+                report.null_cost = Some(used.per(null.len(), wall));
                 for &size in &config.sizes {
-                    let samples = latency(
+                    let (samples, _, _) = latency(
                         &*client,
                         size,
                         config.warmup.min(config.size_requests),
@@ -182,17 +189,23 @@ fn protocol(config: &MicroConfig, report: &mut MicroReport) -> Result<()> {
     Ok(())
 }
 
+/// `n` sequential operations of `size` bytes after `warmup` untimed ones: their
+/// latencies, and what the timed ones cost the process over how long.
 async fn latency(
     client: &dyn ProtocolClient,
     size: usize,
     warmup: usize,
     n: usize,
     what: &str,
-) -> Result<Vec<Duration>> {
+) -> Result<(Vec<Duration>, Usage, Duration)> {
     let bar = bar(what, warmup + n);
     let op = vec![0xabu8; size];
     let mut samples = Vec::with_capacity(n);
+    let (mut used_from, mut timed_from) = (Usage::now(), Instant::now());
     for i in 0..warmup + n {
+        if i == warmup {
+            (used_from, timed_from) = (Usage::now(), Instant::now());
+        }
         let op = op.clone();
         let start = Instant::now();
         tokio::time::timeout(INVOKE_TIMEOUT, client.invoke(op, false))
@@ -204,8 +217,9 @@ async fn latency(
         }
         bar.inc(1);
     }
+    let (used, wall) = (Usage::now().since(&used_from), timed_from.elapsed());
     bar.finish_and_clear();
-    Ok(samples)
+    Ok((samples, used, wall))
 }
 
 /// `clients` closed-loop clients issuing null operations for `seconds`; the first fifth
@@ -310,6 +324,11 @@ impl MicroReport {
         );
         let _ = writeln!(
             out,
+            "    three at once (one per replica) {:>8.1} µs each",
+            p.counter_write_three_at_once_us
+        );
+        let _ = writeln!(
+            out,
             "  HMAC-SHA256, 64 B                {:>8.2} µs",
             p.hmac_us
         );
@@ -350,6 +369,40 @@ impl MicroReport {
                     100.0 * fl.total_us / measured_us,
                     100.0 * (fl.total_us - fl.disk_us) / measured_us
                 );
+                if let Some(c) = &self.null_cost {
+                    let _ = writeln!(
+                        out,
+                        "  where the time goes (whole process: client and {} replicas, timed null ops):",
+                        2 * self.f + 1
+                    );
+                    let cores = self.machine.cores.max(1);
+                    let spread_us = c.cpu_us / cores as f64;
+                    let _ = writeln!(
+                        out,
+                        "    CPU per operation {:.0} µs (user {:.0}, system {:.0}), {:.2} of {cores} cores busy \
+                         on average: spread over {cores} cores, one operation's work alone takes {:.0} µs \
+                         ({:.0}% of the median)",
+                        c.cpu_us,
+                        c.user_us,
+                        c.system_us,
+                        c.cores_busy,
+                        spread_us,
+                        100.0 * spread_us / measured_us
+                    );
+                    let _ = writeln!(
+                        out,
+                        "    context switches per operation {:.1} ({:.1} waits, {:.1} preemptions)",
+                        c.switches(),
+                        c.voluntary_switches,
+                        c.involuntary_switches
+                    );
+                    let _ = writeln!(
+                        out,
+                        "    counter writes: {:.0} µs alone (the floor counts {}), {:.0} µs each when three \
+                         run at once (the replicas' log syncs share one disk)",
+                        p.counter_write_us, fl.counter_writes, p.counter_write_three_at_once_us
+                    );
+                }
             }
             None => {
                 let _ = writeln!(out, "  null operation latency: not measured");

@@ -25,6 +25,8 @@ use nfs3_client::tokio::TokioIo;
 use nfs3_client::{Nfs3ConnectionBuilder, RpcError};
 use tokio::net::TcpStream;
 
+use crate::cpu::Usage;
+
 /// Bytes asked for per READ and sent per WRITE (the embedded server's `rtpref`).
 const TRANSFER_BYTES: usize = 64 * 1024;
 /// READDIRPLUS sizes: enough for the benchmark's directories in one call.
@@ -95,29 +97,41 @@ pub struct Client {
     pub calls: CallTimes,
 }
 
-/// The latency of each NFS call, by procedure, between `start_timing` and `stop_timing`:
-/// the workload records the timed part of each timed run only.
+/// The latency of each NFS call, by procedure, between `start_timing` and `stop_timing`,
+/// and what those timed parts cost this process: the workload records the timed part
+/// of each timed run only.
 #[derive(Debug, Default)]
 pub struct CallTimes {
-    recording: bool,
+    /// Recording since this usage reading.
+    recording: Option<Usage>,
     pub by_procedure: BTreeMap<&'static str, Vec<Duration>>,
+    /// CPU and context switches of the whole process during the recorded parts (with
+    /// an embedded server or cluster, its work too).
+    pub used: Usage,
+    /// The recorded parts' length, together.
+    pub recorded: Duration,
 }
 
 impl CallTimes {
-    /// Starts the timed part of a run: its clock, and each call's latency if `record`.
+    /// Starts the timed part of a run: its clock, and each call's latency and the
+    /// process's usage if `record`.
     pub fn start_timing(&mut self, record: bool) -> Instant {
-        self.recording = record;
+        self.recording = record.then(Usage::now);
         Instant::now()
     }
 
     /// Ends the timed part that began at `start`: its length; calls are recorded no more.
     pub fn stop_timing(&mut self, start: Instant) -> Duration {
-        self.recording = false;
-        start.elapsed()
+        let elapsed = start.elapsed();
+        if let Some(from) = self.recording.take() {
+            self.used.add(&Usage::now().since(&from));
+            self.recorded += elapsed;
+        }
+        elapsed
     }
 
     fn note(&mut self, procedure: &'static str, start: Instant) {
-        if self.recording {
+        if self.recording.is_some() {
             let elapsed = start.elapsed();
             self.by_procedure
                 .entry(procedure)

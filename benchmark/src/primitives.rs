@@ -36,6 +36,9 @@ pub struct Primitives {
     pub ecdsa_verify_us: f64,
     /// pwrite 16 B in place + fdatasync, in the data directory's file system.
     pub counter_write_us: f64,
+    /// The same, by three threads at once, one file each (three replicas' log syncs on
+    /// one disk, as in the embedded cluster); the median of every thread's writes.
+    pub counter_write_three_at_once_us: f64,
     /// HMAC-SHA256 (ring) over 64 bytes.
     pub hmac_us: f64,
 }
@@ -87,6 +90,7 @@ pub fn measure(counts: PrimitiveCounts, data_dir: &Path) -> Result<Primitives> {
         ecdsa_sign_us,
         ecdsa_verify_us,
         counter_write_us: counter_write(counts.counter_writes, data_dir)?,
+        counter_write_three_at_once_us: counter_writes_at_once(3, counts.counter_writes, data_dir)?,
         hmac_us: hmac(),
     })
 }
@@ -157,6 +161,34 @@ fn ecdsa(n: usize) -> Result<(f64, f64)> {
 
 /// A USIG counter record: 16 bytes written in place, then fdatasync.
 fn counter_write(n: usize, dir: &Path) -> Result<f64> {
+    let mut samples = counter_writes(n, dir, None)?;
+    Ok(median_us(&mut samples))
+}
+
+/// `writers` threads doing `counter_write` in step (a barrier before each write).
+fn counter_writes_at_once(writers: usize, n: usize, dir: &Path) -> Result<f64> {
+    let barrier = std::sync::Barrier::new(writers);
+    let mut samples = std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..writers)
+            .map(|_| scope.spawn(|| counter_writes(n, dir, Some(&barrier))))
+            .collect();
+        let mut all = Vec::with_capacity(writers * n);
+        for t in threads {
+            let samples = t
+                .join()
+                .map_err(|_| anyhow::anyhow!("counter writer panicked"))??;
+            all.extend(samples);
+        }
+        anyhow::Ok(all)
+    })?;
+    Ok(median_us(&mut samples))
+}
+
+fn counter_writes(
+    n: usize,
+    dir: &Path,
+    in_step: Option<&std::sync::Barrier>,
+) -> Result<Vec<Duration>> {
     std::fs::create_dir_all(dir)?;
     let file = tempfile::tempfile_in(dir).context("temporary counter file")?;
     file.write_all_at(&[0u8; 4096], 0)?;
@@ -165,12 +197,15 @@ fn counter_write(n: usize, dir: &Path) -> Result<f64> {
     for i in 0..n as u64 {
         let mut record = [0u8; 16];
         record[..8].copy_from_slice(&i.to_le_bytes());
+        if let Some(b) = in_step {
+            b.wait();
+        }
         let start = Instant::now();
         file.write_all_at(&record, 0)?;
         file.sync_data()?;
         samples.push(start.elapsed());
     }
-    Ok(median_us(&mut samples))
+    Ok(samples)
 }
 
 fn hmac() -> f64 {
@@ -200,6 +235,7 @@ mod tests {
             ecdsa_sign_us: 20.0,
             ecdsa_verify_us: 60.0,
             counter_write_us: 150.0,
+            counter_write_three_at_once_us: 300.0,
             hmac_us: 0.5,
         };
         let f = Floor::of(&p);
@@ -222,5 +258,6 @@ mod tests {
         )
         .expect("measure");
         assert!(p.tcp_round_trip_us > 0.0 && p.ecdsa_verify_us > 0.0 && p.hmac_us > 0.0);
+        assert!(p.counter_write_us > 0.0 && p.counter_write_three_at_once_us > 0.0);
     }
 }

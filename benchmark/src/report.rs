@@ -9,6 +9,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use crate::cpu::Cost;
 use crate::machine::Machine;
 use crate::stats::Summary;
 use crate::workload::{PHASES, Phase};
@@ -33,6 +34,9 @@ pub struct ModeResult {
     pub commits: u64,
     /// Latency of each NFS procedure over the timed parts of the timed runs.
     pub calls: Vec<(&'static str, Summary)>,
+    /// What one run of the five phases cost this whole process (client, and the
+    /// embedded server or cluster if any), over the timed parts.
+    pub cost: Cost,
 }
 
 impl ModeResult {
@@ -106,6 +110,8 @@ struct JsonMode<'a> {
     total_ms: f64,
     phases: Vec<JsonPhase<'a>>,
     calls: Vec<JsonCall<'a>>,
+    /// Per run of the five phases, whole process.
+    cost: Cost,
 }
 
 #[derive(Serialize)]
@@ -162,6 +168,7 @@ impl MacroReport {
                         total_ms: m.total().mean_ms,
                         phases,
                         calls,
+                        cost: m.cost,
                     },
                 )
             })
@@ -295,6 +302,45 @@ impl MacroReport {
              Below it: the latency of one NFS call of each kind over the timed runs. \
              Ratios: the mode's mean (median) over the unreplicated one."
         );
+        let _ = writeln!(
+            out,
+            "Cost of one run of the five phases to this whole process (the client, and the \
+             embedded server or cluster), over the timed parts:"
+        );
+        let base = self.baseline().map(|b| (b.cost.cpu_us, b.total().mean_ms));
+        for m in &self.modes {
+            let c = &m.cost;
+            // On these cores no run can take less than its CPU spread over all of them:
+            // a floor under the ratio that only less work per run can lower.
+            let cores = self.machine.cores.max(1) as f64;
+            let times = match base {
+                Some((cpu, total_ms)) if cpu > 0.0 && total_ms > 0.0 && m.name != BASELINE => {
+                    format!(
+                        "; {:.1}x the unreplicated CPU; spread over {} cores it takes at least \
+                         {:.1} ms a run, {:.2}x the unreplicated total",
+                        c.cpu_us / cpu,
+                        self.machine.cores,
+                        c.cpu_us / 1e3 / cores,
+                        c.cpu_us / 1e3 / cores / total_ms
+                    )
+                }
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "  {}: CPU {:.1} ms (user {:.1}, system {:.1}), {:.0} context switches \
+                 ({:.0} waits, {:.0} preemptions), {:.2} of {} cores busy{times}",
+                m.name,
+                c.cpu_us / 1e3,
+                c.user_us / 1e3,
+                c.system_us / 1e3,
+                c.switches(),
+                c.voluntary_switches,
+                c.involuntary_switches,
+                c.cores_busy,
+                self.machine.cores
+            );
+        }
         let _ = writeln!(out, "Calls per run:");
         for phase in PHASES {
             let _ = writeln!(out, "  {}: {}", phase.name(), phase.calls());
@@ -390,6 +436,14 @@ mod tests {
                 ("MKDIR", summary(0.5 * scale)),
                 ("READ", summary(0.25 * scale)),
             ],
+            cost: Cost {
+                cpu_us: 1000.0 * scale,
+                user_us: 600.0 * scale,
+                system_us: 400.0 * scale,
+                voluntary_switches: 50.0 * scale,
+                involuntary_switches: 5.0 * scale,
+                cores_busy: 0.5 * scale,
+            },
         }
     }
 
@@ -429,6 +483,10 @@ mod tests {
         assert_eq!(v["modes"]["minpbft"]["total_ms"].as_f64(), Some(30.0));
         assert_eq!(u["calls"][0]["procedure"], "MKDIR");
         assert_eq!(
+            v["modes"]["minpbft"]["cost"]["cpu_us"].as_f64(),
+            Some(2000.0)
+        );
+        assert_eq!(
             v["modes"]["minpbft"]["calls"][1]["mean_ms"].as_f64(),
             Some(0.5)
         );
@@ -445,6 +503,11 @@ mod tests {
         assert!(t.contains("2.00x"));
         assert!(t.contains("one MKDIR"), "{t}");
         assert!(t.contains("one READ"), "{t}");
+        // The fake modes: 1 ms and 2 ms of CPU a run, totals 15 and 30 ms.
+        assert!(t.contains("2.0x the unreplicated CPU"), "{t}");
+        let cores = report().machine.cores.max(1) as f64;
+        let at_least = format!("at least {:.1} ms a run", 2.0 / cores);
+        assert!(t.contains(&at_least), "{t}");
     }
 
     #[test]

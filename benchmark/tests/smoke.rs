@@ -92,6 +92,12 @@ fn check_mode(v: &serde_json::Value, mode: &str, runs: u64) {
     for c in calls {
         assert!(c["mean_ms"].as_f64().expect("mean") > 0.0, "{c}");
     }
+    // What a run cost the process: some CPU, spread over at most every core.
+    let cost = &m["cost"];
+    assert!(cost["cpu_us"].as_f64().expect("cpu_us") > 0.0, "{cost}");
+    let busy = cost["cores_busy"].as_f64().expect("cores_busy");
+    let cores = v["machine"]["cores"].as_f64().expect("cores");
+    assert!(busy > 0.0 && busy <= cores * 1.05, "{cost}");
 }
 
 fn check_top_level(v: &serde_json::Value) {
@@ -234,6 +240,7 @@ fn macro_both_modes_print_the_ratio() {
     check_mode(&v, "unreplicated", 5);
     check_mode(&v, "minpbft", 5);
     assert!(stdout.contains("minpbft/unrepl"), "{stdout}");
+    assert!(stdout.contains("x the unreplicated CPU"), "{stdout}");
     let svg = std::fs::read_to_string(&plot).expect("plot written");
     assert!(
         svg.starts_with("<svg") && svg.contains("minpbft"),
@@ -282,12 +289,15 @@ fn micro_measures_primitives_latency_and_throughput() {
         "ecdsa_sign_us",
         "ecdsa_verify_us",
         "counter_write_us",
+        "counter_write_three_at_once_us",
         "hmac_us",
     ] {
         assert!(v["primitives"][k].as_f64().expect("a number") > 0.0, "{k}");
     }
     assert!(v["floor"]["total_us"].as_f64().expect("floor") > 0.0);
     assert_eq!(v["null_latency"]["n"].as_u64(), Some(5));
+    assert!(v["null_cost"]["cpu_us"].as_f64().expect("null_cost") > 0.0);
+    assert!(stdout.contains("where the time goes"), "{stdout}");
     assert_eq!(v["latency_by_size"].as_array().expect("sizes").len(), 2);
     let points = v["throughput"].as_array().expect("points");
     assert_eq!(
