@@ -381,3 +381,25 @@ fn byzantine_rebase_over_sent_messages_gains_nothing() {
     let r2 = run_seeds(2, Some(Byzantine::RebaseOverSent), 1600..1612);
     assert!(r2.iter().all(|x| x.completed_requests == 80));
 }
+
+/// Replicas that executed the same batches vote the same checkpoint digests: without a
+/// corrupted replica, nobody ever finds its own state diverged from a certificate. Two
+/// things once made it happen under view changes and catch-up: client records stamped
+/// with the checkpoint that snapshot them, and a batch handed over before the
+/// checkpoint batch before it completed (its records leaked into that checkpoint).
+#[test]
+fn correct_replicas_vote_the_same_checkpoint_digests() {
+    for f in [1, 2] {
+        let r = run_with(f, 1700..1700 + 2 * SEEDS_PER_BEHAVIOUR, |o| {
+            o.crashes = true;
+            o.long_crash = f == 1;
+        });
+        assert!(view_changes(&r) > 0, "f={f}: no view change exercised");
+        let diverged: Vec<u64> = r
+            .iter()
+            .filter(|x| x.dropped.contains_key("own_state_diverged"))
+            .map(|x| x.seed)
+            .collect();
+        assert!(diverged.is_empty(), "f={f}: seeds {diverged:?}");
+    }
+}

@@ -109,7 +109,6 @@ impl Replica {
         if let Some((d, _)) = self.own_checkpoints.get(&n) {
             return *d;
         }
-        self.evict_clients();
         let core = super::CoreState {
             clients: self.clients.clone(),
             rebases: self.rebases.clone(),
@@ -123,13 +122,13 @@ impl Replica {
         d
     }
 
-    /// Keeps the client table bounded, deterministically: the least recently active
-    /// clients (by the batch their last request executed in) go first. Only executed
-    /// batches decide, never which checkpoints this replica happened to take: a view-top
-    /// checkpoint is taken only by the replicas that reach the top in the new view, and
-    /// stamping records at checkpoint time once made replicas' client tables, and so
-    /// their checkpoint digests, differ.
-    fn evict_clients(&mut self) {
+    /// Keeps the client table bounded, deterministically: after each batch, the least
+    /// recently active clients (by the batch their last request executed in) go first.
+    /// Only executed batches decide, never which checkpoints this replica happened to
+    /// take: a view-top checkpoint is taken only by the replicas that reach the top in
+    /// the new view, and stamping or evicting records at checkpoint time made replicas'
+    /// client tables, and so their checkpoint digests, differ.
+    pub(super) fn evict_clients(&mut self) {
         while self.clients.len() > self.config.clients_max {
             let oldest = self
                 .clients
@@ -237,7 +236,7 @@ impl Replica {
                 None if self.executed_n == cert.n && self.exec_n == self.executed_n => {
                     // No checkpoint of our own at n (a view-top checkpoint we were not
                     // there for): take one now, compare, and adopt it.
-                    self.outputs.push(Output::ComputeDigest { n: cert.n });
+                    self.ask_digest(cert.n);
                     self.cert_awaiting_digest = Some(cert);
                     return;
                 }
@@ -363,6 +362,7 @@ impl Replica {
             self.drop_input("unexpected_state");
             return;
         };
+        self.digest_asked = None;
         // The driver may install a newer certified state than the one asked for (the one
         // asked for may be gone everywhere); it must be certified, and the driver has
         // checked the state against the certificate's digest.

@@ -314,6 +314,9 @@ pub struct Replica {
     best_cert: Option<CheckpointCert>,
     /// A certificate at our last executed batch, waiting for our own digest there.
     cert_awaiting_digest: Option<CheckpointCert>,
+    /// A `ComputeDigest` is out for this batch: no later batch is handed over until its
+    /// answer (`Replica::ask_digest`).
+    digest_asked: Option<SeqNum>,
     behind_since_tick: Option<u64>,
 
     // View change.
@@ -410,6 +413,7 @@ impl Replica {
             state_transfer: None,
             best_cert: None,
             cert_awaiting_digest: None,
+            digest_asked: None,
             behind_since_tick: None,
             requested_view: vec![0; n],
             sent_req_view_change: None,

@@ -325,6 +325,16 @@ impl Replica {
             if self.state_transfer.is_some() {
                 return progressed;
             }
+            if self.digest_asked.is_some()
+                || (self.exec_n > self.executed_n && self.wants_digest(self.exec_n))
+            {
+                // A checkpoint's core state is the client table as its batch completes
+                // or as its digest comes back (`own_checkpoint`): the next batch must not
+                // touch the table before. Otherwise a replica that had several batches
+                // committed at once (catching up, re-proposals, a certificate for a
+                // batch it executed) would vote a digest the others do not.
+                return progressed;
+            }
             let n = self.exec_n + 1;
             // The highest view in which batch n gathered f+1 matching votes.
             let committed = self
@@ -348,6 +358,23 @@ impl Replica {
         }
     }
 
+    /// Asks the application for its digest at batch `n` (just executed, nothing after it
+    /// handed over): until the answer, no later batch is, so the checkpoint's core state
+    /// is the one at `n` too.
+    pub(super) fn ask_digest(&mut self, n: SeqNum) {
+        debug_assert_eq!(
+            self.exec_n, n,
+            "digest asked with later batches handed over"
+        );
+        self.digest_asked = Some(n);
+        self.outputs.push(Output::ComputeDigest { n });
+    }
+
+    /// Whether batch `n` ends with a checkpoint (periodic, or the top of a new view).
+    fn wants_digest(&self, n: SeqNum) -> bool {
+        self.config.is_checkpoint(n) || self.view_top == Some(n)
+    }
+
     fn execute(&mut self, h: PrepareHeader, batch: Batch) {
         // I2: batches are handed to the application in order, each exactly once.
         assert_eq!(h.n, self.exec_n + 1, "I2: execution out of order");
@@ -357,10 +384,10 @@ impl Replica {
         let mut included = Vec::new();
         let mut ids = Vec::new();
         for r in batch.requests {
-            let rec = self.clients.entry(r.client).or_default();
-            if r.seq <= rec.last_seq {
-                continue; // exactly-once: already executed
+            if r.seq <= self.clients.get(&r.client).map_or(0, |rec| rec.last_seq) {
+                continue; // exactly-once: already executed (and no record for seq 0)
             }
+            let rec = self.clients.entry(r.client).or_default();
             rec.last_seq = r.seq;
             rec.last_n = h.n;
             rec.result = None;
@@ -374,8 +401,9 @@ impl Replica {
             }
             included.push(r);
         }
+        self.evict_clients();
         self.executing.insert(h.n, ids);
-        let want_digest = self.config.is_checkpoint(h.n) || self.view_top == Some(h.n);
+        let want_digest = self.wants_digest(h.n);
         self.outputs.push(Output::Execute {
             n: h.n,
             timestamp_ns: h.timestamp_ns,
@@ -421,9 +449,10 @@ impl Replica {
                     !self.config.is_checkpoint(n),
                     "I4: checkpoint batch {n} without digest"
                 );
-                if self.view_top == Some(n) {
-                    // The NEW-VIEW naming n as its top arrived after n was handed over.
-                    self.outputs.push(Output::ComputeDigest { n });
+                if self.view_top == Some(n) && self.exec_n == n {
+                    // The NEW-VIEW naming n as its top arrived after n was handed over
+                    // (and nothing after it was: that would be in the digest's state).
+                    self.ask_digest(n);
                 }
             }
         }
@@ -431,7 +460,10 @@ impl Replica {
 
     /// The application's digest at batch `n` (just executed, or asked for).
     pub(super) fn on_digest(&mut self, n: SeqNum, app_digest: Digest) {
-        if n != self.executed_n {
+        if self.digest_asked == Some(n) {
+            self.digest_asked = None;
+        }
+        if n != self.executed_n || n != self.exec_n {
             return; // state moved on since it was asked for
         }
         if let Some(cert) = self.cert_awaiting_digest.take_if(|c| c.n == n) {

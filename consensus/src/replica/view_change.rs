@@ -401,7 +401,7 @@ impl Replica {
         self.view_certs = self.view_certs.split_off(&oldest.min(self.view));
         self.view_top_votes = self.view_top_votes.split_off(&self.view);
         if self.exec_n == self.executed_n && self.executed_n == top && self.stable.n <= top {
-            self.outputs.push(Output::ComputeDigest { n: top });
+            self.ask_digest(top);
         }
         self.last_new_view = Some(nv.clone());
         self.reset_pending();
