@@ -1,6 +1,11 @@
-//! What a measured stretch cost the whole process (clients, frontend, replicas or
-//! server: everything the embedded modes run is in this process), from `getrusage`.
-//! On a machine where the replicas share two cores, CPU per operation and the context
+//! What a measured stretch cost the whole process, from `getrusage`: the benchmark's
+//! clients and what the embedded modes run in it (the unreplicated server, or the
+//! frontend, the replicas and a `--usig process` server's thread; not a `--target`
+//! server, nor the swtpm processes of `--usig tpm`). Everything else this process runs
+//! meanwhile counts too: the other deployments take turns with the measured one, and
+//! their background work (ticks, a replica finishing the previous run) lands in its
+//! windows. So the figures are estimates of what one deployment's work costs. On a
+//! machine where the replicas share two cores, CPU per operation and the context
 //! switches behind it explain most of the distance between the primitives' floor and
 //! the measured latency.
 
@@ -19,12 +24,19 @@ pub struct Usage {
 
 impl Usage {
     pub fn now() -> Usage {
-        // SAFETY: getrusage writes one `rusage` into the zeroed value we own.
-        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-        let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &raw mut ru) };
-        if rc != 0 {
-            return Usage::default();
-        }
+        // SAFETY: `rusage` is plain integers, so all zeros is a valid value, and
+        // getrusage writes one `rusage` into the value we own.
+        let (rc, ru) = unsafe {
+            let mut ru: libc::rusage = std::mem::zeroed();
+            (libc::getrusage(libc::RUSAGE_SELF, &raw mut ru), ru)
+        };
+        // It fails only for a bad `who` or pointer, neither of which can happen here.
+        assert_eq!(
+            rc,
+            0,
+            "getrusage(RUSAGE_SELF): {}",
+            std::io::Error::last_os_error()
+        );
         let time = |t: libc::timeval| {
             Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
                 + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))

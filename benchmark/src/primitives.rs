@@ -37,7 +37,8 @@ pub struct Primitives {
     /// pwrite 16 B in place + fdatasync, in the data directory's file system.
     pub counter_write_us: f64,
     /// The same, by three threads at once, one file each (three replicas' log syncs on
-    /// one disk, as in the embedded cluster); the median of every thread's writes.
+    /// one disk, as in the embedded cluster): they start together and then write
+    /// without waiting for one another; the median of every thread's writes.
     pub counter_write_three_at_once_us: f64,
     /// HMAC-SHA256 (ring) over 64 bytes.
     pub hmac_us: f64,
@@ -165,7 +166,9 @@ fn counter_write(n: usize, dir: &Path) -> Result<f64> {
     Ok(median_us(&mut samples))
 }
 
-/// `writers` threads doing `counter_write` in step (a barrier before each write).
+/// `writers` threads doing `counter_write` at the same time: they start together and
+/// then write `n` times each without waiting for one another (a barrier before every
+/// write would hang the others if one thread failed).
 fn counter_writes_at_once(writers: usize, n: usize, dir: &Path) -> Result<f64> {
     let barrier = std::sync::Barrier::new(writers);
     let mut samples = std::thread::scope(|scope| {
@@ -184,22 +187,29 @@ fn counter_writes_at_once(writers: usize, n: usize, dir: &Path) -> Result<f64> {
     Ok(median_us(&mut samples))
 }
 
+/// `n` counter writes to a new file in `dir`, after every thread sharing `start`
+/// reached it (each thread reaches it exactly once, even if its file cannot be made).
 fn counter_writes(
     n: usize,
     dir: &Path,
-    in_step: Option<&std::sync::Barrier>,
+    start: Option<&std::sync::Barrier>,
 ) -> Result<Vec<Duration>> {
-    std::fs::create_dir_all(dir)?;
-    let file = tempfile::tempfile_in(dir).context("temporary counter file")?;
-    file.write_all_at(&[0u8; 4096], 0)?;
-    file.sync_all()?;
+    let file = std::fs::create_dir_all(dir)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| tempfile::tempfile_in(dir).context("temporary counter file"))
+        .and_then(|file| {
+            file.write_all_at(&[0u8; 4096], 0)?;
+            file.sync_all()?;
+            Ok(file)
+        });
+    if let Some(b) = start {
+        b.wait();
+    }
+    let file = file?;
     let mut samples = Vec::with_capacity(n);
     for i in 0..n as u64 {
         let mut record = [0u8; 16];
         record[..8].copy_from_slice(&i.to_le_bytes());
-        if let Some(b) = in_step {
-            b.wait();
-        }
         let start = Instant::now();
         file.write_all_at(&record, 0)?;
         file.sync_data()?;

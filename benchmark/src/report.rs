@@ -305,19 +305,22 @@ impl MacroReport {
         let _ = writeln!(
             out,
             "Cost of one run of the five phases to this whole process (the client, and the \
-             embedded server or cluster), over the timed parts:"
+             embedded server or cluster), over the timed parts (estimates: whatever else the \
+             process runs meanwhile, such as the other deployment's idle ticks, counts too):"
         );
         let base = self.baseline().map(|b| (b.cost.cpu_us, b.total().mean_ms));
         for m in &self.modes {
             let c = &m.cost;
-            // On these cores no run can take less than its CPU spread over all of them:
-            // a floor under the ratio that only less work per run can lower.
+            // A window cannot be shorter than the CPU measured in it spread over all the
+            // cores: with this much work per run, a floor under the ratio. (Not for a
+            // --target server, whose work is not in this process.)
             let cores = self.machine.cores.max(1) as f64;
+            let embedded = m.name != BASELINE && m.name != "target";
             let times = match base {
-                Some((cpu, total_ms)) if cpu > 0.0 && total_ms > 0.0 && m.name != BASELINE => {
+                Some((cpu, total_ms)) if cpu > 0.0 && total_ms > 0.0 && embedded => {
                     format!(
-                        "; {:.1}x the unreplicated CPU; spread over {} cores it takes at least \
-                         {:.1} ms a run, {:.2}x the unreplicated total",
+                        "; {:.1}x the unreplicated CPU; spread over {} cores that much CPU takes at \
+                         least {:.1} ms a run, {:.2}x the unreplicated total",
                         c.cpu_us / cpu,
                         self.machine.cores,
                         c.cpu_us / 1e3 / cores,
