@@ -730,3 +730,35 @@ fn replica_killed_in_the_middle_of_a_state_transfer_restarts_and_converges() {
         }
     });
 }
+
+/// With f = 1 a backup holds its COMMITs for the other backup (`Node::may_hold`: that
+/// backup executes without them) and sends them with its next message to it or at the
+/// next tick. Both backups held some and the primary none; every replica executed
+/// every batch, and the backups' streams to each other stayed complete through two
+/// checkpoints (which need the held COMMITs delivered first, in order).
+#[test]
+fn backups_hold_commits_for_each_other_and_stay_in_step() {
+    bounded(Duration::from_secs(120), || {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("c");
+        small_cluster_config(&dir, 16, 5_000_000_000);
+        let mut cluster = LocalCluster::start(ClusterOptions {
+            dir: dir.clone(),
+            ..ClusterOptions::default()
+        })
+        .expect("cluster");
+        block_on(write_files(cluster.nfs_addr(), "h", 40));
+        // The slowest replica finishes the last batch; held COMMITs leave at a tick.
+        std::thread::sleep(Duration::from_millis(300));
+        let stats: Vec<_> = (0..3)
+            .map(|i| cluster.stop_replica(i).expect("stop"))
+            .collect();
+        assert_eq!(stats[0].commits_held, 0, "the primary sends no COMMIT");
+        for s in &stats[1..] {
+            assert!(s.commits_held >= 40, "a backup held few COMMITs: {s:?}");
+        }
+        let executed: Vec<_> = stats.iter().map(|s| s.executed_n).collect();
+        assert!(executed.iter().all(|&n| n == executed[0]), "{executed:?}");
+        assert!(executed[0] >= 32, "two checkpoints passed: {executed:?}");
+    });
+}

@@ -48,6 +48,8 @@ use snapshots::{Snapshot, SnapshotStore};
 
 /// A group commit slower than this is logged (debug): disk stalls show up in the tails.
 const SLOW_SYNC: Duration = Duration::from_millis(10);
+/// COMMITs held for one peer at most (`Node::may_hold`) before they go anyway.
+const HELD_MAX: usize = 32;
 /// Inputs handled before the log is synced and the loop yields.
 const BURST_MAX: usize = 256;
 /// Events queued from all connections toward the protocol loop.
@@ -106,6 +108,8 @@ pub struct ReplicaStats {
     pub replies_from_cache: u64,
     /// PREPAREs sent while their log record was still being synced (`Lease`).
     pub prepares_early: u64,
+    /// COMMITs held back for a peer that did not need them at once (`Node::may_hold`).
+    pub commits_held: u64,
     /// This run began by re-basing: its USIG was ahead of its log (consensus I8).
     pub started_rebasing: bool,
 }
@@ -313,6 +317,10 @@ struct Node {
     lease: Lease,
     /// Peer messages and client replies of this burst, released after its sync.
     outbox: Vec<(ReplicaId, Arc<LinkMsg>)>,
+    /// Per peer: released COMMITs that peer does not need soon (`may_hold`), sent with
+    /// the next message to it or at the next tick.
+    held: Vec<Vec<Arc<LinkMsg>>>,
+    commits_held: u64,
     replies: Vec<(u64, Vec<u8>)>,
     /// PREPAREs that left before their burst's sync (`Lease`), and the last one's
     /// counter.
@@ -473,7 +481,11 @@ impl Node {
     fn release(&mut self) -> bool {
         let any = !self.outbox.is_empty() || !self.replies.is_empty();
         for (to, msg) in std::mem::take(&mut self.outbox) {
-            self.send_now(to, msg);
+            if self.may_hold(to, &msg) {
+                self.hold(to, msg);
+            } else {
+                self.send_now(to, msg);
+            }
         }
         for (client, frame) in std::mem::take(&mut self.replies) {
             if let Some((_, tx)) = self.clients.get(&client)
@@ -485,11 +497,59 @@ impl Node {
         any
     }
 
+    /// Hands `msg` to the connection to `to`, after what is held for it (a link keeps
+    /// its sender's order).
     fn send_now(&mut self, to: ReplicaId, msg: Arc<LinkMsg>) {
+        self.flush_held(to);
+        self.enqueue_link(to, msg);
+    }
+
+    fn enqueue_link(&mut self, to: ReplicaId, msg: Arc<LinkMsg>) {
         if let Some(Some(tx)) = self.peers.get(to as usize)
             && tx.try_send(msg).is_err()
         {
             self.stats.count(DropReason::QueueFull);
+        }
+    }
+
+    /// Whether `msg` may wait for the next message to `to` or the next tick. With f = 1
+    /// a COMMIT matters at once only to the primary: a backup executes on the PREPARE
+    /// and its own COMMIT (f + 1 = 2), so the other backup's COMMIT only keeps its
+    /// stream of our messages complete. Sent one by one, each cost that backup a
+    /// wake-up, a read and a hand-over to its idle checker per request; held, they
+    /// travel together. A backup that needs them sooner (one catching up whose PREPARE
+    /// is stale waits for the others' COMMITs) gets them at the next tick; anything else
+    /// we send it, a CHECKPOINT or a VIEW-CHANGE, takes them along first.
+    fn may_hold(&self, to: ReplicaId, msg: &LinkMsg) -> bool {
+        let f1 = self.core.config().f == 1;
+        matches!(msg, LinkMsg::Peer(PeerMessage::Ui(consensus::UiMessage::Commit(c)))
+            if f1 && c.sender == self.id && to != c.primary)
+    }
+
+    fn hold(&mut self, to: ReplicaId, msg: Arc<LinkMsg>) {
+        let to = to as usize;
+        if self.held.len() <= to {
+            self.held.resize_with(to + 1, Vec::new);
+        }
+        self.held[to].push(msg);
+        self.commits_held += 1;
+        if self.held[to].len() >= HELD_MAX {
+            self.flush_held(to as ReplicaId);
+        }
+    }
+
+    fn flush_held(&mut self, to: ReplicaId) {
+        let Some(held) = self.held.get_mut(to as usize) else {
+            return;
+        };
+        for msg in std::mem::take(held) {
+            self.enqueue_link(to, msg);
+        }
+    }
+
+    fn flush_all_held(&mut self) {
+        for to in 0..self.held.len() {
+            self.flush_held(to as ReplicaId);
         }
     }
 
@@ -756,6 +816,8 @@ impl Node {
 
     fn on_tick(&mut self) -> Result<(), ReplicaError> {
         self.ticks += 1;
+        // Released earlier (so durable): they need not wait for this burst's sync.
+        self.flush_all_held();
         if let Some(lazy) = &self.lazy {
             let stale = lazy.take_stale();
             self.verify_all(stale)?;
@@ -773,6 +835,7 @@ impl Node {
             transfer: self.transfer_stats.clone(),
             replies_from_cache: self.core.replies_from_cache(),
             prepares_early: self.prepares_early,
+            commits_held: self.commits_held,
             started_rebasing: self.started_rebasing,
             checks_deferred: self.lazy.as_ref().map_or(0, |l| {
                 l.stats.deferred.load(std::sync::atomic::Ordering::Relaxed)
@@ -1019,6 +1082,8 @@ fn open_node(
         lazy: None,
         lease,
         outbox: Vec::new(),
+        held: Vec::new(),
+        commits_held: 0,
         replies: Vec::new(),
         prepares_early: 0,
         last_early: 0,
