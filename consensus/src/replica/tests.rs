@@ -251,14 +251,7 @@ fn recover_with_the_usig_ahead_of_the_log_rebases_first() {
     let mut r = Replica::recover(2, config, Box::new(c), recovered);
     assert!(r.is_rebasing());
     // The first thing it certifies is its REBASE, with the next counter.
-    let outs = r.step(Input::Tick { now_ns: 1 });
-    let digest = outs
-        .iter()
-        .find_map(|o| match o {
-            Output::CreateUi { digest } => Some(*digest),
-            _ => None,
-        })
-        .expect("a CreateUi");
+    let digest = ui_asked(&r.step(Input::Tick { now_ns: 1 })).expect("a CreateUi");
     let want = UiMessage::Rebase(Rebase {
         sender: 2,
         last_logged: 0,
@@ -293,6 +286,14 @@ fn recover_with_the_usig_ahead_of_the_log_rebases_first() {
     assert_eq!(r.view(), 1);
     assert!(r.in_view_change());
     assert!(r.is_rebasing());
+}
+
+/// The digest of the UI the replica asked its USIG for, if it did.
+fn ui_asked(outs: &[Output]) -> Option<Digest> {
+    outs.iter().find_map(|o| match o {
+        Output::CreateUi { digest } => Some(*digest),
+        _ => None,
+    })
 }
 
 fn read_request(c: &SimCrypto, config: &Config, client: ClientId) -> Input {
@@ -555,14 +556,7 @@ fn client_records_carry_the_batch_they_executed_in() {
         }
         let v =
             validate::peer_message(&config, &c, 0, PeerMessage::Ui(UiMessage::Prepare(p))).unwrap();
-        let outs = r.step(Input::Peer { from: 0, msg: v });
-        let digest = outs
-            .iter()
-            .find_map(|o| match o {
-                Output::CreateUi { digest } => Some(*digest),
-                _ => None,
-            })
-            .expect("COMMIT to certify");
+        let digest = ui_asked(&r.step(Input::Peer { from: 0, msg: v })).expect("COMMIT to certify");
         let outs = r.step(Input::UiCreated(Ui {
             counter: n,
             cert: c.ui_cert(1, n, &digest),
