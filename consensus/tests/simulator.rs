@@ -383,10 +383,11 @@ fn byzantine_rebase_over_sent_messages_gains_nothing() {
 }
 
 /// Replicas that executed the same batches vote the same checkpoint digests: without a
-/// corrupted replica, nobody ever finds its own state diverged from a certificate. Two
-/// things once made it happen under view changes and catch-up: client records stamped
-/// with the checkpoint that snapshot them, and a batch handed over before the
-/// checkpoint batch before it completed (its records leaked into that checkpoint).
+/// corrupted replica, nobody ever finds its own state diverged from a certificate, and
+/// nobody skips its own checkpoint because a later batch went ahead of it. Two things
+/// once made it happen under view changes and catch-up: client records stamped with the
+/// checkpoint that snapshot them, and a batch handed over before the checkpoint batch
+/// before it completed (its records leaked into that checkpoint).
 #[test]
 fn correct_replicas_vote_the_same_checkpoint_digests() {
     for f in [1, 2] {
@@ -401,5 +402,7 @@ fn correct_replicas_vote_the_same_checkpoint_digests() {
             .map(|x| x.seed)
             .collect();
         assert!(diverged.is_empty(), "f={f}: seeds {diverged:?}");
+        // Nor does one miss its own checkpoint because a later batch went ahead of it.
+        assert_eq!(total(&r, "digest_after_later_batch"), 0, "f={f}");
     }
 }

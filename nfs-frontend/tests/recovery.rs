@@ -760,5 +760,13 @@ fn backups_hold_commits_for_each_other_and_stay_in_step() {
         let executed: Vec<_> = stats.iter().map(|s| s.executed_n).collect();
         assert!(executed.iter().all(|&n| n == executed[0]), "{executed:?}");
         assert!(executed[0] >= 32, "two checkpoints passed: {executed:?}");
+        // Every held COMMIT arrived, in order, once: none had to be fetched from the
+        // primary (which would make the later original a duplicate).
+        for s in &stats {
+            assert!(
+                !s.dropped_core.contains_key("duplicate_ui"),
+                "a backup's stream had a gap or came out of order: {s:?}"
+            );
+        }
     });
 }

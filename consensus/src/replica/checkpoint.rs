@@ -128,6 +128,10 @@ impl Replica {
     /// take: a view-top checkpoint is taken only by the replicas that reach the top in
     /// the new view, and stamping or evicting records at checkpoint time made replicas'
     /// client tables, and so their checkpoint digests, differ.
+    ///
+    /// A record evicted while its request still executes (only with more than
+    /// `clients_max` clients active within the batches in flight) loses its cached
+    /// reply; a retransmission then runs again, the same way on every replica.
     pub(super) fn evict_clients(&mut self) {
         while self.clients.len() > self.config.clients_max {
             let oldest = self

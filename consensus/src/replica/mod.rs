@@ -91,7 +91,8 @@ pub enum Output {
         want_digest: bool,
     },
     /// Report the application's current state digest (state as of batch `n`) with
-    /// [`Input::Digest`].
+    /// [`Input::Digest`]. Every one must be answered: the core hands over no later
+    /// batch until then (the checkpoint's core state must be the one at `n`).
     ComputeDigest {
         n: SeqNum,
     },

@@ -316,7 +316,8 @@ struct Node {
     lazy: Option<verifier::LazyVerifier>,
     lease: Lease,
     /// Peer messages and client replies of this burst, released after its sync.
-    outbox: Vec<(ReplicaId, Arc<LinkMsg>)>,
+    /// With each message, whether it may be held (`may_hold`).
+    outbox: Vec<(ReplicaId, Arc<LinkMsg>, bool)>,
     /// Per peer: released COMMITs that peer does not need soon (`may_hold`), sent with
     /// the next message to it or at the next tick.
     held: Vec<Vec<Arc<LinkMsg>>>,
@@ -457,7 +458,7 @@ impl Node {
 
     /// Queues a message to leave after this burst's sync (`release`).
     fn send_peer(&mut self, to: ReplicaId, msg: Arc<LinkMsg>) {
-        self.outbox.push((to, msg));
+        self.outbox.push((to, msg, false));
     }
 
     /// The counter of this PREPARE if it may leave before the burst's sync (`Lease`):
@@ -480,8 +481,8 @@ impl Node {
     /// Whether there was anything.
     fn release(&mut self) -> bool {
         let any = !self.outbox.is_empty() || !self.replies.is_empty();
-        for (to, msg) in std::mem::take(&mut self.outbox) {
-            if self.may_hold(to, &msg) {
+        for (to, msg, holdable) in std::mem::take(&mut self.outbox) {
+            if holdable {
                 self.hold(to, msg);
             } else {
                 self.send_now(to, msg);
@@ -519,7 +520,9 @@ impl Node {
     /// wake-up, a read and a hand-over to its idle checker per request; held, they
     /// travel together. A backup that needs them sooner (one catching up whose PREPARE
     /// is stale waits for the others' COMMITs) gets them at the next tick; anything else
-    /// we send it, a CHECKPOINT or a VIEW-CHANGE, takes them along first.
+    /// we send it, a CHECKPOINT or a VIEW-CHANGE, takes them along first. Only fresh
+    /// COMMITs are held (`Output::Broadcast`): one sent again to a peer that asked for it
+    /// (a Fetch) goes at once.
     fn may_hold(&self, to: ReplicaId, msg: &LinkMsg) -> bool {
         let f1 = self.core.config().f == 1;
         matches!(msg, LinkMsg::Peer(PeerMessage::Ui(consensus::UiMessage::Commit(c)))
@@ -577,7 +580,10 @@ impl Node {
                     if early.is_some() {
                         self.send_now(j, msg.clone());
                     } else {
-                        self.send_peer(j, msg.clone());
+                        // Only what this replica broadcasts may be held, not its old
+                        // messages it sends again to a peer that asked for them.
+                        let holdable = self.may_hold(j, &msg);
+                        self.outbox.push((j, msg.clone(), holdable));
                     }
                 }
             }
