@@ -56,10 +56,15 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
-/// Writes `dir/cluster.toml` (keys and addresses as `bftnfs up` makes them) with this
-/// checkpoint interval and timestamp skew, so that a test passes several checkpoints
-/// with few writes and reaches a stale log tail in little time.
-fn small_cluster_config(dir: &std::path::Path, checkpoint_interval: u64, skew_ns: u64) {
+/// Starts an embedded cluster in `dir` after writing its `cluster.toml` (keys and
+/// addresses as `bftnfs up` makes them) with this checkpoint interval and timestamp
+/// skew, so that a test passes several checkpoints with few writes and reaches a stale
+/// log tail in little time.
+fn start_small_cluster(
+    dir: &std::path::Path,
+    checkpoint_interval: u64,
+    skew_ns: u64,
+) -> LocalCluster {
     let path = nfs_frontend::cluster::ensure_keys(dir, 1, true, 16).expect("keys");
     let toml = std::fs::read_to_string(&path).expect("toml");
     let mut replaced = 0;
@@ -79,6 +84,11 @@ fn small_cluster_config(dir: &std::path::Path, checkpoint_interval: u64, skew_ns
         .collect();
     assert_eq!(replaced, 2, "cluster.toml has both settings");
     std::fs::write(&path, toml.join("\n") + "\n").expect("toml");
+    LocalCluster::start(ClusterOptions {
+        dir: dir.to_path_buf(),
+        ..ClusterOptions::default()
+    })
+    .expect("cluster")
 }
 
 /// Waits up to `limit` for `cond`; returns how long it took.
@@ -260,12 +270,7 @@ fn primary_restarted_after_a_machine_restart_skips_its_lease_and_rejoins() {
     bounded(Duration::from_secs(300), || {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("c");
-        small_cluster_config(&dir, 16, 5_000_000_000);
-        let mut cluster = LocalCluster::start(ClusterOptions {
-            dir: dir.clone(),
-            ..ClusterOptions::default()
-        })
-        .expect("cluster");
+        let mut cluster = start_small_cluster(&dir, 16, 5_000_000_000);
         let addr = cluster.nfs_addr();
         let last_sent = |dir: &std::path::Path| {
             let log = ProtocolLog::open(&dir.join("replica-0")).expect("log of replica 0");
@@ -528,12 +533,7 @@ fn restarted_replica_catches_up_with_no_client_traffic() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("c");
         const K: u64 = 16;
-        small_cluster_config(&dir, K, 1_000_000_000);
-        let mut cluster = LocalCluster::start(ClusterOptions {
-            dir: dir.clone(),
-            ..ClusterOptions::default()
-        })
-        .expect("cluster");
+        let mut cluster = start_small_cluster(&dir, K, 1_000_000_000);
         let addr = cluster.nfs_addr();
         block_on(write_files(addr, "warm", 3));
         cluster.stop_replica(2).expect("stop 2");
@@ -741,12 +741,7 @@ fn backups_hold_commits_for_each_other_and_stay_in_step() {
     bounded(Duration::from_secs(120), || {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("c");
-        small_cluster_config(&dir, 16, 5_000_000_000);
-        let mut cluster = LocalCluster::start(ClusterOptions {
-            dir: dir.clone(),
-            ..ClusterOptions::default()
-        })
-        .expect("cluster");
+        let mut cluster = start_small_cluster(&dir, 16, 5_000_000_000);
         block_on(write_files(cluster.nfs_addr(), "h", 40));
         // The slowest replica finishes the last batch; held COMMITs leave at a tick.
         std::thread::sleep(Duration::from_millis(300));

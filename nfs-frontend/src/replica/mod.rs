@@ -530,14 +530,11 @@ impl Node {
     }
 
     fn hold(&mut self, to: ReplicaId, msg: Arc<LinkMsg>) {
-        let to = to as usize;
-        if self.held.len() <= to {
-            self.held.resize_with(to + 1, Vec::new);
-        }
-        self.held[to].push(msg);
+        let held = &mut self.held[to as usize];
+        held.push(msg);
         self.commits_held += 1;
-        if self.held[to].len() >= HELD_MAX {
-            self.flush_held(to as ReplicaId);
+        if held.len() >= HELD_MAX {
+            self.flush_held(to);
         }
     }
 
@@ -1063,10 +1060,11 @@ fn open_node(
         Box::new(crypto.clone()),
         recovered,
     );
+    let n = config.n();
     Ok(Node {
         id,
         data_dir: opts.data_dir.clone(),
-        n: config.n(),
+        n,
         config,
         crypto,
         core,
@@ -1088,7 +1086,7 @@ fn open_node(
         lazy: None,
         lease,
         outbox: Vec::new(),
-        held: Vec::new(),
+        held: vec![Vec::new(); n as usize],
         commits_held: 0,
         replies: Vec::new(),
         prepares_early: 0,
