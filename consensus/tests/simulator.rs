@@ -406,3 +406,39 @@ fn correct_replicas_vote_the_same_checkpoint_digests() {
         assert_eq!(total(&r, "digest_after_later_batch"), 0, "f={f}");
     }
 }
+
+/// With f replicas lying in their replies, clients need every correct replica, so one
+/// correct replica left behind stops them. Two ways it once stayed behind for good, both
+/// under lying replicas, a USIG gap and a corrupted state (the seeds' own options):
+/// - f = 2, seed 10186: it refused the NEW-VIEW the others adopted, because it had
+///   skipped (as void, after a REBASE) one of its VIEW-CHANGEs; it now joins that view
+///   by the view-top certificate once its stable checkpoint reaches the top;
+/// - f = 3, seed 586: its stream of the primary resumed at the view-top CHECKPOINT past
+///   re-proposals it still lacked, and it refused the fresh PREPAREs after the top as
+///   out of order; it now defers them until it stands at the top (installed by state
+///   transfer).
+/// The simulator's liveness check fails both seeds on the code before these fixes.
+#[test]
+fn a_correct_replica_left_behind_in_a_new_view_rejoins_it() {
+    let run = |seed: u64, f: u32| {
+        let mut o = SimOptions::new(seed, f);
+        o.byzantine = Some(Byzantine::LyingReplies);
+        o.usig_gaps = true;
+        o.corrupt_state_at = Some(100);
+        sim::run(&o).unwrap_or_else(|e| panic!("{e}\n(options: {o:?})"))
+    };
+    let joined = run(10186, 2);
+    assert_eq!(joined.completed_requests, 80);
+    assert!(
+        joined
+            .dropped
+            .contains_key("new_view_with_void_view_change")
+    );
+    assert!(
+        joined.dropped.contains_key("joined_view_by_certificate"),
+        "{:?}",
+        joined.dropped
+    );
+    let deferred = run(586, 3);
+    assert_eq!(deferred.completed_requests, 80);
+}

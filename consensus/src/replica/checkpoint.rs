@@ -315,6 +315,16 @@ impl Replica {
         self.cut_streams(&cert, false);
     }
 
+    /// How far we know we will get without new PREPAREs from the current view: a
+    /// certified checkpoint we are transferring or will transfer, or the top of the
+    /// view's re-proposals (whose certificate brings it if the re-proposals do not).
+    pub(super) fn catching_up_to(&self) -> SeqNum {
+        let transfer = self.state_transfer.as_ref().map_or(0, |t| t.cert.n);
+        let best = self.best_cert.as_ref().map_or(0, |c| c.n);
+        let top = self.view_top.unwrap_or(0);
+        transfer.max(best).max(top).max(self.executed_n)
+    }
+
     /// Starts a state transfer once we stayed behind a certified checkpoint too long.
     pub(super) fn check_behind(&mut self) {
         if let Some(t) = &self.state_transfer {

@@ -334,6 +334,9 @@ pub struct Replica {
     new_view_accepted: View,
     new_view_request_tick: u64,
     invalid_view_changes: BTreeSet<(ReplicaId, u64)>,
+    /// The view whose NEW-VIEW we refused because it rests on a VIEW-CHANGE we skipped
+    /// as void: we join that view by its view-top certificate instead.
+    void_new_view: Option<View>,
 
     // Re-basing (I8).
     /// Some while this replica re-bases: its REBASE counter (0 until certified).
@@ -427,6 +430,7 @@ impl Replica {
             last_new_view: None,
             new_view_accepted: recovered.new_view_accepted,
             new_view_request_tick: 0,
+            void_new_view: None,
             invalid_view_changes: BTreeSet::new(),
             rebasing: None,
             rebases: recovered.core_state.rebases.clone(),
@@ -578,6 +582,7 @@ impl Replica {
         self.repeat_req_view_change();
         self.check_behind();
         self.check_missing_new_view();
+        self.check_join_by_view_cert();
     }
 
     /// Runs everything that may have become possible: deferred stream heads, execution,

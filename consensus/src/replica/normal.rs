@@ -177,6 +177,13 @@ impl Replica {
         if self.config.is_checkpoint(h.n - 1) && self.executed_n < h.n - 1 {
             return Flow::Defer; // clean-cut rule
         }
+        if h.n > self.prepared_n + 1 && self.catching_up_to() >= h.n - 1 {
+            // Our stream of the primary resumed past batches we lack (at its view-top
+            // CHECKPOINT, after a gap nobody filled) and we will stand at that checkpoint
+            // by state transfer: judge this PREPARE then, instead of refusing what the
+            // others accepted and staying behind until the next checkpoint.
+            return Flow::Defer;
+        }
         if h.n != self.prepared_n + 1 {
             self.drop_input("prepare_out_of_order");
             self.reject_prepare(p);

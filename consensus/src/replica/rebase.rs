@@ -12,9 +12,9 @@
 //! certificate at or above `b`, so nothing a receiver may have skipped can matter.
 
 use super::fifo::Flow;
-use super::{Intent, Replica, Status};
-use crate::message::{Rebase, UiMessage, ViewChange};
-use crate::types::{ReplicaId, SeqNum};
+use super::{Intent, Output, PersistRecord, Replica, Status};
+use crate::message::{PeerMessage, Rebase, UiMessage, ViewChange};
+use crate::types::{ReplicaId, SeqNum, View};
 
 /// Void counter ranges remembered per sender (for refusing NEW-VIEWs built on them).
 const VOID_RANGES_MAX: usize = 16;
@@ -270,5 +270,65 @@ impl Replica {
         view_changes
             .iter()
             .any(|vc| self.is_void(vc.sender, vc.ui.counter))
+    }
+
+    /// Notes that we refused the NEW-VIEW of `view` because it rests on a VIEW-CHANGE we
+    /// skipped as void (`check_join_by_view_cert` then joins that view another way).
+    pub(super) fn refused_void_new_view(&mut self, view: View) {
+        self.void_new_view = self.void_new_view.max(Some(view));
+    }
+
+    /// Joins the view whose NEW-VIEW we had to refuse as resting on a void VIEW-CHANGE,
+    /// once we hold its view-top certificate and a stable checkpoint at or above its top.
+    ///
+    /// Refusing that NEW-VIEW is right (we could not check the skipped VIEW-CHANGE), but
+    /// refusing it for good left us in the view change while the others went on in the
+    /// new view; with f others faulty, clients then lacked a matching reply (simulator,
+    /// seed 10186 with f = 2). The view-top certificate is f+1 CHECKPOINTs that replicas
+    /// certify only after adopting that view's NEW-VIEW (validated with every check) and
+    /// executing its re-proposals, so at least one correct replica did both. Everything
+    /// that NEW-VIEW decides lies at or below its top, hence at or below our certified
+    /// stable state, so we need nothing of it: we enter the view at our stable checkpoint,
+    /// as a state transfer joins a view (`on_state_installed`), and accept the primary's
+    /// fresh PREPAREs above it in stream order like everyone in that view.
+    pub(super) fn check_join_by_view_cert(&mut self) {
+        let view = self.view;
+        if self.status != Status::ViewChange
+            || self.void_new_view != Some(view)
+            || self.is_primary()
+        {
+            return;
+        }
+        let Some(top) = self.view_certs.get(&view).map(|c| c.n) else {
+            // Ask for it; `consider_cert` fetches the state at its top when it arrives.
+            if self.ticks - self.view_cert_request_tick >= 4 * self.config.fetch_timeout_ticks {
+                self.view_cert_request_tick = self.ticks;
+                self.outputs
+                    .push(Output::Broadcast(PeerMessage::ViewCertRequest { view }));
+            }
+            return;
+        };
+        // At or past the top, with nothing executed beyond our stable state (a batch of
+        // an earlier view executed above it would lie above the new view's re-proposals,
+        // which quorum intersection rules out; we simply wait for a later checkpoint).
+        if self.stable.n < top || self.executed_n != self.stable.n || self.exec_n != self.executed_n
+        {
+            return;
+        }
+        self.outputs
+            .push(Output::Persist(PersistRecord::NewViewAccepted(view)));
+        self.new_view_accepted = view;
+        self.status = Status::Normal;
+        self.sent_req_view_change = None;
+        self.view_changes = self.view_changes.split_off(&(view + 1));
+        self.prepared_n = self.prepared_n.max(self.stable.n);
+        self.proposed_n = self.proposed_n.max(self.stable.n);
+        self.reproposals.clear();
+        self.view_top = Some(top);
+        // The view-top checkpoint is certified already; we are past it.
+        self.view_top_sent = Some(view);
+        self.void_new_view = None;
+        self.reset_pending();
+        self.drop_input("joined_view_by_certificate");
     }
 }

@@ -287,6 +287,7 @@ impl Replica {
         }
         if self.new_view_uses_void(&nv.view_changes) {
             self.drop_input("new_view_with_void_view_change");
+            self.refused_void_new_view(nv.new_view);
             self.suspect_primary_of(nv.new_view);
             return Flow::Done;
         }
@@ -461,6 +462,7 @@ impl Replica {
         }
         if self.is_void(nv.sender, nv.ui.counter) || self.new_view_uses_void(&nv.view_changes) {
             self.drop_input("new_view_with_void_view_change");
+            self.refused_void_new_view(nv.new_view);
             return;
         }
         let stuck_after = 4 * self.config.fetch_timeout_ticks;
