@@ -417,6 +417,7 @@ fn correct_replicas_vote_the_same_checkpoint_digests() {
 ///   re-proposals it still lacked, and it refused the fresh PREPAREs after the top as
 ///   out of order; it now defers them until it stands at the top (installed by state
 ///   transfer).
+///
 /// The simulator's liveness check fails both seeds on the code before these fixes.
 #[test]
 fn a_correct_replica_left_behind_in_a_new_view_rejoins_it() {
