@@ -408,27 +408,42 @@ fn correct_replicas_vote_the_same_checkpoint_digests() {
 }
 
 /// With f replicas lying in their replies, clients need every correct replica, so one
-/// correct replica left behind stops them. Two ways it once stayed behind for good, both
-/// under lying replicas, a USIG gap and a corrupted state (the seeds' own options):
-/// - f = 2, seed 10186: it refused the NEW-VIEW the others adopted, because it had
-///   skipped (as void, after a REBASE) one of its VIEW-CHANGEs; it now joins that view
-///   by the view-top certificate once its stable checkpoint reaches the top;
-/// - f = 3, seed 586: its stream of the primary resumed at the view-top CHECKPOINT past
-///   re-proposals it still lacked, and it refused the fresh PREPAREs after the top as
-///   out of order; it now defers them until it stands at the top (installed by state
-///   transfer).
-///
-/// The simulator's liveness check fails both seeds on the code before these fixes.
+/// correct replica left behind stops them. Ways it once stayed behind for good (the
+/// seeds' own options; the simulator's liveness check fails each on the code before):
+/// - f = 2, seed 10186 (lying replies, a USIG gap, a corrupted state): it refused the
+///   NEW-VIEW the others adopted, because it had skipped (as void, after a REBASE) one of
+///   its VIEW-CHANGEs; it now joins that view by the view-top certificate once its
+///   stable checkpoint reaches the top, and then takes the primary's fresh PREPAREs
+///   (it starts over from its stable state: no batch of the old view above it, no old
+///   clock reference, so none looks like equivocation or a timestamp going back);
+/// - f = 3, seed 586 (same options): its stream of the primary resumed at the view-top
+///   CHECKPOINT past re-proposals it still lacked, and it refused the fresh PREPAREs
+///   after the top as out of order; it now defers them until it stands at the top
+///   (installed by state transfer);
+/// - f = 2, seed 30053 (a replica re-basing over messages it sent): a replica that entered
+///   the new view by state transfer judged the primary's first fresh timestamp against
+///   its own proposals of the old view and refused it.
 #[test]
 fn a_correct_replica_left_behind_in_a_new_view_rejoins_it() {
-    let run = |seed: u64, f: u32| {
+    let run = |seed: u64, f: u32, set: &dyn Fn(&mut SimOptions)| {
         let mut o = SimOptions::new(seed, f);
+        set(&mut o);
+        sim::run(&o).unwrap_or_else(|e| panic!("{e}\n(options: {o:?})"))
+    };
+    let lying = |o: &mut SimOptions| {
         o.byzantine = Some(Byzantine::LyingReplies);
         o.usig_gaps = true;
         o.corrupt_state_at = Some(100);
-        sim::run(&o).unwrap_or_else(|e| panic!("{e}\n(options: {o:?})"))
     };
-    let joined = run(10186, 2);
+    // Lying replicas run the protocol like correct ones, so no replica may refuse a
+    // correct primary's PREPARE.
+    let refused = [
+        "prepare_equivocation",
+        "bad_timestamp",
+        "prepare_out_of_order",
+    ];
+
+    let joined = run(10186, 2, &lying);
     assert_eq!(joined.completed_requests, 80);
     assert!(
         joined
@@ -440,6 +455,19 @@ fn a_correct_replica_left_behind_in_a_new_view_rejoins_it() {
         "{:?}",
         joined.dropped
     );
-    let deferred = run(586, 3);
+    for r in refused {
+        assert!(!joined.dropped.contains_key(r), "{r}: {:?}", joined.dropped);
+    }
+
+    let deferred = run(586, 3, &lying);
     assert_eq!(deferred.completed_requests, 80);
+    assert!(
+        deferred
+            .dropped
+            .contains_key("prepare_deferred_until_caught_up")
+    );
+
+    let transferred = run(30053, 2, &|o| o.byzantine = Some(Byzantine::RebaseOverSent));
+    assert_eq!(transferred.completed_requests, 80);
+    assert!(!transferred.dropped.contains_key("bad_timestamp"));
 }

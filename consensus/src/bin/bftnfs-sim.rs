@@ -84,6 +84,26 @@ pub fn options_for(seed: u64, f: u32, mode: Option<Option<Byzantine>>) -> SimOpt
     o
 }
 
+/// The options besides the seed range and f that a failing seed's replay needs too.
+fn replay_options(args: &[String]) -> String {
+    let mut out = String::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--seeds" | "--first" | "--seed" | "--f" => {
+                it.next();
+            }
+            "--byzantine" | "--requests" | "--clients" => {
+                if let Some(v) = it.next() {
+                    out.push_str(&format!(" {a} {v}"));
+                }
+            }
+            _ => out.push_str(&format!(" {a}")),
+        }
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut seeds = 100u64;
@@ -224,7 +244,10 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                out!("{e}\nreplay: bftnfs-sim --seed {seed} --f {f}");
+                out!(
+                    "{e}\nreplay: bftnfs-sim --seed {seed} --f {f}{}",
+                    replay_options(&args)
+                );
                 ExitCode::FAILURE
             }
         };
@@ -236,7 +259,10 @@ fn main() -> ExitCode {
             Ok(_) => passed += 1,
             Err(e) => {
                 failed += 1;
-                out!("FAIL {e}\n     replay: bftnfs-sim --seed {seed} --f {f}");
+                out!(
+                    "FAIL {e}\n     replay: bftnfs-sim --seed {seed} --f {f}{}",
+                    replay_options(&args)
+                );
             }
         }
     }

@@ -413,6 +413,12 @@ impl Replica {
             self.status = Status::Normal;
             self.prepared_n = n;
             self.proposed_n = n;
+            // Our clock reference may be our own proposals of an older view, made after
+            // the others left it; and we did not adopt this view's NEW-VIEW, so we know
+            // no top of its re-proposals and certify no view-top CHECKPOINT for it.
+            self.last_timestamp_ns = 0;
+            self.view_top = None;
+            self.view_top_sent = Some(view);
             self.outputs
                 .push(Output::Persist(PersistRecord::View(view)));
         }

@@ -182,6 +182,7 @@ impl Replica {
             // CHECKPOINT, after a gap nobody filled) and we will stand at that checkpoint
             // by state transfer: judge this PREPARE then, instead of refusing what the
             // others accepted and staying behind until the next checkpoint.
+            self.drop_input("prepare_deferred_until_caught_up");
             return Flow::Defer;
         }
         if h.n != self.prepared_n + 1 {

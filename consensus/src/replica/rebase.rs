@@ -321,8 +321,14 @@ impl Replica {
         self.status = Status::Normal;
         self.sent_req_view_change = None;
         self.view_changes = self.view_changes.split_off(&(view + 1));
-        self.prepared_n = self.prepared_n.max(self.stable.n);
-        self.proposed_n = self.proposed_n.max(self.stable.n);
+        // What we accepted in the old view above our stable state never committed there
+        // (the new view's re-proposals end at or below it), and our clock reference may be
+        // our own old-view proposals: start over from the stable state, as a restart from
+        // our records would, or the primary's fresh PREPAREs for those numbers would look
+        // like equivocation and their timestamps like going back.
+        self.prepared_n = self.stable.n;
+        self.proposed_n = self.stable.n;
+        self.last_timestamp_ns = 0;
         self.reproposals.clear();
         self.view_top = Some(top);
         // The view-top checkpoint is certified already; we are past it.

@@ -286,9 +286,9 @@ impl Replica {
             return Flow::Done;
         }
         if self.new_view_uses_void(&nv.view_changes) {
+            // Not the primary's fault: what is void depends on us, not on the NEW-VIEW.
             self.drop_input("new_view_with_void_view_change");
             self.refused_void_new_view(nv.new_view);
-            self.suspect_primary_of(nv.new_view);
             return Flow::Done;
         }
         // Every VIEW-CHANGE inside must first be processed in its sender's own stream.
