@@ -110,6 +110,9 @@ pub struct ReplicaStats {
     pub prepares_early: u64,
     /// COMMITs held back for a peer that did not need them at once (`Node::may_hold`).
     pub commits_held: u64,
+    /// Held COMMITs that have left since (with a later message to that peer, or at a
+    /// tick); equal to `commits_held` once the replica is idle.
+    pub commits_held_sent: u64,
     /// This run began by re-basing: its USIG was ahead of its log (consensus I8).
     pub started_rebasing: bool,
 }
@@ -322,6 +325,7 @@ struct Node {
     /// the next message to it or at the next tick.
     held: Vec<Vec<Arc<LinkMsg>>>,
     commits_held: u64,
+    commits_held_sent: u64,
     replies: Vec<(u64, Vec<u8>)>,
     /// PREPAREs that left before their burst's sync (`Lease`), and the last one's
     /// counter.
@@ -543,6 +547,7 @@ impl Node {
             return;
         };
         for msg in std::mem::take(held) {
+            self.commits_held_sent += 1;
             self.enqueue_link(to, msg);
         }
     }
@@ -839,6 +844,7 @@ impl Node {
             replies_from_cache: self.core.replies_from_cache(),
             prepares_early: self.prepares_early,
             commits_held: self.commits_held,
+            commits_held_sent: self.commits_held_sent,
             started_rebasing: self.started_rebasing,
             checks_deferred: self.lazy.as_ref().map_or(0, |l| {
                 l.stats.deferred.load(std::sync::atomic::Ordering::Relaxed)
@@ -1088,6 +1094,7 @@ fn open_node(
         outbox: Vec::new(),
         held: vec![Vec::new(); n as usize],
         commits_held: 0,
+        commits_held_sent: 0,
         replies: Vec::new(),
         prepares_early: 0,
         last_early: 0,
