@@ -307,6 +307,7 @@ impl Replica {
         sender: ReplicaId,
         n: SeqNum,
     ) {
+        self.fill_for_a_cut(n);
         let s = &self.streams[sender as usize];
         let Some(&c) = s.checkpoint_counters.get(&n) else {
             // A re-basing sender certifies no CHECKPOINT: its REBASE is the place to
@@ -347,6 +348,33 @@ impl Replica {
                 to: from,
                 msg: PeerMessage::CertRequest { n: stable },
             });
+        }
+    }
+
+    /// A replica asks to resume a stream right after its sender's CHECKPOINT at our
+    /// stable checkpoint `n` (it lost its place in that stream by a restart or a state
+    /// transfer). A sender that never certified that CHECKPOINT (it installed the state
+    /// instead of executing it) only resumes the stream at its next one, and a cluster
+    /// with nothing to order never gets there: that replica would stay behind for good,
+    /// and with f replicas lying in their replies the clients with it (simulator, seeds
+    /// 2254 and 3994 with f = 2). So the primary, when it executed past `n` and has
+    /// nothing pending, fills up to the next checkpoint boundary with empty batches.
+    /// A faulty replica asking again gains at most that one interval per stretch of real
+    /// work: once the boundary is stable, nothing lies beyond it to fill.
+    fn fill_for_a_cut(&mut self, n: SeqNum) {
+        if !self.is_primary()
+            || self.status != super::Status::Normal
+            || n != self.stable.n
+            || self.executed_n <= n
+            || !self.pending.is_empty()
+        {
+            return;
+        }
+        let ci = self.config.checkpoint_interval;
+        let boundary = self.executed_n.div_ceil(ci) * ci;
+        if boundary > self.fill_to {
+            self.fill_to = boundary;
+            self.drop_input("filled_to_checkpoint_for_a_cut");
         }
     }
 

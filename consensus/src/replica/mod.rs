@@ -349,9 +349,12 @@ pub struct Replica {
     rebase_seen: Vec<u64>,
     /// Counter ranges `lo..hi` of each sender skipped because of a REBASE.
     void_ranges: Vec<BTreeMap<u64, u64>>,
-    /// The checkpoint boundary at or after the last executed REBASE: the primary fills
-    /// up to it with empty batches, so an idle cluster still readmits the replica.
-    rebase_checkpoint_to: SeqNum,
+    /// A checkpoint boundary the primary fills up to with empty batches, so that even an
+    /// idle cluster reaches it: the one at or after the last executed REBASE (so the
+    /// re-basing replica is readmitted), or the next one after a replica asked to resume
+    /// a stream from our stable checkpoint that the sender never certified
+    /// (`on_fetch_from_checkpoint`).
+    fill_to: SeqNum,
 
     dropped: BTreeMap<&'static str, u64>,
     /// Replies sent again from the exactly-once cache (a client re-sent its request).
@@ -437,7 +440,7 @@ impl Replica {
             pending_rebases: BTreeMap::new(),
             rebase_seen: vec![0; n],
             void_ranges: vec![BTreeMap::new(); n],
-            rebase_checkpoint_to: 0,
+            fill_to: 0,
             dropped: BTreeMap::new(),
             replies_from_cache: 0,
             outputs: Vec::new(),
@@ -629,7 +632,7 @@ impl Replica {
                 .iter()
                 .map(|(j, p)| (*j, p.rebase.ui.counter, p.proposed, p.relayed))
                 .collect::<Vec<_>>(),
-            self.rebase_checkpoint_to,
+            self.fill_to,
             self.view,
             self.status,
             self.exec_n,

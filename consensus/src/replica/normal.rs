@@ -137,8 +137,8 @@ impl Replica {
             batch.requests.push(p.request.clone());
         }
         batch.rebases = self.rebases_to_propose();
-        if batch.is_empty() && n > self.rebase_checkpoint_to {
-            return; // (empty batches only to reach the checkpoint that readmits, I8)
+        if batch.is_empty() && n > self.fill_to {
+            return; // (empty batches only to reach a checkpoint someone waits for)
         }
         let timestamp_ns = self.now_ns.max(self.last_timestamp_ns + 1);
         let header = PrepareHeader {

@@ -134,7 +134,7 @@ impl Replica {
     pub(super) fn apply_rebases(&mut self, rebases: &[Rebase], n: SeqNum) {
         if !rebases.is_empty() {
             let ci = self.config.checkpoint_interval;
-            self.rebase_checkpoint_to = n.div_ceil(ci) * ci;
+            self.fill_to = self.fill_to.max(n.div_ceil(ci) * ci);
         }
         for r in rebases {
             let rec = self.rebases.entry(r.sender).or_default();
