@@ -264,13 +264,30 @@ pub fn set_user_timeout(stream: &tokio::net::TcpStream, timeout: std::time::Dura
     }
 }
 
+/// Refuses a TCP self-connection. Dialing a loopback port in the ephemeral range where
+/// nothing listens (a replica that is down) can pick that very port as the source and
+/// connect the socket to itself; kept, it would hold the port, and the replica, when it
+/// restarts, could not listen there ("address already in use").
+fn refuse_self_connect(s: tokio::net::TcpStream) -> std::io::Result<tokio::net::TcpStream> {
+    if s.local_addr()? == s.peer_addr()? {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connected to itself: nothing listens there",
+        ));
+    }
+    Ok(s)
+}
+
 pub async fn dial<T>(
     addr: std::net::SocketAddr,
     queue: &mut tokio::sync::mpsc::Receiver<T>,
     backoff: &mut Backoff,
 ) -> Option<tokio::net::TcpStream> {
     loop {
-        match tokio::net::TcpStream::connect(addr).await {
+        match tokio::net::TcpStream::connect(addr)
+            .await
+            .and_then(refuse_self_connect)
+        {
             Ok(s) => {
                 set_user_timeout(&s, UNACKED_TIMEOUT);
                 return Some(s);

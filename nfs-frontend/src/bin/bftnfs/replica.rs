@@ -46,7 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .build()?;
     let result = rt.block_on(async {
         let addr = config.replica_addr(args.id);
-        let listener = TcpListener::bind(addr)
+        let listener = bind_with_retry(addr)
             .await
             .with_context(|| format!("listening on {addr}"))?;
         info!(id = args.id, %addr, "replica listening");
@@ -71,4 +71,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     });
     let _ = std::fs::remove_file(pid);
     result
+}
+
+/// Binds the replica's configured address, retrying for a while if it is in use: a
+/// replica restarted right after a crash can find its port still held (a socket of the
+/// old process not yet closed, or a peer's outgoing connection that happened to take it).
+async fn bind_with_retry(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    const TRIES: u32 = 60;
+    let mut tries = 0;
+    loop {
+        match TcpListener::bind(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < TRIES => {
+                if tries == 0 {
+                    tracing::warn!(%addr, "address in use; retrying for up to 30 s");
+                }
+                tries += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            other => return other,
+        }
+    }
 }
