@@ -470,6 +470,15 @@ fn a_correct_replica_left_behind_in_a_new_view_rejoins_it() {
     let transferred = run(30053, 2, &|o| o.byzantine = Some(Byzantine::RebaseOverSent));
     assert_eq!(transferred.completed_requests, 80);
     assert!(!transferred.dropped.contains_key("bad_timestamp"));
+
+    // A backup that adopted a NEW-VIEW whose base lay below its stable checkpoint kept
+    // expecting the batch after the base, so the fresh PREPAREs above the top waited for
+    // a gap that never closes (seed 7845, lying replies and a lost disk).
+    let below_stable = run(7845, 2, &|o| {
+        o.byzantine = Some(Byzantine::LyingReplies);
+        o.disk_loss = true;
+    });
+    assert_eq!(below_stable.completed_requests, 80);
 }
 
 /// A replica that lost its place in the primary's stream (a restart or a state transfer)

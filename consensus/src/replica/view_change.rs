@@ -376,6 +376,14 @@ impl Replica {
         self.sent_req_view_change = None;
         self.view_changes = self.view_changes.split_off(&(nv.new_view + 1));
         self.prepared_n = resume_n.max(decision.base);
+        if !self.is_primary() {
+            // A backup never stands below its stable checkpoint (a state transfer may have
+            // brought it above the base): batches up to it are settled. Left below, a
+            // fresh PREPARE above the top looked like a gap that never closes (simulator,
+            // seed 7845 with f = 2 and lying replies). The primary still re-proposes from
+            // the base, for backups behind it.
+            self.prepared_n = self.prepared_n.max(self.stable.n);
+        }
         self.proposed_n = self.prepared_n;
         self.last_timestamp_ns = decision
             .reproposals
