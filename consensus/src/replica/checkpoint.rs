@@ -391,6 +391,11 @@ impl Replica {
         self.clients = core_state.clients.clone();
         self.rebases = core_state.rebases.clone();
         self.prune_pending_rebases();
+        // Requests the installed state executed are no longer pending (left there, a
+        // primary's request timer would suspect itself for them).
+        let clients = &self.clients;
+        self.pending
+            .retain(|c, p| clients.get(c).is_none_or(|r| r.last_seq < p.request.seq));
         self.exec_n = n;
         self.executed_n = n;
         self.executing.clear();

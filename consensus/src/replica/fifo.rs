@@ -307,7 +307,7 @@ impl Replica {
         sender: ReplicaId,
         n: SeqNum,
     ) {
-        self.fill_for_a_cut(n);
+        self.fill_for_a_cut(sender, n);
         let s = &self.streams[sender as usize];
         let Some(&c) = s.checkpoint_counters.get(&n) else {
             // A re-basing sender certifies no CHECKPOINT: its REBASE is the place to
@@ -359,14 +359,25 @@ impl Replica {
     /// and with f replicas lying in their replies the clients with it (simulator, seeds
     /// 2254 and 3994 with f = 2). So the primary, when it executed past `n` and has
     /// nothing pending, fills up to the next checkpoint boundary with empty batches.
-    /// A faulty replica asking again gains at most that one interval per stretch of real
-    /// work: once the boundary is stable, nothing lies beyond it to fill.
-    fn fill_for_a_cut(&mut self, n: SeqNum) {
+    /// Only when the asked-for CHECKPOINT is one nobody can hand over as far as we know
+    /// (we hold none of that sender at `n`, nor a REBASE to resume from), so a faulty
+    /// replica asking about a stream that can resume gets nothing filled; and asking
+    /// again gains it at most that one interval per stretch of real work: once the
+    /// boundary is stable, nothing lies beyond it to fill. Empty batches go out only
+    /// while no request waits (`maybe_propose`).
+    fn fill_for_a_cut(&mut self, sender: ReplicaId, n: SeqNum) {
         if !self.is_primary()
             || self.status != super::Status::Normal
             || n != self.stable.n
             || self.executed_n <= n
-            || !self.pending.is_empty()
+        {
+            return;
+        }
+        // (Our own messages pass through our own stream too, so this covers us.)
+        if self.streams[sender as usize]
+            .checkpoint_counters
+            .contains_key(&n)
+            || self.latest_rebase_of(sender).is_some()
         {
             return;
         }

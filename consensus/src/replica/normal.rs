@@ -393,7 +393,16 @@ impl Replica {
         let mut ids = Vec::new();
         for r in batch.requests {
             if r.seq <= self.clients.get(&r.client).map_or(0, |rec| rec.last_seq) {
-                continue; // exactly-once: already executed (and no record for seq 0)
+                // Exactly-once: already executed (and no record for seq 0). Nor is it
+                // pending any more (it may have come with an installed state).
+                if self
+                    .pending
+                    .get(&r.client)
+                    .is_some_and(|p| p.request.seq <= r.seq)
+                {
+                    self.pending.remove(&r.client);
+                }
+                continue;
             }
             let rec = self.clients.entry(r.client).or_default();
             rec.last_seq = r.seq;

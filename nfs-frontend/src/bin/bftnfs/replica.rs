@@ -83,7 +83,10 @@ async fn bind_with_retry(addr: std::net::SocketAddr) -> std::io::Result<TcpListe
         match TcpListener::bind(addr).await {
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < TRIES => {
                 if tries == 0 {
-                    tracing::warn!(%addr, "address in use; retrying for up to 30 s");
+                    tracing::warn!(
+                        %addr,
+                        "address in use (is this replica already running?); retrying for up to 30 s"
+                    );
                 }
                 tries += 1;
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
