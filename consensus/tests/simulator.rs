@@ -242,13 +242,13 @@ fn core_depends_on_no_runtime() {
 // ----- crash recovery, re-basing (I8), self-repair --------------------------------------
 
 fn run_with(f: u32, seeds: std::ops::Range<u64>, set: impl Fn(&mut SimOptions)) -> Vec<SimReport> {
-    seeds
-        .map(|seed| {
-            let mut o = SimOptions::new(seed, f);
-            set(&mut o);
-            sim::run(&o).unwrap_or_else(|e| panic!("{e}\n(options: {o:?})"))
-        })
-        .collect()
+    seeds.map(|seed| run_one(seed, f, &set)).collect()
+}
+
+fn run_one(seed: u64, f: u32, set: impl Fn(&mut SimOptions)) -> SimReport {
+    let mut o = SimOptions::new(seed, f);
+    set(&mut o);
+    sim::run(&o).unwrap_or_else(|e| panic!("{e}\n(options: {o:?})"))
 }
 
 #[test]
@@ -425,11 +425,6 @@ fn correct_replicas_vote_the_same_checkpoint_digests() {
 ///   its own proposals of the old view and refused it.
 #[test]
 fn a_correct_replica_left_behind_in_a_new_view_rejoins_it() {
-    let run = |seed: u64, f: u32, set: &dyn Fn(&mut SimOptions)| {
-        let mut o = SimOptions::new(seed, f);
-        set(&mut o);
-        sim::run(&o).unwrap_or_else(|e| panic!("{e}\n(options: {o:?})"))
-    };
     let lying = |o: &mut SimOptions| {
         o.byzantine = Some(Byzantine::LyingReplies);
         o.usig_gaps = true;
@@ -443,7 +438,7 @@ fn a_correct_replica_left_behind_in_a_new_view_rejoins_it() {
         "prepare_out_of_order",
     ];
 
-    let joined = run(10186, 2, &lying);
+    let joined = run_one(10186, 2, lying);
     assert_eq!(joined.completed_requests, 80);
     assert!(
         joined
@@ -459,7 +454,7 @@ fn a_correct_replica_left_behind_in_a_new_view_rejoins_it() {
         assert!(!joined.dropped.contains_key(r), "{r}: {:?}", joined.dropped);
     }
 
-    let deferred = run(586, 3, &lying);
+    let deferred = run_one(586, 3, lying);
     assert_eq!(deferred.completed_requests, 80);
     assert!(
         deferred
@@ -467,14 +462,14 @@ fn a_correct_replica_left_behind_in_a_new_view_rejoins_it() {
             .contains_key("prepare_deferred_until_caught_up")
     );
 
-    let transferred = run(30053, 2, &|o| o.byzantine = Some(Byzantine::RebaseOverSent));
+    let transferred = run_one(30053, 2, |o| o.byzantine = Some(Byzantine::RebaseOverSent));
     assert_eq!(transferred.completed_requests, 80);
     assert!(!transferred.dropped.contains_key("bad_timestamp"));
 
     // A backup that adopted a NEW-VIEW whose base lay below its stable checkpoint kept
     // expecting the batch after the base, so the fresh PREPAREs above the top waited for
     // a gap that never closes (seed 7845, lying replies and a lost disk).
-    let below_stable = run(7845, 2, &|o| {
+    let below_stable = run_one(7845, 2, |o| {
         o.byzantine = Some(Byzantine::LyingReplies);
         o.disk_loss = true;
     });
@@ -493,10 +488,10 @@ fn a_replica_that_lost_its_place_in_an_idle_cluster_gets_a_checkpoint() {
     let reports: Vec<SimReport> = [238, 2254, 3994]
         .into_iter()
         .map(|seed| {
-            let mut o = SimOptions::new(seed, 2);
-            o.byzantine = Some(Byzantine::LyingReplies);
-            o.usig_gaps = true;
-            sim::run(&o).unwrap_or_else(|e| panic!("{e}\n(options: {o:?})"))
+            run_one(seed, 2, |o| {
+                o.byzantine = Some(Byzantine::LyingReplies);
+                o.usig_gaps = true;
+            })
         })
         .collect();
     assert!(reports.iter().all(|r| r.completed_requests == 80));

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use super::fifo::Flow;
-use super::{Intent, Output, PersistRecord, Replica, Status};
+use super::{Intent, Output, PersistRecord, Replica};
 use crate::message::{Checkpoint, CheckpointCert, PeerMessage};
 use crate::types::{ClientId, Digest, ReplicaId, SeqNum, View};
 
@@ -415,15 +415,9 @@ impl Replica {
             .unwrap_or(self.view);
         if view > self.view {
             self.view = view;
-            self.status = Status::Normal;
-            self.prepared_n = n;
-            self.proposed_n = n;
-            // Our clock reference may be our own proposals of an older view, made after
-            // the others left it; and we did not adopt this view's NEW-VIEW, so we know
-            // no top of its re-proposals and certify no view-top CHECKPOINT for it.
-            self.last_timestamp_ns = 0;
-            self.view_top = None;
-            self.view_top_sent = Some(view);
+            // We did not adopt this view's NEW-VIEW, so we know no top of its
+            // re-proposals and certify no view-top CHECKPOINT for it.
+            self.enter_view_without_new_view(n, None);
             self.outputs
                 .push(Output::Persist(PersistRecord::View(view)));
         }

@@ -307,16 +307,17 @@ impl Replica {
         sender: ReplicaId,
         n: SeqNum,
     ) {
-        self.fill_for_a_cut(sender, n);
         let s = &self.streams[sender as usize];
         let Some(&c) = s.checkpoint_counters.get(&n) else {
             // A re-basing sender certifies no CHECKPOINT: its REBASE is the place to
-            // resume from (I8).
-            if let Some(m) = self.latest_rebase_of(sender) {
-                self.outputs.push(Output::Send {
+            // resume from (I8). Without either, the stream resumes only at the sender's
+            // next CHECKPOINT.
+            match self.latest_rebase_of(sender) {
+                Some(m) => self.outputs.push(Output::Send {
                     to: from,
                     msg: PeerMessage::Ui(m),
-                });
+                }),
+                None => self.fill_for_a_cut(n),
             }
             return;
         };
@@ -351,33 +352,25 @@ impl Replica {
         }
     }
 
-    /// A replica asks to resume a stream right after its sender's CHECKPOINT at our
+    /// A replica asked to resume a stream right after its sender's CHECKPOINT at our
     /// stable checkpoint `n` (it lost its place in that stream by a restart or a state
-    /// transfer). A sender that never certified that CHECKPOINT (it installed the state
-    /// instead of executing it) only resumes the stream at its next one, and a cluster
-    /// with nothing to order never gets there: that replica would stay behind for good,
-    /// and with f replicas lying in their replies the clients with it (simulator, seeds
-    /// 2254 and 3994 with f = 2). So the primary, when it executed past `n` and has
-    /// nothing pending, fills up to the next checkpoint boundary with empty batches.
-    /// Only when the asked-for CHECKPOINT is one nobody can hand over as far as we know
-    /// (we hold none of that sender at `n`, nor a REBASE to resume from), so a faulty
-    /// replica asking about a stream that can resume gets nothing filled; and asking
-    /// again gains it at most that one interval per stretch of real work: once the
-    /// boundary is stable, nothing lies beyond it to fill. Empty batches go out only
-    /// while no request waits (`maybe_propose`).
-    fn fill_for_a_cut(&mut self, sender: ReplicaId, n: SeqNum) {
+    /// transfer), and we hold no such CHECKPOINT of that sender, nor a REBASE to resume
+    /// from (our own messages pass through our own stream too, so this covers us). A
+    /// sender that never certified that CHECKPOINT (it installed the state instead of
+    /// executing it) only resumes the stream at its next one, and a cluster with nothing
+    /// to order never gets there: that replica would stay behind for good, and with f
+    /// replicas lying in their replies the clients with it (simulator, seeds 2254 and
+    /// 3994 with f = 2). So the primary, when it executed past `n`, fills up to the next
+    /// checkpoint boundary with empty batches. A faulty replica asking about a stream
+    /// that can resume gets nothing filled, and asking again gains it at most that one
+    /// interval per stretch of real work: once the boundary is stable, nothing lies
+    /// beyond it to fill. Empty batches go out only while no request waits
+    /// (`maybe_propose`).
+    fn fill_for_a_cut(&mut self, n: SeqNum) {
         if !self.is_primary()
             || self.status != super::Status::Normal
             || n != self.stable.n
             || self.executed_n <= n
-        {
-            return;
-        }
-        // (Our own messages pass through our own stream too, so this covers us.)
-        if self.streams[sender as usize]
-            .checkpoint_counters
-            .contains_key(&n)
-            || self.latest_rebase_of(sender).is_some()
         {
             return;
         }

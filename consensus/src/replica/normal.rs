@@ -392,23 +392,8 @@ impl Replica {
         let mut included = Vec::new();
         let mut ids = Vec::new();
         for r in batch.requests {
-            if r.seq <= self.clients.get(&r.client).map_or(0, |rec| rec.last_seq) {
-                // Exactly-once: already executed (and no record for seq 0). Nor is it
-                // pending any more (it may have come with an installed state).
-                if self
-                    .pending
-                    .get(&r.client)
-                    .is_some_and(|p| p.request.seq <= r.seq)
-                {
-                    self.pending.remove(&r.client);
-                }
-                continue;
-            }
-            let rec = self.clients.entry(r.client).or_default();
-            rec.last_seq = r.seq;
-            rec.last_n = h.n;
-            rec.result = None;
-            ids.push((r.client, r.seq));
+            // Executed now, or before (it may have come with an installed state): no
+            // longer pending either way.
             if self
                 .pending
                 .get(&r.client)
@@ -416,6 +401,14 @@ impl Replica {
             {
                 self.pending.remove(&r.client);
             }
+            if r.seq <= self.clients.get(&r.client).map_or(0, |rec| rec.last_seq) {
+                continue; // exactly-once: already executed (and no record for seq 0)
+            }
+            let rec = self.clients.entry(r.client).or_default();
+            rec.last_seq = r.seq;
+            rec.last_n = h.n;
+            rec.result = None;
+            ids.push((r.client, r.seq));
             included.push(r);
         }
         self.evict_clients();

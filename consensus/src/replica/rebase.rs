@@ -272,6 +272,22 @@ impl Replica {
             .any(|vc| self.is_void(vc.sender, vc.ui.counter))
     }
 
+    /// Enters the current view in normal operation at batch `at` without its NEW-VIEW
+    /// (by a state transfer, or by the view-top certificate, whose `top` we then know),
+    /// the way a restart from our records would: accepting from the primary's stream
+    /// after `at`, with no clock reference (ours may be our own proposals of an older
+    /// view, later than the new primary's first timestamp, so its fresh PREPAREs would
+    /// look like time going back), and certifying no view-top CHECKPOINT for this view
+    /// (its certificate exists already, or we never saw its re-proposals).
+    pub(super) fn enter_view_without_new_view(&mut self, at: SeqNum, top: Option<SeqNum>) {
+        self.status = Status::Normal;
+        self.prepared_n = at;
+        self.proposed_n = at;
+        self.last_timestamp_ns = 0;
+        self.view_top = top;
+        self.view_top_sent = Some(self.view);
+    }
+
     /// Notes that we refused the NEW-VIEW of `view` because it rests on a VIEW-CHANGE we
     /// skipped as void (`check_join_by_view_cert` then joins that view another way).
     pub(super) fn refused_void_new_view(&mut self, view: View) {
@@ -318,21 +334,13 @@ impl Replica {
         self.outputs
             .push(Output::Persist(PersistRecord::NewViewAccepted(view)));
         self.new_view_accepted = view;
-        self.status = Status::Normal;
         self.sent_req_view_change = None;
         self.view_changes = self.view_changes.split_off(&(view + 1));
         // What we accepted in the old view above our stable state never committed there
-        // (the new view's re-proposals end at or below it), and our clock reference may be
-        // our own old-view proposals: start over from the stable state, as a restart from
-        // our records would, or the primary's fresh PREPAREs for those numbers would look
-        // like equivocation and their timestamps like going back.
-        self.prepared_n = self.stable.n;
-        self.proposed_n = self.stable.n;
-        self.last_timestamp_ns = 0;
+        // (the new view's re-proposals end at or below it).
+        let stable = self.stable.n;
+        self.enter_view_without_new_view(stable, Some(top));
         self.reproposals.clear();
-        self.view_top = Some(top);
-        // The view-top checkpoint is certified already; we are past it.
-        self.view_top_sent = Some(view);
         self.void_new_view = None;
         self.reset_pending();
         self.drop_input("joined_view_by_certificate");
