@@ -14,6 +14,7 @@
 //! crash 1 / restart 1                      lose volatile state / recover from durable records
 //! crash-lose-tail 1 2                      crash losing the last 2 logged messages (USIG ahead)
 //! crash-lose-disk 1                        crash losing every durable record, keeping the USIG
+//! send 1 0 fetch-from-checkpoint sender=2 n=0   replica 1 sends replica 0 that message
 //! expect executed 0,1,2 = 3                executed batches per replica
 //! expect view 0,1,2 = 1                    current view
 //! expect stable 0,1,2 = 4                  stable checkpoint
@@ -24,6 +25,7 @@
 //! expect done c=0 = 1;2;                   the client's last completed result
 //! expect pending c=0                       the client still waits
 //! expect dropped 1 reproposal_mismatch     the replica counted that reason at least once
+//! expect not-dropped 1 reproposal_mismatch never
 //! ```
 
 use std::collections::{BTreeMap, VecDeque};
@@ -523,6 +525,17 @@ fn run_script(path: &Path) {
                     );
                 }
             }
+            "send" => {
+                let (from, to): (u32, u32) = (rest[0].parse().unwrap(), rest[1].parse().unwrap());
+                let msg = match rest[2] {
+                    "fetch-from-checkpoint" => PeerMessage::FetchFromCheckpoint {
+                        sender: kv_arg(rest, "sender").expect("sender=").parse().unwrap(),
+                        n: kv_arg(rest, "n").expect("n=").parse().unwrap(),
+                    },
+                    other => panic!("{at}: unknown message {other}"),
+                };
+                w.post(Node::R(from), Node::R(to), Message::Peer(msg));
+            }
             "expect" => expect(w, rest, &at),
             other => panic!("{at}: unknown command {other}"),
         }
@@ -576,10 +589,15 @@ fn expect(w: &World, args: &[&str], at: &str) {
             let c: u64 = kv_arg(args, "c").unwrap().parse().unwrap();
             assert!(!w.done.contains_key(&c), "{at}: client {c} completed");
         }
-        "dropped" => {
+        "dropped" | "not-dropped" => {
             let i: u32 = args[1].parse().unwrap();
             let n = w.replica(i).dropped().get(args[2]).copied().unwrap_or(0);
-            assert!(n > 0, "{at}: dropped counters {:?}", w.replica(i).dropped());
+            assert_eq!(
+                n > 0,
+                args[0] == "dropped",
+                "{at}: dropped counters {:?}",
+                w.replica(i).dropped()
+            );
         }
         other => panic!("{at}: unknown expectation {other}"),
     }
@@ -620,4 +638,5 @@ scenarios! {
     primary_rebases_and_is_replaced => "11-primary-rebases.scen",
     idle_cluster_catch_up_after_state_transfer => "12-idle-catch-up-after-transfer.scen",
     idle_cluster_catch_up_by_retransmission => "13-idle-catch-up-by-retransmission.scen",
+    primary_fills_to_the_next_checkpoint_for_a_cut => "14-fill-to-checkpoint-for-a-cut.scen",
 }

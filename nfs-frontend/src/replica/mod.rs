@@ -160,11 +160,16 @@ fn boot_id() -> String {
 /// restart does not make it skip and re-base. Safe because a stopped process sends
 /// nothing more and wrote every PREPARE it sent early into the log file before sending
 /// it (`Lease`); opening the log makes what the page cache holds durable. Refuses while
-/// a replica holds the USIG's lock, and after a machine restart (the page cache, and
+/// a replica holds its data directory or the USIG's lock, and after a machine restart (the page cache, and
 /// with it possibly PREPAREs' records, is gone: only the re-base is safe then).
 /// `bftnfs up` does this when a replica exits; `bftnfs seal` for other supervisors.
 /// Returns the lease before and after, if it was lowered.
 pub fn seal_lease(data_dir: &Path) -> Result<Option<(u64, u64)>, ReplicaError> {
+    if !data_dir.join(log::LOG_FILE).exists() {
+        return Ok(None);
+    }
+    // A running replica holds this whatever its USIG (`lock_data_dir`).
+    let _dir_lock = lock_data_dir(data_dir)?;
     let usig_dir = data_dir.join("usig");
     let _lock = if usig_dir.is_dir() {
         Some(usig::lock_state_dir(&usig_dir)?)
@@ -1253,7 +1258,38 @@ pub async fn run(
     Ok(final_stats)
 }
 
-/// Writes `pid` into `dir/pid` (for `bftnfs up` and operators).
+/// Takes the lock that one replica process holds on its data directory (`dir/lock`) for
+/// as long as it runs; fails at once if another process holds it. Two replicas on one
+/// directory would interleave their protocol logs and file states; with an in-process
+/// USIG its own lock would stop the second one, but a process or TPM USIG lives
+/// elsewhere. Keep the returned file open: closing it releases the lock.
+pub fn lock_data_dir(dir: &Path) -> std::io::Result<std::fs::File> {
+    let path = dir.join("lock");
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(dir.join("pid"))
+                .map(|p| format!(" (pid {})", p.trim()))
+                .unwrap_or_default();
+            Err(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                format!(
+                    "{} is in use by another replica process{holder}",
+                    dir.display()
+                ),
+            ))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
+/// Writes `pid` into `dir/pid` (for `bftnfs up` and operators). Call it holding the
+/// directory's lock (`lock_data_dir`), so that it never overwrites a running replica's.
 pub fn write_pid_file(dir: &Path) -> std::io::Result<PathBuf> {
     let path = dir.join("pid");
     std::fs::write(&path, format!("{}\n", std::process::id()))?;
@@ -1269,6 +1305,19 @@ mod tests {
             counter,
             boot: boot.to_owned(),
         }
+    }
+
+    #[test]
+    fn a_data_directory_serves_one_replica_process_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock_data_dir(dir.path()).unwrap();
+        write_pid_file(dir.path()).unwrap();
+        let err = lock_data_dir(dir.path()).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+        let pid = std::process::id().to_string();
+        assert!(err.to_string().contains(&pid), "{err}");
+        drop(held);
+        lock_data_dir(dir.path()).expect("released with the file");
     }
 
     #[test]

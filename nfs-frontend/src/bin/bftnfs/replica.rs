@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use nfs_frontend::config::ClusterConfig;
-use nfs_frontend::replica::{self, ReplicaOptions, write_pid_file};
+use nfs_frontend::replica::{self, ReplicaOptions, lock_data_dir, write_pid_file};
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -16,7 +16,8 @@ use crate::shutdown_signal;
 /// Its USIG is the one cluster.toml configures for it (`usig = { kind = "software" |
 /// "process" | "tpm", … }`; "tpm" needs a build with `--features tpm`).
 /// Its backing tree is DIR/export; DIR also holds the USIG state (DIR/usig), the protocol
-/// log, checkpoint snapshots and a pid file. Killed or crashed, it restarts with the same
+/// log, checkpoint snapshots, a lock (one replica process per DIR) and a pid file,
+/// written once the replica listens. Killed or crashed, it restarts with the same
 /// command and catches up from the others. Stops cleanly on SIGINT or SIGTERM.
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -40,15 +41,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.id < config.n(), "replica id {} out of range", args.id);
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("creating {}", args.data.display()))?;
-    let pid = write_pid_file(&args.data)?;
+    // Held until the process exits; a second replica on DIR stops here.
+    let _lock = lock_data_dir(&args.data).context("locking the data directory")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let mut pid = None;
     let result = rt.block_on(async {
         let addr = config.replica_addr(args.id);
         let listener = bind_with_retry(addr)
             .await
             .with_context(|| format!("listening on {addr}"))?;
+        pid = Some(write_pid_file(&args.data)?);
         info!(id = args.id, %addr, "replica listening");
         let opts = ReplicaOptions {
             id: args.id,
@@ -69,7 +73,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         info!(?stats, "stopped");
         anyhow::Ok(())
     });
-    let _ = std::fs::remove_file(pid);
+    if let Some(pid) = pid {
+        let _ = std::fs::remove_file(pid);
+    }
     result
 }
 
