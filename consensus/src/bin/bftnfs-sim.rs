@@ -32,8 +32,8 @@ OPTIONS:
     --byzantine M    behaviour of the f faulty replicas: one of equivocating-primary,
                      silent-primary, slow-primary, bad-new-view, forge-and-replay,
                      commit-unprepared, lying-replies, bad-state-transfer,
-                     rebase-over-sent; 'none' for crash faults only; 'mixed' (default)
-                     picks one per seed
+                     rebase-over-sent, split-view-change; 'none' for crash faults
+                     only; 'mixed' (default) picks one per seed (of all but the last)
     --no-faults      no network faults and no crashes
     --no-recovery-faults
                      crashes never lose the log's tail or the disk (no re-basing), no
@@ -57,6 +57,7 @@ fn parse_mode(s: &str) -> Option<Option<Byzantine>> {
         "lying-replies" => Byzantine::LyingReplies,
         "bad-state-transfer" => Byzantine::BadStateTransfer,
         "rebase-over-sent" => Byzantine::RebaseOverSent,
+        "split-view-change" => Byzantine::SplitViewChange,
         _ => return None,
     }))
 }

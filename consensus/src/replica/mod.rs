@@ -323,6 +323,9 @@ pub struct Replica {
     // View change.
     /// Highest view each replica asked for (REQ-VIEW-CHANGE or VIEW-CHANGE).
     requested_view: Vec<View>,
+    /// Per client, copies of its last executed request that arrived after it executed
+    /// (volatile; `client_still_waits`).
+    resent: BTreeMap<ClientId, (u64, u32)>,
     sent_req_view_change: Option<View>,
     req_view_change_tick: u64,
     view_changes: BTreeMap<View, BTreeMap<ReplicaId, crate::message::ViewChange>>,
@@ -423,6 +426,7 @@ impl Replica {
             digest_asked: None,
             behind_since_tick: None,
             requested_view: vec![0; n],
+            resent: BTreeMap::new(),
             sent_req_view_change: None,
             req_view_change_tick: 0,
             view_changes: BTreeMap::new(),

@@ -49,6 +49,7 @@ impl Replica {
                 if let Some(result) = rec.result.clone() {
                     self.replies_from_cache += 1;
                     self.send_reply(req.client, req.seq, false, result);
+                    self.client_still_waits(req.client, req.seq);
                 }
                 return;
             }

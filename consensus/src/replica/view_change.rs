@@ -98,6 +98,53 @@ impl Replica {
         self.on_req_view_change(self.id, self.view, target);
     }
 
+    /// A copy of `client`'s last request arrived after this replica executed it. The
+    /// first may just have been overtaken by its PREPARE; another is the client sending
+    /// it again, still short of f+1 matching replies. If a replica meanwhile left this
+    /// view (its VIEW-CHANGE for a later one is here), its replies are gone for as long
+    /// as the others stay, and with f replicas lying the client needs every correct
+    /// one: ask for that view, so that the correct replicas follow it there. MinBFT's
+    /// f+1 rule lets f faulty replicas plus one correct replica's request pull another
+    /// correct replica out of a view the rest stay in (consensus/README, "A replica
+    /// pulled out of a view"). It takes a replica's VIEW-CHANGE and a client's re-send
+    /// together: neither a faulty replica nor a faulty client alone moves a correct one.
+    pub(super) fn client_still_waits(&mut self, client: crate::ClientId, seq: u64) {
+        let copies = match self.resent.get_mut(&client) {
+            Some((s, k)) if *s == seq => {
+                *k = k.saturating_add(1);
+                *k
+            }
+            _ => {
+                self.resent.insert(client, (seq, 1));
+                1
+            }
+        };
+        if copies < 2 || self.status != Status::Normal || self.rebasing.is_some() {
+            return;
+        }
+        let left = self
+            .view_changes
+            .iter()
+            .rev()
+            .find(|(v, vcs)| **v > self.view && vcs.keys().any(|s| *s != self.id))
+            .map(|(v, _)| *v);
+        let Some(target) = left.map(|v| v.min(self.view + u64::from(self.config.n()))) else {
+            return;
+        };
+        if self.sent_req_view_change.is_some_and(|v| v >= target) {
+            return;
+        }
+        self.drop_input("followed_a_replica_out_of_the_view_for_a_client");
+        self.sent_req_view_change = Some(target);
+        self.req_view_change_tick = self.ticks;
+        self.outputs
+            .push(Output::Broadcast(PeerMessage::ReqViewChange {
+                view: self.view,
+                new_view: target,
+            }));
+        self.on_req_view_change(self.id, self.view, target);
+    }
+
     /// REQ-VIEW-CHANGE is not USIG-certified, so nobody relays it: repeat it until the
     /// view changes, or the request would be lost with the message.
     pub(super) fn repeat_req_view_change(&mut self) {

@@ -56,6 +56,12 @@ pub enum Byzantine {
     /// over them; sometimes keeps sending COMMITs, CHECKPOINTs and VIEW-CHANGEs while
     /// re-basing.
     RebaseOverSent,
+    /// Echoes every correct replica's request for a view change to one other correct
+    /// backup only (and sends its own requests only there), so that this backup counts
+    /// f+1 and leaves a view the others stay in; and lies in its replies, so that
+    /// clients need every correct replica (consensus/README, "Known issue"). Not in
+    /// `ALL`: a mode added later must not change which mode an older seed picks.
+    SplitViewChange,
 }
 
 impl Byzantine {
@@ -787,6 +793,15 @@ impl Sim {
                 match msg {
                     NetMsg::Peer(m) => {
                         let Node::Replica(j) = from else { return };
+                        if let PeerMessage::ReqViewChange { view, new_view } = m
+                            && self.replicas[i as usize].byzantine
+                                == Some(Byzantine::SplitViewChange)
+                            && !self.faulty.contains(&j)
+                            && let Some(victim) = self.split_victim(view, &[j])
+                        {
+                            let echo = PeerMessage::ReqViewChange { view, new_view };
+                            self.replica_send(i, victim, echo);
+                        }
                         match validate::peer_message(&self.opts.config, &self.crypto, j, m) {
                             Ok(v) => self.feed(i, Input::Peer { from: j, msg: v }),
                             Err(e) => self.core_mut(i).record_rejected(e),
@@ -1077,7 +1092,10 @@ impl Sim {
                 });
             }
             Output::Reply(mut reply) => {
-                if self.replicas[i as usize].byzantine == Some(Byzantine::LyingReplies) {
+                if matches!(
+                    self.replicas[i as usize].byzantine,
+                    Some(Byzantine::LyingReplies | Byzantine::SplitViewChange)
+                ) {
                     reply.result.extend_from_slice(b"LIE");
                     reply.mac = self.crypto.reply_mac(i, reply.client, &reply.mac_bytes());
                 }
@@ -1212,12 +1230,26 @@ impl Sim {
         );
     }
 
+    /// `SplitViewChange`: the correct replica, not in `not` and not the primary of
+    /// `view`, that the faulty replicas pull out of `view` (the lowest such id).
+    fn split_victim(&self, view: View, not: &[ReplicaId]) -> Option<ReplicaId> {
+        let primary = self.opts.config.primary(view);
+        (0..self.opts.config.n())
+            .find(|r| !self.faulty.contains(r) && !not.contains(r) && *r != primary)
+    }
+
     /// Byzantine broadcasts; true if the honest broadcast must not happen.
     fn byzantine_broadcast(&mut self, i: ReplicaId, msg: &PeerMessage) -> bool {
         let Some(mode) = self.replicas[i as usize].byzantine else {
             return false;
         };
         let n = self.opts.config.n();
+        if let (Byzantine::SplitViewChange, PeerMessage::ReqViewChange { view, .. }) = (mode, msg) {
+            if let Some(victim) = self.split_victim(*view, &[]) {
+                self.replica_send(i, victim, msg.clone());
+            }
+            return true;
+        }
         let PeerMessage::Ui(m) = msg else {
             return false;
         };
