@@ -32,8 +32,9 @@ OPTIONS:
     --byzantine M    behaviour of the f faulty replicas: one of equivocating-primary,
                      silent-primary, slow-primary, bad-new-view, forge-and-replay,
                      commit-unprepared, lying-replies, bad-state-transfer,
-                     rebase-over-sent, split-view-change; 'none' for crash faults
-                     only; 'mixed' (default) picks one per seed (of all but the last)
+                     rebase-over-sent, split-view-change, view-change-bait; 'none'
+                     for crash faults only; 'mixed' (default) picks one per seed (of
+                     all but the last two)
     --no-faults      no network faults and no crashes
     --no-recovery-faults
                      crashes never lose the log's tail or the disk (no re-basing), no
@@ -58,6 +59,7 @@ fn parse_mode(s: &str) -> Option<Option<Byzantine>> {
         "bad-state-transfer" => Byzantine::BadStateTransfer,
         "rebase-over-sent" => Byzantine::RebaseOverSent,
         "split-view-change" => Byzantine::SplitViewChange,
+        "view-change-bait" => Byzantine::ViewChangeBait,
         _ => return None,
     }))
 }

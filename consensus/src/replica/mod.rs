@@ -323,9 +323,9 @@ pub struct Replica {
     // View change.
     /// Highest view each replica asked for (REQ-VIEW-CHANGE or VIEW-CHANGE).
     requested_view: Vec<View>,
-    /// Per client, copies of its last executed request that arrived after it executed
-    /// (volatile; `client_still_waits`).
-    resent: BTreeMap<ClientId, (u64, u32)>,
+    /// Per client: the seq of its last executed request, the view and the tick when a
+    /// copy of it first arrived after it executed (volatile; `client_still_waits`).
+    resent: BTreeMap<ClientId, (u64, View, u64)>,
     sent_req_view_change: Option<View>,
     req_view_change_tick: u64,
     view_changes: BTreeMap<View, BTreeMap<ReplicaId, crate::message::ViewChange>>,

@@ -98,42 +98,51 @@ impl Replica {
         self.on_req_view_change(self.id, self.view, target);
     }
 
-    /// A copy of `client`'s last request arrived after this replica executed it. The
-    /// first may just have been overtaken by its PREPARE; another is the client sending
-    /// it again, still short of f+1 matching replies. If a replica meanwhile left this
-    /// view (its VIEW-CHANGE for a later one is here), its replies are gone for as long
-    /// as the others stay, and with f replicas lying the client needs every correct
-    /// one: ask for that view, so that the correct replicas follow it there. MinBFT's
-    /// f+1 rule lets f faulty replicas plus one correct replica's request pull another
-    /// correct replica out of a view the rest stay in (consensus/README, "A replica
-    /// pulled out of a view"). It takes a replica's VIEW-CHANGE and a client's re-send
-    /// together: neither a faulty replica nor a faulty client alone moves a correct one.
+    /// A copy of `client`'s last request arrived after this replica executed it: the
+    /// client is still short of f+1 matching replies (or its first copy was overtaken by
+    /// the PREPARE). If it still asks a whole request timeout after the first such copy,
+    /// while another replica has left this view (its VIEW-CHANGE for a later one is
+    /// here), that replica's replies are missing for as long as the rest stay, and with
+    /// f replicas lying the client needs every correct one: ask for the view it is in,
+    /// so that the correct replicas follow it there. MinBFT's f+1 rule lets f faulty
+    /// replicas plus one correct replica's request pull another correct replica out of
+    /// a view the rest stay in (consensus/README, "Correct replicas follow a replica
+    /// that f faulty ones pulled out of the view").
     pub(super) fn client_still_waits(&mut self, client: crate::ClientId, seq: u64) {
-        let copies = match self.resent.get_mut(&client) {
-            Some((s, k)) if *s == seq => {
-                *k = k.saturating_add(1);
-                *k
-            }
+        let (view, now) = (self.view, self.ticks);
+        let first = match self.resent.get(&client) {
+            Some(&(s, v, t)) if s == seq && v == view => t,
             _ => {
-                self.resent.insert(client, (seq, 1));
-                1
+                if self.resent.len() >= self.config.clients_max {
+                    self.resent.clear();
+                }
+                self.resent.insert(client, (seq, view, now));
+                now
             }
         };
-        if copies < 2 || self.status != Status::Normal || self.rebasing.is_some() {
+        if now.saturating_sub(first) < self.config.request_timeout_ticks
+            || self.status != Status::Normal
+            || self.rebasing.is_some()
+        {
             return;
         }
-        let left = self
-            .view_changes
-            .iter()
-            .rev()
-            .find(|(v, vcs)| **v > self.view && vcs.keys().any(|s| *s != self.id))
-            .map(|(v, _)| *v);
-        let Some(target) = left.map(|v| v.min(self.view + u64::from(self.config.n()))) else {
+        // Where each other replica that left this view is now (its latest VIEW-CHANGE
+        // within reach); the lowest of those, so that a faulty replica cannot send the
+        // correct ones further than a replica that is really there.
+        let mut latest: BTreeMap<ReplicaId, View> = BTreeMap::new();
+        let reach = view + u64::from(self.config.n());
+        for (v, vcs) in self.view_changes.range(view + 1..=reach) {
+            for sender in vcs.keys().filter(|s| **s != self.id) {
+                latest.insert(*sender, *v);
+            }
+        }
+        let Some(target) = latest.values().min().copied() else {
             return;
         };
         if self.sent_req_view_change.is_some_and(|v| v >= target) {
             return;
         }
+        self.resent.remove(&client);
         self.drop_input("followed_a_replica_out_of_the_view_for_a_client");
         self.sent_req_view_change = Some(target);
         self.req_view_change_tick = self.ticks;

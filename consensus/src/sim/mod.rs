@@ -59,10 +59,20 @@ pub enum Byzantine {
     /// Echoes every correct replica's request for a view change to one other correct
     /// backup only (and sends its own requests only there), so that this backup counts
     /// f+1 and leaves a view the others stay in; and lies in its replies, so that
-    /// clients need every correct replica (consensus/README, "Known issue"). Not in
+    /// clients need every correct replica (consensus/README, "Correct replicas follow a
+    /// replica that f faulty ones pulled out of the view"). Not in
     /// `ALL`: a mode added later must not change which mode an older seed picks.
     SplitViewChange,
+    /// Leaves the view on its own every `BAIT_TICKS`: it feeds its core f+1 made-up
+    /// REQ-VIEW-CHANGEs, so that it sends a genuine VIEW-CHANGE for the next view, and
+    /// lies in its replies. A bait for the rule that makes correct replicas follow a
+    /// replica out of the view (it must not make them follow a faulty one whenever a
+    /// client merely re-sends). Not in `ALL` either.
+    ViewChangeBait,
 }
+
+/// `Byzantine::ViewChangeBait`: ticks between two views it leaves.
+const BAIT_TICKS: u64 = 20;
 
 impl Byzantine {
     pub const ALL: [Byzantine; 9] = [
@@ -642,6 +652,28 @@ impl Sim {
             }
         }
         for i in 0..n {
+            if self.replicas[i as usize].byzantine == Some(Byzantine::ViewChangeBait)
+                && ticks.is_multiple_of(BAIT_TICKS)
+                && let Some(core) = self.replicas[i as usize].core.as_ref()
+                && !core.in_view_change()
+            {
+                let view = core.view();
+                let made_up: Vec<ReplicaId> = (0..n)
+                    .filter(|j| *j != i)
+                    .take(self.opts.config.quorum())
+                    .collect();
+                for j in made_up {
+                    let m = PeerMessage::ReqViewChange {
+                        view,
+                        new_view: view + 1,
+                    };
+                    if let Ok(v) = validate::peer_message(&self.opts.config, &self.crypto, j, m) {
+                        self.feed(i, Input::Peer { from: j, msg: v });
+                    }
+                }
+            }
+        }
+        for i in 0..n {
             if self.replicas[i as usize].core.is_some() {
                 let now_ns = (self.now_us + self.replicas[i as usize].clock_skew_us) * 1_000;
                 self.feed(i, Input::Tick { now_ns });
@@ -1094,7 +1126,11 @@ impl Sim {
             Output::Reply(mut reply) => {
                 if matches!(
                     self.replicas[i as usize].byzantine,
-                    Some(Byzantine::LyingReplies | Byzantine::SplitViewChange)
+                    Some(
+                        Byzantine::LyingReplies
+                            | Byzantine::SplitViewChange
+                            | Byzantine::ViewChangeBait
+                    )
                 ) {
                     reply.result.extend_from_slice(b"LIE");
                     reply.mac = self.crypto.reply_mac(i, reply.client, &reply.mac_bytes());
