@@ -114,15 +114,19 @@ struct MicroArgs {
     /// Null operations timed for the null-operation latency.
     #[arg(long, default_value_t = 2000)]
     requests: usize,
-    /// Operations timed for each request size.
+    /// Operations timed for each request or reply size.
     #[arg(long, default_value_t = 500)]
     size_requests: usize,
     /// Untimed operations before each latency series.
     #[arg(long, default_value_t = 100)]
     warmup: usize,
-    /// Request sizes in bytes.
+    /// Request sizes in bytes (each with an empty reply).
     #[arg(long, value_delimiter = ',', default_value = "0,1024,2048,4096")]
     sizes: Vec<usize>,
+    /// Reply sizes in bytes (each for the smallest request that asks for it, 8 bytes);
+    /// at most 65536.
+    #[arg(long, value_delimiter = ',', default_value = "1024,2048,4096")]
+    reply_sizes: Vec<usize>,
     /// Numbers of concurrent closed-loop clients for the throughput points.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16,64")]
     clients: Vec<usize>,
@@ -397,6 +401,16 @@ fn run_micro(args: MicroArgs, usig: UsigKind, data_root: &Path) -> Result<()> {
     if args.clients.contains(&0) {
         bail!("--clients must all be at least 1");
     }
+    if let Some(big) = args
+        .reply_sizes
+        .iter()
+        .find(|r| **r > nfs_frontend::null_op::REPLY_BYTES_MAX)
+    {
+        bail!(
+            "--reply-sizes: {big} is over the null application's largest reply, {} bytes",
+            nfs_frontend::null_op::REPLY_BYTES_MAX
+        );
+    }
     let config = micro::MicroConfig {
         f: args.f,
         data_root: data_root.to_path_buf(),
@@ -405,6 +419,7 @@ fn run_micro(args: MicroArgs, usig: UsigKind, data_root: &Path) -> Result<()> {
         size_requests: args.size_requests.max(1),
         warmup: args.warmup,
         sizes: args.sizes,
+        reply_sizes: args.reply_sizes,
         clients: args.clients,
         seconds: args.seconds,
         bundle_sessions: args.bundle_sessions,

@@ -1,6 +1,6 @@
 //! The micro-benchmarks of paper section 8.1 on the embedded MinPBFT cluster with the null
 //! application: latency of one null operation (one client, sequential), latency against
-//! the request size, and throughput against the number of concurrent clients with
+//! the request and the reply size, and throughput against the number of concurrent clients with
 //! batching on and off; beside them, the primitives those numbers are made of and the
 //! floor they imply.
 
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use nfs_frontend::null_op;
 use serde::Serialize;
 use tracing::warn;
 
@@ -30,11 +31,14 @@ pub struct MicroConfig {
     pub usig: UsigKind,
     /// Null operations timed for the null-operation latency.
     pub requests: usize,
-    /// Operations timed per request size.
+    /// Operations timed per request or reply size.
     pub size_requests: usize,
     /// Untimed operations before each latency series.
     pub warmup: usize,
+    /// Request sizes, each with an empty reply.
     pub sizes: Vec<usize>,
+    /// Reply sizes, each asked for by the smallest request that can (`null_op`).
+    pub reply_sizes: Vec<usize>,
     pub clients: Vec<usize>,
     pub seconds: f64,
     /// BFT sessions of the client in the bundling throughput runs.
@@ -46,8 +50,7 @@ pub struct MicroConfig {
 #[derive(Debug, Clone, Serialize)]
 pub struct LatencyPoint {
     pub request_bytes: usize,
-    /// Replies are null (empty) whatever the request size: the client API has no way to
-    /// ask for a reply of a given size.
+    /// The size of every result the client accepted (checked; `nfs_frontend::null_op`).
     pub reply_bytes: usize,
     pub summary: Summary,
 }
@@ -150,22 +153,24 @@ fn protocol(config: &MicroConfig, report: &mut MicroReport) -> Result<()> {
                 // sequential client never has more than one request to batch.
                 let client = cluster.client();
                 let (null, used, wall) =
-                    latency(&*client, 0, config.warmup, config.requests, "null op").await?;
+                    latency(&*client, (0, 0), config.warmup, config.requests, "null op").await?;
                 report.null_latency = Summary::of(&null);
                 report.null_cost = Some(used.per(null.len(), wall));
-                for &size in &config.sizes {
+                let sizes = config.sizes.iter().map(|&q| (q, 0));
+                let sizes = sizes.chain(config.reply_sizes.iter().map(|&r| (0, r)));
+                for (request, reply) in sizes {
                     let (samples, _, _) = latency(
                         &*client,
-                        size,
+                        (request, reply),
                         config.warmup.min(config.size_requests),
                         config.size_requests,
-                        &format!("{size} B op"),
+                        &format!("{request} B op, {reply} B reply"),
                     )
                     .await?;
                     if let Some(summary) = Summary::of(&samples) {
                         report.latency_by_size.push(LatencyPoint {
-                            request_bytes: size,
-                            reply_bytes: 0,
+                            request_bytes: null_op::encode(request, reply).len(),
+                            reply_bytes: reply,
                             summary,
                         });
                     }
@@ -189,17 +194,18 @@ fn protocol(config: &MicroConfig, report: &mut MicroReport) -> Result<()> {
     Ok(())
 }
 
-/// `n` sequential operations of `size` bytes after `warmup` untimed ones: their
-/// latencies, and what the timed ones cost the process over how long.
+/// `n` sequential operations of `(request, reply)` bytes after `warmup` untimed ones:
+/// their latencies, and what the timed ones cost the process over how long. A result
+/// other than the `reply` bytes asked for is an error.
 async fn latency(
     client: &dyn ProtocolClient,
-    size: usize,
+    (request, reply): (usize, usize),
     warmup: usize,
     n: usize,
     what: &str,
 ) -> Result<(Vec<Duration>, Usage, Duration)> {
     let bar = bar(what, warmup + n);
-    let op = vec![0xabu8; size];
+    let op = null_op::encode(request, reply);
     let mut samples = Vec::with_capacity(n);
     let (mut used_from, mut timed_from) = (Usage::now(), Instant::now());
     for i in 0..warmup + n {
@@ -208,10 +214,16 @@ async fn latency(
         }
         let op = op.clone();
         let start = Instant::now();
-        tokio::time::timeout(INVOKE_TIMEOUT, client.invoke(op, false))
+        let result = tokio::time::timeout(INVOKE_TIMEOUT, client.invoke(op, false))
             .await
             .with_context(|| format!("{what}: no reply in {INVOKE_TIMEOUT:?}"))?;
         let elapsed = start.elapsed();
+        if result.len() != reply || result.iter().any(|b| *b != null_op::REPLY_FILL) {
+            anyhow::bail!(
+                "{what}: a {}-byte result, not the {reply} bytes asked for",
+                result.len()
+            );
+        }
         if i >= warmup {
             samples.push(elapsed);
         }
@@ -411,13 +423,15 @@ impl MicroReport {
         if !self.latency_by_size.is_empty() {
             let _ = writeln!(
                 out,
-                "  latency vs request size (replies are null: the client API cannot ask for a reply size):"
+                "  latency vs request and reply size (a request that asks for a reply size is at least {} B):",
+                null_op::SIZED_OP_BYTES
             );
             for l in &self.latency_by_size {
                 let _ = writeln!(
                     out,
-                    "    {:>5} B request: median {:>6.0} µs, mean {:>6.0} ± {:.0} µs, p95 {:>6.0} µs",
+                    "    {:>5} B request, {:>5} B reply: median {:>6.0} µs, mean {:>6.0} ± {:.0} µs, p95 {:>6.0} µs",
                     l.request_bytes,
+                    l.reply_bytes,
                     l.summary.median_ms * 1e3,
                     l.summary.mean_ms * 1e3,
                     l.summary.stddev_ms * 1e3,

@@ -265,6 +265,8 @@ fn micro_measures_primitives_latency_and_throughput() {
             "1",
             "--sizes",
             "0,4096",
+            "--reply-sizes",
+            "4096",
             "--clients",
             "1,4",
             "--seconds",
@@ -298,7 +300,23 @@ fn micro_measures_primitives_latency_and_throughput() {
     assert_eq!(v["null_latency"]["n"].as_u64(), Some(5));
     assert!(v["null_cost"]["cpu_us"].as_f64().expect("null_cost") > 0.0);
     assert!(stdout.contains("where the time goes"), "{stdout}");
-    assert_eq!(v["latency_by_size"].as_array().expect("sizes").len(), 2);
+    // Two request sizes with empty replies, then a 4 KB reply for the smallest sized
+    // request; the benchmark checked every result's length (an error would have set
+    // cluster_error).
+    let sizes = v["latency_by_size"].as_array().expect("sizes");
+    let pairs: Vec<_> = sizes
+        .iter()
+        .map(|p| (p["request_bytes"].as_u64(), p["reply_bytes"].as_u64()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            (Some(0), Some(0)),
+            (Some(4096), Some(0)),
+            (Some(8), Some(4096))
+        ]
+    );
+    assert!(stdout.contains("8 B request,  4096 B reply"), "{stdout}");
     let points = v["throughput"].as_array().expect("points");
     assert_eq!(
         points.len(),

@@ -18,7 +18,7 @@
 //!
 //! Replicated mode: `config` (cluster.toml, keys, `keygen`), `crypto` (the real
 //! `consensus::Crypto`), `net` (frames, authenticated replica links), `op` (the request
-//! encoding of an operation), `replica` (the replica runtime around the MinPBFT core),
+//! encoding of an operation), `null_op` (the null application's operations), `replica` (the replica runtime around the MinPBFT core),
 //! `client` (the BFT client and `BftBackend`), `cluster` (an embedded cluster).
 
 pub mod backend;
@@ -30,6 +30,7 @@ pub mod crypto;
 mod mount;
 pub mod net;
 mod nfs;
+pub mod null_op;
 pub mod op;
 pub mod replica;
 pub mod rpc;

@@ -16,8 +16,8 @@ use fs_state::{FileStateMachine, FsConfig, FsError, FsManifest, OpContext, is_re
 use sha2::{Digest as _, Sha256};
 use tracing::{debug, warn};
 
-use crate::bundle;
 use crate::op::{BAD_OP_RESULT, decode_op};
+use crate::{bundle, null_op};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -34,7 +34,8 @@ pub const SCRUB_REHASH_CHUNKS: u64 = 64;
 
 pub enum App {
     Fs(Box<FileStateMachine>),
-    /// Orders requests and answers every one with an empty result.
+    /// Orders requests and answers each with an empty result, or one of the size it
+    /// asks for (`null_op`).
     Null {
         executed: SeqNum,
     },
@@ -245,9 +246,9 @@ impl App {
 /// The null application's answer: empty, or one empty result per bundled operation.
 fn null_result(op: &[u8]) -> Vec<u8> {
     match bundle::decode(op) {
-        Some(ops) => bundle::encode(&vec![Vec::<u8>::new(); ops.len()]),
+        Some(ops) => bundle::encode(&ops.iter().map(|op| null_op::result(op)).collect::<Vec<_>>()),
         None if bundle::is_bundle(op) => BAD_OP_RESULT.to_vec(),
-        None => Vec::new(),
+        None => null_op::result(op),
     }
 }
 

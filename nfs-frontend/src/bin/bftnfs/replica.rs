@@ -27,7 +27,8 @@ pub struct Args {
     id: u32,
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
-    /// Order requests but execute nothing (protocol benchmarks).
+    /// Order requests but execute nothing (protocol benchmarks): every result is empty,
+    /// or as many bytes as the request asks for (`nfs_frontend::null_op`).
     #[arg(long)]
     null_app: bool,
     /// Use the USIG held by `bftnfs usig-server` on this Unix socket instead of an
