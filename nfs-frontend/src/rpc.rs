@@ -72,10 +72,12 @@ impl RecordReader {
             let last = header & 0x8000_0000 != 0;
             let len = (header & 0x7fff_ffff) as usize;
             total += len;
-            if total > RECORD_BYTES_MAX {
-                return Err(ConnectionError::RecordTooLarge(total));
-            }
             pos += 4 + len;
+            // The fragment headers count too: empty non-last fragments add nothing to
+            // `total` but are buffered all the same.
+            if pos > RECORD_BYTES_MAX {
+                return Err(ConnectionError::RecordTooLarge(pos));
+            }
             if self.buf.len() < pos {
                 return Ok(None);
             }
@@ -302,6 +304,13 @@ mod tests {
         for _ in 0..5 {
             r.buf.extend_from_slice(&frag(&vec![0; 1 << 20], false));
         }
+        assert!(matches!(
+            r.next_record(),
+            Err(ConnectionError::RecordTooLarge(_))
+        ));
+        // So do empty fragments that never end the record: their headers are buffered.
+        let mut r = RecordReader::default();
+        r.buf.resize(RECORD_BYTES_MAX + 4, 0);
         assert!(matches!(
             r.next_record(),
             Err(ConnectionError::RecordTooLarge(_))
