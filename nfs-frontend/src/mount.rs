@@ -17,7 +17,7 @@ use nfs3_types::portmap::{IPPROTO_TCP, PMAP_PROG, mapping};
 use nfs3_types::xdr_codec::{List, Opaque, Void};
 
 use crate::backend::FsBackend;
-use crate::nfs::{CallError, decode, encode};
+use crate::nfs::{CallError, Field, decode, encode, opaques_fit};
 
 /// AUTH_UNIX, the only flavor MNT advertises (AUTH_NULL calls are served as nobody).
 const AUTH_UNIX: u32 = 1;
@@ -31,6 +31,13 @@ pub(crate) async fn call<B: FsBackend>(
     out: &mut Vec<u8>,
 ) -> Result<(), CallError> {
     let proc = MOUNT_PROGRAM::try_from(proc).map_err(|_| CallError::ProcUnavail)?;
+    if matches!(
+        proc,
+        MOUNT_PROGRAM::MOUNTPROC3_MNT | MOUNT_PROGRAM::MOUNTPROC3_UMNT
+    ) {
+        // `dirpath` is decoded by `nfs3_types`, which allocates its claimed length.
+        opaques_fit(args, &[Field::Opaque(MNTPATHLEN)])?;
+    }
     match proc {
         MOUNT_PROGRAM::MOUNTPROC3_NULL
         | MOUNT_PROGRAM::MOUNTPROC3_UMNTALL

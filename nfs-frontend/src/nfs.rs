@@ -53,6 +53,95 @@ pub(crate) fn decode<T: Unpack>(args: &[u8]) -> Result<T, CallError> {
     Ok(value)
 }
 
+/// What `opaques_fit` steps over on its way to each variable-length opaque.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Field {
+    U32,
+    U64,
+    /// `opaque<max>` (or a string): length, bytes, padding.
+    Opaque(usize),
+    Sattr3,
+}
+
+const FH: Field = Field::Opaque(wire::NFS3_FHSIZE);
+const NAME: Field = Field::Opaque(usize::MAX);
+
+/// Check that every variable-length opaque among the leading `fields` of `args` is
+/// within its bound and within the bytes actually received. `nfs3_types`' `Opaque`
+/// decoder allocates the length the wire claims before it reads a byte, so without this
+/// a 4-byte length field makes the server allocate up to 4 GiB (and abort where the
+/// allocation cannot be had). Fields after the last opaque need no check.
+pub(crate) fn opaques_fit(args: &[u8], fields: &[Field]) -> Result<(), CallError> {
+    let mut pos = 0usize;
+    let u32_at = |pos: &mut usize| -> Result<u32, CallError> {
+        let b = args.get(*pos..*pos + 4).ok_or(CallError::GarbageArgs)?;
+        *pos += 4;
+        Ok(u32::from_be_bytes(b.try_into().expect("4 bytes")))
+    };
+    for field in fields {
+        match *field {
+            Field::U32 => {
+                u32_at(&mut pos)?;
+            }
+            Field::U64 => {
+                u32_at(&mut pos)?;
+                u32_at(&mut pos)?;
+            }
+            Field::Opaque(max) => {
+                let len = u32_at(&mut pos)? as usize;
+                let padded = len.div_ceil(4) * 4;
+                if len > max || padded > args.len() - pos {
+                    return Err(CallError::GarbageArgs);
+                }
+                pos += padded;
+            }
+            Field::Sattr3 => {
+                // mode, uid, gid: optional u32; size: optional u64.
+                for words in [1, 1, 1, 2] {
+                    match u32_at(&mut pos)? {
+                        0 => {}
+                        1 => {
+                            for _ in 0..words {
+                                u32_at(&mut pos)?;
+                            }
+                        }
+                        _ => return Err(CallError::GarbageArgs),
+                    }
+                }
+                // atime, mtime: DONT_CHANGE, SET_TO_SERVER_TIME or a client nfstime3.
+                for _ in 0..2 {
+                    match u32_at(&mut pos)? {
+                        0 | 1 => {}
+                        2 => {
+                            u32_at(&mut pos)?;
+                            u32_at(&mut pos)?;
+                        }
+                        _ => return Err(CallError::GarbageArgs),
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The leading fields of each NFSv3 procedure's arguments up to its last opaque.
+fn arg_fields(proc: NFS_PROGRAM) -> &'static [Field] {
+    use NFS_PROGRAM::*;
+    match proc {
+        NFSPROC3_NULL => &[],
+        NFSPROC3_GETATTR | NFSPROC3_SETATTR | NFSPROC3_ACCESS | NFSPROC3_READLINK
+        | NFSPROC3_READ | NFSPROC3_READDIR | NFSPROC3_READDIRPLUS | NFSPROC3_FSSTAT
+        | NFSPROC3_FSINFO | NFSPROC3_PATHCONF | NFSPROC3_COMMIT => &[FH],
+        NFSPROC3_LOOKUP | NFSPROC3_CREATE | NFSPROC3_MKDIR | NFSPROC3_MKNOD
+        | NFSPROC3_REMOVE | NFSPROC3_RMDIR => &[FH, NAME],
+        NFSPROC3_WRITE => &[FH, Field::U64, Field::U32, Field::U32, NAME],
+        NFSPROC3_SYMLINK => &[FH, NAME, Field::Sattr3, NAME],
+        NFSPROC3_RENAME => &[FH, NAME, FH, NAME],
+        NFSPROC3_LINK => &[FH, FH, NAME],
+    }
+}
+
 /// Append the XDR encoding of `value` to `out`.
 pub(crate) fn encode<T: Pack>(out: &mut Vec<u8>, value: &T) {
     // Writing into a Vec fails only for an opaque over 4 GiB, which no reply can hold.
@@ -88,6 +177,7 @@ pub(crate) async fn call<B: FsBackend>(
 ) -> Result<(), CallError> {
     use NFS_PROGRAM::*;
     let proc = NFS_PROGRAM::try_from(proc).map_err(|_| CallError::ProcUnavail)?;
+    opaques_fit(args, arg_fields(proc))?;
     match proc {
         NFSPROC3_NULL => {
             decode::<Void>(args)?;
@@ -853,5 +943,69 @@ fn commit_res(r: FsReply) -> COMMIT3res {
                 file_wcc: fail_wcc(f.attrs),
             },
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nfs3_types::nfs3::{Nfs3Option, set_atime, set_mtime, symlinkdata3};
+
+    fn symlink_args(attrs: sattr3) -> Vec<u8> {
+        let args = SYMLINK3args {
+            where_: diropargs3 {
+                dir: nfs_fh3 {
+                    data: Opaque::owned(vec![7; 16]),
+                },
+                name: filename3(Opaque::owned(b"link".to_vec())),
+            },
+            symlink: symlinkdata3 {
+                symlink_attributes: attrs,
+                symlink_data: nfspath3(Opaque::owned(b"../target".to_vec())),
+            },
+        };
+        let mut out = Vec::new();
+        encode(&mut out, &args);
+        out
+    }
+
+    #[test]
+    fn opaques_fit_walks_real_arguments_and_refuses_forged_lengths() {
+        let fields = arg_fields(NFS_PROGRAM::NFSPROC3_SYMLINK);
+        for attrs in [
+            sattr3::default(),
+            sattr3 {
+                mode: Nfs3Option::Some(0o644),
+                uid: Nfs3Option::Some(1),
+                gid: Nfs3Option::Some(2),
+                size: Nfs3Option::Some(3),
+                atime: set_atime::SET_TO_CLIENT_TIME(wire::nfstime3 {
+                    seconds: 4,
+                    nseconds: 5,
+                }),
+                mtime: set_mtime::SET_TO_SERVER_TIME,
+            },
+        ] {
+            let args = symlink_args(attrs);
+            assert_eq!(opaques_fit(&args, fields), Ok(()));
+            assert!(decode::<SYMLINK3args>(&args).is_ok());
+            // The target's length (the last opaque) forged to ~4 GiB.
+            let mut forged = args.clone();
+            let at = forged.len() - 16;
+            forged[at..at + 4].copy_from_slice(&0xffff_fff0u32.to_be_bytes());
+            assert_eq!(opaques_fit(&forged, fields), Err(CallError::GarbageArgs));
+            // A truncated argument is garbage too.
+            assert_eq!(
+                opaques_fit(&args[..args.len() - 4], fields),
+                Err(CallError::GarbageArgs)
+            );
+        }
+        // A handle over NFS3_FHSIZE is refused before its bytes are looked at.
+        let mut big = 65u32.to_be_bytes().to_vec();
+        big.extend([0; 68]);
+        assert_eq!(
+            opaques_fit(&big, arg_fields(NFS_PROGRAM::NFSPROC3_GETATTR)),
+            Err(CallError::GarbageArgs)
+        );
     }
 }
