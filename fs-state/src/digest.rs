@@ -34,6 +34,12 @@ pub fn chunk_hash(data: &[u8]) -> Hash {
     sha256(&[b"chunk", data])
 }
 
+/// `chunk_hash` of a whole chunk of zeros (a hole), computed once.
+pub fn zero_chunk_hash() -> Hash {
+    static ZEROS: std::sync::OnceLock<Hash> = std::sync::OnceLock::new();
+    *ZEROS.get_or_init(|| chunk_hash(&[0; crate::meta::CHUNK_BYTES as usize]))
+}
+
 /// Content hash of a regular file.
 pub fn file_content_hash(size: u64, content: &Content) -> Hash {
     let mut h = Sha256::new();

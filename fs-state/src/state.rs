@@ -310,19 +310,36 @@ impl FileStateMachine {
         {
             stale.extend(off / CHUNK_BYTES..=(off + len - 1) / CHUNK_BYTES);
         }
+        // Whole chunks between the old end and the new one are a hole of zeros: their
+        // hash is known without reading them, so growing a file by SETATTR (or a WRITE
+        // far beyond its end) costs no rehash of up to `maxfilesize` bytes of zeros.
+        let mut hole = 0..0;
         if new_size != old_size && count > 0 {
             let from = old_size.min(new_size) / CHUNK_BYTES;
-            stale.extend(from..count);
+            if new_size > old_size {
+                hole = old_size.div_ceil(CHUNK_BYTES)..new_size / CHUNK_BYTES;
+                stale.extend(from..hole.start.min(count));
+                stale.extend(hole.end.max(from)..count);
+            } else {
+                stale.extend(from..count);
+            }
         }
         stale.retain(|&i| i < count);
         let content = self.meta.content.entry(id).or_default();
         content.chunks.resize(count as usize, [0; 32]);
+        if !hole.is_empty() {
+            let zeros = digest::zero_chunk_hash();
+            for slot in &mut content.chunks[hole.start as usize..hole.end as usize] {
+                *slot = zeros;
+            }
+        }
         let s = self.stale_chunks.entry(id).or_default();
         s.retain(|&i| i < count);
         s.extend(stale.iter().copied());
         let j = self.dirty.chunks_journal.entry(id).or_default();
         j.retain(|&i| i < count);
         j.extend(stale);
+        j.extend(hole);
         self.stale_leaves.insert(id);
     }
 
