@@ -67,3 +67,46 @@ fn hole_chunk_hashes_match_the_backing_file() {
     n.sm.checkpoint().unwrap();
     assert!(n.sm.suspect().is_empty(), "{:?}", n.sm.suspect());
 }
+
+/// READDIR `count` and READDIRPLUS `maxcount`/`dircount` are the client's; like READ's
+/// `count` they are clamped to the server's transfer size, so a client cannot have a
+/// whole directory of millions of entries put into one reply (over 2 GiB it does not
+/// even fit an RPC record).
+#[test]
+fn readdir_counts_are_clamped_to_the_transfer_size() {
+    let mut n = Node::with_config(FsConfig {
+        rtmax: 4096,
+        ..FsConfig::default()
+    });
+    let root = n.root();
+    for i in 0..200 {
+        n.create(&root, &format!("{i:040}"));
+    }
+    // entry3 of a 40-byte name is 64 bytes.
+    let header = 4 + 4 + 84 + 8 + 4 + 4;
+    match n.ok(FsOp::Readdir {
+        dir: root.clone(),
+        cookie: 0,
+        cookieverf: [0; 8],
+        count: u32::MAX,
+    }) {
+        ReplyBody::Readdir { entries, eof, .. } => {
+            assert!(!eof, "all {} entries in one reply", entries.len());
+            assert!(header + 64 * entries.len() <= 4096, "{}", entries.len());
+        }
+        b => panic!("{b:?}"),
+    }
+    match n.ok(FsOp::Readdirplus {
+        dir: root.clone(),
+        cookie: 0,
+        cookieverf: [0; 8],
+        dircount: u32::MAX,
+        maxcount: u32::MAX,
+    }) {
+        ReplyBody::Readdirplus { entries, eof, .. } => {
+            assert!(!eof, "all {} entries in one reply", entries.len());
+            assert!(header + (64 + 112) * entries.len() <= 4096, "{}", entries.len());
+        }
+        b => panic!("{b:?}"),
+    }
+}

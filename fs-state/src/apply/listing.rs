@@ -31,10 +31,12 @@ impl FileStateMachine {
         count: u32,
     ) -> OpResult {
         let d = self.readdir_common(ctx, dir, cookie, verf)?;
+        // Like READ's count: the client's size, at most the server's transfer size.
+        let count = count.min(self.config.rtmax);
         let mut used = dir::READDIR_HEADER_XDR;
         let (page, eof) = dir::page(&self.meta.dirs[&d], cookie, |name| {
             let size = dir::entry3_xdr(name);
-            if used + size > count {
+            if used.saturating_add(size) > count {
                 return false;
             }
             used += size;
@@ -65,11 +67,15 @@ impl FileStateMachine {
         maxcount: u32,
     ) -> OpResult {
         let d = self.readdir_common(ctx, dir, cookie, verf)?;
+        let dircount = dircount.min(self.config.rtmax);
+        let maxcount = maxcount.min(self.config.rtmax);
         let mut dir_used = 0u32;
         let mut used = dir::READDIR_HEADER_XDR;
         let (page, eof) = dir::page(&self.meta.dirs[&d], cookie, |name| {
             let e = dir::entry3_xdr(name);
-            if dir_used + e > dircount || used + e + dir::ENTRYPLUS3_EXTRA_XDR > maxcount {
+            if dir_used.saturating_add(e) > dircount
+                || used.saturating_add(e + dir::ENTRYPLUS3_EXTRA_XDR) > maxcount
+            {
                 return false;
             }
             dir_used += e;
