@@ -8,7 +8,6 @@
 mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -42,7 +41,7 @@ unsafe impl GlobalAlloc for MaxAlloc {
 static GLOBAL: MaxAlloc = MaxAlloc;
 
 /// Tests in this binary measure the process-wide allocator: one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn be(words: &[u32]) -> Vec<u8> {
     words.iter().flat_map(|w| w.to_be_bytes()).collect()
@@ -88,7 +87,7 @@ fn root_fh() -> Vec<u8> {
 /// near that size is allocated on the way.
 #[tokio::test]
 async fn forged_opaque_lengths_in_arguments_allocate_nothing_large() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let server = TestServer::start();
     let mut s = TcpStream::connect(server.addr()).await.expect("connect");
     let huge = 0xffff_fff0u32;
@@ -117,11 +116,7 @@ async fn forged_opaque_lengths_in_arguments_allocate_nothing_large() {
             .await
             .expect("send");
         let r = reply(&mut s).await.expect("reply");
-        assert_eq!(
-            (word(&r, 2), word(&r, 5)),
-            (0, 4),
-            "{what}: GARBAGE_ARGS"
-        );
+        assert_eq!((word(&r, 2), word(&r, 5)), (0, 4), "{what}: GARBAGE_ARGS");
         let largest = LARGEST.load(Ordering::Relaxed);
         assert!(
             largest < 64 << 20,
@@ -134,7 +129,7 @@ async fn forged_opaque_lengths_in_arguments_allocate_nothing_large() {
 /// payload alone never trips: the server must still refuse to buffer them forever.
 #[tokio::test]
 async fn endless_empty_fragments_close_the_connection() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let server = TestServer::start();
     let mut s = TcpStream::connect(server.addr()).await.expect("connect");
     // 2 x RECORD_BYTES_MAX of fragment headers, each "0 bytes follow, not the last".
