@@ -66,8 +66,14 @@ fn hole_chunk_hashes_match_the_backing_file() {
     grow(&mut n, 12 * CHUNK);
     n.write(&f, 2 * CHUNK + 1, b"x");
     n.sm.sync().unwrap();
+    // A WRITE far past the end whose data spans whole chunks of the range it grows the
+    // file over: those chunks hold the data, not zeros.
+    n.write(&f, 15 * CHUNK, &vec![b'w'; 2 * CHUNK as usize + 9]);
+    n.sm.sync().unwrap();
     let (data, _) = n.read(&f, 0, (12 * CHUNK) as u32);
     assert_eq!(data.len() as u64, 12 * CHUNK);
+    let (data, _) = n.read(&f, 15 * CHUNK, (2 * CHUNK + 9) as u32);
+    assert_eq!(data, vec![b'w'; 2 * CHUNK as usize + 9]);
     n.sm.checkpoint().unwrap();
     assert!(n.sm.suspect().is_empty(), "{:?}", n.sm.suspect());
 }
