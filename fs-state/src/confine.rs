@@ -138,17 +138,64 @@ pub fn list_dir(dir: &File) -> Result<Vec<Vec<u8>>, Errno> {
 
 /// Remove an entry and, for a directory, everything below it, without following any
 /// symlink (used to discard what a crash left behind and before a restore).
+///
+/// Iterative, with one directory descriptor open at a time: a client can build a tree
+/// deeper than the stack or the open-file limit allows for one frame or descriptor per
+/// level. The walk keeps the names of the path and of the subdirectories still to visit;
+/// it goes back up through `..` and checks that it arrives where it came from.
 pub fn remove_tree(parent: &File, name: &[u8]) -> Result<(), Errno> {
     let st = stat_child(parent, name)?;
-    if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory {
-        let dir = open_child(parent, name, HostKind::Dir)?;
-        for child in list_dir(&dir)? {
-            remove_tree(&dir, &child)?;
-        }
-        rmdir(parent, name)
-    } else {
-        unlink(parent, name)
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory {
+        return unlink(parent, name);
     }
+    /// A directory on the path: its name in its parent, its identity, and the
+    /// subdirectories it still holds (its other entries are gone once it is entered).
+    struct Level {
+        name: Vec<u8>,
+        dev_ino: (u64, u64),
+        subdirs: Vec<Vec<u8>>,
+    }
+    fn enter(dir: &File, name: &[u8]) -> Result<Level, Errno> {
+        let st = rustix::fs::fstat(dir)?;
+        let mut subdirs = Vec::new();
+        for child in list_dir(dir)? {
+            let cst = stat_child(dir, &child)?;
+            if rustix::fs::FileType::from_raw_mode(cst.st_mode) == rustix::fs::FileType::Directory {
+                subdirs.push(child);
+            } else {
+                unlink(dir, &child)?;
+            }
+        }
+        Ok(Level {
+            name: name.to_vec(),
+            dev_ino: (st.st_dev, st.st_ino),
+            subdirs,
+        })
+    }
+    let mut cur = open_child(parent, name, HostKind::Dir)?;
+    let mut path = vec![enter(&cur, name)?];
+    while let Some(level) = path.last_mut() {
+        if let Some(sub) = level.subdirs.pop() {
+            let next = open_child(&cur, &sub, HostKind::Dir)?;
+            path.push(enter(&next, &sub)?);
+            cur = next;
+            continue;
+        }
+        let done = path.pop().expect("a level");
+        let Some(above) = path.last() else {
+            break;
+        };
+        let up = open_child(&cur, b"..", HostKind::Dir)?;
+        let st = rustix::fs::fstat(&up)?;
+        if (st.st_dev, st.st_ino) != above.dev_ino {
+            // Moved while we were below it: not ours to follow.
+            return Err(Errno::STALE);
+        }
+        rmdir(&up, &done.name)?;
+        cur = up;
+    }
+    drop(cur);
+    rmdir(parent, name)
 }
 
 /// Open descriptors by fileid, for files (READ/WRITE) and directories (the `*at`
@@ -224,5 +271,33 @@ mod tests {
         assert_eq!(c(b"..", NameUse::Remove), Err(NfsStat3::Inval));
         assert_eq!(c(&[b'x'; 256], NameUse::Lookup), Err(NfsStat3::Nametoolong));
         assert_eq!(c(b"...", NameUse::Remove), Ok(NameKind::Normal));
+    }
+
+    #[test]
+    fn remove_tree_removes_everything_below_and_follows_no_symlink() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir_all(outside.join("keep")).unwrap();
+        std::fs::write(outside.join("file"), b"kept").unwrap();
+        let top = tmp.path().join("export").join("t");
+        let mut d = top.clone();
+        for i in 0..50 {
+            std::fs::create_dir_all(d.join("side").join("deeper")).unwrap();
+            std::fs::write(d.join(format!("f{i}")), b"x").unwrap();
+            std::os::unix::fs::symlink(&outside, d.join("to-outside")).unwrap();
+            std::os::unix::fs::symlink("../..", d.join("up")).unwrap();
+            d = d.join(format!("l{i}"));
+        }
+        std::fs::create_dir_all(&d).unwrap();
+        let parent = File::open(tmp.path().join("export")).unwrap();
+        remove_tree(&parent, b"t").unwrap();
+        assert!(!top.exists());
+        assert_eq!(list_dir(&parent).unwrap(), Vec::<Vec<u8>>::new());
+        assert_eq!(std::fs::read(outside.join("file")).unwrap(), b"kept");
+        assert!(outside.join("keep").is_dir());
+        // A plain file and a symlink are unlinked, not followed.
+        std::os::unix::fs::symlink(&outside, tmp.path().join("export").join("s")).unwrap();
+        remove_tree(&parent, b"s").unwrap();
+        assert!(outside.join("keep").is_dir());
     }
 }

@@ -12,27 +12,28 @@
 //! objects differ, for a finer transfer later.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::confine::{self, HostKind};
+use crate::confine::{self, FdCache, HostKind};
 use crate::digest::{self, Hash};
 use crate::error::{Ctx, FsError, LocalFault};
 use crate::meta::{CHUNK_BYTES, Dirty, Meta, MetaImage};
 use crate::ops::{DecodeError, FType3, Filename3, ROOT_FILEID};
-use crate::state::FileStateMachine;
+use crate::state::{FileStateMachine, open_by_fileid};
 
 /// Walk the backing tree against the metadata. `deep`: also rehash every regular
 /// file (after an unclean shutdown).
 pub(crate) fn check_tree(sm: &mut FileStateMachine, deep: bool) -> Result<(), LocalFault> {
     let mut damaged = BTreeSet::new();
     let mut inos: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
-    let mut queue = vec![(ROOT_FILEID, sm.root.clone())];
+    // Directories still to walk, by fileid: their descriptors come from the bounded
+    // cache, so a tree wider or deeper than the open-file limit walks all the same.
+    let mut queue = vec![ROOT_FILEID];
     let mut buf = Vec::new();
-    while let Some((d, dfd)) = queue.pop() {
+    while let Some(d) = queue.pop() {
+        let dfd = sm.fd(d)?;
         let host: BTreeSet<Vec<u8>> = confine::list_dir(&dfd)
             .ctx("list directory")?
             .into_iter()
@@ -67,11 +68,7 @@ pub(crate) fn check_tree(sm: &mut FileStateMachine, deep: bool) -> Result<(), Lo
                 continue;
             }
             match inode.ftype {
-                FType3::Dir => {
-                    let f =
-                        confine::open_child(&dfd, &name.0, HostKind::Dir).ctx("open directory")?;
-                    queue.push((id, Arc::new(f)));
-                }
+                FType3::Dir => queue.push(id),
                 FType3::Lnk => {
                     let target = confine::readlink(&dfd, &name.0).ctx("readlink")?;
                     if Some(&target) != inode.target.as_ref().map(|t| &t.0) {
@@ -232,22 +229,26 @@ impl FileStateMachine {
         }
         // Directories from the root down, each one's entries in cookie order; a file
         // with several names is written at its first one and hard-linked at the rest.
-        let mut placed: BTreeMap<u64, (Arc<File>, Vec<u8>)> = BTreeMap::new();
-        let mut queue = vec![(ROOT_FILEID, self.root.clone())];
-        while let Some((d, dfd)) = queue.pop() {
+        // Where each object was placed first, and the directories still to fill, by
+        // fileid: descriptors come from a cache of bounded size, so a tree wider or
+        // deeper than the open-file limit is placed all the same.
+        let mut fds = FdCache::new(self.config.open_files_max);
+        let mut placed: BTreeMap<u64, (u64, Vec<u8>)> = BTreeMap::new();
+        let mut queue = vec![ROOT_FILEID];
+        while let Some(d) = queue.pop() {
+            let dfd = open_by_fileid(&meta, &self.root, &mut fds, d)?;
             for name in meta.dirs[&d].by_seq.values() {
                 let id = meta.dirs[&d].by_name[name].fileid;
                 let inode = &meta.inodes[&id];
-                if let Some((pfd, pname)) = placed.get(&id) {
-                    confine::link(pfd, pname, &dfd, &name.0).ctx("restore link")?;
+                if let Some((pd, pname)) = placed.get(&id) {
+                    let pfd = open_by_fileid(&meta, &self.root, &mut fds, *pd)?;
+                    confine::link(&pfd, pname, &dfd, &name.0).ctx("restore link")?;
                     continue;
                 }
                 match inode.ftype {
                     FType3::Dir => {
                         confine::mkdir(&dfd, &name.0).ctx("restore mkdir")?;
-                        let f = confine::open_child(&dfd, &name.0, HostKind::Dir)
-                            .ctx("restore open dir")?;
-                        queue.push((id, Arc::new(f)));
+                        queue.push(id);
                     }
                     FType3::Lnk => {
                         let t = inode.target.as_ref().expect("checked");
@@ -258,7 +259,7 @@ impl FileStateMachine {
                         f.write_all_at(data[&id], 0).ctx("restore write")?;
                     }
                 }
-                placed.insert(id, (dfd.clone(), name.0.clone()));
+                placed.insert(id, (d, name.0.clone()));
             }
         }
         rustix::fs::syncfs(&*self.root).ctx("syncfs after restore")?;

@@ -255,43 +255,7 @@ impl FileStateMachine {
     /// A descriptor for a directory or regular file, opened by walking the metadata
     /// from the nearest cached ancestor (`O_NOFOLLOW`, one component at a time).
     pub(crate) fn fd(&mut self, fileid: u64) -> Result<Arc<File>, LocalFault> {
-        if fileid == ROOT_FILEID {
-            return Ok(self.root.clone());
-        }
-        if let Some(f) = self.fds.get(fileid) {
-            return Ok(f);
-        }
-        let mut chain = Vec::new();
-        let mut cur = fileid;
-        let mut base = loop {
-            let inode =
-                self.meta.inodes.get(&cur).ok_or_else(|| {
-                    LocalFault::inconsistent(format!("fd of unknown fileid {cur}"))
-                })?;
-            let kind = match inode.ftype {
-                FType3::Dir => HostKind::Dir,
-                FType3::Reg => HostKind::File,
-                _ => return Err(LocalFault::inconsistent("fd of a non-file")),
-            };
-            let (parent, name) = inode
-                .primary_link()
-                .cloned()
-                .ok_or_else(|| LocalFault::inconsistent(format!("fileid {cur} has no name")))?;
-            chain.push((cur, name, kind));
-            if parent == ROOT_FILEID {
-                break self.root.clone();
-            }
-            if let Some(f) = self.fds.get(parent) {
-                break f;
-            }
-            cur = parent;
-        };
-        for (id, name, kind) in chain.into_iter().rev() {
-            let f = Arc::new(confine::open_child(&base, &name.0, kind).ctx("open by fileid")?);
-            self.fds.insert(id, f.clone());
-            base = f;
-        }
-        Ok(base)
+        open_by_fileid(&self.meta, &self.root, &mut self.fds, fileid)
     }
 
     /// Record that a regular file's bytes in `[offset, offset+len)` changed and its size
@@ -478,4 +442,52 @@ impl FileStateMachine {
     pub(crate) fn write_policy_unstable(&self) -> bool {
         self.config.unstable_writes == UnstableWrites::DeferToCommit
     }
+}
+
+/// The descriptor of regular file or directory `fileid` of `meta`, opened one name at a
+/// time from the nearest ancestor `fds` holds (or `root`); what it opens goes into
+/// `fds`, so a walk over the whole tree holds at most the cache's bound.
+pub(crate) fn open_by_fileid(
+    meta: &Meta,
+    root: &Arc<File>,
+    fds: &mut FdCache,
+    fileid: u64,
+) -> Result<Arc<File>, LocalFault> {
+    if fileid == ROOT_FILEID {
+        return Ok(root.clone());
+    }
+    if let Some(f) = fds.get(fileid) {
+        return Ok(f);
+    }
+    let mut chain = Vec::new();
+    let mut cur = fileid;
+    let mut base = loop {
+        let inode = meta
+            .inodes
+            .get(&cur)
+            .ok_or_else(|| LocalFault::inconsistent(format!("fd of unknown fileid {cur}")))?;
+        let kind = match inode.ftype {
+            FType3::Dir => HostKind::Dir,
+            FType3::Reg => HostKind::File,
+            _ => return Err(LocalFault::inconsistent("fd of a non-file")),
+        };
+        let (parent, name) = inode
+            .primary_link()
+            .cloned()
+            .ok_or_else(|| LocalFault::inconsistent(format!("fileid {cur} has no name")))?;
+        chain.push((cur, name, kind));
+        if parent == ROOT_FILEID {
+            break root.clone();
+        }
+        if let Some(f) = fds.get(parent) {
+            break f;
+        }
+        cur = parent;
+    };
+    for (id, name, kind) in chain.into_iter().rev() {
+        let f = Arc::new(confine::open_child(&base, &name.0, kind).ctx("open by fileid")?);
+        fds.insert(id, f.clone());
+        base = f;
+    }
+    Ok(base)
 }

@@ -31,17 +31,16 @@ use std::fs::File;
 use std::io::Write as _;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use rustix::fs::{Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
-use crate::confine::{self, HostKind};
+use crate::confine::{self, FdCache};
 use crate::digest::{self, DigestTree, Hash};
 use crate::error::{Ctx, FsError, LocalFault};
 use crate::meta::{CHUNK_BYTES, Dirty, Meta, MetaImage};
 use crate::ops::{DecodeError, FType3, ROOT_FILEID};
-use crate::state::FileStateMachine;
+use crate::state::{FileStateMachine, open_by_fileid};
 
 pub const CHUNK_DIR: &str = "chunks";
 /// Where `install` stages file contents (same file system as the export).
@@ -636,22 +635,26 @@ impl FileStateMachine {
         for name in confine::list_dir(&self.root).ctx("list export")? {
             confine::remove_tree(&self.root, &name).ctx("clear export")?;
         }
-        let mut placed: BTreeMap<u64, (Arc<File>, Vec<u8>)> = BTreeMap::new();
-        let mut queue = vec![(ROOT_FILEID, self.root.clone())];
-        while let Some((d, dfd)) = queue.pop() {
+        // Where each object was placed first, and the directories still to fill, by
+        // fileid: descriptors come from a cache of bounded size, so a tree wider or
+        // deeper than the open-file limit is placed all the same.
+        let mut fds = FdCache::new(self.config.open_files_max);
+        let mut placed: BTreeMap<u64, (u64, Vec<u8>)> = BTreeMap::new();
+        let mut queue = vec![ROOT_FILEID];
+        while let Some(d) = queue.pop() {
+            let dfd = open_by_fileid(&meta, &self.root, &mut fds, d)?;
             for name in meta.dirs[&d].by_seq.values() {
                 let id = meta.dirs[&d].by_name[name].fileid;
                 let inode = &meta.inodes[&id];
-                if let Some((pfd, pname)) = placed.get(&id) {
-                    confine::link(pfd, pname, &dfd, &name.0).ctx("install link")?;
+                if let Some((pd, pname)) = placed.get(&id) {
+                    let pfd = open_by_fileid(&meta, &self.root, &mut fds, *pd)?;
+                    confine::link(&pfd, pname, &dfd, &name.0).ctx("install link")?;
                     continue;
                 }
                 match inode.ftype {
                     FType3::Dir => {
                         confine::mkdir(&dfd, &name.0).ctx("install mkdir")?;
-                        let f = confine::open_child(&dfd, &name.0, HostKind::Dir)
-                            .ctx("install open dir")?;
-                        queue.push((id, Arc::new(f)));
+                        queue.push(id);
                     }
                     FType3::Lnk => {
                         let t = inode.target.as_ref().expect("checked_meta");
@@ -662,7 +665,7 @@ impl FileStateMachine {
                         confine::rename(&staging, &staged, &dfd, &name.0).ctx("install file")?;
                     }
                 }
-                placed.insert(id, (dfd.clone(), name.0.clone()));
+                placed.insert(id, (d, name.0.clone()));
             }
         }
         rustix::fs::syncfs(&*self.root).ctx("syncfs after install")?;
