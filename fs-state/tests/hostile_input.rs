@@ -6,6 +6,18 @@ mod common;
 use common::*;
 use fs_state::*;
 
+/// SETATTR of `fh`'s size.
+fn set_size(n: &mut Node, fh: &FileHandle, size: u64) {
+    n.ok(FsOp::Setattr {
+        fh: fh.clone(),
+        attrs: Sattr3 {
+            size: Some(size),
+            ..Sattr3::default()
+        },
+        guard_ctime: None,
+    });
+}
+
 /// SETATTR of a regular file to a huge size creates a hole of zeros; the state machine
 /// must not read and hash every chunk of that hole from disk.
 #[test]
@@ -16,14 +28,7 @@ fn growing_a_file_by_setattr_does_not_rehash_the_hole() {
     n.sm.sync().unwrap();
     let size = 4u64 << 30; // 4 GiB: 65536 chunks of 64 KiB
     let t = std::time::Instant::now();
-    n.ok(FsOp::Setattr {
-        fh: f.clone(),
-        attrs: Sattr3 {
-            size: Some(size),
-            ..Sattr3::default()
-        },
-        guard_ctime: None,
-    });
+    set_size(&mut n, &f, size);
     n.sm.sync().unwrap();
     let stats = n.sm.last_sync_stats();
     eprintln!(
@@ -48,16 +53,7 @@ fn hole_chunk_hashes_match_the_backing_file() {
     let root = n.root();
     let f = n.create(&root, "f");
     n.write(&f, 0, b"0123456789");
-    let grow = |n: &mut Node, size: u64| {
-        n.ok(FsOp::Setattr {
-            fh: f.clone(),
-            attrs: Sattr3 {
-                size: Some(size),
-                ..Sattr3::default()
-            },
-            guard_ctime: None,
-        });
-    };
+    let grow = |n: &mut Node, size: u64| set_size(n, &f, size);
     grow(&mut n, 5 * CHUNK + 100);
     n.write(&f, 9 * CHUNK + 5, b"abc");
     n.sm.sync().unwrap();

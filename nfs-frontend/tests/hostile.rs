@@ -8,12 +8,11 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::Duration;
 
-use common::{Conn, TestServer, connect, fh};
+use common::{Conn, TestServer, be, call, connect, fh, reply, root_cred, word};
 use nfs3_client::nfs3_types::nfs3::*;
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 fn bname(b: &[u8]) -> filename3<'static> {
@@ -266,42 +265,6 @@ async fn hostile_names_and_handles_get_nfs_errors_and_stay_inside() {
 }
 
 // ---- raw RPC -----------------------------------------------------------------------
-
-fn be(words: &[u32]) -> Vec<u8> {
-    words.iter().flat_map(|w| w.to_be_bytes()).collect()
-}
-
-/// A call record: header with an AUTH_UNIX credential `cred_body`, then `args`.
-fn call(xid: u32, prog: u32, vers: u32, proc: u32, cred_body: &[u8], args: &[u8]) -> Vec<u8> {
-    let mut m = be(&[xid, 0, 2, prog, vers, proc, 1, cred_body.len() as u32]);
-    m.extend_from_slice(cred_body);
-    m.resize(m.len().div_ceil(4) * 4, 0);
-    m.extend(be(&[0, 0]));
-    m.extend_from_slice(args);
-    let mut rec = (0x8000_0000u32 | m.len() as u32).to_be_bytes().to_vec();
-    rec.extend(m);
-    rec
-}
-
-fn root_cred() -> Vec<u8> {
-    be(&[1, 0, 0, 0, 0])
-}
-
-async fn reply(s: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut h = [0u8; 4];
-    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut h))
-        .await
-        .expect("reply in time")
-        .ok()?;
-    let len = (u32::from_be_bytes(h) & 0x7fff_ffff) as usize;
-    let mut b = vec![0; len];
-    s.read_exact(&mut b).await.ok()?;
-    Some(b)
-}
-
-fn word(b: &[u8], i: usize) -> u32 {
-    u32::from_be_bytes(b[4 * i..4 * i + 4].try_into().expect("4 bytes"))
-}
 
 /// (reply_stat, accept_stat or reject detail) of an RPC reply.
 fn verdict(b: &[u8]) -> (u32, u32) {

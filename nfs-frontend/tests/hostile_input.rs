@@ -11,7 +11,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::TestServer;
+use common::{TestServer, be, call, reply, root_cred, word};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -42,38 +42,6 @@ static GLOBAL: MaxAlloc = MaxAlloc;
 
 /// Tests in this binary measure the process-wide allocator: one at a time.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn be(words: &[u32]) -> Vec<u8> {
-    words.iter().flat_map(|w| w.to_be_bytes()).collect()
-}
-
-/// A call record with AUTH_UNIX root credentials.
-fn call(xid: u32, prog: u32, vers: u32, proc: u32, args: &[u8]) -> Vec<u8> {
-    let cred = be(&[1, 0, 0, 0, 0]);
-    let mut m = be(&[xid, 0, 2, prog, vers, proc, 1, cred.len() as u32]);
-    m.extend_from_slice(&cred);
-    m.extend(be(&[0, 0]));
-    m.extend_from_slice(args);
-    let mut rec = (0x8000_0000u32 | m.len() as u32).to_be_bytes().to_vec();
-    rec.extend(m);
-    rec
-}
-
-async fn reply(s: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut h = [0u8; 4];
-    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut h))
-        .await
-        .expect("reply in time")
-        .ok()?;
-    let len = (u32::from_be_bytes(h) & 0x7fff_ffff) as usize;
-    let mut b = vec![0; len];
-    s.read_exact(&mut b).await.ok()?;
-    Some(b)
-}
-
-fn word(b: &[u8], i: usize) -> u32 {
-    u32::from_be_bytes(b[4 * i..4 * i + 4].try_into().expect("4 bytes"))
-}
 
 /// The 16-byte root handle as `nfs_fh3`.
 fn root_fh() -> Vec<u8> {
@@ -112,7 +80,7 @@ async fn forged_opaque_lengths_in_arguments_allocate_nothing_large() {
     ];
     for (xid, (what, prog, vers, proc, args)) in cases.into_iter().enumerate() {
         LARGEST.store(0, Ordering::Relaxed);
-        s.write_all(&call(xid as u32, prog, vers, proc, &args))
+        s.write_all(&call(xid as u32, prog, vers, proc, &root_cred(), &args))
             .await
             .expect("send");
         let r = reply(&mut s).await.expect("reply");

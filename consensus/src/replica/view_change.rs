@@ -88,6 +88,11 @@ impl Replica {
         if self.sent_req_view_change.is_some_and(|v| v >= target) {
             return;
         }
+        self.request_view_change(target);
+    }
+
+    /// Sends REQ-VIEW-CHANGE(view, target) and counts it as our own.
+    fn request_view_change(&mut self, target: View) {
         self.sent_req_view_change = Some(target);
         self.req_view_change_tick = self.ticks;
         self.outputs
@@ -144,14 +149,7 @@ impl Replica {
         }
         self.resent.remove(&client);
         self.drop_input("followed_a_replica_out_of_the_view_for_a_client");
-        self.sent_req_view_change = Some(target);
-        self.req_view_change_tick = self.ticks;
-        self.outputs
-            .push(Output::Broadcast(PeerMessage::ReqViewChange {
-                view: self.view,
-                new_view: target,
-            }));
-        self.on_req_view_change(self.id, self.view, target);
+        self.request_view_change(target);
     }
 
     /// REQ-VIEW-CHANGE is not USIG-certified, so nobody relays it: repeat it until the

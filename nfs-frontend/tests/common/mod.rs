@@ -376,3 +376,44 @@ pub fn run_tool(cmd: &mut std::process::Command) -> Vec<u8> {
     );
     out.stdout
 }
+
+// ---- raw RPC -----------------------------------------------------------------------
+
+pub fn be(words: &[u32]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_be_bytes()).collect()
+}
+
+/// A call record: header with an AUTH_UNIX credential `cred_body`, then `args`.
+pub fn call(xid: u32, prog: u32, vers: u32, proc: u32, cred_body: &[u8], args: &[u8]) -> Vec<u8> {
+    let mut m = be(&[xid, 0, 2, prog, vers, proc, 1, cred_body.len() as u32]);
+    m.extend_from_slice(cred_body);
+    m.resize(m.len().div_ceil(4) * 4, 0);
+    m.extend(be(&[0, 0]));
+    m.extend_from_slice(args);
+    let mut rec = (0x8000_0000u32 | m.len() as u32).to_be_bytes().to_vec();
+    rec.extend(m);
+    rec
+}
+
+pub fn root_cred() -> Vec<u8> {
+    be(&[1, 0, 0, 0, 0])
+}
+
+pub async fn reply(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut h = [0u8; 4];
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_exact(s, &mut h),
+    )
+    .await
+    .expect("reply in time")
+    .ok()?;
+    let len = (u32::from_be_bytes(h) & 0x7fff_ffff) as usize;
+    let mut b = vec![0; len];
+    tokio::io::AsyncReadExt::read_exact(s, &mut b).await.ok()?;
+    Some(b)
+}
+
+pub fn word(b: &[u8], i: usize) -> u32 {
+    u32::from_be_bytes(b[4 * i..4 * i + 4].try_into().expect("4 bytes"))
+}
