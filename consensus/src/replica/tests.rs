@@ -585,3 +585,81 @@ fn client_records_carry_the_batch_they_executed_in() {
         core.clients.iter().map(|(&c, r)| (c, r.last_n)).collect();
     assert_eq!(last_n, [(1, 1), (2, 2), (3, 3), (4, 4), (7, 3)]);
 }
+
+/// Validates `m` as coming from `from` and feeds it (or counts the rejection).
+fn step_peer(c: &SimCrypto, r: &mut Replica, from: ReplicaId, m: PeerMessage) -> Vec<Output> {
+    let config = r.config().clone();
+    match validate::peer_message(&config, c, from, m) {
+        Ok(msg) => r.step(Input::Peer { from, msg }),
+        Err(e) => {
+            r.record_rejected(e);
+            Vec::new()
+        }
+    }
+}
+
+fn signed_view_change(c: &SimCrypto, mut vc: ViewChange) -> UiMessage {
+    vc.ui.cert = c.ui_cert(
+        vc.sender,
+        vc.ui.counter,
+        &UiMessage::ViewChange(vc.clone()).certified_digest(),
+    );
+    UiMessage::ViewChange(vc)
+}
+
+/// Replica 1 (primary of view 1) moved to view 1 and certified its own VIEW-CHANGE.
+fn replica_1_in_view_change_to_1(c: &SimCrypto) -> Replica {
+    let config = Config::new(1);
+    let mut r = Replica::new(1, config, Box::new(c.clone()));
+    r.step(Input::Tick { now_ns: 1 });
+    for from in [0, 2] {
+        let m = PeerMessage::ReqViewChange {
+            view: 0,
+            new_view: 1,
+        };
+        step_peer(c, &mut r, from, m);
+    }
+    assert_eq!(r.view(), 1);
+    r.step(Input::UiCreated(Ui {
+        counter: 1,
+        cert: vec![],
+    }));
+    r
+}
+
+/// A faulty replica that was primary of an old view certifies a PREPARE of that view for
+/// a batch number near u64::MAX (correct replicas drop it as old-view, without marking
+/// it refused) and reports it in its VIEW-CHANGE. The NEW-VIEW decision then spans every
+/// number from the base to that one: the new primary (and every replica recomputing a
+/// NEW-VIEW with it) allocates a re-proposal per number. With u64::MAX that is a
+/// capacity-overflow panic; with 2^32 it is ~200 GB. Such a VIEW-CHANGE must be refused.
+#[test]
+fn a_view_change_reporting_a_batch_far_above_its_checkpoint_is_refused() {
+    let c = crypto();
+    let mut r = replica_1_in_view_change_to_1(&c);
+    let config = r.config().clone();
+    let p = prepare(&c, &config, 0, u64::MAX, 9, 1);
+    step_peer(
+        &c,
+        &mut r,
+        0,
+        PeerMessage::Ui(UiMessage::Prepare(p.clone())),
+    );
+    let vc = ViewChange {
+        new_view: 1,
+        sender: 0,
+        cert: CheckpointCert::default(),
+        accepted: vec![p],
+        view_certs: vec![],
+        ui: Ui {
+            counter: 2,
+            cert: vec![],
+        },
+    };
+    let outs = step_peer(&c, &mut r, 0, PeerMessage::Ui(signed_view_change(&c, vc)));
+    assert!(
+        !outs.iter().any(|o| matches!(o, Output::CreateUi { .. })),
+        "no NEW-VIEW from this VIEW-CHANGE"
+    );
+    assert!(r.dropped().values().sum::<u64>() >= 1, "{:?}", r.dropped());
+}
