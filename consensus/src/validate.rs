@@ -246,6 +246,10 @@ pub fn checkpoint_cert(
 }
 
 fn view_change_body(config: &Config, crypto: &dyn Crypto, vc: &ViewChange) -> Result<(), Reject> {
+    // Nobody changes to view 0, the first one (the core takes `new_view - 1`).
+    if vc.new_view == 0 {
+        return Err(Reject::Malformed);
+    }
     if vc.cert.view_top.is_some() && vc.cert.n == 0 {
         return Err(Reject::BadCertificate);
     }

@@ -663,3 +663,23 @@ fn a_view_change_reporting_a_batch_far_above_its_checkpoint_is_refused() {
     );
     assert!(r.dropped().values().sum::<u64>() >= 1, "{:?}", r.dropped());
 }
+/// A VIEW-CHANGE for view 0 (validation does not refuse it) reached `vc.new_view - 1`.
+#[test]
+fn a_view_change_for_view_0_is_dropped_without_panicking() {
+    let c = crypto();
+    let config = Config::new(1);
+    let mut r = Replica::new(1, config, Box::new(c.clone()));
+    let vc = ViewChange {
+        new_view: 0,
+        sender: 2,
+        cert: CheckpointCert::default(),
+        accepted: vec![],
+        view_certs: vec![],
+        ui: Ui {
+            counter: 1,
+            cert: vec![],
+        },
+    };
+    step_peer(&c, &mut r, 2, PeerMessage::Ui(signed_view_change(&c, vc)));
+    assert_eq!(r.view(), 0);
+}
