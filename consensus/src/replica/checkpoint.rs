@@ -149,7 +149,10 @@ impl Replica {
             let n = u64::from(self.config.n());
             // Votes are kept only for views near ours: a faulty sender cannot grow the
             // table with views that will never come.
-            if v + n < self.view || v > self.view + n || self.view_certs.contains_key(&v) {
+            if v.saturating_add(n) < self.view
+                || v > self.view.saturating_add(n)
+                || self.view_certs.contains_key(&v)
+            {
                 return Flow::Done;
             }
             let votes = self.view_top_votes.entry(v).or_default();

@@ -683,3 +683,24 @@ fn a_view_change_for_view_0_is_dropped_without_panicking() {
     step_peer(&c, &mut r, 2, PeerMessage::Ui(signed_view_change(&c, vc)));
     assert_eq!(r.view(), 0);
 }
+/// A faulty replica's view-top CHECKPOINT for view u64::MAX reached `v + n`.
+#[test]
+fn a_view_top_checkpoint_for_a_view_near_u64_max_is_dropped_without_panicking() {
+    let c = crypto();
+    let config = Config::new(1);
+    let mut r = Replica::new(1, config, Box::new(c.clone()));
+    let mut cp = crate::message::Checkpoint {
+        n: 4,
+        state_digest: [1; 32],
+        view: 0,
+        view_top: Some(u64::MAX),
+        sender: 2,
+        ui: Ui {
+            counter: 1,
+            cert: vec![],
+        },
+    };
+    cp.ui.cert = c.ui_cert(2, 1, &UiMessage::Checkpoint(cp.clone()).certified_digest());
+    step_peer(&c, &mut r, 2, PeerMessage::Ui(UiMessage::Checkpoint(cp)));
+    assert_eq!(r.view(), 0);
+}
