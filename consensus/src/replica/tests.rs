@@ -704,3 +704,31 @@ fn a_view_top_checkpoint_for_a_view_near_u64_max_is_dropped_without_panicking() 
     step_peer(&c, &mut r, 2, PeerMessage::Ui(UiMessage::Checkpoint(cp)));
     assert_eq!(r.view(), 0);
 }
+/// VIEW-CHANGEs for views far ahead are kept until that view comes, keyed by the view
+/// the sender chose: a faulty replica sending one for each of many future views (each
+/// may carry a full log of PREPAREs) grows the table without bound.
+#[test]
+fn view_changes_for_far_future_views_are_bounded() {
+    let c = crypto();
+    let config = Config::new(1);
+    let mut r = Replica::new(1, config, Box::new(c.clone()));
+    for k in 1..=200u64 {
+        let vc = ViewChange {
+            new_view: 1_000 * k,
+            sender: 2,
+            cert: CheckpointCert::default(),
+            accepted: vec![],
+            view_certs: vec![],
+            ui: Ui {
+                counter: k,
+                cert: vec![],
+            },
+        };
+        step_peer(&c, &mut r, 2, PeerMessage::Ui(signed_view_change(&c, vc)));
+    }
+    let held: usize = r.view_changes.values().map(BTreeMap::len).sum();
+    assert!(
+        held <= 2 * r.config().n() as usize,
+        "{held} VIEW-CHANGEs held"
+    );
+}

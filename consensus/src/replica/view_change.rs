@@ -281,6 +281,28 @@ impl Replica {
             self.invalid_view_changes.insert((sender, vc.ui.counter));
             return Flow::Done;
         }
+        if vc.new_view > self.view {
+            // Ahead of our view, keep one VIEW-CHANGE per sender, its latest (a correct
+            // sender's views only grow): otherwise a faulty sender fills the table with
+            // one for each of as many future views as it likes.
+            use std::ops::Bound::{Excluded, Unbounded};
+            if self
+                .view_changes
+                .range((Excluded(vc.new_view), Unbounded))
+                .any(|(_, m)| m.contains_key(&sender))
+            {
+                self.drop_input("superseded_view_change");
+                return Flow::Done;
+            }
+            for m in self
+                .view_changes
+                .range_mut((Excluded(self.view), Excluded(vc.new_view)))
+                .map(|(_, m)| m)
+            {
+                m.remove(&sender);
+            }
+            self.view_changes.retain(|_, m| !m.is_empty());
+        }
         let entry = self.view_changes.entry(vc.new_view).or_default();
         if entry.contains_key(&sender) {
             self.drop_input("duplicate_view_change");
