@@ -183,12 +183,14 @@ impl Node {
             return Ok(());
         };
         let config = self.core.config().clone();
+        // The certificate travels on to the core with the state (`StateInstalled`), which
+        // refuses (panics on) one that is not certified: check it whole, also when it
+        // names the checkpoint asked for (a faulty peer can copy its n and digest).
         let cert_ok = if blob.cert.n == wanted.n {
             blob.cert.state_digest == wanted.state_digest
         } else {
             blob.cert.n > wanted.n
-                && validate::checkpoint_cert(&config, &self.crypto, &blob.cert).is_ok()
-        };
+        } && validate::checkpoint_cert(&config, &self.crypto, &blob.cert).is_ok();
         if !cert_ok {
             self.count_bad(from, "uncertified state offered");
             self.ask_state();
