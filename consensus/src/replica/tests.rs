@@ -732,3 +732,20 @@ fn view_changes_for_far_future_views_are_bounded() {
         "{held} VIEW-CHANGEs held"
     );
 }
+
+/// A faulty former primary keeps certifying PREPAREs of its old view, each for another
+/// batch number far above any checkpoint: correct replicas drop them as old-view, but
+/// first record each one in `peer_accepted` (for the omission check), which only a stable
+/// checkpoint at or above that number would prune: it grows by one entry per message.
+#[test]
+fn old_view_prepares_for_far_numbers_do_not_grow_the_omission_table() {
+    let c = crypto();
+    let mut r = replica_1_in_view_change_to_1(&c);
+    let config = r.config().clone();
+    for k in 1..=2_000u64 {
+        let p = prepare(&c, &config, 0, 1_000_000_000 + k, 9, k);
+        step_peer(&c, &mut r, 0, PeerMessage::Ui(UiMessage::Prepare(p)));
+    }
+    let held = r.peer_accepted[0].len();
+    assert!(held <= config.holdback_max, "{held} entries for replica 0");
+}
