@@ -88,4 +88,16 @@ impl Config {
     pub fn is_checkpoint(&self, n: SeqNum) -> bool {
         n > 0 && n.is_multiple_of(self.checkpoint_interval)
     }
+
+    /// How far above its stable checkpoint a correct replica prepares batches
+    /// (`LOG_WINDOW_INTERVALS` checkpoint intervals): the primary proposes and a backup
+    /// accepts nothing beyond it, so a VIEW-CHANGE reporting a batch further above its
+    /// certificate is not a correct replica's (consensus/README, "The log window").
+    pub fn log_window(&self) -> SeqNum {
+        LOG_WINDOW_INTERVALS.saturating_mul(self.checkpoint_interval)
+    }
 }
+
+/// Checkpoint intervals in `Config::log_window`: checkpoints become stable about one
+/// interval after they are taken, so four leave the pipeline room.
+pub const LOG_WINDOW_INTERVALS: u64 = 4;

@@ -265,9 +265,12 @@ fn view_change_body(config: &Config, crypto: &dyn Crypto, vc: &ViewChange) -> Re
         checkpoint_cert(config, crypto, c)?;
     }
     let mut seen = BTreeSet::new();
+    // A correct replica prepares nothing beyond its log window (`Config::log_window`).
+    let window = vc.cert.n.saturating_add(config.log_window());
     for p in &vc.accepted {
         if p.header.view >= vc.new_view
             || p.header.n <= vc.cert.n
+            || p.header.n > window
             || !seen.insert((p.header.view, p.header.n))
         {
             return Err(Reject::Malformed);

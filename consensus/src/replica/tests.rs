@@ -749,3 +749,84 @@ fn old_view_prepares_for_far_numbers_do_not_grow_the_omission_table() {
     let held = r.peer_accepted[0].len();
     assert!(held <= config.holdback_max, "{held} entries for replica 0");
 }
+
+/// Answers what `outs` asks of the driver (UIs, execution, digests) until the replica
+/// asks nothing more; returns every output, and the CHECKPOINTs it broadcast.
+fn drive(c: &SimCrypto, r: &mut Replica, counter: &mut u64, outs: Vec<Output>) -> Vec<Output> {
+    let mut all = Vec::new();
+    let mut queue = outs;
+    while !queue.is_empty() {
+        let mut next = Vec::new();
+        for o in &queue {
+            match o {
+                Output::CreateUi { digest } => {
+                    *counter += 1;
+                    let cert = c.ui_cert(r.id(), *counter, digest);
+                    next.extend(r.step(Input::UiCreated(Ui {
+                        counter: *counter,
+                        cert,
+                    })));
+                }
+                Output::Execute {
+                    n,
+                    requests,
+                    want_digest,
+                    ..
+                } => {
+                    next.extend(r.step(Input::Executed {
+                        n: *n,
+                        results: vec![Vec::new(); requests.len()],
+                        app_digest: want_digest.then_some([0; 32]),
+                    }));
+                }
+                _ => {}
+            }
+        }
+        all.append(&mut queue);
+        queue = next;
+    }
+    all
+}
+
+/// A correct backup prepares nothing more than `Config::log_window` above its stable
+/// checkpoint (the bound that lets a VIEW-CHANGE reporting more be refused), and takes
+/// the PREPARE it held back as soon as a checkpoint becomes stable.
+#[test]
+fn a_backup_prepares_within_its_log_window_and_resumes_at_the_next_stable_checkpoint() {
+    let c = crypto();
+    let mut config = Config::new(1);
+    config.checkpoint_interval = 4;
+    let window = config.log_window();
+    let mut r = Replica::new(1, config.clone(), Box::new(c.clone()));
+    let mut counter = 0;
+    let outs = r.step(Input::Tick { now_ns: 1 });
+    drive(&c, &mut r, &mut counter, outs);
+    let mut own_checkpoint = None;
+    for n in 1..=window + 1 {
+        let p = prepare(&c, &config, 0, n, n as u8, n);
+        let outs = step_peer(&c, &mut r, 0, PeerMessage::Ui(UiMessage::Prepare(p)));
+        let was_accepted = accepted(&outs);
+        let all = drive(&c, &mut r, &mut counter, outs);
+        assert_eq!(was_accepted, n <= window, "PREPARE {n} (window {window})");
+        own_checkpoint = own_checkpoint.or_else(|| {
+            all.iter().find_map(|o| match o {
+                Output::Broadcast(PeerMessage::Ui(UiMessage::Checkpoint(cp))) if cp.n == 4 => {
+                    Some(cp.clone())
+                }
+                _ => None,
+            })
+        });
+    }
+    assert_eq!(r.stable_checkpoint().n, 0, "nobody else sent a CHECKPOINT");
+    // Replica 2's CHECKPOINT 4 makes it stable (with ours): PREPARE 17 goes through.
+    let mut cp = own_checkpoint.expect("checkpoint 4 certified");
+    cp.sender = 2;
+    cp.ui = Ui {
+        counter: 1,
+        cert: vec![],
+    };
+    cp.ui.cert = c.ui_cert(2, 1, &UiMessage::Checkpoint(cp.clone()).certified_digest());
+    let outs = step_peer(&c, &mut r, 2, PeerMessage::Ui(UiMessage::Checkpoint(cp)));
+    assert_eq!(r.stable_checkpoint().n, 4);
+    assert!(accepted(&outs), "the held PREPARE is taken: {outs:?}");
+}
