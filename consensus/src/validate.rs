@@ -122,7 +122,12 @@ fn check_ui(crypto: &dyn Crypto, config: &Config, m: &UiMessage) -> Result<(), R
     if sender >= config.n() {
         return Err(Reject::UnknownSender);
     }
-    if m.counter() == 0 || !crypto.verify_ui(sender, &m.certified_digest(), m.ui()) {
+    // Counters start at 1 and a USIG stops before `u64::MAX` (the receiver's stream
+    // then expects `counter + 1`), so neither end is ever a correct replica's.
+    if m.counter() == 0
+        || m.counter() == u64::MAX
+        || !crypto.verify_ui(sender, &m.certified_digest(), m.ui())
+    {
         return Err(Reject::BadUi);
     }
     Ok(())

@@ -830,3 +830,30 @@ fn a_backup_prepares_within_its_log_window_and_resumes_at_the_next_stable_checkp
     assert_eq!(r.stable_checkpoint().n, 4);
     assert!(accepted(&outs), "the held PREPARE is taken: {outs:?}");
 }
+
+/// A UI at `u64::MAX` (only a forged or broken USIG issues one) is refused by
+/// validation: the receiver's stream would next expect `counter + 1`.
+#[test]
+fn a_ui_at_the_last_counter_value_is_refused() {
+    let c = crypto();
+    let config = Config::new(1);
+    let mut r = Replica::new(1, config, Box::new(c.clone()));
+    let mut cp = crate::message::Checkpoint {
+        n: 4,
+        state_digest: [1; 32],
+        view: 0,
+        view_top: None,
+        sender: 2,
+        ui: Ui {
+            counter: u64::MAX,
+            cert: vec![],
+        },
+    };
+    cp.ui.cert = c.ui_cert(
+        2,
+        u64::MAX,
+        &UiMessage::Checkpoint(cp.clone()).certified_digest(),
+    );
+    step_peer(&c, &mut r, 2, PeerMessage::Ui(UiMessage::Checkpoint(cp)));
+    assert_eq!(r.dropped().get("bad_ui"), Some(&1), "{:?}", r.dropped());
+}
