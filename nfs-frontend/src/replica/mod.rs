@@ -1288,6 +1288,30 @@ pub fn lock_data_dir(dir: &Path) -> std::io::Result<std::fs::File> {
     }
 }
 
+/// `lock_data_dir`, waiting up to `wait` for a holder to let go: a replica just killed
+/// (kill -9, a supervisor's restart) keeps its lock until the kernel has torn the
+/// process down, which on a busy host can take longer than its restart. A replica that
+/// is really running still holds it after `wait`, and the error names it.
+pub fn lock_data_dir_waiting(dir: &Path, wait: Duration) -> std::io::Result<std::fs::File> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut warned = false;
+    loop {
+        match lock_data_dir(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(e);
+                }
+                if !warned {
+                    warn!("{e}; waiting up to {wait:?} for it to exit");
+                    warned = true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Writes `pid` into `dir/pid` (for `bftnfs up` and operators). Call it holding the
 /// directory's lock (`lock_data_dir`), so that it never overwrites a running replica's.
 pub fn write_pid_file(dir: &Path) -> std::io::Result<PathBuf> {
@@ -1317,7 +1341,17 @@ mod tests {
         let pid = std::process::id().to_string();
         assert!(err.to_string().contains(&pid), "{err}");
         drop(held);
-        lock_data_dir(dir.path()).expect("released with the file");
+        let held = lock_data_dir(dir.path()).expect("released with the file");
+        // A holder that lets go within the wait (a killed predecessor) is waited for;
+        // one that does not is reported after it.
+        let err = lock_data_dir_waiting(dir.path(), Duration::from_millis(100)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(held);
+        });
+        lock_data_dir_waiting(dir.path(), Duration::from_secs(10)).expect("waited for");
+        release.join().unwrap();
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use nfs_frontend::config::ClusterConfig;
-use nfs_frontend::replica::{self, ReplicaOptions, lock_data_dir, write_pid_file};
+use nfs_frontend::replica::{self, ReplicaOptions, lock_data_dir_waiting, write_pid_file};
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -42,8 +42,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.id < config.n(), "replica id {} out of range", args.id);
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("creating {}", args.data.display()))?;
-    // Held until the process exits; a second replica on DIR stops here.
-    let _lock = lock_data_dir(&args.data).context("locking the data directory")?;
+    // Held until the process exits; a second replica on DIR stops here (after waiting a
+    // little for a predecessor that was just killed to be gone).
+    let _lock =
+        lock_data_dir_waiting(&args.data, DATA_LOCK_WAIT).context("locking the data directory")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -83,6 +85,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// Binds the replica's configured address, retrying for a while if it is in use: a
 /// replica restarted right after a crash can find its port still held (a socket of the
 /// old process not yet closed, or a peer's outgoing connection that happened to take it).
+/// How long a starting replica waits for its data directory's previous holder to exit.
+const DATA_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn bind_with_retry(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     const TRIES: u32 = 60;
     let mut tries = 0;
