@@ -106,7 +106,14 @@ impl Client {
             return Vec::new();
         }
         let d = result_digest(&reply.result);
-        o.replies.insert(reply.replica, d);
+        // Only each replica's latest reply counts; a result no replica names any more
+        // goes, so a faulty replica that keeps changing its reply costs no memory.
+        if let Some(old) = o.replies.insert(reply.replica, d)
+            && old != d
+            && !o.replies.values().any(|&x| x == old)
+        {
+            o.results.remove(&old);
+        }
         o.results.entry(d).or_insert_with(|| reply.result.clone());
         let needed = if o.request.read_only {
             self.config.n() as usize
@@ -149,5 +156,56 @@ impl Client {
         o.results.clear();
         o.sent_tick = self.ticks;
         vec![ClientOutput::Send(o.request.clone())]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::SimCrypto;
+
+    fn reply(crypto: &SimCrypto, replica: ReplicaId, seq: u64, result: Vec<u8>) -> Reply {
+        let mut r = Reply {
+            view: 0,
+            replica,
+            client: 7,
+            seq,
+            read_only: false,
+            result,
+            mac: [0; 32],
+        };
+        r.mac = crypto.reply_mac(replica, 7, &r.mac_bytes());
+        r
+    }
+
+    /// A faulty replica that keeps changing its reply (each validly MACed) must not
+    /// make the client keep every result it ever sent: only the latest reply of each
+    /// replica can still count towards a quorum.
+    #[test]
+    fn a_faulty_replica_changing_its_reply_does_not_grow_the_client() {
+        let crypto = SimCrypto::new([3; 32]);
+        let mut c = Client::new(7, Config::new(1), 1, 10);
+        let seq = match c.submit(b"op".to_vec(), false).as_slice() {
+            [ClientOutput::Send(r)] => r.seq,
+            other => panic!("unexpected {other:?}"),
+        };
+        for i in 0..1_000u32 {
+            let out = c.on_reply(&crypto, &reply(&crypto, 2, seq, i.to_be_bytes().to_vec()));
+            assert!(out.is_empty(), "one replica alone completes nothing");
+        }
+        let kept = c.outstanding.as_ref().expect("outstanding").results.len();
+        assert!(kept <= 3, "{kept} results kept for 3 replicas");
+        // The correct replicas still complete it with their agreed result.
+        assert!(
+            c.on_reply(&crypto, &reply(&crypto, 0, seq, b"ok".to_vec()))
+                .is_empty()
+        );
+        assert_eq!(
+            c.on_reply(&crypto, &reply(&crypto, 1, seq, b"ok".to_vec())),
+            [ClientOutput::Done {
+                seq,
+                result: b"ok".to_vec()
+            }]
+        );
     }
 }
