@@ -18,7 +18,8 @@
 //!   would otherwise wait for them);
 //! - a job older than a bound is taken back at the next tick, so a saturated host,
 //!   where the idle thread never runs, delays a check by at most that bound;
-//! - the queue is bounded; a full queue means verifying at once.
+//! - the queue is bounded, in jobs and in bytes (a sender's message is held before
+//!   any check, also of its size); a full queue means verifying at once.
 //!
 //! A job the loop takes back while the thread is already verifying it is verified
 //! twice; the thread's answer is then dropped. A deferred request whose PREPARE arrived
@@ -40,6 +41,9 @@ use crate::crypto::ClusterCrypto;
 
 /// Jobs waiting at most; beyond it a message is verified at once.
 pub const JOBS_MAX: usize = 4_096;
+/// Bytes of deferred messages at most (`Job::bytes`); beyond it a message is verified
+/// at once. A client's request may be as large as a frame before the core's size check.
+pub const JOBS_BYTES_MAX: usize = 64 << 20;
 /// A job waiting longer is taken back by the protocol loop at its next tick.
 pub const JOB_AGE_MAX: Duration = Duration::from_millis(200);
 
@@ -78,6 +82,21 @@ impl Job {
         }
     }
 
+    /// What the job holds in memory: the parts whose size its sender chose, plus a
+    /// fixed overhead.
+    fn bytes(&self) -> usize {
+        const FIXED: usize = 256;
+        FIXED
+            + match self {
+                Job::Request(r) => r.op.len() + r.sig.len(),
+                Job::Peer {
+                    msg: PeerMessage::Ui(UiMessage::Commit(c)),
+                    ..
+                } => c.ui.cert.len() + c.primary_ui.cert.len(),
+                Job::Peer { msg, .. } => crate::net::encode(msg).len(),
+            }
+    }
+
     fn source(&self) -> Source {
         match self {
             Job::Peer { from, msg } => Self::peer_source(*from, msg),
@@ -104,6 +123,8 @@ pub fn off_path(msg: &PeerMessage, executed_n: u64) -> bool {
 
 struct Queue {
     jobs: VecDeque<(u64, Instant, Job)>,
+    /// `Job::bytes` of `jobs`.
+    bytes: usize,
     next_id: u64,
     stop: bool,
 }
@@ -145,6 +166,7 @@ impl LazyVerifier {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 jobs: VecDeque::new(),
+                bytes: 0,
                 next_id: 0,
                 stop: false,
             }),
@@ -170,11 +192,13 @@ impl LazyVerifier {
     /// Queues `job`, or hands it back (`Some`) when the queue is full.
     pub fn defer(&self, job: Job) -> Option<Job> {
         let mut q = self.shared.lock();
-        if q.jobs.len() >= JOBS_MAX || q.stop {
+        let bytes = job.bytes();
+        if q.jobs.len() >= JOBS_MAX || q.bytes.saturating_add(bytes) > JOBS_BYTES_MAX || q.stop {
             return Some(job);
         }
         let id = q.next_id;
         q.next_id += 1;
+        q.bytes += bytes;
         q.jobs.push_back((id, Instant::now(), job));
         drop(q);
         self.stats.deferred.fetch_add(1, Ordering::Relaxed);
@@ -213,6 +237,7 @@ impl LazyVerifier {
         let mut kept = VecDeque::with_capacity(q.jobs.len());
         for (id, at, job) in q.jobs.drain(..) {
             if pick(&job) {
+                q.bytes -= job.bytes();
                 taken.push(job);
             } else {
                 kept.push_back((id, at, job));
@@ -281,8 +306,8 @@ fn work(
         let ours = {
             let mut q = shared.lock();
             let front = q.jobs.front().is_some_and(|(front, _, _)| *front == id);
-            if front {
-                q.jobs.pop_front();
+            if front && let Some((_, _, job)) = q.jobs.pop_front() {
+                q.bytes -= job.bytes();
             }
             front
         };
@@ -316,6 +341,7 @@ mod tests {
             shared: Arc::new(Shared {
                 queue: Mutex::new(Queue {
                     jobs: VecDeque::new(),
+                    bytes: 0,
                     next_id: 0,
                     stop: false,
                 }),
@@ -380,6 +406,30 @@ mod tests {
             v.take_stale().len(),
             JOBS_MAX,
             "a stale job takes its whole source back"
+        );
+    }
+
+    /// A client may send requests up to the frame limit (256 MiB by default), far
+    /// beyond what the core accepts; deferred before that check, 4,096 of them must not
+    /// be held at once. Bytes held are bounded, not only jobs.
+    #[test]
+    fn large_jobs_are_handed_back_beyond_a_byte_budget() {
+        let v = queue_only();
+        let mut held = 0usize;
+        for seq in 0..256 {
+            let mut req = read_only_request(7, seq);
+            req.op = vec![0; 1 << 20];
+            if v.defer(Job::Request(req)).is_some() {
+                break;
+            }
+            held += 1 << 20;
+        }
+        assert!(held <= 64 << 20, "{} MiB of requests deferred", held >> 20);
+        let taken = v.take(Source::Clients).len();
+        assert_eq!(taken << 20, held);
+        assert!(
+            v.defer(Job::Request(read_only_request(7, 1))).is_none(),
+            "room again once taken back"
         );
     }
 
