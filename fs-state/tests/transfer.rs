@@ -178,3 +178,38 @@ fn crash_during_install_restarts_cleanly_from_the_local_store() {
     a.sm.check_invariants().unwrap();
     assert!(!staging.exists());
 }
+
+/// A peer's manifest is checked before its digest is compared, so hostile sizes reach
+/// the checks: they are refused, never a panic (arithmetic overflow in `used`).
+#[test]
+fn a_manifest_with_huge_file_sizes_is_refused_without_panicking() {
+    let mut a = Node::new();
+    let root = a.root();
+    let f = a.create(&root, "f");
+    let g = a.create(&root, "g");
+    a.write(&f, 0, b"hello");
+    a.write(&g, 0, b"world");
+    a.sm.sync().unwrap();
+    a.sm.state_digest().unwrap();
+    let (m, _) = a.sm.checkpoint().unwrap();
+    let config = FsConfig::default();
+    for sizes in [
+        [u64::MAX, 5],
+        [1 << 63, 1 << 63],
+        [u64::MAX - 100, u64::MAX - 100],
+    ] {
+        let mut bad = m.clone();
+        let mut regs = bad
+            .meta
+            .inodes
+            .iter_mut()
+            .filter(|(_, i)| i.ftype == FType3::Reg);
+        for size in sizes {
+            regs.next().expect("two files").1.size = size;
+        }
+        let bytes = bad.encode();
+        let decoded = FsManifest::decode(&bytes).expect("well-formed");
+        let r = std::panic::catch_unwind(|| decoded.verify(&config).is_err());
+        assert_eq!(r.ok(), Some(true), "sizes {sizes:?}: refused, not a panic");
+    }
+}
