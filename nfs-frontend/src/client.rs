@@ -34,7 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use consensus::{Client, ClientOutput, Crypto, ReplicaId, Reply};
 use fs_state::{AuthUnix, FileHandle, FsOp, FsReply, NfsStat3, is_read_only};
 use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tracing::{debug, info};
 
 use crate::backend::{FsBackend, error_reply};
@@ -57,6 +57,11 @@ const READ_ONLY_PAUSE: Duration = Duration::from_secs(2);
 const CONN_QUEUE_MAX: usize = 4_096;
 /// Largest reply frame accepted from a replica (a READ of the largest size, encoded).
 const REPLY_FRAME_BYTES_MAX: usize = 16 << 20;
+/// Reply bytes one replica connection may have waiting for the engine, in KiB. Counting
+/// replies alone would let a faulty replica queue `CONN_QUEUE_MAX` frames of
+/// `REPLY_FRAME_BYTES_MAX` (64 GiB) faster than the engine checks and drops them; per
+/// connection, so that it cannot spend what the correct replicas' replies need.
+const REPLY_QUEUE_KIB_MAX: u32 = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -235,7 +240,10 @@ impl Engine {
     }
 
     async fn run(mut self, mut jobs: mpsc::UnboundedReceiver<Job>) {
-        let (reply_tx, mut replies) = mpsc::channel::<Reply>(CONN_QUEUE_MAX);
+        // Each reply carries its share of its connection's byte budget, given back once
+        // the engine has handled it.
+        let (reply_tx, mut replies) =
+            mpsc::channel::<(Reply, OwnedSemaphorePermit)>(CONN_QUEUE_MAX);
         let mut tasks = Vec::new();
         for i in 0..self.config.n() {
             let (tx, rx) = mpsc::channel(CONN_QUEUE_MAX);
@@ -267,9 +275,9 @@ impl Engine {
                     }
                     None => break,
                 },
-                Some(reply) = replies.recv() => {
+                Some((reply, _budget)) = replies.recv() => {
                     self.on_reply(&reply);
-                    while let Ok(reply) = replies.try_recv() {
+                    while let Ok((reply, _budget)) = replies.try_recv() {
                         self.on_reply(&reply);
                     }
                     // The callers these replies completed run first (same runtime):
@@ -475,11 +483,12 @@ async fn connection(
     client: u64,
     replica: ReplicaId,
     mut rx: mpsc::Receiver<Vec<u8>>,
-    replies: mpsc::Sender<Reply>,
+    replies: mpsc::Sender<(Reply, OwnedSemaphorePermit)>,
     up: Arc<AtomicBool>,
     stats: Arc<NetStats>,
 ) {
     let addr = config.replica_addr(replica);
+    let budget = Arc::new(Semaphore::new(REPLY_QUEUE_KIB_MAX as usize));
     let mut backoff = crate::net::Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     loop {
         let Some(stream) = crate::net::dial(addr, &mut rx, &mut backoff).await else {
@@ -502,6 +511,7 @@ async fn connection(
         up.store(true, Ordering::Relaxed);
         let replies = replies.clone();
         let stats2 = stats.clone();
+        let budget = budget.clone();
         let mut reader = tokio::spawn(async move {
             loop {
                 let frame = match read_frame(&mut r, REPLY_FRAME_BYTES_MAX).await {
@@ -519,7 +529,13 @@ async fn connection(
                             stats2.count(DropReason::WrongClient);
                             continue;
                         }
-                        if replies.send(reply).await.is_err() {
+                        // Waits while this replica's replies already fill the budget: the
+                        // connection, not the engine's memory, holds back the rest.
+                        let kib = frame.len().div_ceil(1024).min(REPLY_QUEUE_KIB_MAX as usize);
+                        let Ok(permit) = budget.clone().acquire_many_owned(kib as u32).await else {
+                            return;
+                        };
+                        if replies.send((reply, permit)).await.is_err() {
                             return;
                         }
                     }
