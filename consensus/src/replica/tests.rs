@@ -683,25 +683,31 @@ fn a_view_change_for_view_0_is_dropped_without_panicking() {
     step_peer(&c, &mut r, 2, PeerMessage::Ui(signed_view_change(&c, vc)));
     assert_eq!(r.view(), 0);
 }
-/// A faulty replica's view-top CHECKPOINT for view u64::MAX reached `v + n`.
-#[test]
-fn a_view_top_checkpoint_for_a_view_near_u64_max_is_dropped_without_panicking() {
-    let c = crypto();
-    let config = Config::new(1);
-    let mut r = Replica::new(1, config, Box::new(c.clone()));
+
+/// Replica 2's CHECKPOINT 4 of view 0, certified at `counter`.
+fn checkpoint_from_2(c: &SimCrypto, view_top: Option<View>, counter: u64) -> PeerMessage {
     let mut cp = crate::message::Checkpoint {
         n: 4,
         state_digest: [1; 32],
         view: 0,
-        view_top: Some(u64::MAX),
+        view_top,
         sender: 2,
         ui: Ui {
-            counter: 1,
+            counter,
             cert: vec![],
         },
     };
-    cp.ui.cert = c.ui_cert(2, 1, &UiMessage::Checkpoint(cp.clone()).certified_digest());
-    step_peer(&c, &mut r, 2, PeerMessage::Ui(UiMessage::Checkpoint(cp)));
+    let digest = UiMessage::Checkpoint(cp.clone()).certified_digest();
+    cp.ui.cert = c.ui_cert(2, counter, &digest);
+    PeerMessage::Ui(UiMessage::Checkpoint(cp))
+}
+
+/// A faulty replica's view-top CHECKPOINT for view u64::MAX reached `v + n`.
+#[test]
+fn a_view_top_checkpoint_for_a_view_near_u64_max_is_dropped_without_panicking() {
+    let c = crypto();
+    let mut r = Replica::new(1, Config::new(1), Box::new(c.clone()));
+    step_peer(&c, &mut r, 2, checkpoint_from_2(&c, Some(u64::MAX), 1));
     assert_eq!(r.view(), 0);
 }
 /// VIEW-CHANGEs for views far ahead are kept until that view comes, keyed by the view
@@ -836,24 +842,7 @@ fn a_backup_prepares_within_its_log_window_and_resumes_at_the_next_stable_checkp
 #[test]
 fn a_ui_at_the_last_counter_value_is_refused() {
     let c = crypto();
-    let config = Config::new(1);
-    let mut r = Replica::new(1, config, Box::new(c.clone()));
-    let mut cp = crate::message::Checkpoint {
-        n: 4,
-        state_digest: [1; 32],
-        view: 0,
-        view_top: None,
-        sender: 2,
-        ui: Ui {
-            counter: u64::MAX,
-            cert: vec![],
-        },
-    };
-    cp.ui.cert = c.ui_cert(
-        2,
-        u64::MAX,
-        &UiMessage::Checkpoint(cp.clone()).certified_digest(),
-    );
-    step_peer(&c, &mut r, 2, PeerMessage::Ui(UiMessage::Checkpoint(cp)));
+    let mut r = Replica::new(1, Config::new(1), Box::new(c.clone()));
+    step_peer(&c, &mut r, 2, checkpoint_from_2(&c, None, u64::MAX));
     assert_eq!(r.dropped().get("bad_ui"), Some(&1), "{:?}", r.dropped());
 }
