@@ -17,7 +17,7 @@
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -32,6 +32,9 @@ const ERR: u8 = 1;
 const ANSWER_BYTES_MAX: usize = 4096;
 /// A client that sends nothing for this long is dropped (the server serves one at a time).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A client that does not take its answer for this long is dropped: a blocked write would
+/// keep the server from every other connection and from `stop`.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn io(context: &str, e: std::io::Error) -> UsigError {
     UsigError::Io {
@@ -102,6 +105,9 @@ fn serve_connection(
 ) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    if stream.set_write_timeout(Some(WRITE_TIMEOUT)).is_err() {
+        return;
+    }
     let mut idle = Duration::ZERO;
     loop {
         if stop.load(Ordering::SeqCst) {
@@ -241,6 +247,7 @@ fn malformed(why: &str) -> UsigError {
 
 /// A replica's handle on a USIG held by a separate `usig-server` process.
 pub struct ProcessUsig {
+    socket: PathBuf,
     stream: UnixStream,
     replica: ReplicaId,
     identity: UsigIdentity,
@@ -268,6 +275,7 @@ impl ProcessUsig {
         }
         let verifier = Verifier::new(&identity).map_err(|_| malformed("bad identity"))?;
         let mut usig = ProcessUsig {
+            socket: socket.to_path_buf(),
             stream,
             replica,
             identity,
@@ -279,21 +287,28 @@ impl ProcessUsig {
     }
 
     fn call(stream: &mut UnixStream, request: &[u8]) -> Result<Vec<u8>, UsigError> {
-        stream
-            .write_all(request)
-            .map_err(|e| io("write to USIG server", e))?;
+        Self::exchange(stream, request).map_err(|e| io("talking to the USIG server", e))?
+    }
+
+    /// One request and its answer. The outer error means the connection failed, at a
+    /// point of the exchange nobody knows; the inner one is about the answer itself.
+    fn exchange(
+        stream: &mut UnixStream,
+        request: &[u8],
+    ) -> std::io::Result<Result<Vec<u8>, UsigError>> {
+        stream.write_all(request)?;
         let mut len = [0u8; 4];
-        stream
-            .read_exact(&mut len)
-            .map_err(|e| io("read from USIG server", e))?;
+        stream.read_exact(&mut len)?;
         let len = u32::from_be_bytes(len) as usize;
         if len == 0 || len > ANSWER_BYTES_MAX {
-            return Err(malformed("answer length out of range"));
+            return Ok(Err(malformed("answer length out of range")));
         }
         let mut body = vec![0u8; len];
-        stream
-            .read_exact(&mut body)
-            .map_err(|e| io("read from USIG server", e))?;
+        stream.read_exact(&mut body)?;
+        Ok(Self::answer(body))
+    }
+
+    fn answer(body: Vec<u8>) -> Result<Vec<u8>, UsigError> {
         match body[0] {
             OK => Ok(body[1..].to_vec()),
             ERR => Err(UsigError::Io {
@@ -302,6 +317,24 @@ impl ProcessUsig {
             }),
             _ => Err(malformed("unknown answer")),
         }
+    }
+
+    /// A new connection to the same server (it drops idle ones, or was restarted). Its
+    /// last UI must verify and not be behind ours; returns it.
+    fn reconnect(&mut self) -> Result<Option<IssuedUi>, UsigError> {
+        let fresh = Self::connect(&self.socket, Some(&self.identity))?;
+        if fresh.replica != self.replica {
+            return Err(malformed("USIG server changed its replica id"));
+        }
+        let counter = |l: &Option<IssuedUi>| l.as_ref().map_or(0, |l| l.ui.counter);
+        if counter(&fresh.last) < counter(&self.last) {
+            return Err(malformed("USIG server counter went backwards"));
+        }
+        self.stream = fresh.stream;
+        if counter(&fresh.last) > counter(&self.last) {
+            self.last = fresh.last.clone();
+        }
+        Ok(fresh.last)
     }
 
     fn fetch_last(&mut self) -> Result<Option<IssuedUi>, UsigError> {
@@ -333,7 +366,20 @@ impl Usig for ProcessUsig {
     fn create_ui(&mut self, digest: &Digest) -> Result<Ui, UsigError> {
         let mut request = vec![TAG_CREATE];
         request.extend_from_slice(digest);
-        let body = Self::call(&mut self.stream, &request)?;
+        let known = self.last.as_ref().map_or(0, |l| l.ui.counter);
+        let body = match Self::exchange(&mut self.stream, &request) {
+            Ok(answer) => answer?,
+            Err(_) => {
+                // The connection is gone (the server drops idle ones). The server records
+                // a UI before it answers, so its last UI tells whether this request was
+                // served: if so that is our UI, else nothing was spent and we ask again.
+                let last = self.reconnect()?;
+                if let Some(last) = last.filter(|l| l.digest == *digest && l.ui.counter > known) {
+                    return Ok(last.ui);
+                }
+                Self::call(&mut self.stream, &request)?
+            }
+        };
         let ui = Reader(&body).ui()?;
         // Trust nothing from the socket: the UI must verify and move the counter forward.
         self.verifier
