@@ -100,15 +100,13 @@ fn forged_commits_are_dropped_and_counted_on_both_check_paths() {
             stats[0]
         );
         assert!(stats[0].checks_deferred >= 1, "{:?}", stats[0]);
-        // The client had f + 1 = 2 matching replies for each of the 10 operations, so
-        // the primary and one backup executed them all; the other backup may still be
-        // a few batches behind when the cluster stops (on a loaded host its deferred
-        // checks wait up to `JOB_AGE_MAX`). Nobody left view 0.
+        // The client had f + 1 = 2 matching replies for each of the 10 operations, so two
+        // replicas executed them all (the primary proposed every one of them after the
+        // forged COMMITs); the third may still be a batch or a few behind when the
+        // cluster stops (a backup's deferred checks wait up to `JOB_AGE_MAX` on a loaded
+        // host, the primary executes on a COMMIT it may not have yet). Nobody left view 0.
         let done = stats.iter().filter(|s| s.executed_n >= 10).count();
-        assert!(
-            stats[0].executed_n >= 10 && done >= 2 && stats.iter().all(|s| s.view == 0),
-            "{stats:?}"
-        );
+        assert!(done >= 2 && stats.iter().all(|s| s.view == 0), "{stats:?}");
     });
 }
 
