@@ -31,6 +31,7 @@ use nfs3_types::xdr_codec::{List, Opaque, Pack, Unpack, Void};
 use tracing::error;
 
 use crate::backend::FsBackend;
+use crate::rpc::Xdr;
 use crate::wire::{
     fail_post_op, fail_wcc, fattr_out, fh_in, fh_out, name_in, post_op, post_op_fh, sattr_in,
     spec_in, stable_in, stable_out, stat_out, time_in, wcc_out,
@@ -72,57 +73,53 @@ const NAME: Field = Field::Opaque(usize::MAX);
 /// a 4-byte length field makes the server allocate up to 4 GiB (and abort where the
 /// allocation cannot be had). Fields after the last opaque need no check.
 pub(crate) fn opaques_fit(args: &[u8], fields: &[Field]) -> Result<(), CallError> {
-    let mut pos = 0usize;
-    let u32_at = |pos: &mut usize| -> Result<u32, CallError> {
-        let b = args.get(*pos..*pos + 4).ok_or(CallError::GarbageArgs)?;
-        *pos += 4;
-        Ok(u32::from_be_bytes(b.try_into().expect("4 bytes")))
-    };
-    for field in fields {
-        match *field {
-            Field::U32 => {
-                u32_at(&mut pos)?;
-            }
-            Field::U64 => {
-                u32_at(&mut pos)?;
-                u32_at(&mut pos)?;
-            }
-            Field::Opaque(max) => {
-                let len = u32_at(&mut pos)? as usize;
-                let padded = len.div_ceil(4) * 4;
-                if len > max || padded > args.len() - pos {
-                    return Err(CallError::GarbageArgs);
-                }
-                pos += padded;
-            }
-            Field::Sattr3 => {
-                // mode, uid, gid: optional u32; size: optional u64.
-                for words in [1, 1, 1, 2] {
-                    match u32_at(&mut pos)? {
-                        0 => {}
-                        1 => {
-                            for _ in 0..words {
-                                u32_at(&mut pos)?;
-                            }
+    let mut x = Xdr::new(args);
+    fields
+        .iter()
+        .try_for_each(|f| skip_field(&mut x, *f))
+        .ok_or(CallError::GarbageArgs)
+}
+
+/// Steps over one field; `None` if it is malformed or runs past the arguments.
+fn skip_field(x: &mut Xdr<'_>, field: Field) -> Option<()> {
+    match field {
+        Field::U32 => {
+            x.u32()?;
+        }
+        Field::U64 => {
+            x.u32()?;
+            x.u32()?;
+        }
+        Field::Opaque(max) => {
+            x.opaque(max)?;
+        }
+        Field::Sattr3 => {
+            // mode, uid, gid: optional u32; size: optional u64.
+            for words in [1, 1, 1, 2] {
+                match x.u32()? {
+                    0 => {}
+                    1 => {
+                        for _ in 0..words {
+                            x.u32()?;
                         }
-                        _ => return Err(CallError::GarbageArgs),
                     }
+                    _ => return None,
                 }
-                // atime, mtime: DONT_CHANGE, SET_TO_SERVER_TIME or a client nfstime3.
-                for _ in 0..2 {
-                    match u32_at(&mut pos)? {
-                        0 | 1 => {}
-                        2 => {
-                            u32_at(&mut pos)?;
-                            u32_at(&mut pos)?;
-                        }
-                        _ => return Err(CallError::GarbageArgs),
+            }
+            // atime, mtime: DONT_CHANGE, SET_TO_SERVER_TIME or a client nfstime3.
+            for _ in 0..2 {
+                match x.u32()? {
+                    0 | 1 => {}
+                    2 => {
+                        x.u32()?;
+                        x.u32()?;
                     }
+                    _ => return None,
                 }
             }
         }
     }
-    Ok(())
+    Some(())
 }
 
 /// The leading fields of each NFSv3 procedure's arguments up to its last opaque.

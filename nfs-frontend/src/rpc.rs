@@ -122,20 +122,24 @@ pub(crate) struct CallHeader {
 }
 
 /// Big-endian XDR reader over a slice that never allocates from a wire length.
-struct Xdr<'a> {
+pub(crate) struct Xdr<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Xdr<'a> {
-    fn u32(&mut self) -> Option<u32> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Xdr { buf, pos: 0 }
+    }
+
+    pub(crate) fn u32(&mut self) -> Option<u32> {
         let b = self.buf.get(self.pos..self.pos + 4)?;
         self.pos += 4;
         Some(u32::from_be_bytes(b.try_into().ok()?))
     }
 
     /// `opaque<max>`, padded to 4 bytes.
-    fn opaque(&mut self, max: usize) -> Option<&'a [u8]> {
+    pub(crate) fn opaque(&mut self, max: usize) -> Option<&'a [u8]> {
         let len = self.u32()? as usize;
         if len > max {
             return None;
@@ -149,19 +153,12 @@ impl<'a> Xdr<'a> {
 
 /// The xid of a record, if it has one (to answer even a malformed call).
 pub(crate) fn xid_of(record: &[u8]) -> Option<u32> {
-    Xdr {
-        buf: record,
-        pos: 0,
-    }
-    .u32()
+    Xdr::new(record).u32()
 }
 
 /// Parse the call header of `record`. `None` if it is not a well-formed CALL.
 pub(crate) fn parse_call(record: &[u8]) -> Option<CallHeader> {
-    let mut x = Xdr {
-        buf: record,
-        pos: 0,
-    };
+    let mut x = Xdr::new(record);
     let xid = x.u32()?;
     let msg_type = x.u32()?;
     if msg_type != 0 {
@@ -192,7 +189,7 @@ pub(crate) fn parse_call(record: &[u8]) -> Option<CallHeader> {
 }
 
 fn parse_auth_unix(body: &[u8]) -> Option<AuthUnix> {
-    let mut x = Xdr { buf: body, pos: 0 };
+    let mut x = Xdr::new(body);
     let _stamp = x.u32()?;
     let _machinename = x.opaque(MACHINENAME_BYTES_MAX)?;
     let uid = x.u32()?;
