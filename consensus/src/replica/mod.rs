@@ -485,6 +485,10 @@ impl Replica {
     pub fn stable_checkpoint(&self) -> &CheckpointCert {
         &self.stable
     }
+    /// The highest batch this replica proposes or accepts (`Config::log_window`).
+    pub(super) fn log_window_top(&self) -> SeqNum {
+        self.stable.n.saturating_add(self.config.log_window())
+    }
     /// Accepted PREPAREs held above the stable checkpoint (the log checkpoints truncate).
     pub fn log_len(&self) -> usize {
         self.log.len()

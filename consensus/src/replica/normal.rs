@@ -88,9 +88,7 @@ impl Replica {
             return;
         }
         let n = self.proposed_n + 1;
-        if n > self.exec_n + self.config.pipeline_max
-            || n > self.stable.n.saturating_add(self.config.log_window())
-        {
+        if n > self.exec_n + self.config.pipeline_max || n > self.log_window_top() {
             return;
         }
         if self.config.is_checkpoint(n - 1) && self.executed_n < n - 1 {
@@ -159,23 +157,22 @@ impl Replica {
         if h.view > self.view || (h.view == self.view && self.status != Status::Normal) {
             return Flow::Defer;
         }
-        let window = self.stable.n.saturating_add(self.config.log_window());
-        if h.view < self.view {
+        let within_window = h.n <= self.log_window_top();
+        if within_window {
             // Kept for the omission check only within the log window: no correct
             // replica prepared a batch beyond it, and a faulty former primary could
-            // otherwise add an entry per message it sends.
-            if h.n <= window {
-                self.peer_accepted[p.primary as usize].insert((h.view, h.n), h);
-            }
+            // otherwise add an entry per old-view message it sends.
+            self.peer_accepted[p.primary as usize].insert((h.view, h.n), h);
+        }
+        if h.view < self.view {
             self.drop_input("old_view");
             return Flow::Done;
         }
-        if h.n > window {
+        if !within_window {
             // Beyond the log window: judged once a stable checkpoint moves it.
             self.drop_input("prepare_beyond_log_window");
             return Flow::Defer;
         }
-        self.peer_accepted[p.primary as usize].insert((h.view, h.n), h);
         if h.n <= self.prepared_n {
             let known = self
                 .log
