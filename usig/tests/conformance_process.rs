@@ -1,6 +1,7 @@
 //! The conformance suite run against the separate-process backend (`ProcessUsig` talking
 //! to a `usig::process::serve` loop over a Unix socket), plus what only a server has to
-//! survive: foreign peers, malformed requests, and a SIGKILL of the process that holds
+//! survive: foreign peers, malformed requests, a peer that never reads its answers, a
+//! client whose connection the server dropped, and a SIGKILL of the process that holds
 //! the counter.
 
 use std::io::{Read, Write};
@@ -11,7 +12,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use usig::conformance::{self, Factory};
@@ -62,6 +63,17 @@ impl Server {
     fn stop(mut self) -> ServerStats {
         self.stop.store(true, Ordering::SeqCst);
         self.thread.take().unwrap().join().unwrap()
+    }
+
+    /// Sets `stop` and waits at most `limit` for the server to return.
+    fn stop_within(&mut self, limit: Duration) -> Option<ServerStats> {
+        self.stop.store(true, Ordering::SeqCst);
+        let thread = self.thread.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(thread.join().unwrap());
+        });
+        rx.recv_timeout(limit).ok()
     }
 }
 
@@ -220,4 +232,71 @@ fn process_counter_survives_sigkill() {
             s.stop();
         }
     }
+}
+
+/// A client pipelines CREATE requests and never reads an answer. Once the server's
+/// answers fill the socket buffer its `write_all` blocks; with no write timeout it then
+/// never checks `stop` again and serves no other connection while the peer stays.
+#[test]
+fn process_server_is_not_wedged_by_a_client_that_never_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::start(dir.path(), 3, my_uid());
+    let mut hostile = UnixStream::connect(&server.socket).unwrap();
+    hostile
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut request = [0u8; 33];
+    request[0] = 2; // CREATE
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Write until our own writes block: the server has stopped reading requests.
+    while hostile.write_all(&request).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the server kept reading for 60 s"
+        );
+    }
+    let stats = server.stop_within(Duration::from_secs(15));
+    let wedged = stats.is_none();
+    drop(hostile); // unblocks a wedged server (EPIPE), so the test process can end
+    assert!(
+        !wedged,
+        "the server ignored stop for 15 s: blocked writing to a peer that does not read"
+    );
+}
+
+/// The server drops a connection idle for 30 s (`IDLE_TIMEOUT`). An honest replica idle
+/// that long (a quiet cluster) must still get its next UI: the client reconnects.
+#[test]
+fn process_client_survives_the_server_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 3, my_uid());
+    let mut usig = ProcessUsig::connect(&server.socket, None).unwrap();
+    assert_eq!(usig.create_ui(&[1; 32]).unwrap().counter, 1);
+    std::thread::sleep(Duration::from_secs(31));
+    let ui = usig
+        .create_ui(&[2; 32])
+        .expect("a UI after the server dropped an idle connection");
+    assert_eq!(ui.counter, 2);
+    assert_eq!(usig.last_issued().unwrap().ui, ui);
+}
+
+/// The server spends (durably) a counter for a CREATE whose connection is gone before the
+/// answer: the value is never issued again, and the next client learns it from LAST.
+#[test]
+fn process_counter_spent_for_a_dropped_connection_is_not_reissued() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), 3, my_uid());
+    {
+        let mut s = UnixStream::connect(&server.socket).unwrap();
+        let mut request = [7u8; 33];
+        request[0] = 2;
+        s.write_all(&request).unwrap();
+        // Read the length prefix only, then hang up mid-answer.
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).unwrap();
+    }
+    let mut usig = ProcessUsig::connect(&server.socket, None).unwrap();
+    let last = usig.last_issued().expect("the spent UI is reported");
+    assert_eq!((last.ui.counter, last.digest), (1, [7; 32]));
+    assert_eq!(usig.create_ui(&[8; 32]).unwrap().counter, 2);
 }
