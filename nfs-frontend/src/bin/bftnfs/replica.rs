@@ -82,12 +82,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     result
 }
 
-/// Binds the replica's configured address, retrying for a while if it is in use: a
-/// replica restarted right after a crash can find its port still held (a socket of the
-/// old process not yet closed, or a peer's outgoing connection that happened to take it).
 /// How long a starting replica waits for its data directory's previous holder to exit.
 const DATA_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Binds the replica's configured address, retrying for a while if it is in use: a
+/// replica restarted right after a crash can find its port still held (a socket of the
+/// old process not yet closed, or a peer's outgoing connection that happened to take it).
 async fn bind_with_retry(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     const TRIES: u32 = 60;
     let mut tries = 0;
