@@ -160,8 +160,9 @@ fn boot_id() -> String {
 /// restart does not make it skip and re-base. Safe because a stopped process sends
 /// nothing more and wrote every PREPARE it sent early into the log file before sending
 /// it (`Lease`); opening the log makes what the page cache holds durable. Refuses while
-/// a replica holds its data directory or the USIG's lock, and after a machine restart (the page cache, and
-/// with it possibly PREPAREs' records, is gone: only the re-base is safe then).
+/// a replica holds its data directory or the USIG's lock, and after a machine restart
+/// (the page cache, and with it possibly PREPAREs' records, is gone: only the re-base
+/// is safe then).
 /// `bftnfs up` does this when a replica exits; `bftnfs seal` for other supervisors.
 /// Returns the lease before and after, if it was lowered.
 pub fn seal_lease(data_dir: &Path) -> Result<Option<(u64, u64)>, ReplicaError> {
