@@ -123,6 +123,7 @@ mod imp {
             bundling: config.bundling,
             tpm_usig: config.usig == UsigKind::Tpm,
             client_engine_on_caller: true,
+            export: None,
         })?;
         Ok(Box::new(Embedded(Some(cluster))))
     }

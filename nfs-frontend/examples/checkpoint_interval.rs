@@ -152,7 +152,7 @@ fn trees_equal(a: &Path, b: &Path) -> bool {
 fn cluster_run(k: u64) -> String {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("c");
-    let path = ensure_keys(&dir, 1, true, 16).expect("keys");
+    let path = ensure_keys(&dir, &nfs_frontend::config::KeygenOptions::new(1, 2)).expect("keys");
     let toml = std::fs::read_to_string(&path).expect("toml");
     let toml: Vec<String> = toml
         .lines()
@@ -186,12 +186,12 @@ fn cluster_run(k: u64) -> String {
     rt.block_on(write_files(addr, "b", 400));
     let restart = Instant::now();
     let r2 = start_replica_thread(
-        config,
+        config.clone(),
         ReplicaOptions {
             id: 2,
             data_dir: dir.join("replica-2"),
             null_app: false,
-            fs_config: nfs_frontend::replica::replica_fs_config(),
+            fs_config: nfs_frontend::replica::replica_fs_config(config.export),
             usig_socket: None,
             serve_corrupt_chunks: false,
         },

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::client::{BftBackend, BftClient};
-use crate::config::{ClusterConfig, KeygenOptions, keygen};
+use crate::config::{ClusterConfig, ExportLimits, KeygenOptions, keygen};
 use crate::replica::{self, ReplicaOptions, ReplicaStats};
 use crate::server::{NfsServer, ServerConfig};
 
@@ -52,6 +52,10 @@ pub struct ClusterOptions {
     /// frontend runs its engine beside its NFS server. Otherwise a thread of the cluster
     /// runs it, and every call and reply crosses threads.
     pub client_engine_on_caller: bool,
+    /// The export's limits, written into a new cluster.toml (`ClusterConfig::export`);
+    /// `None`: a quota the replicas cannot outgrow on the disk of `dir`
+    /// (`ExportLimits::fitting`), as `bftnfs up` chooses.
+    pub export: Option<ExportLimits>,
 }
 
 impl Default for ClusterOptions {
@@ -70,6 +74,7 @@ impl Default for ClusterOptions {
             bundling: true,
             tpm_usig: false,
             client_engine_on_caller: false,
+            export: None,
         }
     }
 }
@@ -161,18 +166,13 @@ fn start_swtpms(_path: &Path, _dir: &Path) -> anyhow::Result<Vec<Box<dyn std::an
 }
 
 /// Writes a fresh cluster.toml and keys into `dir` unless one is there.
-pub fn ensure_keys(dir: &Path, f: u32, batching: bool, sessions: u64) -> anyhow::Result<PathBuf> {
+pub fn ensure_keys(dir: &Path, opts: &KeygenOptions) -> anyhow::Result<PathBuf> {
     let path = dir.join("cluster.toml");
     if path.exists() {
         return Ok(path);
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut opts = KeygenOptions::new(f, 2);
-    opts.sessions = sessions;
-    if !batching {
-        opts.consensus.batch_requests_max = 1;
-    }
-    Ok(keygen(dir, &opts)?)
+    Ok(keygen(dir, opts)?)
 }
 
 fn spawn_runtime_thread<T: Send + 'static, F, Fut>(
@@ -219,7 +219,17 @@ pub fn start_replica_thread(
 
 impl LocalCluster {
     pub fn start(opts: ClusterOptions) -> anyhow::Result<LocalCluster> {
-        let path = ensure_keys(&opts.dir, opts.f, opts.batching, opts.sessions)?;
+        let mut keygen_opts = KeygenOptions::new(opts.f, 2);
+        keygen_opts.sessions = opts.sessions;
+        std::fs::create_dir_all(&opts.dir)?;
+        keygen_opts.export = match opts.export {
+            Some(limits) => limits,
+            None => ExportLimits::fitting_disk_of(&opts.dir, 2 * opts.f + 1)?,
+        };
+        if !opts.batching {
+            keygen_opts.consensus.batch_requests_max = 1;
+        }
+        let path = ensure_keys(&opts.dir, &keygen_opts)?;
         let swtpms = if opts.tpm_usig {
             start_swtpms(&path, &opts.dir)?
         } else {
@@ -245,7 +255,7 @@ impl LocalCluster {
                 id,
                 data_dir,
                 null_app: opts.null_app,
-                fs_config: crate::replica::replica_fs_config(),
+                fs_config: crate::replica::replica_fs_config(config.export),
                 usig_socket,
                 serve_corrupt_chunks: false,
             };

@@ -161,6 +161,11 @@ pub struct ClusterConfig {
     #[serde(default = "default_bundles_in_flight")]
     pub bundles_in_flight: u64,
     pub frame_bytes_max: usize,
+    /// What the export may hold. Replicated: every replica must run with the same
+    /// limits (they decide which operations fail with `NFS3ERR_NOSPC`). Files without
+    /// the table get the defaults (1 TiB, 2^24 objects).
+    #[serde(default)]
+    pub export: ExportLimits,
     pub consensus: Config,
     pub replicas: Vec<ReplicaEntry>,
     pub clients: Vec<ClientEntry>,
@@ -297,6 +302,11 @@ impl ClusterConfig {
         if self.consensus.tick_ns == 0 {
             return Err(ConfigError::Invalid("tick_ns is 0".into()));
         }
+        if self.export.bytes == 0 || self.export.files == 0 {
+            return Err(ConfigError::Invalid(
+                "export.bytes and export.files must be above 0".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -424,6 +434,95 @@ fn default_bundles_in_flight() -> u64 {
     1
 }
 
+/// The export's deterministic quota (`[export]` in cluster.toml): FSSTAT reports it, and
+/// an operation that would go beyond it is `NFS3ERR_NOSPC` on every replica alike. The
+/// host's own disk must hold more: a replica that meets a full disk stops (carrying on
+/// would make it differ from the others), so with every replica on one disk a full disk
+/// stops the file system (`ExportLimits::fitting`, `check_disk_room`).
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExportLimits {
+    /// Bytes the export's files, directories and symbolic links may take in all.
+    pub bytes: u64,
+    /// Files, directories and symbolic links the export may hold.
+    pub files: u64,
+}
+
+impl Default for ExportLimits {
+    fn default() -> Self {
+        let fs = fs_state::FsConfig::default();
+        ExportLimits {
+            bytes: fs.bytes_total,
+            files: fs.files_total,
+        }
+    }
+}
+
+/// Disk space a replica may need per byte of export: the export itself, and the
+/// checkpoint chunk store, which holds a copy of every chunk a retained checkpoint
+/// refers to (all of them, right after a state transfer).
+pub const DISK_BYTES_PER_EXPORT_BYTE: u64 = 2;
+
+impl ExportLimits {
+    /// The default limits, with the byte quota lowered so that `replicas` replicas whose
+    /// data directories share a file system with `available` free bytes cannot fill it
+    /// (with a tenth of it to spare for their protocol logs and everything else),
+    /// rounded down to a MiB.
+    pub fn fitting(available: u64, replicas: u32) -> Self {
+        let share = available / 10 * 9
+            / u64::from(replicas.max(1)).saturating_mul(DISK_BYTES_PER_EXPORT_BYTE);
+        let defaults = ExportLimits::default();
+        ExportLimits {
+            bytes: defaults.bytes.min(share >> 20 << 20),
+            ..defaults
+        }
+    }
+}
+
+impl ExportLimits {
+    /// `fitting` for `replicas` replicas whose data directories are all under `dir`
+    /// (which must exist), as `bftnfs up` and the embedded clusters keep them.
+    pub fn fitting_disk_of(dir: &Path, replicas: u32) -> std::io::Result<Self> {
+        let available = available_bytes(dir)?;
+        let limits = ExportLimits::fitting(available, replicas);
+        if limits.bytes == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!(
+                    "{} has {} MiB free: too little for the exports of {replicas} replicas",
+                    dir.display(),
+                    available >> 20
+                ),
+            ));
+        }
+        Ok(limits)
+    }
+}
+
+/// Free bytes (for an unprivileged user) on the file system holding `path`.
+pub fn available_bytes(path: &Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(path)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Why the export could outgrow the disk holding `data_dir` (a replica may need
+/// `DISK_BYTES_PER_EXPORT_BYTE` times the quota), or `None` when the quota fits, or the
+/// free space cannot be read. A warning only: the export may already hold much of it.
+pub fn disk_room_warning(data_dir: &Path, limits: ExportLimits) -> Option<String> {
+    let available = available_bytes(data_dir).ok()?;
+    let need = limits.bytes.saturating_mul(DISK_BYTES_PER_EXPORT_BYTE);
+    (need > available).then(|| {
+        format!(
+            "the export quota ({} MiB) may need up to {} MiB on the disk of {}, which has \
+             {} MiB free: if it fills, this replica stops; lower [export] bytes in \
+             cluster.toml on every replica (bftnfs keygen --quota)",
+            limits.bytes >> 20,
+            need >> 20,
+            data_dir.display(),
+            available >> 20
+        )
+    })
+}
+
 /// What `keygen` should produce.
 #[derive(Clone, Debug)]
 pub struct KeygenOptions {
@@ -435,6 +534,8 @@ pub struct KeygenOptions {
     pub sessions: u64,
     /// `ClusterConfig::bundles_in_flight`.
     pub bundles_in_flight: u64,
+    /// `ClusterConfig::export`.
+    pub export: ExportLimits,
 }
 
 impl KeygenOptions {
@@ -446,6 +547,7 @@ impl KeygenOptions {
             consensus: default_consensus(f),
             sessions: 16,
             bundles_in_flight: default_bundles_in_flight(),
+            export: ExportLimits::default(),
         }
     }
 }
@@ -582,6 +684,7 @@ pub fn keygen(dir: &Path, opts: &KeygenOptions) -> Result<PathBuf, ConfigError> 
         bundling: true,
         bundles_in_flight: opts.bundles_in_flight,
         frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
+        export: opts.export,
         consensus,
         replicas,
         clients,
@@ -619,6 +722,60 @@ mod tests {
             keygen(dir.path(), &KeygenOptions::new(1, 2)).is_err(),
             "no overwrite"
         );
+    }
+
+    #[test]
+    fn export_limits_are_written_read_and_default_for_older_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut opts = KeygenOptions::new(1, 1);
+        opts.export = ExportLimits {
+            bytes: 5 << 20,
+            files: 99,
+        };
+        let path = keygen(dir.path(), &opts).expect("keygen");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.contains("[export]"), "{text}");
+        assert_eq!(
+            ClusterConfig::load(&path).expect("load").export,
+            opts.export
+        );
+        // A cluster.toml written before the table existed reads with the defaults.
+        let mut skipping = false;
+        let older: String = text
+            .lines()
+            .filter(|l| {
+                if l.starts_with('[') {
+                    skipping = *l == "[export]";
+                }
+                !skipping
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(!older.contains("[export]"));
+        std::fs::write(&path, &older).expect("write");
+        let c = ClusterConfig::load(&path).expect("load older");
+        assert_eq!(c.export, ExportLimits::default());
+        assert_eq!(c.export.bytes, 1 << 40);
+        // Zero limits are refused.
+        std::fs::write(&path, format!("{older}\n[export]\nbytes = 0\nfiles = 10\n"))
+            .expect("write");
+        assert!(ClusterConfig::load(&path).is_err());
+    }
+
+    #[test]
+    fn a_fitting_quota_leaves_each_replica_twice_its_export_on_a_shared_disk() {
+        // 60 GiB free, 3 replicas: 90% of it over 3 × 2.
+        let l = ExportLimits::fitting(60 << 30, 3);
+        assert_eq!(l.bytes, 9 << 30);
+        assert_eq!(l.files, ExportLimits::default().files);
+        // Never above the default, and rounded down to a MiB.
+        assert_eq!(ExportLimits::fitting(u64::MAX, 3).bytes, 1 << 40);
+        assert_eq!(
+            ExportLimits::fitting((100 << 20) + 12345, 1).bytes % (1 << 20),
+            0
+        );
+        // Too little disk: nothing (the callers refuse it).
+        assert_eq!(ExportLimits::fitting(5 << 20, 3).bytes, 0);
     }
 
     #[test]

@@ -65,7 +65,9 @@ fn start_small_cluster(
     checkpoint_interval: u64,
     skew_ns: u64,
 ) -> LocalCluster {
-    let path = nfs_frontend::cluster::ensure_keys(dir, 1, true, 16).expect("keys");
+    let path =
+        nfs_frontend::cluster::ensure_keys(dir, &nfs_frontend::config::KeygenOptions::new(1, 2))
+            .expect("keys");
     let toml = std::fs::read_to_string(&path).expect("toml");
     let mut replaced = 0;
     let toml: Vec<String> = toml
@@ -168,7 +170,7 @@ fn transfer_completes_when_a_peer_serves_corrupt_chunks() {
             id,
             data_dir: dir.join(format!("replica-{id}")),
             null_app: false,
-            fs_config: nfs_frontend::replica::replica_fs_config(),
+            fs_config: nfs_frontend::replica::replica_fs_config(config.export),
             usig_socket: None,
             serve_corrupt_chunks: corrupt,
         };

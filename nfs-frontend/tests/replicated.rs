@@ -356,3 +356,104 @@ fn kill_9_backup_then_primary_during_writes() {
         );
     });
 }
+
+/// `bftnfs up --quota`: FSSTAT reports the quota as the export's size, a write beyond it
+/// is NFS3ERR_NOSPC on every replica alike (they keep ordering and stay identical), and
+/// space a REMOVE frees can be written again. Without `--quota`, `up` picks one its
+/// replicas cannot outgrow on their shared disk.
+#[test]
+fn the_export_quota_answers_nospc_and_the_cluster_carries_on() {
+    bounded(Duration::from_secs(90), || {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("cluster");
+        let up = Up::start_with(&dir, &["--quota", "1M"]);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let piece = vec![0x5a_u8; 64 << 10];
+        let (written, refused) = rt.block_on(async {
+            let mut c = connect(up.addr(), 0, 0).await;
+            let root = c.root_nfs_fh3();
+            let st = c
+                .fsstat(&FSSTAT3args {
+                    fsroot: root.clone(),
+                })
+                .await
+                .expect("rpc")
+                .unwrap();
+            assert_eq!(st.tbytes, 1 << 20, "FSSTAT reports the quota");
+            assert!(st.fbytes < 1 << 20 && st.fbytes > 1 << 19, "{}", st.fbytes);
+            let mut written = 0u64;
+            let mut refused = None;
+            'files: for i in 0..32 {
+                let f = create_file(&mut c, &root, &format!("f{i}")).await;
+                for k in 0..4u64 {
+                    let w = c
+                        .write(&WRITE3args {
+                            file: f.clone(),
+                            offset: k * piece.len() as u64,
+                            count: piece.len() as u32,
+                            stable: stable_how::FILE_SYNC,
+                            data: Opaque::borrowed(&piece),
+                        })
+                        .await
+                        .expect("rpc");
+                    match w {
+                        Nfs3Result::Ok(ok) => written += u64::from(ok.count),
+                        Nfs3Result::Err((status, _)) => {
+                            refused = Some(status);
+                            break 'files;
+                        }
+                    }
+                }
+            }
+            // Freed space is usable again, and the cluster still orders operations.
+            c.remove(&REMOVE3args {
+                object: dirop(&root, "f0"),
+            })
+            .await
+            .expect("rpc")
+            .unwrap();
+            let again = create_file(&mut c, &root, "again").await;
+            c.write(&WRITE3args {
+                file: again,
+                offset: 0,
+                count: piece.len() as u32,
+                stable: stable_how::FILE_SYNC,
+                data: Opaque::borrowed(&piece),
+            })
+            .await
+            .expect("rpc")
+            .unwrap();
+            (written, refused)
+        });
+        assert_eq!(refused, Some(nfsstat3::NFS3ERR_NOSPC));
+        assert!(
+            (3 << 18..1 << 20).contains(&written),
+            "{written} bytes written before NOSPC"
+        );
+        let exports: Vec<PathBuf> = (0..3).map(|i| up.export(i)).collect();
+        up.terminate();
+        for e in &exports[1..] {
+            assert!(trees_equal(&exports[0], e), "replicas differ");
+        }
+        let config =
+            nfs_frontend::config::ClusterConfig::load(&dir.join("cluster.toml")).expect("config");
+        assert_eq!(config.export.bytes, 1 << 20);
+
+        // A new cluster without --quota: the three exports fit the disk of its dir.
+        let fitted = tmp.path().join("fitted");
+        let up = Up::start(&fitted);
+        let config = nfs_frontend::config::ClusterConfig::load(&fitted.join("cluster.toml"))
+            .expect("config");
+        let free = nfs_frontend::config::available_bytes(&fitted).expect("statvfs");
+        assert!(config.export.bytes > 0);
+        assert!(
+            config.export.bytes.saturating_mul(3 * 2) <= free + (64 << 20),
+            "quota {} against {free} bytes free",
+            config.export.bytes
+        );
+        up.terminate();
+    });
+}

@@ -869,9 +869,13 @@ impl Node {
 /// ratio moved within the noise (A/B interleaved, three pairs: 3.01–3.46× before,
 /// 2.96–3.20× after). The unreplicated server keeps per-object flushes: it syncs after
 /// every small batch.
-pub fn replica_fs_config() -> FsConfig {
+///
+/// The export's limits come from the cluster configuration, the same on every replica.
+pub fn replica_fs_config(limits: crate::config::ExportLimits) -> FsConfig {
     FsConfig {
         sync_mode: fs_state::SyncMode::Syncfs,
+        bytes_total: limits.bytes,
+        files_total: limits.files,
         ..FsConfig::default()
     }
 }
@@ -955,6 +959,13 @@ fn open_node(
     let mut app = if opts.null_app {
         App::Null { executed: 0 }
     } else {
+        let limits = crate::config::ExportLimits {
+            bytes: opts.fs_config.bytes_total,
+            files: opts.fs_config.files_total,
+        };
+        if let Some(why) = crate::config::disk_room_warning(&opts.data_dir, limits) {
+            warn!(id, "{why}");
+        }
         App::open_fs(&opts.data_dir, opts.fs_config.clone())?
     };
     // Not just the last UI: a TPM may have spent a value whose UI a crash cut off. Such a

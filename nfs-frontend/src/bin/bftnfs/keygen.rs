@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use nfs_frontend::config::{KeygenOptions, keygen};
+use nfs_frontend::config::{ExportLimits, KeygenOptions, keygen};
 
 /// Generate a cluster configuration and its keys.
 ///
@@ -39,6 +39,15 @@ pub struct Args {
     /// few cores; raise it where each replica has cores of its own.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     bundles_in_flight: u64,
+    /// Space the export may use in all (`[export] bytes` in cluster.toml; FSSTAT reports
+    /// it, and a write beyond it fails with NFS3ERR_NOSPC on every replica alike).
+    /// Each replica's disk needs up to twice this (the export and its checkpoint
+    /// chunks) plus its log; a replica whose disk fills stops. Binary units: 500M, 10G.
+    #[arg(long, value_name = "SIZE", value_parser = crate::parse_byte_size, default_value = "1T")]
+    quota: u64,
+    /// Files, directories and symbolic links the export may hold (`[export] files`).
+    #[arg(long, value_name = "N", default_value_t = 1 << 24, value_parser = clap::value_parser!(u64).range(1..))]
+    max_files: u64,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -67,6 +76,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut opts = KeygenOptions::new(f, args.clients);
     opts.addrs = args.addrs;
     opts.bundles_in_flight = args.bundles_in_flight;
+    opts.export = ExportLimits {
+        bytes: args.quota,
+        files: args.max_files,
+    };
     if args.no_batching {
         opts.consensus.batch_requests_max = 1;
     }

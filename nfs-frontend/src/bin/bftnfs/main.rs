@@ -46,6 +46,18 @@ enum Command {
     UsigProvision(usig_provision::Args),
 }
 
+/// A size on the command line: bytes, or with a binary unit (`64M`, `10 GiB`, `1T`).
+fn parse_byte_size(s: &str) -> Result<u64, String> {
+    let size = parse_size::Config::new()
+        .with_binary()
+        .parse_size(s)
+        .map_err(|e| format!("{e} (a size such as 500M, 10G or 1T)"))?;
+    if size == 0 {
+        return Err("must be above 0".into());
+    }
+    Ok(size)
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()

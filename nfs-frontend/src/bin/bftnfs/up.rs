@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use nfs_frontend::cluster::{FRONTEND_CLIENT, ensure_keys};
-use nfs_frontend::config::ClusterConfig;
+use nfs_frontend::config::{ClusterConfig, ExportLimits, KeygenOptions};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -35,6 +35,48 @@ pub struct Args {
     /// on first use and stopped on exit; needs swtpm and a build with `--features tpm`).
     #[arg(long, value_name = "KIND", default_value = "software", value_parser = ["software", "process", "tpm"])]
     usig: String,
+    /// Space the export may use (`[export] bytes` of a new cluster.toml; see `bftnfs
+    /// keygen --quota`). Default: what keeps the 2f+1 replicas, which all keep their
+    /// data under DIR, from filling its disk (each may need twice its export), at most
+    /// 1T. A full disk would stop every replica at once; the quota answers
+    /// NFS3ERR_NOSPC instead.
+    #[arg(long, value_name = "SIZE", value_parser = crate::parse_byte_size)]
+    quota: Option<u64>,
+}
+
+/// The cluster's keys and cluster.toml under `args.dir`, made on first use with the
+/// export quota of `--quota` or one that fits the disk.
+fn ensure_cluster(args: &Args) -> anyhow::Result<PathBuf> {
+    let path = args.dir.join("cluster.toml");
+    if path.exists() {
+        if let Some(quota) = args.quota {
+            let config = ClusterConfig::load(&path)?;
+            anyhow::ensure!(
+                config.export.bytes == quota,
+                "{} already sets the export quota to {} bytes; --quota applies to a new \
+                 cluster only (to change it, stop every replica and edit [export] bytes)",
+                path.display(),
+                config.export.bytes
+            );
+        }
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let n = 2 * args.f + 1;
+    let mut opts = KeygenOptions::new(args.f, 2);
+    opts.export = match args.quota {
+        Some(bytes) => ExportLimits {
+            bytes,
+            ..ExportLimits::default()
+        },
+        None => ExportLimits::fitting_disk_of(&args.dir, n)?,
+    };
+    info!(
+        quota_mib = opts.export.bytes >> 20,
+        "export quota of the new cluster"
+    );
+    ensure_keys(&args.dir, &opts)
 }
 
 struct Children(Vec<Child>);
@@ -132,7 +174,7 @@ fn start_swtpms(args: &Args, _config: &std::path::Path) -> anyhow::Result<Vec<()
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let path = ensure_keys(&args.dir, args.f, true, 16)?;
+    let path = ensure_cluster(&args)?;
     let config = Arc::new(ClusterConfig::load(&path)?);
     anyhow::ensure!(
         config.f == args.f,
