@@ -91,7 +91,7 @@ async fn every_procedure(server: &TestServer) {
         .await
         .expect("rpc")
         .unwrap();
-    assert_eq!(stat.tbytes, 1 << 40);
+    assert!(stat.tbytes > 0 && stat.tbytes <= 1 << 40, "{}", stat.tbytes);
     let pc = c
         .pathconf(&PATHCONF3args {
             object: root.clone(),

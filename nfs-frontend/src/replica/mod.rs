@@ -106,6 +106,11 @@ pub struct ReplicaStats {
     pub checks_deferred: u64,
     /// Replies sent again from the exactly-once cache.
     pub replies_from_cache: u64,
+    /// Ordered requests that came straight from their client after this replica had
+    /// executed them: a re-send, or a first copy overtaken by its PREPARE (on a busy
+    /// host). Either is checked at once and answered from the cache, since the two
+    /// cannot be told apart.
+    pub late_request_copies: u64,
     /// PREPAREs sent while their log record was still being synced (`Lease`).
     pub prepares_early: u64,
     /// COMMITs held back for a peer that did not need them at once (`Node::may_hold`).
@@ -324,6 +329,8 @@ struct Node {
     /// Checks nobody waits for, on an idle-priority thread (`verifier`); set by `run`.
     lazy: Option<verifier::LazyVerifier>,
     lease: Lease,
+    /// `ReplicaStats::late_request_copies`.
+    late_request_copies: u64,
     /// Peer messages and client replies of this burst, released after its sync.
     /// With each message, whether it may be held (`may_hold`).
     outbox: Vec<(ReplicaId, Arc<LinkMsg>, bool)>,
@@ -718,6 +725,9 @@ impl Node {
                 // A backup needs an ordered request only when the PREPARE carrying it
                 // arrives (which verifies it then if the idle thread has not yet).
                 let may_wait = self.request_may_wait(&req);
+                if !req.read_only && self.executed_already(&req) {
+                    self.late_request_copies += 1;
+                }
                 let Some(job) = self.defer(verifier::Job::Request(req), may_wait) else {
                     return Ok(());
                 };
@@ -848,6 +858,7 @@ impl Node {
             dropped_net: self.stats.total(),
             transfer: self.transfer_stats.clone(),
             replies_from_cache: self.core.replies_from_cache(),
+            late_request_copies: self.late_request_copies,
             prepares_early: self.prepares_early,
             commits_held: self.commits_held,
             commits_held_sent: self.commits_held_sent,
@@ -1108,6 +1119,7 @@ fn open_node(
         stats,
         lazy: None,
         lease,
+        late_request_copies: 0,
         outbox: Vec::new(),
         held: vec![Vec::new(); n as usize],
         commits_held: 0,
