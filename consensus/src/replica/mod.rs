@@ -230,6 +230,9 @@ enum Intent {
 struct PendingRequest {
     request: Request,
     arrived_tick: u64,
+    /// Arrival order on this replica (`Replica::arrivals`): a primary proposes the
+    /// oldest first.
+    arrival: u64,
     /// Set on the primary once the request is in a batch it proposed.
     proposed: bool,
 }
@@ -275,6 +278,8 @@ pub struct Replica {
 
     // Normal case.
     pending: BTreeMap<ClientId, PendingRequest>,
+    /// Requests that became pending so far (`PendingRequest::arrival`).
+    arrivals: u64,
     /// Read-only requests held until the batches accepted before they arrived execute
     /// (see `Replica::on_request`).
     held_reads: VecDeque<HeldRead>,
@@ -398,6 +403,7 @@ impl Replica {
             own_counter: recovered.usig_counter,
             streams: (0..n).map(|_| fifo::Stream::new()).collect(),
             pending: BTreeMap::new(),
+            arrivals: 0,
             held_reads: VecDeque::new(),
             held_read_bytes: 0,
             log: BTreeMap::new(),

@@ -65,11 +65,13 @@ impl Replica {
             return;
         }
         let arrived_tick = self.ticks;
+        self.arrivals += 1;
         self.pending.insert(
             req.client,
             PendingRequest {
                 request: req,
                 arrived_tick,
+                arrival: self.arrivals,
                 proposed: false,
             },
         );
@@ -121,12 +123,21 @@ impl Replica {
             // that never come, until the request timers replace this primary.
             return;
         }
+        // Oldest first. In client-id order (the map's), a full batch left the highest
+        // ids behind for as long as lower ones kept sending: with one request per batch
+        // and 64 clients, the backups' timers for those requests ran out and replaced
+        // a correct primary about once a second.
+        let mut waiting: Vec<(u64, ClientId)> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| !p.proposed)
+            .map(|(c, p)| (p.arrival, *c))
+            .collect();
+        waiting.sort_unstable();
         let mut batch = Batch::default();
         let mut bytes = 0;
-        for p in self.pending.values_mut() {
-            if p.proposed {
-                continue;
-            }
+        for (_, client) in waiting {
+            let p = self.pending.get_mut(&client).expect("listed above");
             if batch.requests.len() >= self.config.batch_requests_max
                 || (bytes + p.request.op.len() > self.config.batch_bytes_max
                     && !batch.requests.is_empty())

@@ -1277,6 +1277,8 @@ pub async fn run(
         id = opts.id,
         executed = final_stats.executed_n,
         view = final_stats.view,
+        replies_from_cache = final_stats.replies_from_cache,
+        late_request_copies = final_stats.late_request_copies,
         "replica stopped"
     );
     Ok(final_stats)
