@@ -1380,6 +1380,51 @@ mod tests {
         release.join().unwrap();
     }
 
+    /// A checkpoint becomes stable while an older one, taken here, never did: the
+    /// manifests below that older one are collected. A crash before the burst's sync
+    /// (the new `Stable` record still in memory) leaves the log's stable checkpoint the
+    /// previous one, whose manifest the restart needs.
+    #[test]
+    fn a_crash_right_after_a_stable_checkpoint_is_collected_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml =
+            crate::cluster::ensure_keys(dir.path(), &crate::config::KeygenOptions::new(1, 1))
+                .unwrap();
+        let config = Arc::new(ClusterConfig::load(&toml).unwrap());
+        let opts = ReplicaOptions {
+            id: 0,
+            data_dir: dir.path().join("replica-0"),
+            null_app: true,
+            fs_config: FsConfig::default(),
+            usig_socket: None,
+            serve_corrupt_chunks: false,
+        };
+        std::fs::create_dir_all(&opts.data_dir).unwrap();
+        let cert = |n| consensus::message::CheckpointCert {
+            n,
+            ..Default::default()
+        };
+        {
+            let mut node = open_node(config.clone(), &opts, Arc::default()).unwrap();
+            // Checkpoint 128 is stable and durable; 256 was taken but never became
+            // stable here; 384 was taken and is now certified.
+            for n in [128, 256, 384] {
+                let app = node.app().snapshot().unwrap();
+                let core_state = CoreState::default();
+                node.snaps.save(&Snapshot { n, core_state, app }).unwrap();
+            }
+            node.log.append(consensus::PersistRecord::Stable(cert(128)));
+            node.log.sync().unwrap();
+            // What the core's `make_stable` emits, performed in order.
+            node.log.append(consensus::PersistRecord::Stable(cert(384)));
+            node.on_stable(384).unwrap();
+            // Killed before the burst's sync.
+        }
+        let node = open_node(config, &opts, Arc::default()).expect("restarts");
+        assert!(node.log.durable.stable.n >= 128);
+        assert!(node.snaps.has(node.log.durable.stable.n));
+    }
+
     #[test]
     fn a_lease_is_skipped_only_after_a_machine_restart_and_only_upwards() {
         // Same boot: the page cache kept every record written before a PREPARE left.

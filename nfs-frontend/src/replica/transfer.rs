@@ -516,6 +516,10 @@ impl Node {
     /// peer fetching the previous stable checkpoint still finds its chunks), drop older
     /// ones, and garbage-collect chunks.
     pub(super) fn on_stable(&mut self, n: SeqNum) -> Result<(), ReplicaError> {
+        // The `Stable` record the core emitted just before must be durable before
+        // anything below it is deleted: until then a restart starts from the previous
+        // stable checkpoint, whose manifest (and chunks) this may collect.
+        self.log.sync()?;
         let keep_from = self
             .snaps
             .list()?
