@@ -3,10 +3,12 @@
 //! `sync()` appends one record holding the absolute new value of every key that changed
 //! since the previous sync (inodes, directory entries, chunk hashes, the fileid
 //! counter) and makes it durable with one `fdatasync`; that record is the commit point
-//! of the batch on this replica. Records are absolute values, so replaying a record
-//! that a snapshot already contains is harmless; that is what makes compaction (write
-//! snapshot, rename, truncate journal) safe at any crash point. A torn tail record
-//! (crash during append) fails its checksum and is cut off.
+//! of the batch on this replica. Each record's checksum covers the checksum of the
+//! snapshot it follows, so after a compaction (write snapshot, rename, truncate journal)
+//! records left behind by a crash before the truncation fail their checksum and are cut
+//! off like a torn tail: `install` compacts to metadata those records do not lead to,
+//! and replaying them over it would mix two states. A torn tail record (crash during
+//! append) fails its checksum and is cut off.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -24,8 +26,11 @@ const SNAPSHOT: &str = "meta.snap";
 const SNAPSHOT_TMP: &str = "meta.snap.tmp";
 const JOURNAL: &str = "journal";
 const CLEAN: &str = "clean";
-const SNAPSHOT_MAGIC: &[u8; 8] = b"BFTNFSM1";
-/// Frame header: payload length (u32 LE) and the first 8 bytes of its SHA-256.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"BFTNFSM2";
+/// Before records were bound to their snapshot: read, then compacted at once.
+const SNAPSHOT_MAGIC_V1: &[u8; 8] = b"BFTNFSM1";
+/// Frame header: payload length (u32 LE) and the first 8 bytes of the SHA-256 of the
+/// snapshot's checksum followed by the payload.
 const FRAME_HEADER: usize = 12;
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -94,6 +99,8 @@ pub struct Journal {
     dir: PathBuf,
     file: File,
     len: u64,
+    /// The checksum of the snapshot the records follow (zeros before the first).
+    base: [u8; 32],
 }
 
 /// What `Journal::open` found.
@@ -117,14 +124,15 @@ impl Journal {
         let clean_path = dir.join(CLEAN);
         let clean = clean_path.exists();
         let snap_path = dir.join(SNAPSHOT);
-        let mut meta = if snap_path.exists() {
+        let (mut meta, base, v1) = if snap_path.exists() {
             let mut bytes = Vec::new();
             File::open(&snap_path)
                 .and_then(|mut f| f.read_to_end(&mut bytes))
                 .ctx("read metadata snapshot")?;
-            Some(decode_snapshot(&bytes)?)
+            let (meta, base, v1) = decode_snapshot(&bytes)?;
+            (Some(meta), base, v1)
         } else {
-            None
+            (None, [0; 32], false)
         };
         let mut file = OpenOptions::new()
             .read(true)
@@ -140,7 +148,12 @@ impl Journal {
             let Some(payload) = bytes.get(pos + FRAME_HEADER..pos + FRAME_HEADER + len) else {
                 break;
             };
-            if sha256(&[payload])[..8] != bytes[pos + 4..pos + FRAME_HEADER] {
+            let sum = if v1 {
+                sha256(&[payload])
+            } else {
+                sha256(&[&base, payload])
+            };
+            if sum[..8] != bytes[pos + 4..pos + FRAME_HEADER] {
                 break;
             }
             let changes: Vec<MetaChange> = crate::ops::decode_local(payload)
@@ -171,13 +184,18 @@ impl Journal {
         if let Some(m) = &meta {
             m.check_invariants().map_err(FsError::Corrupt)?;
         }
+        let mut journal = Journal {
+            dir: dir.to_path_buf(),
+            file,
+            len: pos as u64,
+            base,
+        };
+        if v1 && let Some(m) = &meta {
+            journal.compact(m)?;
+        }
         Ok(Loaded {
             meta,
-            journal: Journal {
-                dir: dir.to_path_buf(),
-                file,
-                len: pos as u64,
-            },
+            journal,
             clean,
         })
     }
@@ -187,7 +205,7 @@ impl Journal {
         let payload = crate::ops::encode(&changes);
         let mut frame = Vec::with_capacity(FRAME_HEADER + payload.len());
         frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&sha256(&[&payload])[..8]);
+        frame.extend_from_slice(&sha256(&[&self.base, &payload])[..8]);
         frame.extend_from_slice(&payload);
         self.file
             .write_all_at(&frame, self.len)
@@ -204,9 +222,10 @@ impl Journal {
     /// Fold everything into a new snapshot and empty the journal.
     pub fn compact(&mut self, meta: &Meta) -> Result<(), LocalFault> {
         let payload = crate::ops::encode(&meta.to_image());
+        let base = sha256(&[&payload]);
         let mut bytes = Vec::with_capacity(40 + payload.len());
         bytes.extend_from_slice(SNAPSHOT_MAGIC);
-        bytes.extend_from_slice(&sha256(&[&payload]));
+        bytes.extend_from_slice(&base);
         bytes.extend_from_slice(&payload);
         let tmp = self.dir.join(SNAPSHOT_TMP);
         let mut f = File::create(&tmp).ctx("create metadata snapshot")?;
@@ -214,6 +233,9 @@ impl Journal {
         f.sync_all().ctx("fsync metadata snapshot")?;
         std::fs::rename(&tmp, self.dir.join(SNAPSHOT)).ctx("install metadata snapshot")?;
         fsync_dir(&self.dir)?;
+        // From here the old records no longer verify (a crash before the truncation
+        // leaves them behind as a torn tail).
+        self.base = base;
         self.file.set_len(0).ctx("truncate journal")?;
         self.file.sync_all().ctx("fsync journal")?;
         self.len = 0;
@@ -229,8 +251,11 @@ impl Journal {
     }
 }
 
-fn decode_snapshot(bytes: &[u8]) -> Result<Meta, FsError> {
-    if bytes.len() < 40 || &bytes[..8] != SNAPSHOT_MAGIC {
+/// The metadata, the snapshot's checksum (the journal's base), and whether it is in the
+/// format whose journal records are not bound to it.
+fn decode_snapshot(bytes: &[u8]) -> Result<(Meta, [u8; 32], bool), FsError> {
+    let v1 = bytes.get(..8) == Some(&SNAPSHOT_MAGIC_V1[..]);
+    if bytes.len() < 40 || (&bytes[..8] != SNAPSHOT_MAGIC && !v1) {
         return Err(FsError::Corrupt("metadata snapshot header".into()));
     }
     let payload = &bytes[40..];
@@ -239,5 +264,41 @@ fn decode_snapshot(bytes: &[u8]) -> Result<Meta, FsError> {
     }
     let image: MetaImage = crate::ops::decode_local(payload)
         .map_err(|e| FsError::Corrupt(format!("metadata snapshot: {e}")))?;
-    Ok(Meta::from_image(image))
+    let base = bytes[8..40].try_into().expect("32 bytes");
+    Ok((Meta::from_image(image), base, v1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A data directory written before records were bound to their snapshot: its
+    /// journal is replayed as it was, then folded into a snapshot of the new format.
+    #[test]
+    fn a_journal_of_the_first_format_is_replayed_and_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = Meta::new_root(&crate::FsConfig::default());
+        let mut journal = Journal::open(dir.path()).unwrap().journal;
+        journal.compact(&meta).unwrap();
+        drop(journal);
+        let snap = dir.path().join(SNAPSHOT);
+        let mut bytes = std::fs::read(&snap).unwrap();
+        bytes[..8].copy_from_slice(SNAPSHOT_MAGIC_V1);
+        std::fs::write(&snap, &bytes).unwrap();
+        let payload = crate::ops::encode(&vec![MetaChange::Globals {
+            next_fileid: 77,
+            last_time_ns: 5,
+        }]);
+        let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+        frame.extend_from_slice(&sha256(&[&payload])[..8]);
+        frame.extend_from_slice(&payload);
+        std::fs::write(dir.path().join(JOURNAL), &frame).unwrap();
+        let loaded = Journal::open(dir.path()).unwrap();
+        assert_eq!(loaded.meta.unwrap().next_fileid, 77);
+        assert_eq!(loaded.journal.len(), 0);
+        drop(loaded.journal);
+        assert_eq!(&std::fs::read(&snap).unwrap()[..8], SNAPSHOT_MAGIC);
+        let again = Journal::open(dir.path()).unwrap();
+        assert_eq!(again.meta.unwrap().next_fileid, 77);
+    }
 }

@@ -213,3 +213,44 @@ fn a_manifest_with_huge_file_sizes_is_refused_without_panicking() {
         assert_eq!(r.ok(), Some(true), "sizes {sizes:?}: refused, not a panic");
     }
 }
+
+/// `install`'s commit point is the new metadata snapshot; the journal records synced
+/// before it describe the state being replaced. A crash after the snapshot was renamed
+/// into place but before the journal's truncation was durable (kill -9 between the two,
+/// or a power cut before the journal's fsync) must not replay those records over the
+/// installed metadata: the state is the installed one, and the data directory opens.
+#[test]
+fn crash_between_installed_snapshot_and_journal_truncation_keeps_the_install() {
+    let mut a = Node::new();
+    let mut b = Node::new();
+    let root = a.root();
+    // b's own batches since its last compaction, in its journal.
+    let x = b.create(&root, "x");
+    b.write(&x, 0, b"only on b");
+    b.sm.sync().unwrap();
+    // a went another way: the certified state b installs.
+    let y = a.create(&root, "y");
+    a.write(&y, 0, b"on a");
+    a.mkdir(&root, "d");
+    a.sm.sync().unwrap();
+    let want = a.sm.state_digest().unwrap();
+    let (m, _) = a.sm.checkpoint().unwrap();
+    fetch(&mut a, &mut b, &m);
+    let journal = b.path().join("fsmeta").join("journal");
+    let before = std::fs::read(&journal).unwrap();
+    assert!(!before.is_empty(), "b's batches are in its journal");
+    assert_eq!(b.sm.install(&m).unwrap().0, want);
+    // The crash: the installed snapshot is in place, the journal's truncation is not.
+    std::fs::write(&journal, &before).unwrap();
+    let config = b.sm.config().clone();
+    b.sm = FileStateMachine::open(tempfile::tempdir().unwrap().path(), config.clone()).unwrap();
+    let reopened = FileStateMachine::open(b.path(), config);
+    let mut sm = reopened.expect("the data directory opens after the crash");
+    assert_eq!(
+        sm.state_digest().unwrap(),
+        want,
+        "the install was undone or mixed"
+    );
+    sm.check_invariants().unwrap();
+    diff_trees(&a.export(), &sm.export_dir()).unwrap();
+}
