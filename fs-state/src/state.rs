@@ -126,8 +126,11 @@ impl FileStateMachine {
             poisoned: None,
             damaged: BTreeSet::new(),
             last_sync: SyncStats::default(),
-            store: crate::transfer::ChunkStore::open(&data_dir.join(crate::transfer::CHUNK_DIR))
-                .ctx("open chunk store")?,
+            store: crate::transfer::ChunkStore::open(
+                &data_dir.join(crate::transfer::CHUNK_DIR),
+                !loaded.clean,
+            )
+            .ctx("open chunk store")?,
             stamps: BTreeMap::new(),
             suspect: BTreeSet::new(),
             scrub_cursor: (0, 0),
@@ -171,6 +174,8 @@ impl FileStateMachine {
     /// `open` need not rehash file contents.
     pub fn close(mut self) -> Result<(), FsError> {
         self.sync_all()?;
+        // Chunks fetched by an unfinished transfer too: a clean open trusts the store.
+        self.store.sync().ctx("sync chunk store")?;
         self.journal.compact(&self.meta)?;
         self.journal.mark_clean()?;
         Ok(())

@@ -182,13 +182,20 @@ pub struct ChunkStore {
 }
 
 impl ChunkStore {
-    pub fn open(dir: &Path) -> std::io::Result<Self> {
+    /// `verify`: after an unclean shutdown, keep only chunks whose bytes match their
+    /// name. A chunk is renamed into place before the `syncfs` that makes it durable, so
+    /// a power cut can leave the name without the data, and a later checkpoint would
+    /// count that chunk as stored.
+    pub fn open(dir: &Path, verify: bool) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let mut have = BTreeSet::new();
         for entry in std::fs::read_dir(dir)? {
             let entry = entry?;
             let name = entry.file_name();
             match name.to_str().and_then(unhex) {
+                Some(h) if verify && !chunk_file_holds(&entry.path(), &h)? => {
+                    std::fs::remove_file(entry.path())?;
+                }
                 Some(h) => {
                     have.insert(h);
                 }
@@ -277,6 +284,14 @@ impl ChunkStore {
         }
         Ok(gone.len())
     }
+}
+
+/// Whether the chunk file at `path` holds the chunk with hash `h`.
+fn chunk_file_holds(path: &Path, h: &Hash) -> std::io::Result<bool> {
+    if std::fs::metadata(path)?.len() > CHUNK_BYTES {
+        return Ok(false);
+    }
+    Ok(digest::chunk_hash(&std::fs::read(path)?) == *h)
 }
 
 /// What a host file looked like when the state machine last wrote or verified it.
