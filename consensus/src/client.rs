@@ -16,6 +16,10 @@ use crate::types::{ClientId, Config, Digest, ReplicaId};
 pub enum ClientOutput {
     /// Sign and send this request to every replica.
     Send(Request),
+    /// Sign and send again the request no f+1 matching replies answered in time: a
+    /// replica that executed it answers from its reply cache. (A runtime may mark it
+    /// as a re-send, so that a first copy overtaken by its PREPARE needs no answer.)
+    Resend(Request),
     /// The outstanding request completed with this result.
     Done { seq: u64, result: Vec<u8> },
 }
@@ -145,7 +149,7 @@ impl Client {
             return self.fall_back_to_ordered();
         }
         o.sent_tick = self.ticks;
-        vec![ClientOutput::Send(o.request.clone())]
+        vec![ClientOutput::Resend(o.request.clone())]
     }
 
     /// Read-only replies disagreed or did not all come: order it like a write.
@@ -181,6 +185,27 @@ mod tests {
     /// A faulty replica that keeps changing its reply (each validly MACed) must not
     /// make the client keep every result it ever sent: only the latest reply of each
     /// replica can still count towards a quorum.
+    /// The first send of a request and its re-sends are told apart (a runtime marks a
+    /// re-send; a replica answers only a re-send of a request it executed), and a read
+    /// that falls back to ordering is a first ordered send.
+    #[test]
+    fn re_sends_are_marked_and_an_ordered_fallback_is_a_first_send() {
+        let mut c = Client::new(7, Config::new(1), 1, 3);
+        assert!(matches!(
+            c.submit(b"w".to_vec(), false).as_slice(),
+            [ClientOutput::Send(_)]
+        ));
+        assert!(c.on_tick().is_empty() && c.on_tick().is_empty());
+        assert!(matches!(c.on_tick().as_slice(), [ClientOutput::Resend(r)] if !r.read_only));
+        let mut r = Client::new(8, Config::new(1), 1, 3);
+        assert!(
+            matches!(r.submit(b"r".to_vec(), true).as_slice(), [ClientOutput::Send(q)] if q.read_only)
+        );
+        r.on_tick();
+        r.on_tick();
+        assert!(matches!(r.on_tick().as_slice(), [ClientOutput::Send(q)] if !q.read_only));
+    }
+
     #[test]
     fn a_faulty_replica_changing_its_reply_does_not_grow_the_client() {
         let crypto = SimCrypto::new([3; 32]);

@@ -319,7 +319,7 @@ impl World {
     fn client_outputs(&mut self, c: u64, outs: Vec<ClientOutput>) {
         for o in outs {
             match o {
-                ClientOutput::Send(mut req) => {
+                ClientOutput::Send(mut req) | ClientOutput::Resend(mut req) => {
                     req.sig = self.crypto.sign_request(req.client, &req.digest());
                     for i in 0..self.config.n() {
                         self.post(Node::C(c), Node::R(i), Message::Request(req.clone()));

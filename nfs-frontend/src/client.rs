@@ -435,15 +435,20 @@ impl Engine {
 
     fn outputs(&mut self, s: usize, outs: Vec<ClientOutput>) {
         for o in outs {
+            let resend = matches!(o, ClientOutput::Resend(_));
             match o {
-                ClientOutput::Send(mut req) => {
+                ClientOutput::Send(mut req) | ClientOutput::Resend(mut req) => {
                     req.sig = if req.read_only {
                         self.crypto
                             .read_only_authenticator(req.client, &req.digest())
                     } else {
                         self.signer.sign(&req.digest())
                     };
-                    let frame = encode(&ClientMsg::Request(req));
+                    let frame = encode(&if resend {
+                        ClientMsg::Resend(req)
+                    } else {
+                        ClientMsg::Request(req)
+                    });
                     for c in &self.conns {
                         if c.try_send(frame.clone()).is_err() {
                             self.stats.count(DropReason::QueueFull);

@@ -89,6 +89,12 @@ pub enum LinkMsg {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum ClientMsg {
     Request(Request),
+    /// The same request sent again after no f+1 matching replies came in time. The
+    /// mark is a hint, not authenticated: a replica that executed the request answers
+    /// a re-send from its cache, and drops a first copy (its reply left when the batch
+    /// executed; the PREPARE overtook the copy). Flipped on the way, it costs at most
+    /// one more re-send or one needless answer.
+    Resend(Request),
 }
 
 /// Replica to client.

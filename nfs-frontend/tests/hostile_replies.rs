@@ -93,7 +93,7 @@ fn a_replica_flooding_large_replies_does_not_grow_the_client() {
                         };
                         assert!(matches!(decode::<Hello>(&hello), Ok(Hello::Client { .. })));
                         while let Ok(frame) = read_frame(&mut s, 16 << 20).await {
-                            let ClientMsg::Request(req) =
+                            let (ClientMsg::Request(req) | ClientMsg::Resend(req)) =
                                 decode::<ClientMsg>(&frame).expect("decode");
                             if !req.read_only {
                                 let _ = found.send((s, req)).await;

@@ -989,7 +989,7 @@ impl Sim {
     fn client_outputs(&mut self, k: usize, outs: Vec<ClientOutput>) {
         for o in outs {
             match o {
-                ClientOutput::Send(mut req) => {
+                ClientOutput::Send(mut req) | ClientOutput::Resend(mut req) => {
                     req.sig = self.crypto.sign_request(req.client, &req.digest());
                     for i in 0..self.opts.config.n() {
                         self.send(

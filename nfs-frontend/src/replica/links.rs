@@ -45,6 +45,8 @@ pub enum Event {
     },
     Request {
         req: Request,
+        /// Sent as a re-send (`ClientMsg::Resend`).
+        resend: bool,
     },
     ClientUp {
         client: u64,
@@ -263,20 +265,20 @@ async fn serve_conn(
                         break;
                     }
                 };
-                match decode::<ClientMsg>(&frame) {
-                    Ok(ClientMsg::Request(req)) => {
-                        if ClusterConfig::client_index(req.client) != client {
-                            stats.count(DropReason::WrongClient);
-                            continue;
-                        }
-                        if events.send(Event::Request { req }).await.is_err() {
-                            break;
-                        }
-                    }
+                let (req, resend) = match decode::<ClientMsg>(&frame) {
+                    Ok(ClientMsg::Request(req)) => (req, false),
+                    Ok(ClientMsg::Resend(req)) => (req, true),
                     Err(_) => {
                         stats.count(DropReason::Garbage);
                         break;
                     }
+                };
+                if ClusterConfig::client_index(req.client) != client {
+                    stats.count(DropReason::WrongClient);
+                    continue;
+                }
+                if events.send(Event::Request { req, resend }).await.is_err() {
+                    break;
                 }
             }
             writer.abort();

@@ -106,10 +106,10 @@ pub struct ReplicaStats {
     pub checks_deferred: u64,
     /// Replies sent again from the exactly-once cache.
     pub replies_from_cache: u64,
-    /// Ordered requests that came straight from their client after this replica had
-    /// executed them: a re-send, or a first copy overtaken by its PREPARE (on a busy
-    /// host). Either is checked at once and answered from the cache, since the two
-    /// cannot be told apart.
+    /// First copies of ordered requests that came straight from their client after
+    /// this replica had executed them (their PREPARE overtook them): dropped unchecked,
+    /// as the reply left at execution. A re-send (`ClientMsg::Resend`) is answered
+    /// from the cache instead (`replies_from_cache`).
     pub late_request_copies: u64,
     /// PREPAREs sent while their log record was still being synced (`Lease`).
     pub prepares_early: u64,
@@ -721,13 +721,16 @@ impl Node {
                 LinkMsg::ChunkRequest { id, hashes } => self.on_chunk_request(from, id, hashes),
                 LinkMsg::ChunkReply { id, chunks } => self.on_chunk_reply(from, id, chunks),
             },
-            Event::Request { req } => {
+            Event::Request { req, resend } => {
+                if !resend && !req.read_only && self.executed_already(&req) {
+                    // A first copy its PREPARE overtook: the reply left when the batch
+                    // executed. Neither checked nor answered (a re-send would be).
+                    self.late_request_copies += 1;
+                    return Ok(());
+                }
                 // A backup needs an ordered request only when the PREPARE carrying it
                 // arrives (which verifies it then if the idle thread has not yet).
                 let may_wait = self.request_may_wait(&req);
-                if !req.read_only && self.executed_already(&req) {
-                    self.late_request_copies += 1;
-                }
                 let Some(job) = self.defer(verifier::Job::Request(req), may_wait) else {
                     return Ok(());
                 };
