@@ -52,6 +52,52 @@ fn null_cluster(dir: &Path) -> (LocalCluster, tokio::runtime::Runtime) {
     (cluster, rt)
 }
 
+/// `null_cluster` with a third client key, index 2, that no client of the cluster
+/// uses (its own hold 0 and 1, and a second connection under one index takes the
+/// replies' route from the first).
+fn null_cluster_with_client_2(dir: &Path) -> (LocalCluster, tokio::runtime::Runtime) {
+    let keys = nfs_frontend::config::KeygenOptions::new(1, 3);
+    nfs_frontend::cluster::ensure_keys(dir, &keys).expect("keys");
+    null_cluster(dir)
+}
+
+/// Connects to replica `i` as client 2.
+async fn client_2_conn(config: &nfs_frontend::config::ClusterConfig, i: u32) -> TcpStream {
+    let mut s = TcpStream::connect(config.replica_addr(i))
+        .await
+        .expect("connect");
+    nfs_frontend::net::write_frame(&mut s, &encode(&Hello::Client { client: 2 }))
+        .await
+        .expect("hello");
+    s.flush().await.expect("flush");
+    s
+}
+
+/// Two processes with one client key take each other's replies; a replica counts (and
+/// warns about) a connection that replaces one still open, and not a reconnect after
+/// the old connection closed.
+#[test]
+fn a_second_open_connection_under_one_client_key_is_counted() {
+    bounded(Duration::from_secs(60), || {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (cluster, rt) = null_cluster_with_client_2(&tmp.path().join("c"));
+        let config = cluster.config().clone();
+        rt.block_on(async {
+            let first = client_2_conn(&config, 0).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            drop(first);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _again = client_2_conn(&config, 0).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let _second = client_2_conn(&config, 0).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        });
+        let stats = cluster.stop().expect("stop");
+        assert_eq!(stats[0].client_conns_replaced, 1, "{:?}", stats[0]);
+        assert_eq!(stats[1].client_conns_replaced, 0, "{:?}", stats[1]);
+    });
+}
+
 #[test]
 fn forged_commits_are_dropped_and_counted_on_both_check_paths() {
     bounded(Duration::from_secs(60), || {
@@ -158,12 +204,7 @@ fn a_late_first_copy_is_dropped_and_a_resend_is_answered() {
     use nfs_frontend::net::{ClientMsg, ReplicaMsg, write_frame};
     bounded(Duration::from_secs(60), || {
         let tmp = tempfile::tempdir().expect("tempdir");
-        // A third client key: the cluster's own clients hold indexes 0 and 1 (a second
-        // connection under one index takes the replies' route from the first).
-        let dir = tmp.path().join("c");
-        let keys = nfs_frontend::config::KeygenOptions::new(1, 3);
-        nfs_frontend::cluster::ensure_keys(&dir, &keys).expect("keys");
-        let (cluster, rt) = null_cluster(&dir);
+        let (cluster, rt) = null_cluster_with_client_2(&tmp.path().join("c"));
         let config = cluster.config().clone();
         let secrets = config.client_secrets(2).expect("client secrets");
         let signer =
@@ -181,12 +222,7 @@ fn a_late_first_copy_is_dropped_and_a_resend_is_answered() {
             async move {
                 let mut conns = Vec::new();
                 for i in 0..config.n() {
-                    let mut s = TcpStream::connect(config.replica_addr(i))
-                        .await
-                        .expect("connect");
-                    write_frame(&mut s, &encode(&Hello::Client { client: 2 }))
-                        .await
-                        .expect("hello");
+                    let mut s = client_2_conn(&config, i).await;
                     write_frame(&mut s, &encode(&msg)).await.expect("request");
                     s.flush().await.expect("flush");
                     conns.push(s);

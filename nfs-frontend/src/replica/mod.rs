@@ -48,6 +48,9 @@ use snapshots::{Snapshot, SnapshotStore};
 
 /// A group commit slower than this is logged (debug): disk stalls show up in the tails.
 const SLOW_SYNC: Duration = Duration::from_millis(10);
+/// Ticks between two warnings about replaced client connections (a minute at 10 ms).
+const REPLACED_WARN_TICKS: u64 = 6000;
+
 /// COMMITs held for one peer at most (`Node::may_hold`) before they go anyway.
 const HELD_MAX: usize = 32;
 /// Inputs handled before the log is synced and the loop yields.
@@ -111,6 +114,9 @@ pub struct ReplicaStats {
     /// as the reply left at execution. A re-send (`ClientMsg::Resend`) is answered
     /// from the cache instead (`replies_from_cache`).
     pub late_request_copies: u64,
+    /// Client connections that took the replies' route while the client's previous
+    /// connection was still open (a reconnect, or two processes with one client key).
+    pub client_conns_replaced: u64,
     /// PREPAREs sent while their log record was still being synced (`Lease`).
     pub prepares_early: u64,
     /// COMMITs held back for a peer that did not need them at once (`Node::may_hold`).
@@ -331,6 +337,10 @@ struct Node {
     lease: Lease,
     /// `ReplicaStats::late_request_copies`.
     late_request_copies: u64,
+    /// `ReplicaStats::client_conns_replaced`.
+    client_conns_replaced: u64,
+    /// The tick of the last warning about a replaced client connection.
+    client_replaced_warned: Option<u64>,
     /// Peer messages and client replies of this burst, released after its sync.
     /// With each message, whether it may be held (`may_hold`).
     outbox: Vec<(ReplicaId, Arc<LinkMsg>, bool)>,
@@ -744,7 +754,28 @@ impl Node {
             }
             Event::Verified(verdict) => self.apply_deferred(verdict),
             Event::ClientUp { client, conn, tx } => {
-                self.clients.insert(client, (conn, tx));
+                if self.clients.insert(client, (conn, tx)).is_some() {
+                    // The newest connection gets the replies; the one it replaces is
+                    // still open. A reconnect over a dead link does this once; two
+                    // processes with one client key do it on every reconnect, each
+                    // taking the other's replies.
+                    self.client_conns_replaced += 1;
+                    if self
+                        .client_replaced_warned
+                        .is_none_or(|t| self.ticks >= t + REPLACED_WARN_TICKS)
+                    {
+                        self.client_replaced_warned = Some(self.ticks);
+                        warn!(
+                            id = self.id,
+                            client,
+                            replaced = self.client_conns_replaced,
+                            "client {client} connected again while its previous connection \
+                             is still open: a reconnect, or two frontends sharing client \
+                             key {client}, which take each other's replies (give each \
+                             frontend its own --client)"
+                        );
+                    }
+                }
                 Ok(())
             }
             Event::ClientDown { client, conn } => {
@@ -862,6 +893,7 @@ impl Node {
             transfer: self.transfer_stats.clone(),
             replies_from_cache: self.core.replies_from_cache(),
             late_request_copies: self.late_request_copies,
+            client_conns_replaced: self.client_conns_replaced,
             prepares_early: self.prepares_early,
             commits_held: self.commits_held,
             commits_held_sent: self.commits_held_sent,
@@ -1123,6 +1155,8 @@ fn open_node(
         lazy: None,
         lease,
         late_request_copies: 0,
+        client_conns_replaced: 0,
+        client_replaced_warned: None,
         outbox: Vec::new(),
         held: vec![Vec::new(); n as usize],
         commits_held: 0,
