@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use nfs_frontend::{ServerConfig, UnreplicatedServer};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::nfs::Endpoint;
 use crate::replicated::{self, Cluster, ClusterConfig, UsigKind};
@@ -192,7 +192,17 @@ impl Deployment {
                 );
                 Ok(())
             }
-            Running::Cluster(cluster) => cluster.stop(),
+            Running::Cluster(cluster) => {
+                let view = cluster.stop()?;
+                if view > 0 {
+                    warn!(
+                        view,
+                        "the cluster changed view during the run (a replica suspected the \
+                         primary): its figures include view changes"
+                    );
+                }
+                Ok(())
+            }
             Running::External => Ok(()),
         }
     }

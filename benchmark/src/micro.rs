@@ -83,6 +83,9 @@ pub struct MicroReport {
     pub null_cost: Option<Cost>,
     pub latency_by_size: Vec<LatencyPoint>,
     pub throughput: Vec<ThroughputPoint>,
+    /// Per throughput deployment ("batching", "no-batching", "bundling"): the highest
+    /// view a replica ended in (0: the primary was never replaced).
+    pub views: Vec<(&'static str, u64)>,
     /// Why the protocol measurements are missing, if they are.
     pub cluster_error: Option<String>,
 }
@@ -102,6 +105,7 @@ pub fn run(config: &MicroConfig, machine: Machine) -> Result<MicroReport> {
         null_cost: None,
         latency_by_size: Vec::new(),
         throughput: Vec::new(),
+        views: Vec::new(),
         cluster_error: None,
     };
     if config.primitives_only {
@@ -188,7 +192,7 @@ fn protocol(config: &MicroConfig, report: &mut MicroReport) -> Result<()> {
             engine.abort();
             let _ = rt.block_on(engine);
         }
-        cluster.stop()?;
+        report.views.push((name, cluster.stop()?));
         measured?;
     }
     Ok(())
@@ -469,6 +473,18 @@ impl MicroReport {
                     get(true, true)
                 );
             }
+        }
+        if !self.views.is_empty() {
+            let views: Vec<String> = self
+                .views
+                .iter()
+                .map(|(name, v)| format!("{name} {v}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  view at the end of each deployment's runs (0: no view change): {}",
+                views.join(", ")
+            );
         }
         if let Some(e) = &self.cluster_error {
             let _ = writeln!(out, "  NOT MEASURED: {e}");

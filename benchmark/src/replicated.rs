@@ -89,7 +89,8 @@ pub trait Cluster {
     /// The protocol client's engine, once, for the caller to run beside the tasks that
     /// call `client()` (as the NFS frontend runs its own); abort it before `stop`.
     fn take_client_engine(&mut self) -> Option<nfs_frontend::cluster::ClientEngine>;
-    fn stop(self: Box<Self>) -> Result<()>;
+    /// Stops it; returns the highest view a replica ended in (0: no view change).
+    fn stop(self: Box<Self>) -> Result<u64>;
 }
 
 /// One MinPBFT client: `invoke` returns once f + 1 replicas sent matching replies.
@@ -143,10 +144,10 @@ mod imp {
             self.0.as_mut().expect("running").take_client_engine()
         }
 
-        fn stop(mut self: Box<Self>) -> Result<()> {
+        fn stop(mut self: Box<Self>) -> Result<u64> {
             match self.0.take() {
-                Some(cluster) => cluster.stop().map(|_| ()),
-                None => Ok(()),
+                Some(cluster) => Ok(cluster.stop()?.iter().map(|s| s.view).max().unwrap_or(0)),
+                None => Ok(0),
             }
         }
     }

@@ -300,6 +300,13 @@ fn micro_measures_primitives_latency_and_throughput() {
     assert_eq!(v["null_latency"]["n"].as_u64(), Some(5));
     assert!(v["null_cost"]["cpu_us"].as_f64().expect("null_cost") > 0.0);
     assert!(stdout.contains("where the time goes"), "{stdout}");
+    // Each throughput deployment reports the view it ended in.
+    let views = v["views"].as_array().expect("views");
+    assert_eq!(views.len(), 3, "{views:?}");
+    assert!(
+        stdout.contains("view at the end of each deployment's runs"),
+        "{stdout}"
+    );
     // Two request sizes with empty replies, then a 4 KB reply for the smallest sized
     // request; the benchmark checked every result's length (an error would have set
     // cluster_error).
