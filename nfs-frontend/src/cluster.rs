@@ -54,7 +54,7 @@ pub struct ClusterOptions {
     pub client_engine_on_caller: bool,
     /// The export's limits, written into a new cluster.toml (`ClusterConfig::export`);
     /// `None`: a quota the replicas cannot outgrow on the disk of `dir`
-    /// (`ExportLimits::fitting`), as `bftnfs up` chooses.
+    /// (`KeygenOptions::export`), as `bftnfs up` chooses.
     pub export: Option<ExportLimits>,
 }
 
@@ -221,11 +221,7 @@ impl LocalCluster {
     pub fn start(opts: ClusterOptions) -> anyhow::Result<LocalCluster> {
         let mut keygen_opts = KeygenOptions::new(opts.f, 2);
         keygen_opts.sessions = opts.sessions;
-        std::fs::create_dir_all(&opts.dir)?;
-        keygen_opts.export = match opts.export {
-            Some(limits) => limits,
-            None => ExportLimits::fitting_disk_of(&opts.dir, 2 * opts.f + 1)?,
-        };
+        keygen_opts.export = opts.export;
         if !opts.batching {
             keygen_opts.consensus.batch_requests_max = 1;
         }

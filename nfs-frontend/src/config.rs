@@ -438,7 +438,7 @@ fn default_bundles_in_flight() -> u64 {
 /// an operation that would go beyond it is `NFS3ERR_NOSPC` on every replica alike. The
 /// host's own disk must hold more: a replica that meets a full disk stops (carrying on
 /// would make it differ from the others), so with every replica on one disk a full disk
-/// stops the file system (`ExportLimits::fitting`, `check_disk_room`).
+/// stops the file system (`ExportLimits::fitting`, `disk_room_warning`).
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ExportLimits {
     /// Bytes the export's files, directories and symbolic links may take in all.
@@ -476,9 +476,7 @@ impl ExportLimits {
             ..defaults
         }
     }
-}
 
-impl ExportLimits {
     /// `fitting` for `replicas` replicas whose data directories are all under `dir`
     /// (which must exist), as `bftnfs up` and the embedded clusters keep them.
     pub fn fitting_disk_of(dir: &Path, replicas: u32) -> std::io::Result<Self> {
@@ -488,8 +486,7 @@ impl ExportLimits {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::StorageFull,
                 format!(
-                    "{} has {} MiB free: too little for the exports of {replicas} replicas",
-                    dir.display(),
+                    "{} MiB free: too little for the exports of {replicas} replicas",
                     available >> 20
                 ),
             ));
@@ -504,18 +501,19 @@ pub fn available_bytes(path: &Path) -> std::io::Result<u64> {
     Ok(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
-/// Why the export could outgrow the disk holding `data_dir` (a replica may need
-/// `DISK_BYTES_PER_EXPORT_BYTE` times the quota), or `None` when the quota fits, or the
-/// free space cannot be read. A warning only: the export may already hold much of it.
-pub fn disk_room_warning(data_dir: &Path, limits: ExportLimits) -> Option<String> {
+/// Why an export of `quota` bytes could outgrow the disk holding `data_dir` (a replica
+/// may need `DISK_BYTES_PER_EXPORT_BYTE` times the quota), or `None` when the quota
+/// fits, or the free space cannot be read. A warning only: the export may already hold
+/// much of it.
+pub fn disk_room_warning(data_dir: &Path, quota: u64) -> Option<String> {
     let available = available_bytes(data_dir).ok()?;
-    let need = limits.bytes.saturating_mul(DISK_BYTES_PER_EXPORT_BYTE);
+    let need = quota.saturating_mul(DISK_BYTES_PER_EXPORT_BYTE);
     (need > available).then(|| {
         format!(
             "the export quota ({} MiB) may need up to {} MiB on the disk of {}, which has \
              {} MiB free: if it fills, this replica stops; lower [export] bytes in \
              cluster.toml on every replica (bftnfs keygen --quota)",
-            limits.bytes >> 20,
+            quota >> 20,
             need >> 20,
             data_dir.display(),
             available >> 20
@@ -534,8 +532,10 @@ pub struct KeygenOptions {
     pub sessions: u64,
     /// `ClusterConfig::bundles_in_flight`.
     pub bundles_in_flight: u64,
-    /// `ClusterConfig::export`.
-    pub export: ExportLimits,
+    /// `ClusterConfig::export`; `None`: a quota that the 2f+1 replicas, with their data
+    /// under the keygen directory (as `bftnfs up` and the embedded clusters keep it),
+    /// cannot outgrow on its disk (`ExportLimits::fitting_disk_of`).
+    pub export: Option<ExportLimits>,
 }
 
 impl KeygenOptions {
@@ -547,7 +547,7 @@ impl KeygenOptions {
             consensus: default_consensus(f),
             sessions: 16,
             bundles_in_flight: default_bundles_in_flight(),
-            export: ExportLimits::default(),
+            export: None,
         }
     }
 }
@@ -676,6 +676,10 @@ pub fn keygen(dir: &Path, opts: &KeygenOptions) -> Result<PathBuf, ConfigError> 
             key_file: rel,
         });
     }
+    let export = match opts.export {
+        Some(limits) => limits,
+        None => ExportLimits::fitting_disk_of(dir, n).map_err(io(dir))?,
+    };
     let mut consensus = opts.consensus.clone();
     consensus.f = opts.f;
     let config = ClusterConfig {
@@ -684,7 +688,7 @@ pub fn keygen(dir: &Path, opts: &KeygenOptions) -> Result<PathBuf, ConfigError> 
         bundling: true,
         bundles_in_flight: opts.bundles_in_flight,
         frame_bytes_max: FRAME_BYTES_MAX_DEFAULT,
-        export: opts.export,
+        export,
         consensus,
         replicas,
         clients,
@@ -728,17 +732,15 @@ mod tests {
     fn export_limits_are_written_read_and_default_for_older_files() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut opts = KeygenOptions::new(1, 1);
-        opts.export = ExportLimits {
+        let limits = ExportLimits {
             bytes: 5 << 20,
             files: 99,
         };
+        opts.export = Some(limits);
         let path = keygen(dir.path(), &opts).expect("keygen");
         let text = std::fs::read_to_string(&path).expect("read");
         assert!(text.contains("[export]"), "{text}");
-        assert_eq!(
-            ClusterConfig::load(&path).expect("load").export,
-            opts.export
-        );
+        assert_eq!(ClusterConfig::load(&path).expect("load").export, limits);
         // A cluster.toml written before the table existed reads with the defaults.
         let mut skipping = false;
         let older: String = text

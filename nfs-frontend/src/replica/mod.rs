@@ -1005,11 +1005,8 @@ fn open_node(
     let mut app = if opts.null_app {
         App::Null { executed: 0 }
     } else {
-        let limits = crate::config::ExportLimits {
-            bytes: opts.fs_config.bytes_total,
-            files: opts.fs_config.files_total,
-        };
-        if let Some(why) = crate::config::disk_room_warning(&opts.data_dir, limits) {
+        let quota = opts.fs_config.bytes_total;
+        if let Some(why) = crate::config::disk_room_warning(&opts.data_dir, quota) {
             warn!(id, "{why}");
         }
         App::open_fs(&opts.data_dir, opts.fs_config.clone())?

@@ -76,10 +76,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut opts = KeygenOptions::new(f, args.clients);
     opts.addrs = args.addrs;
     opts.bundles_in_flight = args.bundles_in_flight;
-    opts.export = ExportLimits {
+    opts.export = Some(ExportLimits {
         bytes: args.quota,
         files: args.max_files,
-    };
+    });
     if args.no_batching {
         opts.consensus.batch_requests_max = 1;
     }

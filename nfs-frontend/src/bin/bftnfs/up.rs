@@ -61,21 +61,11 @@ fn ensure_cluster(args: &Args) -> anyhow::Result<PathBuf> {
         }
         return Ok(path);
     }
-    std::fs::create_dir_all(&args.dir)
-        .with_context(|| format!("creating {}", args.dir.display()))?;
-    let n = 2 * args.f + 1;
     let mut opts = KeygenOptions::new(args.f, 2);
-    opts.export = match args.quota {
-        Some(bytes) => ExportLimits {
-            bytes,
-            ..ExportLimits::default()
-        },
-        None => ExportLimits::fitting_disk_of(&args.dir, n)?,
-    };
-    info!(
-        quota_mib = opts.export.bytes >> 20,
-        "export quota of the new cluster"
-    );
+    opts.export = args.quota.map(|bytes| ExportLimits {
+        bytes,
+        ..ExportLimits::default()
+    });
     ensure_keys(&args.dir, &opts)
 }
 
@@ -176,6 +166,7 @@ fn start_swtpms(args: &Args, _config: &std::path::Path) -> anyhow::Result<Vec<()
 pub fn run(args: Args) -> anyhow::Result<()> {
     let path = ensure_cluster(&args)?;
     let config = Arc::new(ClusterConfig::load(&path)?);
+    info!(quota_mib = config.export.bytes >> 20, "export quota");
     anyhow::ensure!(
         config.f == args.f,
         "{} is for f = {}",
