@@ -48,8 +48,8 @@ use snapshots::{Snapshot, SnapshotStore};
 
 /// A group commit slower than this is logged (debug): disk stalls show up in the tails.
 const SLOW_SYNC: Duration = Duration::from_millis(10);
-/// Ticks between two warnings about replaced client connections (a minute at 10 ms).
-const REPLACED_WARN_TICKS: u64 = 6000;
+/// Time between two warnings about replaced client connections.
+const REPLACED_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// COMMITs held for one peer at most (`Node::may_hold`) before they go anyway.
 const HELD_MAX: usize = 32;
@@ -339,8 +339,8 @@ struct Node {
     late_request_copies: u64,
     /// `ReplicaStats::client_conns_replaced`.
     client_conns_replaced: u64,
-    /// The tick of the last warning about a replaced client connection.
-    client_replaced_warned: Option<u64>,
+    /// When the last warning about a replaced client connection was logged.
+    client_replaced_warned: Option<std::time::Instant>,
     /// Peer messages and client replies of this burst, released after its sync.
     /// With each message, whether it may be held (`may_hold`).
     outbox: Vec<(ReplicaId, Arc<LinkMsg>, bool)>,
@@ -762,9 +762,9 @@ impl Node {
                     self.client_conns_replaced += 1;
                     if self
                         .client_replaced_warned
-                        .is_none_or(|t| self.ticks >= t + REPLACED_WARN_TICKS)
+                        .is_none_or(|t| t.elapsed() >= REPLACED_WARN_EVERY)
                     {
-                        self.client_replaced_warned = Some(self.ticks);
+                        self.client_replaced_warned = Some(std::time::Instant::now());
                         warn!(
                             id = self.id,
                             client,
