@@ -121,9 +121,17 @@ pub fn off_path(msg: &PeerMessage, executed_n: u64) -> bool {
     matches!(msg, PeerMessage::Ui(UiMessage::Commit(c)) if c.header.n <= executed_n)
 }
 
+/// A job waiting for the idle thread, with its size counted once (`Job::bytes`).
+struct Queued {
+    id: u64,
+    at: Instant,
+    bytes: usize,
+    job: Job,
+}
+
 struct Queue {
-    jobs: VecDeque<(u64, Instant, Job)>,
-    /// `Job::bytes` of `jobs`.
+    jobs: VecDeque<Queued>,
+    /// `Queued::bytes` of `jobs`.
     bytes: usize,
     next_id: u64,
     stop: bool,
@@ -199,7 +207,12 @@ impl LazyVerifier {
         let id = q.next_id;
         q.next_id += 1;
         q.bytes += bytes;
-        q.jobs.push_back((id, Instant::now(), job));
+        q.jobs.push_back(Queued {
+            id,
+            at: Instant::now(),
+            bytes,
+            job,
+        });
         drop(q);
         self.stats.deferred.fetch_add(1, Ordering::Relaxed);
         self.shared.wake.notify_one();
@@ -220,8 +233,8 @@ impl LazyVerifier {
         let stale: Vec<Source> = q
             .jobs
             .iter()
-            .filter(|(_, at, _)| now.duration_since(*at) > JOB_AGE_MAX)
-            .map(|(_, _, j)| j.source())
+            .filter(|e| now.duration_since(e.at) > JOB_AGE_MAX)
+            .map(|e| e.job.source())
             .collect();
         if stale.is_empty() {
             return Vec::new();
@@ -235,12 +248,12 @@ impl LazyVerifier {
         }
         let mut taken = Vec::new();
         let mut kept = VecDeque::with_capacity(q.jobs.len());
-        for (id, at, job) in q.jobs.drain(..) {
-            if pick(&job) {
-                q.bytes -= job.bytes();
-                taken.push(job);
+        for e in q.jobs.drain(..) {
+            if pick(&e.job) {
+                q.bytes -= e.bytes;
+                taken.push(e.job);
             } else {
-                kept.push_back((id, at, job));
+                kept.push_back(e);
             }
         }
         q.jobs = kept;
@@ -296,8 +309,8 @@ fn work(
                 if q.stop {
                     return;
                 }
-                if let Some((id, _, job)) = q.jobs.front() {
-                    break (*id, job.clone());
+                if let Some(e) = q.jobs.front() {
+                    break (e.id, e.job.clone());
                 }
                 q = shared.wake.wait(q).unwrap_or_else(|p| p.into_inner());
             }
@@ -305,9 +318,9 @@ fn work(
         let verdict = job.verify(config, crypto);
         let ours = {
             let mut q = shared.lock();
-            let front = q.jobs.front().is_some_and(|(front, _, _)| *front == id);
-            if front && let Some((_, _, job)) = q.jobs.pop_front() {
-                q.bytes -= job.bytes();
+            let front = q.jobs.front().is_some_and(|e| e.id == id);
+            if front && let Some(e) = q.jobs.pop_front() {
+                q.bytes -= e.bytes;
             }
             front
         };
@@ -400,7 +413,7 @@ mod tests {
         assert!(v.take_stale().is_empty(), "nothing is old yet");
         let mut q = v.shared.lock();
         let old = Instant::now() - JOB_AGE_MAX * 2;
-        q.jobs[3].1 = old;
+        q.jobs[3].at = old;
         drop(q);
         assert_eq!(
             v.take_stale().len(),
