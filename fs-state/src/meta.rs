@@ -56,10 +56,18 @@ impl Inode {
     }
 
     pub fn used(&self) -> u64 {
+        // A size this large is refused before it gets here (`maxfilesize`, and
+        // `checked_used` for metadata from elsewhere).
+        self.checked_used().unwrap_or(u64::MAX)
+    }
+
+    /// Bytes the object takes (FSSTAT and the quota); `None` when its size is too large
+    /// to round up to whole blocks.
+    pub fn checked_used(&self) -> Option<u64> {
         match self.ftype {
-            FType3::Reg => self.size.div_ceil(BLOCK_BYTES) * BLOCK_BYTES,
-            FType3::Dir => DIR_SIZE,
-            _ => BLOCK_BYTES,
+            FType3::Reg => self.size.div_ceil(BLOCK_BYTES).checked_mul(BLOCK_BYTES),
+            FType3::Dir => Some(DIR_SIZE),
+            _ => Some(BLOCK_BYTES),
         }
     }
 

@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use crate::confine::{self, FdCache};
 use crate::digest::{self, DigestTree, Hash};
 use crate::error::{Ctx, FsError, LocalFault};
-use crate::meta::{BLOCK_BYTES, CHUNK_BYTES, Dirty, Meta, MetaImage};
+use crate::meta::{CHUNK_BYTES, Dirty, Meta, MetaImage};
 use crate::ops::{DecodeError, FType3, ROOT_FILEID};
 use crate::state::{FileStateMachine, open_by_fileid};
 
@@ -115,11 +115,8 @@ pub(crate) fn checked_meta(image: &MetaImage, config: &crate::FsConfig) -> Resul
     // (a panic with overflow checks) is refused first.
     let mut used = 0u64;
     for (id, inode) in &image.inodes {
-        let u = match inode.ftype {
-            FType3::Reg => inode.size.div_ceil(BLOCK_BYTES).checked_mul(BLOCK_BYTES),
-            _ => Some(inode.used()),
-        };
-        used = u
+        used = inode
+            .checked_used()
             .and_then(|u| used.checked_add(u))
             .ok_or_else(|| FsError::BadSnapshot(format!("size of {id}")))?;
     }
