@@ -182,9 +182,6 @@ mod tests {
         r
     }
 
-    /// A faulty replica that keeps changing its reply (each validly MACed) must not
-    /// make the client keep every result it ever sent: only the latest reply of each
-    /// replica can still count towards a quorum.
     /// The first send of a request and its re-sends are told apart (a runtime marks a
     /// re-send; a replica answers only a re-send of a request it executed), and a read
     /// that falls back to ordering is a first ordered send.
@@ -206,6 +203,9 @@ mod tests {
         assert!(matches!(r.on_tick().as_slice(), [ClientOutput::Send(q)] if !q.read_only));
     }
 
+    /// A faulty replica that keeps changing its reply (each validly MACed) must not
+    /// make the client keep every result it ever sent: only the latest reply of each
+    /// replica can still count towards a quorum.
     #[test]
     fn a_faulty_replica_changing_its_reply_does_not_grow_the_client() {
         let crypto = SimCrypto::new([3; 32]);
