@@ -9,11 +9,11 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::bounded;
+use common::{bounded, null_cluster};
 use consensus::message::{Commit, PrepareHeader};
 use consensus::{PeerMessage, UiMessage};
+use nfs_frontend::LocalCluster;
 use nfs_frontend::net::{Challenge, Hello, LinkMsg, decode, encode, read_frame, seal_link};
-use nfs_frontend::{ClusterOptions, LocalCluster};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -35,21 +35,6 @@ fn forged_commit(n: u64, counter: u64) -> LinkMsg {
         sender: 2,
         ui: ui(counter),
     })))
-}
-
-/// A cluster of the null application in `dir`, and a runtime to drive its client.
-fn null_cluster(dir: &Path) -> (LocalCluster, tokio::runtime::Runtime) {
-    let cluster = LocalCluster::start(ClusterOptions {
-        dir: dir.to_path_buf(),
-        null_app: true,
-        ..ClusterOptions::default()
-    })
-    .expect("cluster");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("rt");
-    (cluster, rt)
 }
 
 /// `null_cluster` with a third client key, index 2, that no client of the cluster

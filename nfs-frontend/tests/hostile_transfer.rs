@@ -8,13 +8,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::bounded;
+use common::{bounded, null_cluster};
 use consensus::PeerMessage;
 use nfs_frontend::net::{
     Challenge, Hello, LinkMsg, StateBlob, decode, encode, open_link, read_frame, seal_link,
     write_frame,
 };
-use nfs_frontend::{ClusterOptions, LocalCluster};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -81,20 +80,11 @@ async fn dial_link(addr: std::net::SocketAddr, from: u32, to: u32) -> (TcpStream
 fn a_state_reply_with_an_uncertified_certificate_is_refused() {
     bounded(Duration::from_secs(120), || {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let mut cluster = LocalCluster::start(ClusterOptions {
-            dir: tmp.path().join("c"),
-            null_app: true,
-            ..ClusterOptions::default()
-        })
-        .expect("cluster");
+        let (mut cluster, rt) = null_cluster(&tmp.path().join("c"));
         let config = cluster.config().clone();
         let ci = config.consensus.checkpoint_interval;
         let keys = config.replica_secrets(1).expect("secrets").link_keys;
         let client = cluster.client();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
         // Replica 2 falls behind a stable checkpoint of replicas 0 and 1.
         rt.block_on(async {
             for _ in 0..3 {

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use fs_state::FsConfig;
-use nfs_frontend::{ServerConfig, UnreplicatedServer};
+use nfs_frontend::{ClusterOptions, LocalCluster, ServerConfig, UnreplicatedServer};
 use nfs3_client::Nfs3ConnectionBuilder;
 use nfs3_client::nfs3_types::nfs3::nfs_fh3;
 use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
@@ -416,4 +416,19 @@ pub async fn reply(s: &mut TcpStream) -> Option<Vec<u8>> {
 
 pub fn word(b: &[u8], i: usize) -> u32 {
     u32::from_be_bytes(b[4 * i..4 * i + 4].try_into().expect("4 bytes"))
+}
+
+/// A cluster of the null application in `dir`, and a runtime to drive its client.
+pub fn null_cluster(dir: &Path) -> (LocalCluster, tokio::runtime::Runtime) {
+    let cluster = LocalCluster::start(ClusterOptions {
+        dir: dir.to_path_buf(),
+        null_app: true,
+        ..ClusterOptions::default()
+    })
+    .expect("cluster");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    (cluster, rt)
 }
