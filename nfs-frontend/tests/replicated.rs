@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Up, bounded, connect, create_file, dirop, have, run_tool, trees_equal};
+use common::{
+    Up, bounded, connect, create_file, dirop, have, run_tool, trees_become_equal, trees_equal,
+};
 use fs_state::{FileStateMachine, FsConfig};
 use nfs_frontend::{ClusterOptions, LocalCluster};
 use nfs3_client::nfs3_types::nfs3::*;
@@ -337,17 +339,10 @@ fn kill_9_backup_then_primary_during_writes() {
 
         // The restarted replicas catch up: all three trees become equal.
         let exports: Vec<PathBuf> = (0..3).map(|i| up.replica_dir(i).join("export")).collect();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if trees_equal(&exports[1], &exports[0]) && trees_equal(&exports[1], &exports[2]) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "restarted replicas did not catch up"
-            );
-            std::thread::sleep(Duration::from_millis(500));
-        }
+        assert!(
+            trees_become_equal(&exports, Duration::from_secs(30)),
+            "restarted replicas did not catch up"
+        );
         let view = view_of(&up.replica_dir(1).join("status"));
         up.terminate();
         assert!(
@@ -433,11 +428,13 @@ fn the_export_quota_answers_nospc_and_the_cluster_carries_on() {
             (3 << 18..1 << 20).contains(&written),
             "{written} bytes written before NOSPC"
         );
+        // The third replica may still be executing the last write: wait for it.
         let exports: Vec<PathBuf> = (0..3).map(|i| up.export(i)).collect();
+        assert!(
+            trees_become_equal(&exports, Duration::from_secs(30)),
+            "replicas differ"
+        );
         up.terminate();
-        for e in &exports[1..] {
-            assert!(trees_equal(&exports[0], e), "replicas differ");
-        }
         let config =
             nfs_frontend::config::ClusterConfig::load(&dir.join("cluster.toml")).expect("config");
         assert_eq!(config.export.bytes, 1 << 20);

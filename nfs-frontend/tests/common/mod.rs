@@ -203,6 +203,21 @@ pub fn trees_equal(a: &Path, b: &Path) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Whether all `trees` become byte-identical within `limit` (a replica that was behind
+/// when the client got its f+1 replies catches up), checked every half second.
+pub fn trees_become_equal(trees: &[PathBuf], limit: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if trees[1..].iter().all(|t| trees_equal(&trees[0], t)) {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
 /// Runs `f` on a thread and fails the test if it takes longer than `limit`.
 pub fn bounded<T: Send + 'static>(
     limit: std::time::Duration,
