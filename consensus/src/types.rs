@@ -29,7 +29,8 @@ pub struct Config {
     pub holdback_max: usize,
     /// Most messages retained per sender for retransmission.
     pub retain_max: usize,
-    /// Most operation bytes in one request.
+    /// Most operation bytes in one request. A batch of one request may exceed
+    /// `batch_bytes_max` up to this.
     pub request_bytes_max: usize,
     /// Most clients remembered in the exactly-once table.
     pub clients_max: usize,
@@ -59,7 +60,8 @@ impl Config {
             checkpoint_interval: 128,
             holdback_max: 1024,
             retain_max: 8192,
-            request_bytes_max: 1 << 20,
+            // A 1 MiB NFS WRITE plus its handle and credentials.
+            request_bytes_max: (1 << 20) + (64 << 10),
             clients_max: 100_000,
             request_timeout_ticks: 100,
             view_change_timeout_ticks: 100,

@@ -161,8 +161,10 @@ fn prepare_body(config: &Config, crypto: &dyn Crypto, p: &Prepare) -> Result<(),
     if p.header.n == 0 {
         return Err(Reject::Malformed);
     }
+    // A batch of one request is bounded by `request_bytes_max` alone: a primary
+    // proposes a request larger than `batch_bytes_max` on its own rather than never.
     if p.batch.requests.len() > config.batch_requests_max
-        || p.batch.op_bytes() > config.batch_bytes_max
+        || (p.batch.op_bytes() > config.batch_bytes_max && p.batch.requests.len() > 1)
     {
         return Err(Reject::BatchTooLarge);
     }

@@ -191,7 +191,7 @@ fn cluster_run(k: u64) -> String {
             id: 2,
             data_dir: dir.join("replica-2"),
             null_app: false,
-            fs_config: nfs_frontend::replica::replica_fs_config(config.export),
+            fs_config: nfs_frontend::replica::replica_fs_config(&config),
             usig_socket: None,
             serve_corrupt_chunks: false,
         },

@@ -44,7 +44,7 @@ use crate::crypto::{ClusterCrypto, RequestSigner};
 use crate::net::{
     ClientMsg, DropReason, Hello, NetStats, ReplicaMsg, decode, encode, read_frame, write_frame,
 };
-use crate::op::{BAD_OP_RESULT, encode_op};
+use crate::op::{BAD_OP_RESULT, encode_op, write_data_max};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(20);
 const BACKOFF_MAX: Duration = Duration::from_millis(500);
@@ -69,6 +69,10 @@ pub enum ClientError {
     Config(#[from] ConfigError),
     #[error("the client engine has stopped")]
     Stopped,
+    /// Replicas drop a request above the cluster's `request_bytes_max` unread, so
+    /// sending it would only be re-sent forever.
+    #[error("an operation of {bytes} bytes exceeds the cluster's request limit of {max}")]
+    TooLarge { bytes: usize, max: usize },
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -86,6 +90,8 @@ struct Job {
 #[derive(Clone)]
 pub struct BftClient {
     jobs: mpsc::UnboundedSender<Job>,
+    /// The cluster's `request_bytes_max`.
+    request_bytes_max: usize,
     bundled: Arc<AtomicU64>,
     requests: Arc<AtomicU64>,
 }
@@ -123,12 +129,23 @@ impl BftClient {
         self.submit(op, read_only, false).await
     }
 
+    /// The most operation bytes one request may carry in this cluster.
+    pub fn request_bytes_max(&self) -> usize {
+        self.request_bytes_max
+    }
+
     async fn submit(
         &self,
         op: Vec<u8>,
         read_only: bool,
         bundleable: bool,
     ) -> Result<Vec<u8>, ClientError> {
+        if op.len() > self.request_bytes_max {
+            return Err(ClientError::TooLarge {
+                bytes: op.len(),
+                max: self.request_bytes_max,
+            });
+        }
         let (tx, rx) = oneshot::channel();
         self.jobs
             .send(Job {
@@ -158,12 +175,14 @@ impl BftClient {
         let crypto = ClusterCrypto::for_client(&config, &secrets)?;
         let signer = RequestSigner::new(&secrets.signing_pkcs8)?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let request_bytes_max = config.consensus.request_bytes_max;
         let engine = Engine::new(config, client, crypto, signer);
         let bundled = engine.bundled.clone();
         let requests = engine.requests.clone();
         Ok((
             BftClient {
                 jobs: tx,
+                request_bytes_max,
                 bundled,
                 requests,
             },
@@ -596,7 +615,13 @@ impl FsBackend for BftBackend {
         self.root.clone()
     }
 
-    fn execute(&self, cred: AuthUnix, op: FsOp) -> impl Future<Output = FsReply> + Send {
+    fn execute(&self, cred: AuthUnix, mut op: FsOp) -> impl Future<Output = FsReply> + Send {
+        // The replicas write at most this much (FSINFO's wtmax); a client that sends
+        // more gets a short write, as from any server, instead of a request too large
+        // to order.
+        if let FsOp::Write { data, .. } = &mut op {
+            data.truncate(write_data_max(self.client.request_bytes_max()) as usize);
+        }
         let bytes = encode_op(&cred, &op);
         let read_only = is_read_only(&op);
         let large_result = matches!(
@@ -613,6 +638,14 @@ impl FsBackend for BftBackend {
             match result {
                 Ok(result) => {
                     FsReply::decode(&result).unwrap_or_else(|_| error_reply(&op, NfsStat3::Io))
+                }
+                Err(e @ ClientError::TooLarge { .. }) => {
+                    debug!("refused: {e}");
+                    let status = match op {
+                        FsOp::Symlink { .. } => NfsStat3::Nametoolong,
+                        _ => NfsStat3::Inval,
+                    };
+                    error_reply(&op, status)
                 }
                 Err(_) => error_reply(&op, NfsStat3::Io),
             }

@@ -251,7 +251,7 @@ impl LocalCluster {
                 id,
                 data_dir,
                 null_app: opts.null_app,
-                fs_config: crate::replica::replica_fs_config(config.export),
+                fs_config: crate::replica::replica_fs_config(&config),
                 usig_socket,
                 serve_corrupt_chunks: false,
             };

@@ -10,6 +10,22 @@ use fs_state::{AuthUnix, FsOp};
 /// Largest encoded credentials (AUTH_UNIX allows at most 16 extra groups).
 const CRED_BYTES_MAX: usize = 512;
 
+/// Bytes of an encoded WRITE besides its data, at most: the credentials' length and
+/// bytes (`CRED_BYTES_MAX`), the `FsOp` tag, a file handle of at most 64 bytes (NFSv3),
+/// the offset, the stability and the data's length. The test below checks the bound.
+pub const WRITE_OVERHEAD_MAX: usize = 4 << 10;
+
+/// The most data one WRITE may carry in a cluster whose requests carry at most
+/// `request_bytes_max` operation bytes: whole 4 KiB pages, at most fs-state's 1 MiB.
+/// FSINFO announces it (`wtmax`, `wtpref`), the replicas execute at most that much of a
+/// WRITE (a short write, as RFC 1813 allows) and a frontend sends no more, so a WRITE
+/// always fits in one request.
+pub fn write_data_max(request_bytes_max: usize) -> u32 {
+    let room = request_bytes_max.saturating_sub(WRITE_OVERHEAD_MAX);
+    let max = room.min(fs_state::FsConfig::default().wtmax as usize);
+    (max / 4096 * 4096).max(4096) as u32
+}
+
 /// `u32` length of the credentials, the credentials, the `FsOp`.
 pub fn encode_op(cred: &AuthUnix, op: &FsOp) -> Vec<u8> {
     let cred = crate::net::encode(cred);
@@ -56,5 +72,41 @@ mod tests {
         assert_eq!(decode_op(&bytes[..bytes.len() - 1]), None);
         assert_eq!(decode_op(&[0xff; 9]), None);
         assert_eq!(decode_op(&[]), None);
+    }
+
+    #[test]
+    fn the_largest_write_fits_in_one_request() {
+        let cred = AuthUnix {
+            uid: u32::MAX,
+            gid: u32::MAX,
+            gids: vec![u32::MAX; 16],
+        };
+        for request_bytes_max in [(1 << 20) + (64 << 10), 1 << 20, 300_000] {
+            let data_max = write_data_max(request_bytes_max);
+            let op = FsOp::Write {
+                fh: fs_state::FileHandle(vec![0xff; 64]),
+                offset: u64::MAX,
+                stable: fs_state::StableHow::FileSync,
+                data: vec![0; data_max as usize],
+            };
+            let bytes = encode_op(&cred, &op);
+            assert!(
+                bytes.len() <= request_bytes_max,
+                "{} bytes for a {data_max}-byte WRITE over a limit of {request_bytes_max}",
+                bytes.len()
+            );
+            assert!(bytes.len() - data_max as usize <= WRITE_OVERHEAD_MAX);
+            assert_eq!(data_max % 4096, 0);
+        }
+        assert_eq!(
+            write_data_max((1 << 20) + (64 << 10)),
+            1 << 20,
+            "the default"
+        );
+        assert_eq!(
+            write_data_max(1 << 20),
+            (1 << 20) - 4096,
+            "older cluster files"
+        );
     }
 }

@@ -170,7 +170,7 @@ fn transfer_completes_when_a_peer_serves_corrupt_chunks() {
             id,
             data_dir: dir.join(format!("replica-{id}")),
             null_app: false,
-            fs_config: nfs_frontend::replica::replica_fs_config(config.export),
+            fs_config: nfs_frontend::replica::replica_fs_config(&config),
             usig_socket: None,
             serve_corrupt_chunks: corrupt,
         };

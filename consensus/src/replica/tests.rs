@@ -145,6 +145,50 @@ fn oversized_request_is_rejected() {
     );
 }
 
+/// A primary proposes a request larger than `batch_bytes_max` alone (it may be up to
+/// `request_bytes_max`); backups must accept that batch, or a 1 MiB NFS WRITE would
+/// cost a view change. Two requests together over the bound are still refused.
+#[test]
+fn a_batch_of_one_request_is_bounded_by_the_request_limit() {
+    let c = crypto();
+    let mut config = Config::new(1);
+    config.batch_bytes_max = 8;
+    config.request_bytes_max = 16;
+    let request = |client: u64, len: usize| {
+        let mut req = Request {
+            client,
+            seq: 1,
+            read_only: false,
+            op: vec![7; len],
+            sig: vec![],
+        };
+        req.sig = c.sign_request(client, &req.digest());
+        req
+    };
+    let certified = |requests: Vec<Request>| {
+        let mut p = prepare(&c, &config, 0, 1, 1, 1);
+        p.batch.requests = requests;
+        p.header.batch_digest = p.batch.digest();
+        p.ui.cert = c.ui_cert(0, 1, &UiMessage::Prepare(p.clone()).certified_digest());
+        PeerMessage::Ui(UiMessage::Prepare(p))
+    };
+    assert!(validate::peer_message(&config, &c, 0, certified(vec![request(1, 16)])).is_ok());
+    assert_eq!(
+        validate::peer_message(&config, &c, 0, certified(vec![request(1, 17)])).unwrap_err(),
+        validate::Reject::RequestTooLarge
+    );
+    assert_eq!(
+        validate::peer_message(
+            &config,
+            &c,
+            0,
+            certified(vec![request(1, 5), request(2, 5)])
+        )
+        .unwrap_err(),
+        validate::Reject::BatchTooLarge
+    );
+}
+
 #[test]
 fn holdback_is_bounded() {
     let c = crypto();

@@ -916,12 +916,16 @@ impl Node {
 /// 2.96–3.20× after). The unreplicated server keeps per-object flushes: it syncs after
 /// every small batch.
 ///
-/// The export's limits come from the cluster configuration, the same on every replica.
-pub fn replica_fs_config(limits: crate::config::ExportLimits) -> FsConfig {
+/// The export's limits come from the cluster configuration, the same on every replica;
+/// so does the largest WRITE, which must fit in one request (`op::write_data_max`).
+pub fn replica_fs_config(config: &ClusterConfig) -> FsConfig {
+    let write_max = crate::op::write_data_max(config.consensus.request_bytes_max);
     FsConfig {
         sync_mode: fs_state::SyncMode::Syncfs,
-        bytes_total: limits.bytes,
-        files_total: limits.files,
+        bytes_total: config.export.bytes,
+        files_total: config.export.files,
+        wtmax: write_max,
+        wtpref: write_max,
         ..FsConfig::default()
     }
 }

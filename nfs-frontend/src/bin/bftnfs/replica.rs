@@ -61,7 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             id: args.id,
             data_dir: args.data.clone(),
             null_app: args.null_app,
-            fs_config: nfs_frontend::replica::replica_fs_config(config.export),
+            fs_config: nfs_frontend::replica::replica_fs_config(&config),
             // The flag wins over cluster.toml's `usig = { kind = "process", socket = … }`.
             usig_socket: args.usig_socket.clone().or_else(|| {
                 match &config.replicas[args.id as usize].usig {
