@@ -199,6 +199,68 @@ fn replicas_agree_after_a_mixed_workload() {
     });
 }
 
+/// A client that ignores FSINFO and sends a WRITE larger than `wtmax` (the RPC layer
+/// takes records up to 4 MiB) gets a short write of `wtmax` bytes, on every replica
+/// alike, and may write the rest; it used to make a request over the cluster's limit,
+/// which the replicas dropped and the frontend re-sent forever.
+#[test]
+fn a_write_beyond_wtmax_is_a_short_write() {
+    bounded(Duration::from_secs(90), || {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let cluster = LocalCluster::start(ClusterOptions {
+            dir: tmp.path().join("c"),
+            ..ClusterOptions::default()
+        })
+        .expect("cluster");
+        let addr = cluster.nfs_addr();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        let content: Vec<u8> = (0..(3u32 << 20) + 5).map(|i| (i % 251) as u8).collect();
+        let wtmax = rt.block_on(async {
+            let mut c = connect(addr, 0, 0).await;
+            let root = c.root_nfs_fh3();
+            let info = c
+                .fsinfo(&FSINFO3args {
+                    fsroot: root.clone(),
+                })
+                .await
+                .expect("rpc")
+                .unwrap();
+            let f = create_file(&mut c, &root, "big").await;
+            let mut offset = 0usize;
+            while offset < content.len() {
+                let data = content[offset..].to_vec();
+                let written = c
+                    .write(&WRITE3args {
+                        file: f.clone(),
+                        offset: offset as u64,
+                        count: data.len() as u32,
+                        stable: stable_how::FILE_SYNC,
+                        data: Opaque::owned(data),
+                    })
+                    .await
+                    .expect("rpc")
+                    .unwrap()
+                    .count as usize;
+                assert!(written > 0, "no progress at {offset}");
+                assert!(written <= info.wtmax as usize, "{written} > wtmax");
+                offset += written;
+            }
+            info.wtmax as usize
+        });
+        assert!(wtmax < content.len(), "the test must exceed wtmax");
+        let exports: Vec<PathBuf> = (0..3).map(|i| cluster.export_dir(i)).collect();
+        assert!(
+            trees_become_equal(&exports, Duration::from_secs(30)),
+            "replicas differ"
+        );
+        cluster.stop().expect("stop");
+        assert!(std::fs::read(exports[0].join("big")).expect("backing") == content);
+    });
+}
+
 /// Acknowledged writes: file name and contents.
 type Acked = std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
 
