@@ -11,10 +11,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    Up, bounded, connect, create_file, dirop, have, run_tool, trees_become_equal, trees_equal,
+    Up, bounded, connect, create_file, dirop, file_cluster, have, run_tool, trees_become_equal,
+    trees_equal,
 };
 use fs_state::{FileStateMachine, FsConfig};
-use nfs_frontend::{ClusterOptions, LocalCluster};
 use nfs3_client::nfs3_types::nfs3::*;
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
 
@@ -100,16 +100,8 @@ fn libnfs_round_trip_with_separate_process_usigs() {
 fn replicas_agree_after_a_mixed_workload() {
     bounded(Duration::from_secs(90), || {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let cluster = LocalCluster::start(ClusterOptions {
-            dir: tmp.path().join("c"),
-            ..ClusterOptions::default()
-        })
-        .expect("cluster");
+        let (cluster, rt) = file_cluster(&tmp.path().join("c"));
         let addr = cluster.nfs_addr();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
         rt.block_on(async {
             let mut c = connect(addr, 0, 0).await;
             let root = c.root_nfs_fh3();
@@ -207,16 +199,8 @@ fn replicas_agree_after_a_mixed_workload() {
 fn a_write_beyond_wtmax_is_a_short_write() {
     bounded(Duration::from_secs(90), || {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let cluster = LocalCluster::start(ClusterOptions {
-            dir: tmp.path().join("c"),
-            ..ClusterOptions::default()
-        })
-        .expect("cluster");
+        let (cluster, rt) = file_cluster(&tmp.path().join("c"));
         let addr = cluster.nfs_addr();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
         let content: Vec<u8> = (0..(3u32 << 20) + 5).map(|i| (i % 251) as u8).collect();
         let wtmax = rt.block_on(async {
             let mut c = connect(addr, 0, 0).await;

@@ -435,9 +435,19 @@ pub fn word(b: &[u8], i: usize) -> u32 {
 
 /// A cluster of the null application in `dir`, and a runtime to drive its client.
 pub fn null_cluster(dir: &Path) -> (LocalCluster, tokio::runtime::Runtime) {
+    cluster_with(dir, true)
+}
+
+/// A cluster of the file system in `dir` (embedded, default options), and a runtime to
+/// drive NFS clients against it.
+pub fn file_cluster(dir: &Path) -> (LocalCluster, tokio::runtime::Runtime) {
+    cluster_with(dir, false)
+}
+
+fn cluster_with(dir: &Path, null_app: bool) -> (LocalCluster, tokio::runtime::Runtime) {
     let cluster = LocalCluster::start(ClusterOptions {
         dir: dir.to_path_buf(),
-        null_app: true,
+        null_app,
         ..ClusterOptions::default()
     })
     .expect("cluster");
