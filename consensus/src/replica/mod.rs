@@ -324,6 +324,10 @@ pub struct Replica {
     /// answer (`Replica::ask_digest`).
     digest_asked: Option<SeqNum>,
     behind_since_tick: Option<u64>,
+    /// The highest periodic CHECKPOINT each replica sent us.
+    peer_checkpoint_n: Vec<SeqNum>,
+    /// Extra time the primary gets to finish a checkpoint we finished (`normal.rs`).
+    checkpoint_grace: normal::CheckpointGrace,
 
     // View change.
     /// Highest view each replica asked for (REQ-VIEW-CHANGE or VIEW-CHANGE).
@@ -431,6 +435,8 @@ impl Replica {
             cert_awaiting_digest: None,
             digest_asked: None,
             behind_since_tick: None,
+            peer_checkpoint_n: vec![0; n],
+            checkpoint_grace: normal::CheckpointGrace::default(),
             requested_view: vec![0; n],
             resent: BTreeMap::new(),
             sent_req_view_change: None,
@@ -584,6 +590,7 @@ impl Replica {
 
     fn on_tick(&mut self, now_ns: u64) {
         self.ticks += 1;
+        self.measure_checkpoint_stall(now_ns);
         self.now_ns = self.now_ns.max(now_ns);
         if self.ticks.is_multiple_of(self.config.status_interval_ticks) {
             self.outputs.push(Output::Broadcast(PeerMessage::Status {

@@ -510,6 +510,13 @@ impl Replica {
             self.consider_cert(cert);
         }
         if self.config.is_checkpoint(n) && !self.own_checkpoints.contains_key(&n) {
+            // The capture ran between the last tick and this input: the next tick
+            // measures it (`measure_checkpoint_stall`).
+            self.checkpoint_grace = CheckpointGrace {
+                n,
+                capture_from_ns: Some(self.now_ns),
+                ticks_left: 0,
+            };
             self.take_checkpoint(n, app_digest, None);
             // A certificate for n may have formed before we executed n: judge our own
             // state against it now (self-repair would otherwise miss it).
@@ -577,6 +584,7 @@ impl Replica {
             return;
         }
         self.relay_waiting_rebases();
+        self.apply_checkpoint_grace();
         let timeout = self.config.request_timeout_ticks;
         let ticks = self.ticks;
         // A REBASE waits for its ordering like a request (I8).
@@ -605,6 +613,70 @@ impl Replica {
             p.arrived_tick = ticks;
             p.proposed = false;
             p.relayed = false;
+        }
+    }
+}
+
+/// Time a backup gives the primary to finish a periodic checkpoint that the backup has
+/// finished itself.
+///
+/// A checkpoint's capture blocks a replica's loop for a time that grows with the data
+/// written since the last one (seconds after 100 MB; `docs/recovery.md`), and no ticks
+/// reach the core meanwhile. The replicas start it at the same batch but not at the same
+/// moment, and they take different times, so a backup may finish a second before the
+/// primary and then count its pending requests' age while the primary, still capturing,
+/// cannot order them: the cluster changed view after large copies. So while the primary
+/// owes us its CHECKPOINT for the batch at which we took ours, pending requests do not
+/// age, for at most twice our own capture's stall: the primary captures the same state.
+/// A correct primary sends that CHECKPOINT as soon as its capture ends; a faulty one
+/// that withholds it gains at most this grace once per checkpoint interval, and nothing
+/// at all when checkpoints are cheap (the stall is the gap between two ticks beyond the
+/// tick itself; in the simulator, none).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct CheckpointGrace {
+    /// The checkpoint we took last.
+    pub n: SeqNum,
+    /// The time of the last tick before our capture, until the next tick measures it.
+    pub capture_from_ns: Option<u64>,
+    /// Ticks of grace left.
+    pub ticks_left: u64,
+}
+
+/// The grace is at most this many request timeouts, however long our capture took.
+const CHECKPOINT_GRACE_MAX_TIMEOUTS: u64 = 30;
+
+impl Replica {
+    /// Called at each tick before `now_ns` advances: turns the stall of our last capture
+    /// into grace ticks.
+    pub(super) fn measure_checkpoint_stall(&mut self, now_ns: u64) {
+        let Some(from) = self.checkpoint_grace.capture_from_ns.take() else {
+            return;
+        };
+        let tick_ns = self.config.tick_ns.max(1);
+        let stall_ns = now_ns.saturating_sub(from).saturating_sub(tick_ns);
+        let max = CHECKPOINT_GRACE_MAX_TIMEOUTS.saturating_mul(self.config.request_timeout_ticks);
+        self.checkpoint_grace.ticks_left = (2 * stall_ns / tick_ns).min(max);
+    }
+
+    /// One tick of grace: pending requests and REBASEs do not age while the primary
+    /// owes the CHECKPOINT of our last checkpoint (`CheckpointGrace`).
+    fn apply_checkpoint_grace(&mut self) {
+        let grace = &mut self.checkpoint_grace;
+        if grace.ticks_left == 0 {
+            return;
+        }
+        let primary = self.config.primary(self.view);
+        if primary == self.id || self.peer_checkpoint_n[primary as usize] >= grace.n {
+            grace.ticks_left = 0;
+            return;
+        }
+        grace.ticks_left -= 1;
+        let ticks = self.ticks;
+        for p in self.pending.values_mut() {
+            p.arrived_tick = (p.arrived_tick + 1).min(ticks);
+        }
+        for p in self.pending_rebases.values_mut() {
+            p.arrived_tick = (p.arrived_tick + 1).min(ticks);
         }
     }
 }

@@ -941,3 +941,100 @@ fn a_primary_proposes_waiting_requests_oldest_first() {
     }
     assert_eq!(order, vec![9, 7, 3, 1]);
 }
+
+/// Backup 1 executes batches 1..=4 (a checkpoint at 4) with its loop blocked for
+/// `stall_ns` after batch 4 (the capture: no ticks arrive meanwhile), while a client's
+/// request waits. Returns how many ticks after the stall it suspects the primary, with
+/// the primary's CHECKPOINT for 4 arriving `primary_checkpoint_after` ticks after it.
+fn ticks_until_suspicion(stall_ns: u64, primary_checkpoint_after: Option<u64>) -> u64 {
+    let c = crypto();
+    let mut config = Config::new(1);
+    config.checkpoint_interval = 4;
+    let tick_ns = config.tick_ns;
+    let mut r = Replica::new(1, config.clone(), Box::new(c.clone()));
+    let mut now = 1_000_000_000;
+    r.step(Input::Tick { now_ns: now });
+    for n in 1..=4 {
+        let p = prepare(&c, &config, 0, n, n as u8, n);
+        let digest = ui_asked(&step_peer(
+            &c,
+            &mut r,
+            0,
+            PeerMessage::Ui(UiMessage::Prepare(p)),
+        ))
+        .expect("COMMIT to certify");
+        r.step(Input::UiCreated(Ui {
+            counter: n,
+            cert: c.ui_cert(1, n, &digest),
+        }));
+        r.step(Input::Executed {
+            n,
+            results: vec![Vec::new()],
+            app_digest: config.is_checkpoint(n).then_some([0; 32]),
+        });
+    }
+    let mut req = Request {
+        client: 50,
+        seq: 1,
+        read_only: false,
+        op: vec![1],
+        sig: vec![],
+    };
+    req.sig = c.sign_request(req.client, &req.digest());
+    r.step(Input::Request(
+        validate::request(&config, &c, req).expect("valid request"),
+    ));
+    now += stall_ns;
+    for tick in 1..=5000 {
+        now += tick_ns;
+        let outs = r.step(Input::Tick { now_ns: now });
+        if outs
+            .iter()
+            .any(|o| matches!(o, Output::Broadcast(PeerMessage::ReqViewChange { .. })))
+        {
+            return tick;
+        }
+        if primary_checkpoint_after == Some(tick) {
+            let mut cp = crate::message::Checkpoint {
+                n: 4,
+                state_digest: [1; 32],
+                view: 0,
+                view_top: None,
+                sender: 0,
+                ui: Ui {
+                    counter: 5,
+                    cert: vec![],
+                },
+            };
+            cp.ui.cert = c.ui_cert(0, 5, &UiMessage::Checkpoint(cp.clone()).certified_digest());
+            step_peer(&c, &mut r, 0, PeerMessage::Ui(UiMessage::Checkpoint(cp)));
+        }
+    }
+    panic!("never suspected the primary");
+}
+
+/// A backup that finished a long checkpoint capture gives the primary twice that stall
+/// to finish its own before its waiting requests age (the cluster changed view after
+/// large copies when the primary's capture ended a second after the backups'), ends the
+/// grace as soon as the primary's CHECKPOINT arrives, and gives none for a capture of a
+/// few milliseconds.
+#[test]
+fn a_backup_waits_for_the_primarys_checkpoint_capture() {
+    let timeout = Config::new(1).request_timeout_ticks;
+    let plain = ticks_until_suspicion(0, None);
+    assert!((timeout..timeout + 3).contains(&plain), "{plain}");
+    // A 2 s stall (200 ticks) gives 400 ticks of grace.
+    let stalled = ticks_until_suspicion(2_000_000_000, None);
+    assert!(
+        (plain + 395..plain + 402).contains(&stalled),
+        "{stalled} against {plain}"
+    );
+    // The primary's CHECKPOINT after 50 ticks ends the grace there.
+    let answered = ticks_until_suspicion(2_000_000_000, Some(50));
+    assert!(
+        (plain + 45..plain + 52).contains(&answered),
+        "{answered} against {plain}"
+    );
+    // A few milliseconds of jitter buy nothing.
+    assert_eq!(ticks_until_suspicion(4_000_000, None), plain);
+}
