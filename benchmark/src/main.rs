@@ -8,6 +8,7 @@
 //!
 //! See README.md for what each number means.
 
+mod bulk;
 mod cpu;
 mod deploy;
 mod machine;
@@ -95,6 +96,14 @@ struct MacroArgs {
     /// AUTH_UNIX gid of the client.
     #[arg(long, default_value_t = 0)]
     gid: u32,
+    /// After the five phases, write one file of this many MiB in WRITEs of the
+    /// server's preferred size, read it back and compare it, and report MiB/s each way
+    /// (0: skip).
+    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    bulk_mib: u64,
+    /// Timed rounds of the large transfer per mode (the median is reported).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    bulk_rounds: u64,
     /// Write the results as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -263,7 +272,11 @@ fn run_macro(args: MacroArgs, usig: UsigKind, data_root: &Path) -> Result<()> {
         eprintln!("{}: {}", mode.name(), deployment.label);
         deployments.push(deployment);
     }
-    let measured = rt.block_on(measure(&deployments, identity, config));
+    let bulk = (args.bulk_mib > 0).then_some(bulk::BulkConfig {
+        mib: args.bulk_mib,
+        rounds: args.bulk_rounds as usize,
+    });
+    let measured = rt.block_on(measure(&deployments, identity, config, bulk));
     let mut stopped = Ok(());
     let mut labels = Vec::new();
     for d in deployments {
@@ -285,6 +298,7 @@ fn run_macro(args: MacroArgs, usig: UsigKind, data_root: &Path) -> Result<()> {
             commits: m.commits,
             calls: m.calls,
             cost: m.cost,
+            bulk: m.bulk,
         })
         .collect();
     if results.is_empty() {
@@ -321,13 +335,16 @@ struct MeasuredMode {
     commits: u64,
     calls: Vec<(&'static str, Summary)>,
     cost: Cost,
+    bulk: Option<bulk::BulkResult>,
 }
 
-/// Runs the workload on every deployment, run by run in turn (`workload::run_all`).
+/// Runs the workload on every deployment, run by run in turn (`workload::run_all`),
+/// then the large transfer if asked for (`bulk::run_all`).
 async fn measure(
     deployments: &[Deployment],
     identity: Identity,
     config: WorkloadConfig,
+    bulk: Option<bulk::BulkConfig>,
 ) -> Result<Vec<MeasuredMode>> {
     let mut clients = Vec::with_capacity(deployments.len());
     for d in deployments {
@@ -352,8 +369,30 @@ async fn measure(
         })
         .collect();
     workload::run_all(&mut runs, top.as_bytes(), config).await?;
+    let mut bulk_results = match bulk {
+        Some(bulk) => {
+            let mut bulk_runs: Vec<bulk::BulkRun> = runs
+                .iter_mut()
+                .map(|r| bulk::BulkRun {
+                    mode: r.mode,
+                    client: &mut *r.client,
+                })
+                .collect();
+            eprintln!(
+                "large transfer: {} MiB, {} rounds per mode",
+                bulk.mib, bulk.rounds
+            );
+            let prefix = format!("{top}-bulk-");
+            bulk::run_all(&mut bulk_runs, &prefix, bulk)
+                .await?
+                .into_iter()
+                .map(Some)
+                .collect()
+        }
+        None => vec![None; runs.len()],
+    };
     let mut out = Vec::with_capacity(runs.len());
-    for (d, run) in deployments.iter().zip(runs) {
+    for ((d, run), bulk) in deployments.iter().zip(runs).zip(bulk_results.drain(..)) {
         if matches!(d.mode, Mode::Target(_)) {
             // Someone else's server: leave it as it was (untimed).
             let root = run.client.root();
@@ -389,6 +428,7 @@ async fn measure(
             commits: run.commits,
             calls,
             cost,
+            bulk,
         });
     }
     Ok(out)

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use nfs3_client::net::Connector;
 use nfs3_client::nfs3_types::nfs3::{
-    COMMIT3args, CREATE3args, GETATTR3args, LOOKUP3args, MKDIR3args, Nfs3Option, Nfs3Result,
-    READ3args, READDIRPLUS3args, REMOVE3args, RMDIR3args, WRITE3args, cookieverf3, createhow3,
-    diropargs3, fattr3, filename3, ftype3, nfs_fh3, sattr3, stable_how,
+    COMMIT3args, CREATE3args, FSINFO3args, GETATTR3args, LOOKUP3args, MKDIR3args, Nfs3Option,
+    Nfs3Result, READ3args, READDIRPLUS3args, REMOVE3args, RMDIR3args, WRITE3args, cookieverf3,
+    createhow3, diropargs3, fattr3, filename3, ftype3, nfs_fh3, sattr3, stable_how,
 };
 use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
@@ -283,6 +283,88 @@ impl Client {
             self.commit(&fh).await?;
         }
         Ok(!all_synced)
+    }
+
+    /// FSINFO's preferred WRITE and READ sizes (at least 4 KiB each).
+    pub async fn transfer_sizes(&mut self) -> Result<(usize, usize)> {
+        let args = FSINFO3args {
+            fsroot: self.root(),
+        };
+        let ok = call!(self, "FSINFO", fsinfo(&args))?;
+        Ok((
+            (ok.wtpref as usize).max(4096),
+            (ok.rtpref as usize).max(4096),
+        ))
+    }
+
+    /// Writes `data` from offset 0 in UNSTABLE WRITEs of at most `size` bytes, one at a
+    /// time, taking short writes as any client does, then COMMIT unless every reply said
+    /// FILE_SYNC. Returns the WRITEs sent.
+    pub async fn write_sequential(
+        &mut self,
+        fh: &nfs_fh3,
+        data: &[u8],
+        size: usize,
+    ) -> Result<u64> {
+        let (mut offset, mut writes, mut all_synced) = (0usize, 0u64, true);
+        while offset < data.len() {
+            let chunk = &data[offset..data.len().min(offset + size)];
+            let args = WRITE3args {
+                file: fh.clone(),
+                offset: offset as u64,
+                count: chunk.len() as u32,
+                stable: stable_how::UNSTABLE,
+                data: Opaque::borrowed(chunk),
+            };
+            let ok = call!(self, "WRITE", write(&args))?;
+            if ok.count == 0 || ok.count as usize > chunk.len() {
+                bail!("WRITE: {} of {} bytes at {offset}", ok.count, chunk.len());
+            }
+            all_synced &= ok.committed == stable_how::FILE_SYNC;
+            offset += ok.count as usize;
+            writes += 1;
+        }
+        if !all_synced {
+            self.commit(fh).await?;
+        }
+        Ok(writes)
+    }
+
+    /// Reads the file from offset 0 in READs of `size` bytes until EOF and checks that
+    /// it holds exactly `expected`.
+    pub async fn read_and_compare(
+        &mut self,
+        fh: &nfs_fh3,
+        expected: &[u8],
+        size: usize,
+    ) -> Result<()> {
+        let mut offset = 0usize;
+        loop {
+            let args = READ3args {
+                file: fh.clone(),
+                offset: offset as u64,
+                count: size as u32,
+            };
+            let ok = call!(self, "READ", read(&args))?;
+            let data = ok.data.as_ref();
+            if expected.get(offset..offset + data.len()) != Some(data) {
+                bail!(
+                    "READ: {} bytes at {offset} differ from what was written",
+                    data.len()
+                );
+            }
+            offset += data.len();
+            if ok.eof {
+                break;
+            }
+            if data.is_empty() {
+                bail!("READ: no data and no EOF at offset {offset}");
+            }
+        }
+        if offset != expected.len() {
+            bail!("READ: {offset} bytes to EOF, {} written", expected.len());
+        }
+        Ok(())
     }
 
     pub async fn lookup(&mut self, dir: &nfs_fh3, name: &[u8]) -> Result<nfs_fh3> {

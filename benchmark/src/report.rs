@@ -9,6 +9,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use crate::bulk::BulkResult;
 use crate::cpu::Cost;
 use crate::machine::Machine;
 use crate::stats::Summary;
@@ -37,6 +38,8 @@ pub struct ModeResult {
     /// What one run of the five phases cost this whole process (client, and the
     /// embedded server or cluster if any), over the timed parts.
     pub cost: Cost,
+    /// The large sequential transfer after the phases (`macro --bulk-mib`), if run.
+    pub bulk: Option<BulkResult>,
 }
 
 impl ModeResult {
@@ -112,6 +115,8 @@ struct JsonMode<'a> {
     calls: Vec<JsonCall<'a>>,
     /// Per run of the five phases, whole process.
     cost: Cost,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    bulk: Option<BulkResult>,
 }
 
 #[derive(Serialize)]
@@ -169,6 +174,7 @@ impl MacroReport {
                         phases,
                         calls,
                         cost: m.cost,
+                        bulk: m.bulk,
                     },
                 )
             })
@@ -344,6 +350,7 @@ impl MacroReport {
                 self.machine.cores
             );
         }
+        self.bulk_lines(&mut out);
         let _ = writeln!(out, "Calls per run:");
         for phase in PHASES {
             let _ = writeln!(out, "  {}: {}", phase.name(), phase.calls());
@@ -366,6 +373,43 @@ impl MacroReport {
             m.cores, m.cpu_model, m.kernel, m.data_dir
         );
         out
+    }
+
+    /// The large transfer's rates per mode, with their ratio to the unreplicated ones.
+    fn bulk_lines(&self, out: &mut String) {
+        let Some(first) = self.modes.iter().find_map(|m| m.bulk) else {
+            return;
+        };
+        let _ = writeln!(
+            out,
+            "Large file: {} MiB written from offset 0 in WRITEs of the server's preferred \
+             size, then COMMIT; read back in READs of its preferred size and compared \
+             (median of {} rounds):",
+            first.mib, first.rounds
+        );
+        let base = self.baseline().and_then(|b| b.bulk);
+        for m in &self.modes {
+            let Some(b) = m.bulk else { continue };
+            let vs = match base {
+                Some(u) if m.name != BASELINE => format!(
+                    " ({} and {} of the unreplicated rates)",
+                    percent(b.write_mib_s, u.write_mib_s),
+                    percent(b.read_mib_s, u.read_mib_s)
+                ),
+                _ => String::new(),
+            };
+            let _ = writeln!(
+                out,
+                "  {}: write {:.1} MiB/s in {} WRITEs of {} KiB, read {:.1} MiB/s in READs \
+                 of {} KiB{vs}",
+                m.name,
+                b.write_mib_s,
+                b.writes,
+                b.write_bytes / 1024,
+                b.read_mib_s,
+                b.read_bytes / 1024
+            );
+        }
     }
 
     pub fn write_json(&self, path: &Path) -> Result<()> {
@@ -395,6 +439,14 @@ pub fn fmt_ms(ms: f64) -> String {
         format!("{ms:.1}")
     } else {
         format!("{ms:.2}")
+    }
+}
+
+fn percent(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.0}%", 100.0 * a / b)
+    } else {
+        "-".to_string()
     }
 }
 
@@ -447,6 +499,15 @@ mod tests {
                 involuntary_switches: 5.0 * scale,
                 cores_busy: 0.5 * scale,
             },
+            bulk: Some(BulkResult {
+                mib: 16,
+                rounds: 3,
+                write_bytes: 1 << 20,
+                read_bytes: 1 << 20,
+                writes: 16,
+                write_mib_s: 100.0 / scale,
+                read_mib_s: 400.0 / scale,
+            }),
         }
     }
 
@@ -493,6 +554,30 @@ mod tests {
             v["modes"]["minpbft"]["calls"][1]["mean_ms"].as_f64(),
             Some(0.5)
         );
+        assert_eq!(
+            v["modes"]["minpbft"]["bulk"]["write_mib_s"].as_f64(),
+            Some(50.0)
+        );
+        assert_eq!(u["bulk"]["mib"].as_u64(), Some(16));
+    }
+
+    #[test]
+    fn the_table_gives_the_large_transfer_against_the_unreplicated_one() {
+        let t = report().table();
+        assert!(t.contains("Large file: 16 MiB"), "{t}");
+        assert!(
+            t.contains("minpbft: write 50.0 MiB/s in 16 WRITEs of 1024 KiB"),
+            "{t}"
+        );
+        assert!(t.contains("(50% and 50% of the unreplicated rates)"), "{t}");
+        let mut without = report();
+        for m in &mut without.modes {
+            m.bulk = None;
+        }
+        assert!(!without.table().contains("Large file"));
+        let v: serde_json::Value =
+            serde_json::from_str(&without.to_json().expect("json")).expect("valid json");
+        assert!(v["modes"]["minpbft"].get("bulk").is_none());
     }
 
     #[test]

@@ -15,7 +15,8 @@ fn run_macro(mode: &str, out: &Path) -> (serde_json::Value, String) {
     let output = Command::new(BIN)
         .args(["--data-dir"])
         .arg(out.join("data"))
-        .args(["macro", "--runs", "5", "--warmup", "1", mode, "--json"])
+        .args(["macro", "--runs", "5", "--warmup", "1", "--bulk-mib", "0"])
+        .args([mode, "--json"])
         .arg(&json)
         .arg("--csv")
         .arg(&csv)
@@ -127,6 +128,28 @@ fn macro_unreplicated_writes_table_json_csv_and_plot() {
     assert!(stdout.contains("durability:"), "{stdout}");
     assert!(stdout.contains("machine:"), "{stdout}");
     assert!(stdout.contains("one MKDIR (40 calls)"), "{stdout}");
+    // --bulk-mib 0: no large transfer.
+    assert!(!stdout.contains("Large file"), "{stdout}");
+    assert!(v["modes"]["unreplicated"].get("bulk").is_none());
+}
+
+/// The large transfer's figures: the file's size, the WRITEs it took at the server's
+/// preferred size (the replicated cluster's largest WRITE fits one request), and rates.
+fn check_bulk(v: &serde_json::Value, mode: &str, mib: u64) {
+    let b = &v["modes"][mode]["bulk"];
+    assert_eq!(b["mib"].as_u64(), Some(mib), "{b}");
+    assert_eq!(b["rounds"].as_u64(), Some(1), "{b}");
+    let wsize = b["write_bytes"].as_u64().expect("write_bytes");
+    assert!(wsize >= 64 * 1024, "{b}");
+    assert_eq!(
+        b["writes"].as_u64(),
+        Some((mib << 20).div_ceil(wsize)),
+        "{b}"
+    );
+    for k in ["write_mib_s", "read_mib_s"] {
+        let x = b[k].as_f64().expect("a rate");
+        assert!(x.is_finite() && x > 0.0, "{k}: {b}");
+    }
 }
 
 #[test]
@@ -187,6 +210,10 @@ fn macro_minpbft_with_usig(usig: &str) {
             "3",
             "--warmup",
             "1",
+            "--bulk-mib",
+            "2",
+            "--bulk-rounds",
+            "1",
             "--minpbft",
         ])
         .arg("--json")
@@ -203,6 +230,7 @@ fn macro_minpbft_with_usig(usig: &str) {
         serde_json::from_slice(&std::fs::read(&json).expect("json written")).expect("valid JSON");
     check_top_level(&v);
     check_mode(&v, "minpbft", 3);
+    check_bulk(&v, "minpbft", 2);
 }
 
 #[test]
@@ -218,6 +246,10 @@ fn macro_both_modes_print_the_ratio() {
             "--runs",
             "5",
             "--warmup",
+            "1",
+            "--bulk-mib",
+            "4",
+            "--bulk-rounds",
             "1",
             "--unreplicated",
             "--minpbft",
@@ -241,6 +273,10 @@ fn macro_both_modes_print_the_ratio() {
     check_mode(&v, "minpbft", 5);
     assert!(stdout.contains("minpbft/unrepl"), "{stdout}");
     assert!(stdout.contains("x the unreplicated CPU"), "{stdout}");
+    check_bulk(&v, "unreplicated", 4);
+    check_bulk(&v, "minpbft", 4);
+    assert!(stdout.contains("Large file: 4 MiB"), "{stdout}");
+    assert!(stdout.contains("of the unreplicated rates"), "{stdout}");
     let svg = std::fs::read_to_string(&plot).expect("plot written");
     assert!(
         svg.starts_with("<svg") && svg.contains("minpbft"),
