@@ -777,3 +777,143 @@ fn backups_hold_commits_for_each_other_and_stay_in_step() {
         }
     });
 }
+
+/// A directory chain far deeper than the host's PATH_MAX (400 levels of 250-byte names,
+/// paths of 100 KB) with a file at the bottom, written while replica 2 is down: every
+/// replica serves it, checkpoints it, and replica 2 gets it by state transfer when it
+/// restarts; replica 1 is killed and restarts from its own checkpoint and log; then the
+/// chain is removed from the bottom up everywhere. A replica that walks or rebuilds its
+/// export by path would stop here with ENAMETOOLONG. (5000 levels, paths of 1.25 MB,
+/// passed too, in 52 s: too long for the suite.)
+#[test]
+fn a_tree_deeper_than_path_max_is_served_transferred_and_removed() {
+    use nfs3_client::nfs3_types::nfs3::{MKDIR3args, READ3args, RMDIR3args, sattr3};
+    const DEPTH: usize = 400;
+    bounded(Duration::from_secs(300), || {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut up = Up::start(&tmp.path().join("D"));
+        let addr = up.addr();
+        block_on(write_files(addr, "warm", 3));
+        up.kill9(2);
+        let name = |i: usize| format!("{i:04}{}", "d".repeat(246));
+        let bottom = content_of_len("deep", 0, 70_000);
+        let chain = block_on(async {
+            let mut c = connect(addr, 0, 0).await;
+            let mut chain = vec![c.root_nfs_fh3()];
+            for i in 0..DEPTH {
+                let dir = chain.last().expect("parent").clone();
+                let made = c
+                    .mkdir(&MKDIR3args {
+                        where_: common::dirop(&dir, &name(i)),
+                        attributes: sattr3::default(),
+                    })
+                    .await
+                    .expect("rpc")
+                    .unwrap();
+                chain.push(made.obj.unwrap());
+            }
+            let deepest = chain.last().expect("deepest").clone();
+            let f = write_file(&mut c, &deepest, "bottom", &bottom).await;
+            let read = c
+                .read(&READ3args {
+                    file: f,
+                    offset: 0,
+                    count: 100_000,
+                })
+                .await
+                .expect("rpc")
+                .unwrap();
+            assert_eq!(read.data.as_ref(), &bottom[..]);
+            chain
+        });
+        up.restart(2);
+        // `diff -r` stops at PATH_MAX: compare by walking with directory descriptors.
+        let same = |i: u32, j: u32| deep_listing(&up.export(i)) == deep_listing(&up.export(j));
+        wait_for(Duration::from_secs(90), "replica 2 converges", || {
+            same(0, 2)
+        });
+        let listing = deep_listing(&up.export(2));
+        assert!(listing.len() > DEPTH, "{} entries", listing.len());
+        assert!(
+            listing
+                .iter()
+                .any(|(_, data)| data.as_deref() == Some(&bottom[..])),
+            "the file at the bottom reached replica 2"
+        );
+        assert!(
+            std::fs::read_to_string(up.replica_dir(2).join("transfer")).is_ok(),
+            "replica 2 caught up by state transfer"
+        );
+        // Replica 1 restarts from its own checkpoint and log with the chain in them.
+        up.kill9(1);
+        up.restart(1);
+        // Remove it all, from the bottom up, then all three exports hold only the rest.
+        block_on(async {
+            let mut c = connect(addr, 0, 0).await;
+            let deepest = chain.last().expect("deepest").clone();
+            c.remove(&nfs3_client::nfs3_types::nfs3::REMOVE3args {
+                object: common::dirop(&deepest, "bottom"),
+            })
+            .await
+            .expect("rpc")
+            .unwrap();
+            for i in (0..DEPTH).rev() {
+                c.rmdir(&RMDIR3args {
+                    object: common::dirop(&chain[i], &name(i)),
+                })
+                .await
+                .expect("rpc")
+                .unwrap();
+            }
+        });
+        wait_for(Duration::from_secs(60), "all replicas equal", || {
+            trees_equal(&up.export(0), &up.export(1)) && trees_equal(&up.export(0), &up.export(2))
+        });
+        assert!(!up.export(2).join(name(0)).exists());
+    });
+}
+
+/// Every entry under `root` (its path relative to `root`, and a file's bytes), sorted,
+/// walked with `openat` from directory descriptors so that no path is ever longer than
+/// one name.
+fn deep_listing(root: &std::path::Path) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    use rustix::fs::{CWD, Dir, FileType, Mode, OFlags, openat};
+    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut out = Vec::new();
+    let Ok(top) = openat(CWD, root, dir_flags, Mode::empty()) else {
+        return out;
+    };
+    let mut stack = vec![(top, Vec::new())];
+    while let Some((fd, prefix)) = stack.pop() {
+        let Ok(dir) = Dir::read_from(&fd) else {
+            continue;
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_bytes().to_vec();
+            if name == b"." || name == b".." {
+                continue;
+            }
+            let mut path = prefix.clone();
+            path.push(b'/');
+            path.extend_from_slice(&name);
+            if entry.file_type() == FileType::Directory {
+                if let Ok(sub) = openat(&fd, entry.file_name(), dir_flags, Mode::empty()) {
+                    stack.push((sub, path.clone()));
+                }
+                out.push((path, None));
+            } else {
+                let data = openat(&fd, entry.file_name(), OFlags::RDONLY, Mode::empty())
+                    .ok()
+                    .and_then(|f| {
+                        let mut bytes = Vec::new();
+                        std::io::Read::read_to_end(&mut std::fs::File::from(f), &mut bytes)
+                            .ok()
+                            .map(|_| bytes)
+                    });
+                out.push((path, data));
+            }
+        }
+    }
+    out.sort();
+    out
+}
