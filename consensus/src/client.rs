@@ -104,12 +104,16 @@ impl Client {
             || reply.seq != o.request.seq
             || reply.read_only != o.request.read_only
             || reply.replica >= self.config.n()
-            || !crypto.verify_reply_mac(reply.replica, self.id, &reply.mac_bytes(), &reply.mac)
         {
             self.rejected_replies += 1;
             return Vec::new();
         }
+        // Hashed once, for the MAC and the comparison (a READ's result is up to 1 MiB).
         let d = result_digest(&reply.result);
+        if !crypto.verify_reply_mac(reply.replica, self.id, &reply.mac_bytes_of(&d), &reply.mac) {
+            self.rejected_replies += 1;
+            return Vec::new();
+        }
         // Only each replica's latest reply counts; a result no replica names any more
         // goes, so a faulty replica that keeps changing its reply costs no memory.
         if let Some(old) = o.replies.insert(reply.replica, d)

@@ -93,13 +93,18 @@ impl Reply {
     /// What the MAC covers. The view is left out on purpose: replies from replicas that
     /// executed the request in different views still match.
     pub fn mac_bytes(&self) -> Digest {
+        self.mac_bytes_of(&result_digest(&self.result))
+    }
+
+    /// `mac_bytes` for a reply whose result's digest is already known.
+    pub fn mac_bytes_of(&self, result_digest: &Digest) -> Digest {
         let mut h = Sha256::new();
         h.update(b"bftnfs/reply/v1");
         h.update(self.replica.to_be_bytes());
         h.update(self.client.to_be_bytes());
         h.update(self.seq.to_be_bytes());
         h.update([u8::from(self.read_only)]);
-        h.update(result_digest(&self.result));
+        h.update(result_digest);
         h.finalize().into()
     }
 }
