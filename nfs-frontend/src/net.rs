@@ -167,6 +167,12 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
         .expect("bincode encodes every in-memory value")
 }
 
+/// Appends `value`'s encoding to `out` (no copy through a buffer of its own).
+pub fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) {
+    bincode::serde::encode_into_std_write(value, out, bincode_config())
+        .expect("bincode encodes every in-memory value into a Vec");
+}
+
 /// Decodes a whole frame; trailing bytes are garbage too. The frame's length was checked
 /// against the limit before it was read, which bounds what decoding can allocate.
 pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, FrameError> {
