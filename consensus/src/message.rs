@@ -48,11 +48,18 @@ pub struct Batch {
 
 impl Batch {
     pub fn digest(&self) -> Digest {
+        let requests: Vec<Digest> = self.requests.iter().map(Request::digest).collect();
+        self.digest_of(&requests)
+    }
+
+    /// `digest` with the requests' digests already computed, in order.
+    pub fn digest_of(&self, request_digests: &[Digest]) -> Digest {
+        debug_assert_eq!(request_digests.len(), self.requests.len());
         let mut h = Sha256::new();
         h.update(b"bftnfs/batch/v1");
         h.update((self.requests.len() as u64).to_be_bytes());
-        for r in &self.requests {
-            h.update(r.digest());
+        for d in request_digests {
+            h.update(d);
         }
         // Batches without REBASEs keep the digest they always had.
         if !self.rebases.is_empty() {

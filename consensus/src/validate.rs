@@ -12,7 +12,7 @@ use crate::message::{
     Checkpoint, CheckpointCert, Commit, NewView, PeerMessage, Prepare, Rebase, Request, UiMessage,
     ViewChange, prepare_digest,
 };
-use crate::types::{Config, ReplicaId};
+use crate::types::{Config, Digest, ReplicaId};
 
 /// Most messages one FETCH may ask for.
 pub const FETCH_RANGE_MAX: u64 = 64;
@@ -106,10 +106,15 @@ fn request_ref(config: &Config, crypto: &dyn Crypto, req: &Request) -> Result<()
     if req.op.len() > config.request_bytes_max {
         return Err(Reject::RequestTooLarge);
     }
+    request_signed(crypto, req, &req.digest())
+}
+
+/// The request's signature (or read-only authenticator) over its digest `d`.
+fn request_signed(crypto: &dyn Crypto, req: &Request, d: &Digest) -> Result<(), Reject> {
     let ok = if req.read_only {
-        crypto.verify_read_only_request(req.client, &req.digest(), &req.sig)
+        crypto.verify_read_only_request(req.client, d, &req.sig)
     } else {
-        crypto.verify_request(req.client, &req.digest(), &req.sig)
+        crypto.verify_request(req.client, d, &req.sig)
     };
     if !ok {
         return Err(Reject::BadClientSignature);
@@ -168,7 +173,17 @@ fn prepare_body(config: &Config, crypto: &dyn Crypto, p: &Prepare) -> Result<(),
     {
         return Err(Reject::BatchTooLarge);
     }
-    if p.batch.digest() != p.header.batch_digest {
+    if p.batch
+        .requests
+        .iter()
+        .any(|r| r.op.len() > config.request_bytes_max)
+    {
+        return Err(Reject::RequestTooLarge);
+    }
+    // Each request is hashed once, for the batch digest and its signature (a WRITE's
+    // request is up to 1 MiB).
+    let digests: Vec<Digest> = p.batch.requests.iter().map(Request::digest).collect();
+    if p.batch.digest_of(&digests) != p.header.batch_digest {
         return Err(Reject::BadBatchDigest);
     }
     // The REBASEs a primary orders: each certified by another replica, one per sender.
@@ -185,12 +200,12 @@ fn prepare_body(config: &Config, crypto: &dyn Crypto, p: &Prepare) -> Result<(),
         rebase_body(r)?;
     }
     let mut clients = BTreeSet::new();
-    for r in &p.batch.requests {
+    for (r, d) in p.batch.requests.iter().zip(&digests) {
         // One request per client per batch keeps execution order unambiguous.
         if r.read_only || !clients.insert(r.client) {
             return Err(Reject::Malformed);
         }
-        request_ref(config, crypto, r)?;
+        request_signed(crypto, r, d)?;
     }
     Ok(())
 }
