@@ -12,9 +12,10 @@
 //! escape the export), `perm` (Unix permissions), `dir` (listings and cookies), `apply`
 //! (the procedures), `digest` (the Merkle tree), `state` (lifecycle, sync, digest),
 //! `recover` (crash check, snapshot, restore), `transfer` (chunked checkpoints, state
-//! transfer, self-repair).
+//! transfer, self-repair), `chunks` (the chunk store's pack files).
 
 mod apply;
+mod chunks;
 pub mod config;
 mod confine;
 pub mod digest;

@@ -3,10 +3,10 @@
 //! A checkpoint of the file state is a **manifest**: the replicated metadata, which
 //! already holds every regular file's 64 KiB chunk hashes, so the manifest alone
 //! determines the state digest (`FsManifest::verify`). File contents live in a
-//! content-addressed **chunk store** (`data_dir/chunks/<sha256>`, one file per chunk, the
-//! name being `digest::chunk_hash` of its bytes): a checkpoint copies in only the chunks
-//! no earlier checkpoint stored, so checkpoints share unchanged data, and
-//! `retain_chunks` deletes what no retained manifest references.
+//! content-addressed **chunk store** (`data_dir/chunks/`, pack files of chunks indexed by
+//! `digest::chunk_hash` of their bytes; `chunks.rs`): a checkpoint copies in only the
+//! chunks no earlier checkpoint stored, so checkpoints share unchanged data, and
+//! `retain_chunks` drops what no retained manifest references.
 //!
 //! A lagging replica verifies a peer's manifest against the certified digest, asks
 //! `missing_chunks` for what its own store lacks, stores each fetched chunk after checking
@@ -28,9 +28,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::Write as _;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
 use serde::{Deserialize, Serialize};
@@ -41,6 +39,8 @@ use crate::error::{Ctx, FsError, LocalFault};
 use crate::meta::{CHUNK_BYTES, Dirty, Meta, MetaImage};
 use crate::ops::{DecodeError, FType3, ROOT_FILEID};
 use crate::state::{FileStateMachine, open_by_fileid};
+
+pub use crate::chunks::ChunkStore;
 
 pub const CHUNK_DIR: &str = "chunks";
 /// Where `install` stages file contents (same file system as the export).
@@ -155,142 +155,6 @@ pub(crate) fn checked_meta(image: &MetaImage, config: &crate::FsConfig) -> Resul
     Ok(meta)
 }
 
-fn hex(h: &Hash) -> String {
-    h.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(s: &str) -> Option<Hash> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut h = [0u8; 32];
-    for (i, b) in h.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(h)
-}
-
-/// Content-addressed chunk files (`data_dir/chunks/<hex sha>`). The set of present
-/// hashes is kept in memory; a chunk is always verified when read.
-#[derive(Debug)]
-pub struct ChunkStore {
-    dir: PathBuf,
-    have: BTreeSet<Hash>,
-}
-
-impl ChunkStore {
-    /// `verify`: after an unclean shutdown, keep only chunks whose bytes match their
-    /// name. A chunk is renamed into place before the `syncfs` that makes it durable, so
-    /// a power cut can leave the name without the data, and a later checkpoint would
-    /// count that chunk as stored.
-    pub fn open(dir: &Path, verify: bool) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let mut have = BTreeSet::new();
-        for entry in std::fs::read_dir(dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            match name.to_str().and_then(unhex) {
-                Some(h) if verify && !chunk_file_holds(&entry.path(), &h)? => {
-                    std::fs::remove_file(entry.path())?;
-                }
-                Some(h) => {
-                    have.insert(h);
-                }
-                // A temporary file of a crashed write, or a stranger: not ours.
-                None => std::fs::remove_file(entry.path())?,
-            }
-        }
-        Ok(ChunkStore {
-            dir: dir.to_path_buf(),
-            have,
-        })
-    }
-
-    fn path(&self, h: &Hash) -> PathBuf {
-        self.dir.join(hex(h))
-    }
-
-    pub fn has(&self, h: &Hash) -> bool {
-        self.have.contains(h)
-    }
-
-    pub fn len(&self) -> usize {
-        self.have.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.have.is_empty()
-    }
-
-    /// Stores `data` under its hash, unless present. Not durable until `sync`.
-    pub fn put(&mut self, data: &[u8]) -> std::io::Result<Hash> {
-        let h = digest::chunk_hash(data);
-        if self.have.contains(&h) {
-            return Ok(h);
-        }
-        let path = self.path(&h);
-        let tmp = path.with_extension("tmp");
-        let mut f = File::create(&tmp)?;
-        f.write_all(data)?;
-        drop(f);
-        std::fs::rename(&tmp, &path)?;
-        self.have.insert(h);
-        Ok(h)
-    }
-
-    /// The chunk with hash `h`, verified; a stored chunk that no longer matches its
-    /// name (disk corruption, tampering) is deleted and reported absent.
-    pub fn get(&mut self, h: &Hash) -> std::io::Result<Option<Vec<u8>>> {
-        if !self.have.contains(h) {
-            return Ok(None);
-        }
-        let path = self.path(h);
-        let data = match std::fs::read(&path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.have.remove(h);
-                return Ok(None);
-            }
-            Err(e) => return Err(e),
-        };
-        if data.len() as u64 > CHUNK_BYTES || digest::chunk_hash(&data) != *h {
-            std::fs::remove_file(&path)?;
-            self.have.remove(h);
-            return Ok(None);
-        }
-        Ok(Some(data))
-    }
-
-    /// Makes every stored chunk durable (one `syncfs`).
-    pub fn sync(&self) -> std::io::Result<()> {
-        let d = File::open(&self.dir)?;
-        rustix::fs::syncfs(&d)?;
-        Ok(())
-    }
-
-    /// Deletes every chunk not in `keep`; returns how many were deleted.
-    pub fn retain(&mut self, keep: &BTreeSet<Hash>) -> std::io::Result<usize> {
-        let gone: Vec<Hash> = self.have.difference(keep).copied().collect();
-        for h in &gone {
-            match std::fs::remove_file(self.path(h)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-            self.have.remove(h);
-        }
-        Ok(gone.len())
-    }
-}
-
-/// Whether the chunk file at `path` holds the chunk with hash `h`.
-fn chunk_file_holds(path: &Path, h: &Hash) -> std::io::Result<bool> {
-    if std::fs::metadata(path)?.len() > CHUNK_BYTES {
-        return Ok(false);
-    }
-    Ok(digest::chunk_hash(&std::fs::read(path)?) == *h)
-}
-
 /// What a host file looked like when the state machine last wrote or verified it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Stamp {
@@ -317,6 +181,9 @@ impl Stamp {
 pub struct CaptureStats {
     pub chunks_stored: u64,
     pub bytes_stored: u64,
+    /// Time spent reading, checking and storing the new chunks, and in the sync after.
+    pub copy_us: u64,
+    pub sync_us: u64,
 }
 
 /// What a `scrub` found.
@@ -360,6 +227,7 @@ impl FileStateMachine {
             .map(|(id, i)| (*id, i.size))
             .collect();
         let mut buf = Vec::new();
+        let started = std::time::Instant::now();
         for (id, size) in regs {
             let missing: Vec<(usize, Hash)> = self.meta.content[&id]
                 .chunks
@@ -385,8 +253,11 @@ impl FileStateMachine {
                 stats.bytes_stored += buf.len() as u64;
             }
         }
+        stats.copy_us = started.elapsed().as_micros() as u64;
         if stats.chunks_stored > 0 {
+            let started = std::time::Instant::now();
             self.store.sync().ctx("sync chunk store")?;
+            stats.sync_us = started.elapsed().as_micros() as u64;
         }
         Ok((
             FsManifest {
@@ -591,7 +462,7 @@ impl FileStateMachine {
         let stats = self.install_inner(meta).map_err(|e| match e {
             InstallError::Local(f) => self.poison(f),
             InstallError::Missing(h) => {
-                FsError::BadSnapshot(format!("chunk {} not in the store", hex(&h)))
+                FsError::BadSnapshot(format!("chunk {} not in the store", crate::chunks::hex(&h)))
             }
         })?;
         self.poisoned = None;

@@ -142,6 +142,8 @@ impl App {
                 debug!(
                     chunks = stats.chunks_stored,
                     bytes = stats.bytes_stored,
+                    copy_us = stats.copy_us,
+                    sync_us = stats.sync_us,
                     "checkpoint: new chunks stored"
                 );
                 Ok(m.encode())
