@@ -158,13 +158,12 @@ impl ChunkStore {
             use_.bytes += record;
             // A chunk stored twice (a compaction's copy made before its old pack was
             // deleted): the first one indexed stays.
-            if !self.index.contains_key(&h) {
-                let place = Place {
+            if let std::collections::btree_map::Entry::Vacant(e) = self.index.entry(h) {
+                e.insert(Place {
                     pack: id,
                     offset,
                     len,
-                };
-                self.index.insert(h, place);
+                });
                 use_.live += record;
             }
             at = offset + u64::from(len);
