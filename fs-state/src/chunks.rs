@@ -62,6 +62,8 @@ pub struct ChunkStore {
     current: Option<(u64, File)>,
     /// Packs emptied by compaction, deleted after the next `sync`.
     obsolete: Vec<u64>,
+    /// Chunks and bytes appended since the last `sync`.
+    unsynced: (u64, u64),
 }
 
 fn pack_name(id: u64) -> String {
@@ -101,6 +103,7 @@ impl ChunkStore {
             packs: BTreeMap::new(),
             current: None,
             obsolete: Vec::new(),
+            unsynced: (0, 0),
         };
         let mut legacy = Vec::new();
         let mut ids = Vec::new();
@@ -224,6 +227,21 @@ impl ChunkStore {
         Ok(h)
     }
 
+    /// Stores `data`, which the caller just hashed to `h` (`chunk_hash`), unless present.
+    /// Not durable until `sync`.
+    pub fn put_hashed(&mut self, h: &Hash, data: &[u8]) -> std::io::Result<()> {
+        debug_assert_eq!(digest::chunk_hash(data), *h);
+        if !self.index.contains_key(h) {
+            self.append(h, data)?;
+        }
+        Ok(())
+    }
+
+    /// Chunks and bytes stored since the last `sync`.
+    pub fn unsynced(&self) -> (u64, u64) {
+        self.unsynced
+    }
+
     /// Appends a record of `data` (hashing to `h`) to the current pack, starting a new
     /// one when it is full.
     fn append(&mut self, h: &Hash, data: &[u8]) -> std::io::Result<()> {
@@ -254,6 +272,8 @@ impl ChunkStore {
         record.extend_from_slice(&(data.len() as u32).to_be_bytes());
         record.extend_from_slice(data);
         file.write_all_at(&record, use_.bytes)?;
+        self.unsynced.0 += 1;
+        self.unsynced.1 += data.len() as u64;
         let place = Place {
             pack: id,
             offset: use_.bytes + HEADER_BYTES,
@@ -309,6 +329,7 @@ impl ChunkStore {
     pub fn sync(&mut self) -> std::io::Result<()> {
         let d = File::open(&self.dir)?;
         rustix::fs::syncfs(&d)?;
+        self.unsynced = (0, 0);
         for id in std::mem::take(&mut self.obsolete) {
             match std::fs::remove_file(self.dir.join(pack_name(id))) {
                 Ok(()) => {}

@@ -61,6 +61,8 @@ pub struct FileStateMachine {
     /// Where the rolling rehash of `scrub` continues: (fileid, chunk).
     pub(crate) scrub_cursor: (u64, u64),
     pub(crate) in_transfer: bool,
+    /// Store each chunk in the chunk store as it is hashed (`store_chunks_when_hashing`).
+    pub(crate) store_when_hashing: bool,
 }
 
 impl std::fmt::Debug for FileStateMachine {
@@ -135,6 +137,7 @@ impl FileStateMachine {
             suspect: BTreeSet::new(),
             scrub_cursor: (0, 0),
             in_transfer: false,
+            store_when_hashing: false,
         };
         if fresh {
             sm.journal.compact(&sm.meta)?;
@@ -312,6 +315,15 @@ impl FileStateMachine {
         self.stale_leaves.insert(id);
     }
 
+    /// For a replica, whose checkpoints need every chunk in the chunk store: store each
+    /// changed chunk as the digest rehashes it, while its bytes are at hand, rather than
+    /// read and hash it again in the checkpoint's capture (an unreplicated server, which
+    /// keeps no checkpoints, leaves this off). A chunk overwritten before the next
+    /// checkpoint is stored for nothing and dropped by the next `retain_chunks`.
+    pub fn store_chunks_when_hashing(&mut self, on: bool) {
+        self.store_when_hashing = on;
+    }
+
     /// Rehash stale chunks from the backing files.
     pub(crate) fn refresh_chunks(&mut self) -> Result<u64, LocalFault> {
         let mut hashed = 0;
@@ -340,7 +352,11 @@ impl FileStateMachine {
                 buf.resize(len, 0);
                 f.read_exact_at(&mut buf, off)
                     .ctx("read chunk for hashing")?;
-                content.chunks[i as usize] = digest::chunk_hash(&buf);
+                let h = digest::chunk_hash(&buf);
+                content.chunks[i as usize] = h;
+                if self.store_when_hashing {
+                    self.store.put_hashed(&h, &buf).ctx("store chunk")?;
+                }
                 hashed += 1;
             }
         }

@@ -249,11 +249,11 @@ impl FileStateMachine {
                     break;
                 }
                 self.store.put(&buf).ctx("store chunk")?;
-                stats.chunks_stored += 1;
-                stats.bytes_stored += buf.len() as u64;
             }
         }
         stats.copy_us = started.elapsed().as_micros() as u64;
+        // With the chunks the digest stored as it hashed them (`store_chunks_when_hashing`).
+        (stats.chunks_stored, stats.bytes_stored) = self.store.unsynced();
         if stats.chunks_stored > 0 {
             let started = std::time::Instant::now();
             self.store.sync().ctx("sync chunk store")?;

@@ -290,3 +290,29 @@ fn a_chunk_emptied_by_a_power_cut_is_stored_again_by_the_next_checkpoint() {
     assert_eq!(installed.ok(), Some(want), "the store lost the checkpoint");
     assert!(a.sm.missing_chunks(&m).is_empty());
 }
+
+/// With `store_chunks_when_hashing` (a replica's setting), the digest stores each
+/// changed chunk as it hashes it; the checkpoint then reads nothing back, still counts
+/// and syncs those chunks, and its manifest installs elsewhere. Off (an unreplicated
+/// server's default), the digest stores nothing.
+#[test]
+fn chunks_hashed_by_the_digest_are_stored_for_the_checkpoint() {
+    for on in [false, true] {
+        let mut a = Node::new();
+        a.sm.store_chunks_when_hashing(on);
+        let root = a.root();
+        let f = a.create(&root, "f");
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 + i / 1000) as u8).collect();
+        a.write(&f, 0, &data);
+        a.sm.sync().unwrap();
+        let want = a.sm.state_digest().unwrap();
+        assert_eq!(a.sm.chunk_count() > 0, on, "stored while hashing: {on}");
+        let (m, stats) = a.sm.checkpoint().unwrap();
+        assert_eq!(stats.chunks_stored, 5, "{stats:?}");
+        assert!(a.sm.missing_chunks(&m).is_empty());
+        let mut b = Node::new();
+        fetch(&mut a, &mut b, &m);
+        assert_eq!(b.sm.install(&m).unwrap().0, want);
+        diff_trees(&a.export(), &b.export()).unwrap();
+    }
+}

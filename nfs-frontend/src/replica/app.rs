@@ -43,7 +43,10 @@ pub enum App {
 
 impl App {
     pub fn open_fs(data_dir: &Path, config: FsConfig) -> Result<Self, AppError> {
-        Ok(App::Fs(Box::new(FileStateMachine::open(data_dir, config)?)))
+        let mut sm = FileStateMachine::open(data_dir, config)?;
+        // Checkpoints need every chunk in the store: take them as the digest hashes them.
+        sm.store_chunks_when_hashing(true);
+        Ok(App::Fs(Box::new(sm)))
     }
 
     /// Applies batch `n`; one result per request. Durable after the next `sync`, which
