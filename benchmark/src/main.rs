@@ -158,6 +158,7 @@ struct MicroArgs {
 }
 
 fn main() {
+    nfs_frontend::alloc::keep_large_buffers();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),

@@ -21,6 +21,7 @@
 //! encoding of an operation), `null_op` (the null application's operations), `replica` (the replica runtime around the MinPBFT core),
 //! `client` (the BFT client and `BftBackend`), `cluster` (an embedded cluster).
 
+pub mod alloc;
 pub mod backend;
 pub mod bundle;
 pub mod client;

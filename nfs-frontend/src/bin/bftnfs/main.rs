@@ -59,6 +59,7 @@ fn parse_byte_size(s: &str) -> Result<u64, String> {
 }
 
 fn main() -> anyhow::Result<()> {
+    nfs_frontend::alloc::keep_large_buffers();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
