@@ -64,6 +64,9 @@ pub struct ChunkStore {
     obsolete: Vec<u64>,
     /// Chunks and bytes appended since the last `sync`.
     unsynced: (u64, u64),
+    /// The id of the next pack: above every pack this store has seen, deleted or not
+    /// (a compacted pack's file stays until the next `sync`).
+    next_id: u64,
 }
 
 fn pack_name(id: u64) -> String {
@@ -104,6 +107,7 @@ impl ChunkStore {
             current: None,
             obsolete: Vec::new(),
             unsynced: (0, 0),
+            next_id: 1,
         };
         let mut legacy = Vec::new();
         let mut ids = Vec::new();
@@ -121,6 +125,7 @@ impl ChunkStore {
             }
         }
         ids.sort_unstable();
+        store.next_id = ids.last().map_or(1, |last| last + 1);
         for id in ids {
             store.load_pack(id, verify)?;
         }
@@ -254,7 +259,8 @@ impl ChunkStore {
             None => true,
         };
         if full {
-            let id = self.packs.keys().next_back().map_or(1, |last| last + 1);
+            let id = self.next_id;
+            self.next_id += 1;
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -503,6 +509,29 @@ mod tests {
             assert!(s.get(h).unwrap().is_some());
         }
         assert!(!s.has(&hashes[0]) && !s.has(&hashes[1025]));
+    }
+
+    /// Reopened with its last pack full, a store compacts that pack into a new one
+    /// (never under the id of the old one, whose file stays until the next sync) and
+    /// keeps every kept chunk.
+    #[test]
+    fn compacting_the_last_pack_after_a_reopen_keeps_what_is_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = ChunkStore::open(tmp.path(), false).unwrap();
+        // Exactly one full pack (1024 chunks of 64 KiB and their headers).
+        let hashes: Vec<Hash> = (0..1024)
+            .map(|i| s.put(&chunk(i, CHUNK_BYTES as usize)).unwrap())
+            .collect();
+        s.sync().unwrap();
+        drop(s);
+        let mut s = ChunkStore::open(tmp.path(), false).unwrap();
+        let keep: BTreeSet<Hash> = hashes.iter().step_by(4).copied().collect();
+        s.retain(&keep).unwrap();
+        s.sync().unwrap();
+        assert_eq!(packs(tmp.path()), ["pack-0000000000000002"]);
+        for h in &keep {
+            assert!(s.get(h).unwrap().is_some());
+        }
     }
 
     #[test]
