@@ -73,11 +73,10 @@ fn pack_name(id: u64) -> String {
     format!("pack-{id:016x}")
 }
 
+/// The id of a pack file's name, if it is exactly what `pack_name` makes.
 fn pack_id(name: &str) -> Option<u64> {
-    let hex = name.strip_prefix("pack-")?;
-    (hex.len() == 16)
-        .then(|| u64::from_str_radix(hex, 16).ok())
-        .flatten()
+    let id = u64::from_str_radix(name.strip_prefix("pack-")?, 16).ok()?;
+    (pack_name(id) == name).then_some(id)
 }
 
 pub(crate) fn hex(h: &Hash) -> String {
@@ -117,17 +116,25 @@ impl ChunkStore {
             let name = name.to_str().unwrap_or("");
             if let Some(id) = pack_id(name) {
                 ids.push(id);
-            } else if let Some(h) = unhex(name) {
+            } else if let Some(h) = unhex(name)
+                && entry.file_type()?.is_file()
+            {
                 legacy.push((h, entry.path()));
-            } else {
+            } else if entry.file_type()?.is_file() {
                 // A temporary file of a crashed write, or a stranger: not ours.
                 std::fs::remove_file(entry.path())?;
             }
         }
         ids.sort_unstable();
-        store.next_id = ids.last().map_or(1, |last| last + 1);
+        store.next_id = match ids.last() {
+            Some(last) => last.checked_add(1).ok_or_else(|| {
+                std::io::Error::other(format!("chunk pack ids exhausted in {}", dir.display()))
+            })?,
+            None => 1,
+        };
+        let last = ids.last().copied();
         for id in ids {
-            store.load_pack(id, verify)?;
+            store.load_pack(id, verify, Some(id) == last)?;
         }
         if !legacy.is_empty() {
             store.import_legacy(legacy, verify)?;
@@ -135,9 +142,11 @@ impl ChunkStore {
         Ok(store)
     }
 
-    /// Indexes pack `id`'s records, cutting it at the first one that does not parse (or,
-    /// with `verify`, does not hash to its name).
-    fn load_pack(&mut self, id: u64, verify: bool) -> std::io::Result<()> {
+    /// Indexes pack `id`'s records up to the first one that does not parse; with
+    /// `verify`, a record whose bytes do not hash to its name is left out (a bad sector
+    /// costs that chunk, not the rest of the pack). The `last` pack, which takes the
+    /// next appends, is cut where parsing stopped (a torn tail).
+    fn load_pack(&mut self, id: u64, verify: bool, last: bool) -> std::io::Result<()> {
         let path = self.dir.join(pack_name(id));
         let file = OpenOptions::new().read(true).write(true).open(&path)?;
         let size = file.metadata()?.len();
@@ -155,15 +164,16 @@ impl ChunkStore {
             if u64::from(len) > CHUNK_BYTES || offset + u64::from(len) > size {
                 break;
             }
+            let record = HEADER_BYTES + u64::from(len);
+            use_.bytes += record;
+            at = offset + u64::from(len);
             if verify {
                 data.resize(len as usize, 0);
                 if file.read_exact_at(&mut data, offset).is_err() || digest::chunk_hash(&data) != h
                 {
-                    break;
+                    continue;
                 }
             }
-            let record = HEADER_BYTES + u64::from(len);
-            use_.bytes += record;
             // A chunk stored twice (a compaction's copy made before its old pack was
             // deleted): the first one indexed stays.
             if let std::collections::btree_map::Entry::Vacant(e) = self.index.entry(h) {
@@ -174,7 +184,12 @@ impl ChunkStore {
                 });
                 use_.live += record;
             }
-            at = offset + u64::from(len);
+        }
+        if !last {
+            if use_.bytes > 0 {
+                self.packs.insert(id, use_);
+            }
+            return Ok(());
         }
         if at < size {
             file.set_len(at)?;
@@ -202,9 +217,8 @@ impl ChunkStore {
                 self.append(h, &data)?;
             }
         }
-        if let Some((_, f)) = &self.current {
-            f.sync_data()?;
-        }
+        // Every pack written and its name durable before the old files go.
+        self.sync()?;
         for (_, path) in files {
             std::fs::remove_file(path)?;
         }
@@ -398,10 +412,14 @@ impl ChunkStore {
         for h in live {
             let place = self.index[&h];
             data.resize(place.len as usize, 0);
-            self.index.remove(&h);
             if file.read_exact_at(&mut data, place.offset).is_ok() && digest::chunk_hash(&data) == h
             {
+                // Re-indexed at its copy. If the append fails the chunk stays where it
+                // is, and so does its pack: the error ends `retain` before the pack is
+                // given up.
                 self.append(&h, &data)?;
+            } else {
+                self.forget(&h);
             }
         }
         Ok(())
@@ -450,8 +468,10 @@ mod tests {
         }
     }
 
+    /// After an unclean stop a record whose bytes went bad is left out (the rest of its
+    /// pack stays), and a torn tail of the last pack is cut off before new appends.
     #[test]
-    fn an_unclean_reopen_cuts_a_pack_at_its_first_bad_record() {
+    fn an_unclean_reopen_drops_bad_records_and_cuts_a_torn_tail() {
         let tmp = tempfile::tempdir().unwrap();
         let mut s = ChunkStore::open(tmp.path(), false).unwrap();
         let a = s.put(&chunk(1, 5000)).unwrap();
@@ -460,8 +480,12 @@ mod tests {
         drop(s);
         let pack = tmp.path().join(pack_name(1));
         let mut bytes = std::fs::read(&pack).unwrap();
-        let second = (HEADER_BYTES + 5000) as usize;
-        bytes[second + HEADER_BYTES as usize + 10] ^= 0xff;
+        let record = (HEADER_BYTES + 5000) as usize;
+        bytes[record + HEADER_BYTES as usize + 10] ^= 0xff;
+        // A torn append after the three: a header whose bytes never came, then zeros.
+        let full_len = bytes.len();
+        bytes.extend_from_within(..HEADER_BYTES as usize);
+        bytes.extend_from_slice(&[0; 300]);
         std::fs::write(&pack, &bytes).unwrap();
         // A clean open trusts the records, and `get` still finds the bad one.
         let mut s = ChunkStore::open(tmp.path(), false).unwrap();
@@ -470,14 +494,31 @@ mod tests {
         assert!(!s.has(&b));
         drop(s);
         let mut s = ChunkStore::open(tmp.path(), true).unwrap();
-        assert!(s.has(&a) && !s.has(&b) && !s.has(&c));
-        assert_eq!(std::fs::metadata(&pack).unwrap().len(), second as u64);
-        // Appends go on after the cut.
-        assert_eq!(s.put(&chunk(3, 5000)).unwrap(), c);
+        assert!(s.has(&a) && !s.has(&b) && s.has(&c));
+        assert_eq!(std::fs::metadata(&pack).unwrap().len(), full_len as u64);
+        // Appends go on after the cut, and b can be stored again.
+        assert_eq!(s.put(&chunk(2, 5000)).unwrap(), b);
         drop(s);
         let mut s = ChunkStore::open(tmp.path(), true).unwrap();
-        assert_eq!(s.get(&c).unwrap(), Some(chunk(3, 5000)));
-        assert_eq!(s.get(&a).unwrap(), Some(chunk(1, 5000)));
+        for (h, i) in [(a, 1), (b, 2), (c, 3)] {
+            assert_eq!(s.get(&h).unwrap(), Some(chunk(i, 5000)));
+        }
+    }
+
+    /// Only names `pack_name` makes are packs; a foreign directory is left alone.
+    #[test]
+    fn only_exact_pack_names_are_packs() {
+        assert_eq!(pack_id("pack-0000000000000001"), Some(1));
+        assert_eq!(pack_id("pack-+000000000000001"), None);
+        assert_eq!(pack_id("pack-000000000000000A"), None);
+        assert_eq!(pack_id("pack-1"), None);
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("stray")).unwrap();
+        std::fs::write(tmp.path().join("pack-+000000000000001"), b"x").unwrap();
+        let mut s = ChunkStore::open(tmp.path(), true).unwrap();
+        let h = s.put(&chunk(9, 100)).unwrap();
+        assert!(s.get(&h).unwrap().is_some());
+        assert!(tmp.path().join("stray").is_dir());
     }
 
     #[test]
