@@ -13,7 +13,7 @@ use super::{
     Replica, Slot, Status,
 };
 use crate::message::{Batch, Commit, Prepare, PrepareHeader, Reply, Request};
-use crate::types::{ClientId, Digest, SeqNum};
+use crate::types::{ClientId, Digest, SeqNum, View};
 
 impl Replica {
     pub(super) fn on_request(&mut self, req: Request) {
@@ -511,11 +511,14 @@ impl Replica {
         }
         if self.config.is_checkpoint(n) && !self.own_checkpoints.contains_key(&n) {
             // The capture ran between the last tick and this input: the next tick
-            // measures it (`measure_checkpoint_stall`).
+            // measures it (`measure_checkpoint_stall`). None before the first tick, and
+            // none for a primary that let a grace run out in this view.
+            let forfeited = self.checkpoint_grace.forfeited_in == Some(self.view);
             self.checkpoint_grace = CheckpointGrace {
                 n,
-                capture_from_ns: Some(self.now_ns),
+                capture_from_ns: (self.now_ns > 0 && !forfeited).then_some(self.now_ns),
                 ticks_left: 0,
+                forfeited_in: self.checkpoint_grace.forfeited_in,
             };
             self.take_checkpoint(n, app_digest, None);
             // A certificate for n may have formed before we executed n: judge our own
@@ -628,10 +631,13 @@ impl Replica {
 /// cannot order them: the cluster changed view after large copies. So while the primary
 /// owes us its CHECKPOINT for the batch at which we took ours, pending requests do not
 /// age, for at most twice our own capture's stall: the primary captures the same state.
-/// A correct primary sends that CHECKPOINT as soon as its capture ends; a faulty one
-/// that withholds it gains at most this grace once per checkpoint interval, and nothing
-/// at all when checkpoints are cheap (the stall is the gap between two ticks beyond the
-/// tick itself; in the simulator, none).
+/// A correct primary sends that CHECKPOINT as soon as its capture ends. A faulty one
+/// that withholds it gains this grace once: a primary that lets a grace run out gets no
+/// more in this view (`forfeited_in`), so its requests age as usual from then on. One
+/// that sends its CHECKPOINTs late, each within the grace, slows ordering at most to
+/// twice the replicas' own capture time. Nothing at all is given when checkpoints are
+/// cheap (the stall is the gap between two ticks beyond the tick itself; in the
+/// simulator, none) or before the replica's first tick.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(super) struct CheckpointGrace {
     /// The checkpoint we took last.
@@ -640,6 +646,8 @@ pub(super) struct CheckpointGrace {
     pub capture_from_ns: Option<u64>,
     /// Ticks of grace left.
     pub ticks_left: u64,
+    /// The view whose primary let a grace run out without its CHECKPOINT.
+    pub forfeited_in: Option<View>,
 }
 
 /// The grace is at most this many request timeouts, however long our capture took.
@@ -655,7 +663,7 @@ impl Replica {
         let tick_ns = self.config.tick_ns.max(1);
         let stall_ns = now_ns.saturating_sub(from).saturating_sub(tick_ns);
         let max = CHECKPOINT_GRACE_MAX_TIMEOUTS.saturating_mul(self.config.request_timeout_ticks);
-        self.checkpoint_grace.ticks_left = (2 * stall_ns / tick_ns).min(max);
+        self.checkpoint_grace.ticks_left = (stall_ns.saturating_mul(2) / tick_ns).min(max);
     }
 
     /// One tick of grace: pending requests and REBASEs do not age while the primary
@@ -671,6 +679,10 @@ impl Replica {
             return;
         }
         grace.ticks_left -= 1;
+        if grace.ticks_left == 0 {
+            // Run out while the primary still owes its CHECKPOINT.
+            grace.forfeited_in = Some(self.view);
+        }
         let ticks = self.ticks;
         for p in self.pending.values_mut() {
             p.arrived_tick = (p.arrived_tick + 1).min(ticks);

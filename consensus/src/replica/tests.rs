@@ -947,6 +947,14 @@ fn a_primary_proposes_waiting_requests_oldest_first() {
 /// request waits. Returns how many ticks after the stall it suspects the primary, with
 /// the primary's CHECKPOINT for 4 arriving `primary_checkpoint_after` ticks after it.
 fn ticks_until_suspicion(stall_ns: u64, primary_checkpoint_after: Option<u64>) -> u64 {
+    backup_suspecting_after_a_checkpoint(stall_ns, primary_checkpoint_after).0
+}
+
+/// `ticks_until_suspicion`, and the replica then.
+fn backup_suspecting_after_a_checkpoint(
+    stall_ns: u64,
+    primary_checkpoint_after: Option<u64>,
+) -> (u64, Replica) {
     let c = crypto();
     let mut config = Config::new(1);
     config.checkpoint_interval = 4;
@@ -967,11 +975,18 @@ fn ticks_until_suspicion(stall_ns: u64, primary_checkpoint_after: Option<u64>) -
             counter: n,
             cert: c.ui_cert(1, n, &digest),
         }));
-        r.step(Input::Executed {
+        let outs = r.step(Input::Executed {
             n,
             results: vec![Vec::new()],
             app_digest: config.is_checkpoint(n).then_some([0; 32]),
         });
+        if let Some(digest) = ui_asked(&outs) {
+            // Our CHECKPOINT for 4.
+            r.step(Input::UiCreated(Ui {
+                counter: 5,
+                cert: c.ui_cert(1, 5, &digest),
+            }));
+        }
     }
     let mut req = Request {
         client: 50,
@@ -992,7 +1007,7 @@ fn ticks_until_suspicion(stall_ns: u64, primary_checkpoint_after: Option<u64>) -
             .iter()
             .any(|o| matches!(o, Output::Broadcast(PeerMessage::ReqViewChange { .. })))
         {
-            return tick;
+            return (tick, r);
         }
         if primary_checkpoint_after == Some(tick) {
             let mut cp = crate::message::Checkpoint {
@@ -1016,8 +1031,8 @@ fn ticks_until_suspicion(stall_ns: u64, primary_checkpoint_after: Option<u64>) -
 /// A backup that finished a long checkpoint capture gives the primary twice that stall
 /// to finish its own before its waiting requests age (the cluster changed view after
 /// large copies when the primary's capture ended a second after the backups'), ends the
-/// grace as soon as the primary's CHECKPOINT arrives, and gives none for a capture of a
-/// few milliseconds.
+/// grace as soon as the primary's CHECKPOINT arrives, gives none for a capture of a
+/// few milliseconds, and none again in a view whose primary let a grace run out.
 #[test]
 fn a_backup_waits_for_the_primarys_checkpoint_capture() {
     let timeout = Config::new(1).request_timeout_ticks;
@@ -1037,4 +1052,49 @@ fn a_backup_waits_for_the_primarys_checkpoint_capture() {
     );
     // A few milliseconds of jitter buy nothing.
     assert_eq!(ticks_until_suspicion(4_000_000, None), plain);
+    // A primary that let the grace run out gets none at the next checkpoint.
+    let (_, mut r) = backup_suspecting_after_a_checkpoint(2_000_000_000, None);
+    assert_eq!(r.checkpoint_grace.forfeited_in, Some(0));
+    let c = crypto();
+    let config = r.config().clone();
+    // Our UIs so far: COMMITs 1..=4 and the CHECKPOINT for 4.
+    let mut counter = 6;
+    let now = 100_000_000_000;
+    let mut outs = r.step(Input::Tick { now_ns: now });
+    for n in 5..=8 {
+        let mut p = prepare(&c, &config, 0, n, n as u8, n);
+        p.header.timestamp_ns = now + n;
+        p.ui.cert = c.ui_cert(0, n, &UiMessage::Prepare(p.clone()).certified_digest());
+        outs.extend(step_peer(
+            &c,
+            &mut r,
+            0,
+            PeerMessage::Ui(UiMessage::Prepare(p)),
+        ));
+        // Answer every UI asked for, and complete every batch handed over.
+        while let Some(i) = outs
+            .iter()
+            .position(|o| matches!(o, Output::CreateUi { .. } | Output::Execute { .. }))
+        {
+            let more = match outs.remove(i) {
+                Output::CreateUi { digest } => {
+                    let ui = Ui {
+                        counter,
+                        cert: c.ui_cert(1, counter, &digest),
+                    };
+                    counter += 1;
+                    r.step(Input::UiCreated(ui))
+                }
+                Output::Execute { n, requests, .. } => r.step(Input::Executed {
+                    n,
+                    results: vec![Vec::new(); requests.len()],
+                    app_digest: config.is_checkpoint(n).then_some([0; 32]),
+                }),
+                _ => unreachable!(),
+            };
+            outs.extend(more);
+        }
+    }
+    assert_eq!(r.checkpoint_grace.n, 8, "{:?}", r.checkpoint_grace);
+    assert_eq!(r.checkpoint_grace.capture_from_ns, None);
 }
