@@ -422,7 +422,9 @@ fn correct_replicas_vote_the_same_checkpoint_digests() {
 ///   (installed by state transfer);
 /// - f = 2, seed 30053 (a replica re-basing over messages it sent): a replica that entered
 ///   the new view by state transfer judged the primary's first fresh timestamp against
-///   its own proposals of the old view and refused it.
+///   its own proposals of the old view and refused it;
+/// - f = 2, seed 60215 (re-basing over sent messages): a replica still in the old view,
+///   not in a view change, refused the NEW-VIEW as void and never joined by certificate.
 #[test]
 fn a_correct_replica_left_behind_in_a_new_view_rejoins_it() {
     let lying = |o: &mut SimOptions| {
@@ -474,6 +476,19 @@ fn a_correct_replica_left_behind_in_a_new_view_rejoins_it() {
         o.disk_loss = true;
     });
     assert_eq!(below_stable.completed_requests, 80);
+
+    // A replica cut off during the change to view 1 stayed in view 0 for good: the
+    // others' VIEW-CHANGEs were void for it through their REBASEs, so it never gathered
+    // the requests to change view, refused the NEW-VIEW as resting on them, and joined
+    // by certificate only from inside a view change (seed 60215, f = 2; the clients
+    // stalled, as the new view lacked its COMMITs).
+    let behind = run_one(60215, 2, |o| o.byzantine = Some(Byzantine::RebaseOverSent));
+    assert_eq!(behind.completed_requests, 80);
+    assert!(
+        behind.dropped.contains_key("joined_view_by_certificate"),
+        "{:?}",
+        behind.dropped
+    );
 }
 
 /// A replica that lost its place in the primary's stream (a restart or a state transfer)

@@ -307,12 +307,20 @@ impl Replica {
     /// stable state, so we need nothing of it: we enter the view at our stable checkpoint,
     /// as a state transfer joins a view (`on_state_installed`), and accept the primary's
     /// fresh PREPAREs above it in stream order like everyone in that view.
+    ///
+    /// The same holds for a replica still in an older view, in any status: one cut off
+    /// while the others changed view, whose peers' VIEW-CHANGEs then became void for it
+    /// through their REBASEs, never gathered the requests to change view itself and
+    /// stayed in the old view while the new one lacked its COMMITs (simulator, seed
+    /// 60215 with f = 2 and `rebase-over-sent`). It moves to that view the way a state
+    /// transfer does (`on_state_installed`).
     pub(super) fn check_join_by_view_cert(&mut self) {
-        let view = self.view;
-        if self.status != Status::ViewChange
-            || self.void_new_view != Some(view)
-            || self.is_primary()
-        {
+        let Some(view) = self.void_new_view else {
+            return;
+        };
+        let behind = view > self.view;
+        let in_its_view_change = view == self.view && self.status == Status::ViewChange;
+        if !(behind || in_its_view_change) || self.config.primary(view) == self.id {
             return;
         }
         let Some(top) = self.view_certs.get(&view).map(|c| c.n) else {
@@ -330,6 +338,11 @@ impl Replica {
         if self.stable.n < top || self.executed_n != self.stable.n || self.exec_n != self.executed_n
         {
             return;
+        }
+        if behind {
+            self.view = view;
+            self.outputs
+                .push(Output::Persist(PersistRecord::View(view)));
         }
         self.outputs
             .push(Output::Persist(PersistRecord::NewViewAccepted(view)));
