@@ -378,10 +378,19 @@ fn a_primary_killed_right_after_an_early_prepare_has_it_in_its_log() {
         let config = ClusterConfig::load(&up.dir.join("cluster.toml")).expect("config");
         let key_file = config.replica_secrets(0).expect("secrets").usig_key_file;
         let key = usig::SigningKey::read_file(&key_file).expect("USIG key");
-        let spent = usig::SoftwareUsig::open(&up.replica_dir(0).join("usig"), 0, key.pkcs8())
-            .expect("USIG state of replica 0")
-            .spent_counter()
-            .expect("counter");
+        // The aborted process may still hold the USIG's lock for a moment on a loaded
+        // machine (seen once while simulator runs shared the cores): wait for it to go.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut usig = loop {
+            match usig::SoftwareUsig::open(&up.replica_dir(0).join("usig"), 0, key.pkcs8()) {
+                Err(usig::UsigError::Locked { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                r => break r.expect("USIG state of replica 0"),
+            }
+        };
+        let spent = usig.spent_counter().expect("counter");
+        drop(usig);
         assert!(
             spent >= counter,
             "USIG file at {spent}, PREPARE {counter} left"
