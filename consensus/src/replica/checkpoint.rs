@@ -367,6 +367,14 @@ impl Replica {
             return;
         }
         self.outputs.push(Output::FetchState { cert: cert.clone() });
+        // Peers serve only their stable checkpoint. One that executed n but never saw
+        // f+1 CHECKPOINTs for it (a sender's CHECKPOINT became void for it through that
+        // sender's REBASE) holds the state but would not serve it; with the certificate
+        // it makes n stable (`consider_cert`) and can (simulator, seed 115008 with f = 2:
+        // the two replicas that held the state had 8 as stable, the two that needed it
+        // asked for 16 for good, and the view change lacked them).
+        self.outputs
+            .push(Output::Broadcast(PeerMessage::Cert(cert.clone())));
         self.state_transfer = Some(super::checkpoint::Transfer {
             cert,
             started_tick: self.ticks,
