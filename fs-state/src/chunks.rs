@@ -240,9 +240,7 @@ impl ChunkStore {
     /// Stores `data` under its hash, unless present. Not durable until `sync`.
     pub fn put(&mut self, data: &[u8]) -> std::io::Result<Hash> {
         let h = digest::chunk_hash(data);
-        if !self.index.contains_key(&h) {
-            self.append(&h, data)?;
-        }
+        self.put_hashed(&h, data)?;
         Ok(h)
     }
 

@@ -248,7 +248,7 @@ impl FileStateMachine {
                     self.mark_suspect(id);
                     break;
                 }
-                self.store.put(&buf).ctx("store chunk")?;
+                self.store.put_hashed(&h, &buf).ctx("store chunk")?;
             }
         }
         stats.copy_us = started.elapsed().as_micros() as u64;
@@ -405,7 +405,7 @@ impl FileStateMachine {
         if data.len() as u64 > CHUNK_BYTES || digest::chunk_hash(data) != *h {
             return Ok(false);
         }
-        self.store.put(data).ctx("store fetched chunk")?;
+        self.store.put_hashed(h, data).ctx("store fetched chunk")?;
         Ok(true)
     }
 
