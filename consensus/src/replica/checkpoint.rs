@@ -174,9 +174,6 @@ impl Replica {
             }
             return Flow::Done;
         }
-        if let Some(seen) = self.peer_checkpoint_n.get_mut(c.sender as usize) {
-            *seen = (*seen).max(c.n);
-        }
         // Far-future checkpoints cannot come from a correct replica in step with us (it
         // is at most a few intervals ahead, bounded by the pipeline); not keeping them
         // bounds the vote table against a faulty sender.

@@ -324,8 +324,6 @@ pub struct Replica {
     /// answer (`Replica::ask_digest`).
     digest_asked: Option<SeqNum>,
     behind_since_tick: Option<u64>,
-    /// The highest periodic CHECKPOINT each replica sent us.
-    peer_checkpoint_n: Vec<SeqNum>,
     /// Extra time the primary gets to finish a checkpoint we finished (`normal.rs`).
     checkpoint_grace: normal::CheckpointGrace,
 
@@ -435,7 +433,6 @@ impl Replica {
             cert_awaiting_digest: None,
             digest_asked: None,
             behind_since_tick: None,
-            peer_checkpoint_n: vec![0; n],
             checkpoint_grace: normal::CheckpointGrace::default(),
             requested_view: vec![0; n],
             resent: BTreeMap::new(),

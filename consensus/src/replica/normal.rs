@@ -674,7 +674,14 @@ impl Replica {
             return;
         }
         let primary = self.config.primary(self.view);
-        if primary == self.id || self.peer_checkpoint_n[primary as usize] >= grace.n {
+        // Its CHECKPOINT at or above n, processed in its stream (kept down to the
+        // stable checkpoint, which n is at or above).
+        let sent = self.streams[primary as usize]
+            .checkpoint_counters
+            .range(grace.n..)
+            .next()
+            .is_some();
+        if primary == self.id || sent {
             grace.ticks_left = 0;
             return;
         }
