@@ -426,6 +426,27 @@ fn correct_replicas_vote_the_same_checkpoint_digests() {
 /// - f = 2, seed 60215 (re-basing over sent messages): a replica still in the old view,
 ///   not in a view change, refused the NEW-VIEW as void and never joined by certificate.
 #[test]
+fn a_replica_cut_off_from_every_peer_keeps_its_gaps_open() {
+    // Replicas 0 and 2 (correct) are isolated for about 130 ticks while the others
+    // change view. Before the gap clock stopped during such silence, replica 2 gave its
+    // gaps up as unfillable, resumed its peers' streams past view 1's NEW-VIEW, stayed
+    // in view 0 behind PREPAREs of view 1, and without it (replica 4 corrupted, 3
+    // re-basing) no view could complete.
+    let r = run_one(90186, 2, |o| {
+        o.byzantine = Some(Byzantine::BadStateTransfer);
+        o.usig_gaps = true;
+        o.disk_loss = true;
+        o.corrupt_state_at = Some(100);
+    });
+    assert_eq!(r.completed_requests, 80);
+    assert!(
+        r.dropped.contains_key("gaps_held_while_cut_off"),
+        "{:?}",
+        r.dropped
+    );
+}
+
+#[test]
 fn a_correct_replica_left_behind_in_a_new_view_rejoins_it() {
     let lying = |o: &mut SimOptions| {
         o.byzantine = Some(Byzantine::LyingReplies);

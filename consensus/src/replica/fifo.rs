@@ -228,6 +228,29 @@ impl Replica {
     /// Asks for missing messages; suspects a sender whose gap never closes.
     pub(super) fn check_gaps(&mut self) {
         let primary = self.config.primary(self.view);
+        // Cut off from every peer (isolated, or its own links down), a replica learns
+        // nothing about whether its gaps can be filled: their clocks stop. Otherwise a
+        // partition longer than the give-up time below makes it skip messages its peers
+        // still hold, such as a NEW-VIEW, and stay behind in an old view (simulator,
+        // seed 90186 with f = 2 and bad state transfers). Status messages keep a
+        // connected replica hearing from its peers.
+        let quiet = self
+            .config
+            .status_interval_ticks
+            .max(self.config.fetch_timeout_ticks);
+        let silent_for = self.ticks.saturating_sub(self.peer_heard_tick);
+        if silent_for > quiet {
+            let mut open = false;
+            for s in &mut self.streams {
+                if let Some(t) = s.gap_since_tick.as_mut() {
+                    *t += 1;
+                    open = true;
+                }
+            }
+            if open && silent_for == quiet + 1 {
+                self.drop_input("gaps_held_while_cut_off");
+            }
+        }
         for j in 0..self.config.n() {
             if j == self.id {
                 continue;

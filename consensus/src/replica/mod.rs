@@ -268,6 +268,9 @@ pub struct Replica {
     status: Status,
     now_ns: u64,
     ticks: u64,
+    /// Tick of the last message from any peer: a gap in a stream only ages while the
+    /// replica hears from its peers (`check_gaps`).
+    peer_heard_tick: u64,
 
     // USIG: messages waiting for a UI; the head is outstanding when `ui_outstanding`.
     ui_queue: VecDeque<Intent>,
@@ -400,6 +403,7 @@ impl Replica {
             status: Status::Normal,
             now_ns: 0,
             ticks: 0,
+            peer_heard_tick: 0,
             ui_queue: VecDeque::new(),
             ui_outstanding: None,
             own_counter: recovered.usig_counter,
@@ -554,6 +558,7 @@ impl Replica {
     }
 
     fn on_peer(&mut self, from: ReplicaId, msg: PeerMessage) {
+        self.peer_heard_tick = self.ticks;
         match msg {
             PeerMessage::Ui(m) => self.receive_ui(m),
             PeerMessage::ReqViewChange { view, new_view } => {

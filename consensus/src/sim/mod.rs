@@ -339,6 +339,9 @@ impl Sim {
         while faulty.len() < opts.f as usize {
             faulty.insert(rng.range(0, u64::from(n) - 1) as ReplicaId);
         }
+        if debug {
+            eprintln!("faulty replicas {faulty:?} ({:?})", opts.byzantine);
+        }
         let new_core = |i: ReplicaId| {
             let mut core = Replica::new(i, opts.config.clone(), Box::new(crypto.clone()));
             if faulty.contains(&i) && opts.byzantine == Some(Byzantine::BadNewView) {
@@ -881,53 +884,58 @@ impl Sim {
     fn trace_delivery(&mut self, from: Node, to: Node, msg: &NetMsg) {
         if self.debug {
             let brief = match msg {
-                NetMsg::Peer(PeerMessage::Ui(m)) => match m {
-                    UiMessage::Prepare(p) => format!(
-                        "PREPARE v{} n{} c{} reqs{} d{}",
-                        p.header.view,
-                        p.header.n,
-                        p.ui.counter,
-                        p.batch.requests.len(),
-                        p.header.batch_digest[0]
-                    ),
-                    UiMessage::Commit(c) => format!(
-                        "COMMIT v{} n{} c{}",
-                        c.header.view, c.header.n, c.ui.counter
-                    ),
-                    UiMessage::Checkpoint(c) => format!("CHECKPOINT n{} c{}", c.n, c.ui.counter),
-                    UiMessage::ViewChange(vc) => format!(
-                        "VIEW-CHANGE v{} base{} acc{:?} certs{:?} c{}",
-                        vc.new_view,
-                        vc.cert.n,
-                        vc.accepted
-                            .iter()
-                            .map(|p| (
-                                p.header.view,
-                                p.header.n,
-                                p.header.batch_digest[0],
-                                p.ui.counter
-                            ))
-                            .collect::<Vec<_>>(),
-                        vc.view_certs
-                            .iter()
-                            .map(|c| (c.view_top, c.n))
-                            .collect::<Vec<_>>(),
-                        vc.ui.counter
-                    ),
-                    UiMessage::NewView(nv) => format!(
-                        "NEW-VIEW v{} base{} S{:?} c{}",
-                        nv.new_view,
-                        nv.base,
-                        nv.reproposals
-                            .iter()
-                            .map(|r| (r.n, r.batch_digest[0]))
-                            .collect::<Vec<_>>(),
-                        nv.ui.counter
-                    ),
-                    UiMessage::Rebase(r) => {
-                        format!("REBASE last_logged{} c{}", r.last_logged, r.ui.counter)
-                    }
-                },
+                NetMsg::Peer(PeerMessage::Ui(m)) => format!(
+                    "{}@{}",
+                    match m {
+                        UiMessage::Prepare(p) => format!(
+                            "PREPARE v{} n{} c{} reqs{} d{}",
+                            p.header.view,
+                            p.header.n,
+                            p.ui.counter,
+                            p.batch.requests.len(),
+                            p.header.batch_digest[0]
+                        ),
+                        UiMessage::Commit(c) => format!(
+                            "COMMIT v{} n{} c{}",
+                            c.header.view, c.header.n, c.ui.counter
+                        ),
+                        UiMessage::Checkpoint(c) =>
+                            format!("CHECKPOINT n{} c{}", c.n, c.ui.counter),
+                        UiMessage::ViewChange(vc) => format!(
+                            "VIEW-CHANGE v{} base{} acc{:?} certs{:?} c{}",
+                            vc.new_view,
+                            vc.cert.n,
+                            vc.accepted
+                                .iter()
+                                .map(|p| (
+                                    p.header.view,
+                                    p.header.n,
+                                    p.header.batch_digest[0],
+                                    p.ui.counter
+                                ))
+                                .collect::<Vec<_>>(),
+                            vc.view_certs
+                                .iter()
+                                .map(|c| (c.view_top, c.n))
+                                .collect::<Vec<_>>(),
+                            vc.ui.counter
+                        ),
+                        UiMessage::NewView(nv) => format!(
+                            "NEW-VIEW v{} base{} S{:?} c{}",
+                            nv.new_view,
+                            nv.base,
+                            nv.reproposals
+                                .iter()
+                                .map(|r| (r.n, r.batch_digest[0]))
+                                .collect::<Vec<_>>(),
+                            nv.ui.counter
+                        ),
+                        UiMessage::Rebase(r) => {
+                            format!("REBASE last_logged{} c{}", r.last_logged, r.ui.counter)
+                        }
+                    },
+                    m.sender()
+                ),
                 NetMsg::Peer(PeerMessage::Status { .. }) => return,
                 NetMsg::Peer(p) => format!("{p:?}").chars().take(100).collect(),
                 NetMsg::Request(r) => format!("REQUEST c{} s{} ro{}", r.client, r.seq, r.read_only),
