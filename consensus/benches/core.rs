@@ -100,7 +100,7 @@ impl Cluster {
                 client: c,
                 seq: self.seq,
                 read_only: false,
-                op: vec![0; 8],
+                op: vec![0; 8].into(),
                 sig: vec![],
             };
             for i in 0..3 {

@@ -83,7 +83,7 @@ impl Client {
             client: self.id,
             seq: self.next_seq,
             read_only,
-            op,
+            op: op.into(),
             sig: Vec::new(),
         };
         self.next_seq += 1;

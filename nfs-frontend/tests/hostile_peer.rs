@@ -198,7 +198,7 @@ fn a_late_first_copy_is_dropped_and_a_resend_is_answered() {
             client: 2 * nfs_frontend::config::SESSION_STRIDE,
             seq: 1,
             read_only: false,
-            op: Vec::new(),
+            op: Default::default(),
             sig: Vec::new(),
         };
         req.sig = signer.sign(&req.digest());

@@ -25,7 +25,7 @@ fn prepare(
         client: u64::from(tag),
         seq: n,
         read_only: false,
-        op: vec![tag],
+        op: vec![tag].into(),
         sig: vec![],
     };
     req.sig = c.sign_request(req.client, &req.digest());
@@ -102,7 +102,7 @@ proptest! {
         match field {
             0 => { if let Some(b) = p.ui.cert.get_mut(byte % 32) { *b ^= flip; } }
             1 => p.header.n = p.header.n.wrapping_add(u64::from(flip)),
-            2 => { if let Some(r) = p.batch.requests.get_mut(0) { r.op.push(flip); } }
+            2 => { if let Some(r) = p.batch.requests.get_mut(0) { let mut op = r.op.to_vec(); op.push(flip); r.op = op.into(); } }
             _ => p.ui.counter = p.ui.counter.wrapping_add(u64::from(flip)),
         }
         let mut r = Replica::new(1, config.clone(), Box::new(c.clone()));
@@ -135,7 +135,7 @@ fn oversized_request_is_rejected() {
         client: 1,
         seq: 1,
         read_only: false,
-        op: vec![0; 5],
+        op: vec![0; 5].into(),
         sig: vec![],
     };
     req.sig = c.sign_request(1, &req.digest());
@@ -159,7 +159,7 @@ fn a_batch_of_one_request_is_bounded_by_the_request_limit() {
             client,
             seq: 1,
             read_only: false,
-            op: vec![7; len],
+            op: vec![7; len].into(),
             sig: vec![],
         };
         req.sig = c.sign_request(client, &req.digest());
@@ -349,7 +349,7 @@ fn sized_read_request(c: &SimCrypto, config: &Config, client: ClientId, bytes: u
         client,
         seq: 1,
         read_only: true,
-        op: vec![9; bytes],
+        op: vec![9; bytes].into(),
         sig: vec![],
     };
     req.sig = c.sign_request(client, &req.digest());
@@ -545,7 +545,7 @@ fn a_request_before_the_first_tick_is_proposed_with_the_first_clock_reading() {
         client: 7,
         seq: 1,
         read_only: false,
-        op: vec![1],
+        op: vec![1].into(),
         sig: vec![],
     };
     req.sig = c.sign_request(req.client, &req.digest());
@@ -910,7 +910,7 @@ fn a_primary_proposes_waiting_requests_oldest_first() {
             client,
             seq: 1,
             read_only: false,
-            op: vec![1],
+            op: vec![1].into(),
             sig: vec![],
         };
         req.sig = c.sign_request(client, &req.digest());
@@ -992,7 +992,7 @@ fn backup_suspecting_after_a_checkpoint(
         client: 50,
         seq: 1,
         read_only: false,
-        op: vec![1],
+        op: vec![1].into(),
         sig: vec![],
     };
     req.sig = c.sign_request(req.client, &req.digest());

@@ -300,7 +300,7 @@ mod tests {
             client: 1,
             seq: 1,
             read_only: false,
-            op: encode_op(&AuthUnix::root(), op),
+            op: encode_op(&AuthUnix::root(), op).into(),
             sig: Vec::new(),
         }
     }

@@ -341,7 +341,7 @@ mod tests {
         Request {
             client,
             seq,
-            op: Vec::new(),
+            op: Default::default(),
             read_only: true,
             sig: Vec::new(),
         }
@@ -431,7 +431,7 @@ mod tests {
         let mut held = 0usize;
         for seq in 0..256 {
             let mut req = read_only_request(7, seq);
-            req.op = vec![0; 1 << 20];
+            req.op = vec![0; 1 << 20].into();
             if v.defer(Job::Request(req)).is_some() {
                 break;
             }
