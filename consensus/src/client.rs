@@ -109,7 +109,16 @@ impl Client {
             return Vec::new();
         }
         // Hashed once, for the MAC and the comparison (a READ's result is up to 1 MiB).
-        let d = result_digest(&reply.result);
+        // A reply that leaves its result out carries the digest instead (read-only
+        // replies from all but the designated replier); it must carry nothing else.
+        let d = match reply.omitted {
+            Some(_) if !reply.result.is_empty() || !o.request.read_only => {
+                self.rejected_replies += 1;
+                return Vec::new();
+            }
+            Some(d) => d,
+            None => result_digest(&reply.result),
+        };
         if !crypto.verify_reply_mac(reply.replica, self.id, &reply.mac_bytes_of(&d), &reply.mac) {
             self.rejected_replies += 1;
             return Vec::new();
@@ -122,19 +131,24 @@ impl Client {
         {
             o.results.remove(&old);
         }
-        o.results.entry(d).or_insert_with(|| reply.result.clone());
+        if reply.omitted.is_none() {
+            o.results.entry(d).or_insert_with(|| reply.result.clone());
+        }
         let needed = if o.request.read_only {
             self.config.n() as usize
         } else {
             self.config.quorum()
         };
         let matching = o.replies.values().filter(|&&x| x == d).count();
-        if matching >= needed {
-            let result = o.results.remove(&d).expect("result recorded above");
+        if matching >= needed
+            && let Some(result) = o.results.remove(&d)
+        {
             let seq = o.request.seq;
             self.outstanding = None;
             return vec![ClientOutput::Done { seq, result }];
         }
+        // Every replica answered a read-only request, and they disagree or nobody sent
+        // the result itself (the designated replier left it out): order it instead.
         if o.request.read_only && o.replies.len() == self.config.n() as usize {
             return self.fall_back_to_ordered();
         }
@@ -180,10 +194,125 @@ mod tests {
             seq,
             read_only: false,
             result,
+            omitted: None,
             mac: [0; 32],
         };
         r.mac = crypto.reply_mac(replica, 7, &r.mac_bytes());
         r
+    }
+
+    /// A read-only reply as a replica sends it: the whole result from the designated
+    /// replier, its digest from the others.
+    fn read_reply(crypto: &SimCrypto, replica: ReplicaId, seq: u64, result: &[u8]) -> Reply {
+        let mut r = reply(crypto, replica, seq, result.to_vec());
+        r.read_only = true;
+        if crate::message::read_only_replier(7, seq, 3) != replica {
+            r.omitted = Some(result_digest(&r.result));
+            r.result.clear();
+        }
+        r.mac = crypto.reply_mac(replica, 7, &r.mac_bytes());
+        r
+    }
+
+    fn submit_read(c: &mut Client) -> u64 {
+        match c.submit(b"r".to_vec(), true).as_slice() {
+            [ClientOutput::Send(r)] if r.read_only => r.seq,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// A read completes on 2f+1 matching digests once one of them came with the result,
+    /// whichever order they arrive in.
+    #[test]
+    fn a_read_completes_on_all_digests_and_the_designated_replicas_result() {
+        let crypto = SimCrypto::new([3; 32]);
+        for designated_last in [false, true] {
+            let mut c = Client::new(7, Config::new(1), 1, 10);
+            let seq = submit_read(&mut c);
+            let designated = crate::message::read_only_replier(7, seq, 3);
+            let mut order: Vec<ReplicaId> = (0..3).filter(|&i| i != designated).collect();
+            if designated_last {
+                order.push(designated);
+            } else {
+                order.insert(0, designated);
+            }
+            let (last, first) = order.split_last().expect("three");
+            for &i in first {
+                assert!(
+                    c.on_reply(&crypto, &read_reply(&crypto, i, seq, b"data"))
+                        .is_empty()
+                );
+            }
+            assert_eq!(
+                c.on_reply(&crypto, &read_reply(&crypto, *last, seq, b"data")),
+                [ClientOutput::Done {
+                    seq,
+                    result: b"data".to_vec()
+                }]
+            );
+        }
+    }
+
+    /// All digests agree but nobody sent the result (the designated replier left it
+    /// out too): the read is ordered instead. A designated replier whose result does
+    /// not match the others' digests gets the same.
+    #[test]
+    fn a_read_without_its_result_or_with_a_wrong_one_is_ordered_instead() {
+        let crypto = SimCrypto::new([3; 32]);
+        let mut c = Client::new(7, Config::new(1), 1, 10);
+        let seq = submit_read(&mut c);
+        let designated = crate::message::read_only_replier(7, seq, 3);
+        for i in 0..3 {
+            let mut r = read_reply(&crypto, i, seq, b"data");
+            if i == designated {
+                r.omitted = Some(result_digest(&r.result));
+                r.result.clear();
+                r.mac = crypto.reply_mac(i, 7, &r.mac_bytes());
+            }
+            let out = c.on_reply(&crypto, &r);
+            if i < 2 {
+                assert!(out.is_empty());
+            } else {
+                assert!(matches!(out.as_slice(), [ClientOutput::Send(q)] if !q.read_only));
+            }
+        }
+
+        let mut c = Client::new(7, Config::new(1), 1, 10);
+        let seq = submit_read(&mut c);
+        let designated = crate::message::read_only_replier(7, seq, 3);
+        let mut outs = Vec::new();
+        for i in 0..3 {
+            let result: &[u8] = if i == designated { b"lie" } else { b"data" };
+            outs.push(c.on_reply(&crypto, &read_reply(&crypto, i, seq, result)));
+        }
+        assert!(matches!(outs[2].as_slice(), [ClientOutput::Send(q)] if !q.read_only));
+    }
+
+    /// A reply that leaves its result out must carry nothing else, and only read-only
+    /// replies may leave it out.
+    #[test]
+    fn malformed_digest_only_replies_are_rejected() {
+        let crypto = SimCrypto::new([3; 32]);
+        let mut c = Client::new(7, Config::new(1), 1, 10);
+        let seq = submit_read(&mut c);
+        let designated = crate::message::read_only_replier(7, seq, 3);
+        let other = (designated + 1) % 3;
+        let mut r = read_reply(&crypto, other, seq, b"data");
+        r.result = b"extra".to_vec();
+        r.mac = crypto.reply_mac(other, 7, &r.mac_bytes());
+        assert!(c.on_reply(&crypto, &r).is_empty());
+        assert_eq!(c.rejected_replies(), 1);
+
+        let mut w = Client::new(7, Config::new(1), 1, 10);
+        let seq = match w.submit(b"w".to_vec(), false).as_slice() {
+            [ClientOutput::Send(r)] => r.seq,
+            other => panic!("unexpected {other:?}"),
+        };
+        let mut r = reply(&crypto, 0, seq, Vec::new());
+        r.omitted = Some(result_digest(b"ok"));
+        r.mac = crypto.reply_mac(0, 7, &r.mac_bytes());
+        assert!(w.on_reply(&crypto, &r).is_empty());
+        assert_eq!(w.rejected_replies(), 1);
     }
 
     /// The first send of a request and its re-sends are told apart (a runtime marks a

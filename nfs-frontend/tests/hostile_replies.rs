@@ -125,6 +125,7 @@ fn a_replica_flooding_large_replies_does_not_grow_the_client() {
                 seq: req.seq,
                 read_only: false,
                 result: vec![7; REPLY_BYTES],
+                omitted: None,
                 mac: [0; 32],
             }));
             // With the budget, the client stops reading and these writes stall.

@@ -12,7 +12,9 @@ use super::{
     HELD_READ_BYTES_MAX, HELD_READS_MAX, HeldRead, Intent, Output, PendingRequest, READ_HOLD_TICKS,
     Replica, Slot, Status,
 };
-use crate::message::{Batch, Commit, Prepare, PrepareHeader, Reply, Request};
+use crate::message::{
+    Batch, Commit, Prepare, PrepareHeader, Reply, Request, read_only_replier, result_digest,
+};
 use crate::types::{ClientId, Digest, SeqNum, View};
 
 impl Replica {
@@ -556,7 +558,12 @@ impl Replica {
     }
 
     pub(super) fn on_read_only_executed(&mut self, client: ClientId, seq: u64, result: Vec<u8>) {
-        self.send_reply(client, seq, true, result);
+        if read_only_replier(client, seq, self.config.n()) == self.id {
+            self.reply_with(client, seq, true, result, None);
+        } else {
+            let digest = result_digest(&result);
+            self.reply_with(client, seq, true, Vec::new(), Some(digest));
+        }
     }
 
     pub(super) fn send_reply(
@@ -566,6 +573,17 @@ impl Replica {
         read_only: bool,
         result: Vec<u8>,
     ) {
+        self.reply_with(client, seq, read_only, result, None);
+    }
+
+    fn reply_with(
+        &mut self,
+        client: ClientId,
+        seq: u64,
+        read_only: bool,
+        result: Vec<u8>,
+        omitted: Option<Digest>,
+    ) {
         let mut reply = Reply {
             view: self.view,
             replica: self.id,
@@ -573,6 +591,7 @@ impl Replica {
             seq,
             read_only,
             result,
+            omitted,
             mac: [0; 32],
         };
         reply.mac = self.crypto.reply_mac(self.id, client, &reply.mac_bytes());

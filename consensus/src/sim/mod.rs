@@ -1140,7 +1140,10 @@ impl Sim {
                             | Byzantine::ViewChangeBait
                     )
                 ) {
-                    reply.result.extend_from_slice(b"LIE");
+                    match reply.omitted.as_mut() {
+                        Some(d) => d[0] ^= 1,
+                        None => reply.result.extend_from_slice(b"LIE"),
+                    }
                     reply.mac = self.crypto.reply_mac(i, reply.client, &reply.mac_bytes());
                 }
                 let k = reply.client as usize;
