@@ -73,6 +73,14 @@ impl Replica {
         own.next = recovered.usig_counter + 1;
         for m in &recovered.sent {
             own.retained.insert(m.counter(), m.clone());
+            // Where our stream resumes for a peer that restarted too, or whose stable
+            // certificate lacks our CHECKPOINT (`on_fetch_from_checkpoint`). Unknown,
+            // every peer missing it waited for our next CHECKPOINT, which an idle
+            // cluster only reaches by filling empty batches, and the first requests
+            // after a restart of the whole cluster timed out into a view change.
+            if let UiMessage::Checkpoint(cp) = m {
+                own.checkpoint_counters.insert(cp.n, m.counter());
+            }
         }
         // Accepted PREPAREs are the primary's votes; our own COMMITs are ours.
         for p in &recovered.accepted {
