@@ -603,7 +603,7 @@ fn a_whole_cluster_restarted_on_its_data_stays_in_its_view() {
         let before = cluster.stop().expect("stop");
         let executed = before[0].executed_n;
         assert!(
-            executed % K != 0 && executed > K,
+            !executed.is_multiple_of(K) && executed > K,
             "no batches above a checkpoint ({executed}): change the file count"
         );
         assert!(before.iter().all(|s| s.view == 0), "{before:?}");
