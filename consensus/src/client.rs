@@ -42,6 +42,8 @@ pub struct Client {
     ticks: u64,
     outstanding: Option<Outstanding>,
     rejected_replies: u64,
+    reads_unordered: u64,
+    reads_ordered: u64,
 }
 
 impl Client {
@@ -56,6 +58,8 @@ impl Client {
             ticks: 0,
             outstanding: None,
             rejected_replies: 0,
+            reads_unordered: 0,
+            reads_ordered: 0,
         }
     }
 
@@ -71,6 +75,11 @@ impl Client {
     /// Replies dropped for a bad MAC or for not matching the outstanding request.
     pub fn rejected_replies(&self) -> u64 {
         self.rejected_replies
+    }
+    /// Read-only requests completed without ordering, and those sent to be ordered
+    /// instead (their replies disagreed, lacked the result, or did not all come).
+    pub fn reads(&self) -> (u64, u64) {
+        (self.reads_unordered, self.reads_ordered)
     }
 
     /// Starts a request. Panics if one is outstanding (a programming error).
@@ -144,6 +153,7 @@ impl Client {
             && let Some(result) = o.results.remove(&d)
         {
             let seq = o.request.seq;
+            self.reads_unordered += u64::from(o.request.read_only);
             self.outstanding = None;
             return vec![ClientOutput::Done { seq, result }];
         }
@@ -172,6 +182,7 @@ impl Client {
 
     /// Read-only replies disagreed or did not all come: order it like a write.
     fn fall_back_to_ordered(&mut self) -> Vec<ClientOutput> {
+        self.reads_ordered += 1;
         let o = self.outstanding.as_mut().expect("outstanding");
         o.request.read_only = false;
         o.replies.clear();

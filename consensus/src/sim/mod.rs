@@ -191,6 +191,9 @@ pub struct SimReport {
     /// when the long-crashed replica restarted, and the ticks it took to execute all
     /// they had.
     pub idle_catch_up: Option<(u64, u64)>,
+    /// Read-only requests completed without ordering, and those the clients sent to
+    /// be ordered instead, over all clients.
+    pub reads: (u64, u64),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -509,6 +512,10 @@ impl Sim {
                 .idle_restart
                 .zip(self.idle_caught_up)
                 .map(|((_, tail), ticks)| (tail, ticks)),
+            reads: self.clients.iter().fold((0, 0), |(u, o), c| {
+                let (cu, co) = c.core.reads();
+                (u + cu, o + co)
+            }),
             corruption_repaired: self.replicas.iter().any(|r| r.corrupted).then(|| {
                 self.replicas
                     .iter()
