@@ -407,24 +407,6 @@ fn correct_replicas_vote_the_same_checkpoint_digests() {
     }
 }
 
-/// With f replicas lying in their replies, clients need every correct replica, so one
-/// correct replica left behind stops them. Ways it once stayed behind for good (the
-/// seeds' own options; the simulator's liveness check fails each on the code before):
-/// - f = 2, seed 10186 (lying replies, a USIG gap, a corrupted state): it refused the
-///   NEW-VIEW the others adopted, because it had skipped (as void, after a REBASE) one of
-///   its VIEW-CHANGEs; it now joins that view by the view-top certificate once its
-///   stable checkpoint reaches the top, and then takes the primary's fresh PREPAREs
-///   (it starts over from its stable state: no batch of the old view above it, no old
-///   clock reference, so none looks like equivocation or a timestamp going back);
-/// - f = 3, seed 586 (same options): its stream of the primary resumed at the view-top
-///   CHECKPOINT past re-proposals it still lacked, and it refused the fresh PREPAREs
-///   after the top as out of order; it now defers them until it stands at the top
-///   (installed by state transfer);
-/// - f = 2, seed 30053 (a replica re-basing over messages it sent): a replica that entered
-///   the new view by state transfer judged the primary's first fresh timestamp against
-///   its own proposals of the old view and refused it;
-/// - f = 2, seed 60215 (re-basing over sent messages): a replica still in the old view,
-///   not in a view change, refused the NEW-VIEW as void and never joined by certificate.
 /// With nothing failing, reads complete on the read-only path: every replica answers
 /// (one with the result, the others with its digest) and the answers match. A read
 /// sent while a write to its key is still being executed may see replicas disagree
@@ -470,6 +452,24 @@ fn a_replica_cut_off_from_every_peer_keeps_its_gaps_open() {
     );
 }
 
+/// With f replicas lying in their replies, clients need every correct replica, so one
+/// correct replica left behind stops them. Ways it once stayed behind for good (the
+/// seeds' own options; the simulator's liveness check fails each on the code before):
+/// - f = 2, seed 10186 (lying replies, a USIG gap, a corrupted state): it refused the
+///   NEW-VIEW the others adopted, because it had skipped (as void, after a REBASE) one of
+///   its VIEW-CHANGEs; it now joins that view by the view-top certificate once its
+///   stable checkpoint reaches the top, and then takes the primary's fresh PREPAREs
+///   (it starts over from its stable state: no batch of the old view above it, no old
+///   clock reference, so none looks like equivocation or a timestamp going back);
+/// - f = 3, seed 586 (same options): its stream of the primary resumed at the view-top
+///   CHECKPOINT past re-proposals it still lacked, and it refused the fresh PREPAREs
+///   after the top as out of order; it now defers them until it stands at the top
+///   (installed by state transfer);
+/// - f = 2, seed 30053 (a replica re-basing over messages it sent): a replica that entered
+///   the new view by state transfer judged the primary's first fresh timestamp against
+///   its own proposals of the old view and refused it;
+/// - f = 2, seed 60215 (re-basing over sent messages): a replica still in the old view,
+///   not in a view change, refused the NEW-VIEW as void and never joined by certificate.
 #[test]
 fn a_correct_replica_left_behind_in_a_new_view_rejoins_it() {
     let lying = |o: &mut SimOptions| {
