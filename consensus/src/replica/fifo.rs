@@ -251,7 +251,7 @@ impl Replica {
             let mut open = false;
             for s in &mut self.streams {
                 if let Some(t) = s.gap_since_tick.as_mut() {
-                    *t += 1;
+                    *t = (*t + 1).min(self.ticks);
                     open = true;
                 }
             }
