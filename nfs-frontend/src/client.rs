@@ -331,7 +331,17 @@ impl Engine {
         for t in tasks {
             t.abort();
         }
-        debug!(client = self.client, "client engine stopped");
+        // Reads that went down the ordered path after all (replies that disagreed, a
+        // missing result, a timeout) cost an ordering each: worth seeing in the logs.
+        let (reads_unordered, reads_ordered) = self
+            .sessions
+            .iter()
+            .map(Client::reads)
+            .fold((0, 0), |(u, o), (su, so)| (u + su, o + so));
+        debug!(
+            client = self.client,
+            reads_unordered, reads_ordered, "client engine stopped"
+        );
     }
 
     fn dispatch(&mut self) {
