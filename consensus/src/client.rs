@@ -82,6 +82,14 @@ impl Client {
         (self.reads_unordered, self.reads_ordered)
     }
 
+    /// [`Client::reads`] summed over several sessions.
+    pub fn reads_of<'a>(sessions: impl IntoIterator<Item = &'a Client>) -> (u64, u64) {
+        sessions
+            .into_iter()
+            .map(Client::reads)
+            .fold((0, 0), |(u, o), (su, so)| (u + su, o + so))
+    }
+
     /// Starts a request. Panics if one is outstanding (a programming error).
     pub fn submit(&mut self, op: Vec<u8>, read_only: bool) -> Vec<ClientOutput> {
         assert!(
@@ -218,11 +226,18 @@ mod tests {
         let mut r = reply(crypto, replica, seq, result.to_vec());
         r.read_only = true;
         if crate::message::read_only_replier(7, seq, 3) != replica {
-            r.omitted = Some(result_digest(&r.result));
-            r.result.clear();
+            leave_result_out(crypto, &mut r);
+        } else {
+            r.mac = crypto.reply_mac(replica, 7, &r.mac_bytes());
         }
-        r.mac = crypto.reply_mac(replica, 7, &r.mac_bytes());
         r
+    }
+
+    /// Replaces `r`'s result by its digest and MACs it again.
+    fn leave_result_out(crypto: &SimCrypto, r: &mut Reply) {
+        r.omitted = Some(result_digest(&r.result));
+        r.result.clear();
+        r.mac = crypto.reply_mac(r.replica, 7, &r.mac_bytes());
     }
 
     fn submit_read(c: &mut Client) -> u64 {
@@ -276,9 +291,7 @@ mod tests {
         for i in 0..3 {
             let mut r = read_reply(&crypto, i, seq, b"data");
             if i == designated {
-                r.omitted = Some(result_digest(&r.result));
-                r.result.clear();
-                r.mac = crypto.reply_mac(i, 7, &r.mac_bytes());
+                leave_result_out(&crypto, &mut r);
             }
             let out = c.on_reply(&crypto, &r);
             if i < 2 {

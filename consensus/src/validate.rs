@@ -103,10 +103,16 @@ pub fn request(
 }
 
 fn request_ref(config: &Config, crypto: &dyn Crypto, req: &Request) -> Result<(), Reject> {
+    request_size(config, req)?;
+    request_signed(crypto, req, &req.digest())
+}
+
+/// A request's operation is within `request_bytes_max` (checked before it is hashed).
+fn request_size(config: &Config, req: &Request) -> Result<(), Reject> {
     if req.op.len() > config.request_bytes_max {
         return Err(Reject::RequestTooLarge);
     }
-    request_signed(crypto, req, &req.digest())
+    Ok(())
 }
 
 /// The request's signature (or read-only authenticator) over its digest `d`.
@@ -173,12 +179,8 @@ fn prepare_body(config: &Config, crypto: &dyn Crypto, p: &Prepare) -> Result<(),
     {
         return Err(Reject::BatchTooLarge);
     }
-    if p.batch
-        .requests
-        .iter()
-        .any(|r| r.op.len() > config.request_bytes_max)
-    {
-        return Err(Reject::RequestTooLarge);
+    for r in &p.batch.requests {
+        request_size(config, r)?;
     }
     // Each request is hashed once, for the batch digest and its signature (a WRITE's
     // request is up to 1 MiB).

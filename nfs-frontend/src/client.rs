@@ -333,11 +333,7 @@ impl Engine {
         }
         // Reads that went down the ordered path after all (replies that disagreed, a
         // missing result, a timeout) cost an ordering each: worth seeing in the logs.
-        let (reads_unordered, reads_ordered) = self
-            .sessions
-            .iter()
-            .map(Client::reads)
-            .fold((0, 0), |(u, o), (su, so)| (u + su, o + so));
+        let (reads_unordered, reads_ordered) = Client::reads_of(&self.sessions);
         debug!(
             client = self.client,
             reads_unordered, reads_ordered, "client engine stopped"

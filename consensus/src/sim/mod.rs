@@ -512,10 +512,7 @@ impl Sim {
                 .idle_restart
                 .zip(self.idle_caught_up)
                 .map(|((_, tail), ticks)| (tail, ticks)),
-            reads: self.clients.iter().fold((0, 0), |(u, o), c| {
-                let (cu, co) = c.core.reads();
-                (u + cu, o + co)
-            }),
+            reads: Client::reads_of(self.clients.iter().map(|c| &c.core)),
             corruption_repaired: self.replicas.iter().any(|r| r.corrupted).then(|| {
                 self.replicas
                     .iter()
