@@ -12,7 +12,7 @@
 //! escape the export), `perm` (Unix permissions), `dir` (listings and cookies), `apply`
 //! (the procedures), `digest` (the Merkle tree), `state` (lifecycle, sync, digest),
 //! `recover` (crash check, snapshot, restore), `transfer` (chunked checkpoints, state
-//! transfer, self-repair), `chunks` (the chunk store's pack files).
+//! transfer, self-repair), `chunks` (the chunk store's pack files), `spare` (removed host objects kept for reuse).
 
 mod apply;
 mod chunks;
@@ -26,6 +26,7 @@ pub mod meta;
 pub mod ops;
 mod perm;
 mod recover;
+mod spare;
 mod state;
 pub mod transfer;
 
@@ -34,5 +35,6 @@ pub use digest::{DigestTree, Hash};
 pub use error::{FsError, LocalFault};
 pub use ops::*;
 pub use recover::{FsSnapshot, SnapshotFile};
+pub use spare::{SPARE_DIR, SPARES_MAX, SpareStats};
 pub use state::{EXPORT_DIR, FileStateMachine, META_DIR, SyncStats};
 pub use transfer::{CaptureStats, ChunkStore, FsManifest, InstallStats, ScrubStats};

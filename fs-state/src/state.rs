@@ -63,6 +63,8 @@ pub struct FileStateMachine {
     pub(crate) in_transfer: bool,
     /// Store each chunk in the chunk store as it is hashed (`store_chunks_when_hashing`).
     pub(crate) store_when_hashing: bool,
+    /// Removed host files and directories kept for the next CREATE or MKDIR (`spare.rs`).
+    pub(crate) spares: crate::spare::Spares,
 }
 
 impl std::fmt::Debug for FileStateMachine {
@@ -138,6 +140,7 @@ impl FileStateMachine {
             scrub_cursor: (0, 0),
             in_transfer: false,
             store_when_hashing: false,
+            spares: crate::spare::Spares::open(data_dir),
         };
         if fresh {
             sm.journal.compact(&sm.meta)?;
@@ -233,6 +236,11 @@ impl FileStateMachine {
 
     pub fn is_poisoned(&self) -> bool {
         self.poisoned.is_some()
+    }
+
+    /// How often removed host objects were kept and reused (`spare.rs`).
+    pub fn spare_stats(&self) -> crate::spare::SpareStats {
+        self.spares.stats
     }
 
     pub fn object_count(&self) -> usize {

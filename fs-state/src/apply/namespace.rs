@@ -122,7 +122,7 @@ impl FileStateMachine {
             self.check_quota(0, size)?;
         }
         let dfd = self.fd(d)?;
-        let f = confine::create_file(&dfd, &name.0).ctx("create file")?;
+        let f = self.spares.create_file(&dfd, &name.0).ctx("create file")?;
         let size = attrs.size.unwrap_or(0);
         if size > 0 {
             rustix::fs::ftruncate(&f, size).ctx("ftruncate new file")?;
@@ -160,7 +160,7 @@ impl FileStateMachine {
         let now = NfsTime::from_ns(ctx.timestamp_ns);
         let dir_before = self.wcc_before(d);
         let dfd = self.fd(d)?;
-        confine::mkdir(&dfd, &name.0).ctx("mkdir")?;
+        self.spares.mkdir(&dfd, &name.0).ctx("mkdir")?;
         let inode = self.new_inode(FType3::Dir, owner, attrs, now);
         let id = self.enter_new(d, name, inode, now);
         Ok(self.created(id, dir_before, d))
@@ -232,7 +232,12 @@ impl FileStateMachine {
         let now = NfsTime::from_ns(ctx.timestamp_ns);
         let dir_before = self.wcc_before(d);
         let dfd = self.fd(d)?;
-        confine::unlink(&dfd, &name.0).ctx("unlink")?;
+        // Its last name: the host file may be kept for reuse (`spare.rs`).
+        let last = self.ino(e.fileid).links.len() == 1;
+        let file = if last { self.fd(e.fileid).ok() } else { None };
+        self.spares
+            .unlink_file(&dfd, &name.0, file.as_deref())
+            .ctx("unlink")?;
         self.drop_name(d, name, e.fileid, now);
         self.touch_dir(d, now);
         Ok(ReplyBody::Remove {
@@ -256,7 +261,10 @@ impl FileStateMachine {
         let now = NfsTime::from_ns(ctx.timestamp_ns);
         let dir_before = self.wcc_before(d);
         let dfd = self.fd(d)?;
-        confine::rmdir(&dfd, &name.0).ctx("rmdir")?;
+        let victim = self.fd(e.fileid).ok();
+        self.spares
+            .rmdir(&dfd, &name.0, victim.as_deref())
+            .ctx("rmdir")?;
         self.drop_name(d, name, e.fileid, now);
         self.touch_dir(d, now);
         Ok(ReplyBody::Rmdir {
