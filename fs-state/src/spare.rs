@@ -167,7 +167,14 @@ impl Spares {
     /// A new, empty regular file `name` in `parent` (never an existing entry).
     pub(crate) fn create_file(&mut self, parent: &File, name: &[u8]) -> Result<File, Errno> {
         match self.take(b'f', parent, name) {
-            Some(Ok(())) => confine::open_child(parent, name, HostKind::File),
+            Some(Ok(())) => {
+                let f = confine::open_child(parent, name, HostKind::File)?;
+                // Emptied when parked; checked again, since `spare/` is on the host.
+                if rustix::fs::fstat(&f)?.st_size != 0 {
+                    rustix::fs::ftruncate(&f, 0)?;
+                }
+                Ok(f)
+            }
             Some(Err(e)) => Err(e),
             None => confine::create_file(parent, name),
         }
@@ -181,40 +188,35 @@ impl Spares {
         }
     }
 
-    /// Removes the regular file `name` of `parent`, its last name; `file` is open on it.
-    pub(crate) fn unlink_file(
-        &mut self,
-        parent: &File,
-        name: &[u8],
-        file: Option<&File>,
-    ) -> Result<(), Errno> {
-        if let Some(file) = file
-            && self.park(b'f', parent, name)?
-        {
-            if rustix::fs::ftruncate(file, 0).is_err() {
-                // Not reusable: free it after all.
-                let n = self.files.pop().expect("just parked");
-                self.stats.parked -= 1;
-                let dir = self.dir.as_ref().expect("pool is on");
-                return confine::unlink(dir, &spare_name(b'f', n));
-            }
-            return Ok(());
+    /// Removes the regular file `name` of `parent`, which holds its last name. The
+    /// object parked is the one emptied (opened under its name in `spare/`); one with
+    /// another host link, or that cannot be emptied, is freed instead.
+    pub(crate) fn unlink_file(&mut self, parent: &File, name: &[u8]) -> Result<(), Errno> {
+        if !self.park(b'f', parent, name)? {
+            return confine::unlink(parent, name);
         }
-        confine::unlink(parent, name)
+        let dir = self.dir.as_ref().expect("pool is on after parking");
+        let spare = spare_name(b'f', *self.files.last().expect("just parked"));
+        let emptied = confine::open_child(dir, &spare, HostKind::File).and_then(|f| {
+            if rustix::fs::fstat(&f)?.st_nlink != 1 {
+                return Err(Errno::MLINK);
+            }
+            rustix::fs::ftruncate(&f, 0)
+        });
+        if emptied.is_err() {
+            self.files.pop();
+            self.stats.parked -= 1;
+            return confine::unlink(dir, &spare);
+        }
+        Ok(())
     }
 
-    /// Removes the directory `name` of `parent`; `dir`, open on it, must be empty on the
-    /// host too (else `ENOTEMPTY`, as `rmdir` would say).
-    pub(crate) fn rmdir(
-        &mut self,
-        parent: &File,
-        name: &[u8],
-        dir: Option<&File>,
-    ) -> Result<(), Errno> {
-        if let Some(dir) = dir
-            && self.dir.is_some()
-        {
-            if !confine::list_dir(dir)?.is_empty() {
+    /// Removes the directory `name` of `parent`, which must be empty on the host too
+    /// (else `ENOTEMPTY`, as `rmdir` would say).
+    pub(crate) fn rmdir(&mut self, parent: &File, name: &[u8]) -> Result<(), Errno> {
+        if self.dir.is_some() {
+            let dir = confine::open_child(parent, name, HostKind::Dir)?;
+            if !confine::list_dir(&dir)?.is_empty() {
                 return Err(Errno::NOTEMPTY);
             }
             if self.park(b'd', parent, name)? {

@@ -146,3 +146,33 @@ fn the_pool_is_bounded() {
     assert_eq!(spare_entries(&n).len(), SPARES_MAX);
     assert!(std::fs::read_dir(n.export()).unwrap().next().is_none());
 }
+
+#[test]
+fn a_file_with_another_host_link_is_freed_not_emptied() {
+    let mut n = Node::new();
+    let root = n.root();
+    let f = n.create(&root, "f");
+    n.write(&f, 0, b"keep me");
+    // A host-side second link the metadata does not know.
+    let outside = n.path().join("outside");
+    std::fs::hard_link(n.export().join("f"), &outside).unwrap();
+    remove(&mut n, &root, "f");
+    assert_eq!(n.sm.spare_stats().parked, 0);
+    assert!(spare_entries(&n).is_empty());
+    assert_eq!(std::fs::read(&outside).unwrap(), b"keep me");
+}
+
+#[test]
+fn a_parked_file_filled_on_the_host_comes_back_empty() {
+    let mut n = Node::new();
+    let root = n.root();
+    n.create(&root, "f");
+    remove(&mut n, &root, "f");
+    let parked = spare_entries(&n);
+    assert_eq!(parked.len(), 1);
+    std::fs::write(n.path().join(SPARE_DIR).join(&parked[0]), b"stale bytes").unwrap();
+    let g = n.create(&root, "g");
+    assert_eq!(n.sm.spare_stats().reused, 1);
+    assert_eq!(std::fs::metadata(n.export().join("g")).unwrap().len(), 0);
+    assert_eq!(n.read(&g, 0, 100), (Vec::new(), true));
+}

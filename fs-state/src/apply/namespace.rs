@@ -232,12 +232,12 @@ impl FileStateMachine {
         let now = NfsTime::from_ns(ctx.timestamp_ns);
         let dir_before = self.wcc_before(d);
         let dfd = self.fd(d)?;
-        // Its last name: the host file may be kept for reuse (`spare.rs`).
-        let last = self.ino(e.fileid).links.len() == 1;
-        let file = if last { self.fd(e.fileid).ok() } else { None };
-        self.spares
-            .unlink_file(&dfd, &name.0, file.as_deref())
-            .ctx("unlink")?;
+        if self.ino(e.fileid).links.len() == 1 {
+            // Its last name: the host file may be kept for reuse (`spare.rs`).
+            self.spares.unlink_file(&dfd, &name.0).ctx("unlink")?;
+        } else {
+            confine::unlink(&dfd, &name.0).ctx("unlink")?;
+        }
         self.drop_name(d, name, e.fileid, now);
         self.touch_dir(d, now);
         Ok(ReplyBody::Remove {
@@ -261,10 +261,7 @@ impl FileStateMachine {
         let now = NfsTime::from_ns(ctx.timestamp_ns);
         let dir_before = self.wcc_before(d);
         let dfd = self.fd(d)?;
-        let victim = self.fd(e.fileid).ok();
-        self.spares
-            .rmdir(&dfd, &name.0, victim.as_deref())
-            .ctx("rmdir")?;
+        self.spares.rmdir(&dfd, &name.0).ctx("rmdir")?;
         self.drop_name(d, name, e.fileid, now);
         self.touch_dir(d, now);
         Ok(ReplyBody::Rmdir {
