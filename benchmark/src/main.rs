@@ -207,8 +207,9 @@ fn durability(modes: &[Mode]) -> String {
          holds every ordered request and every UI the software USIG issued, so it is \
          also the counter's durable record), except that a primary's PREPAREs leave \
          while that sync runs, under a counter lease synced earlier, and its reply \
-         still waits for it; its file state is synced at checkpoints \
-         and rebuilt from the last one plus the log after a crash; a WRITE, UNSTABLE or \
+         still waits for it; its file state is flushed after each checkpoint, beside \
+         the protocol, and rebuilt from the last stable one plus the log after a crash; \
+         a WRITE, UNSTABLE or \
          not, is durable when answered"
             .to_string(),
     ];

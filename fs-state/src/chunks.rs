@@ -52,6 +52,13 @@ struct PackUse {
     live: u64,
 }
 
+/// The store's state when a `syncfs` began (`ChunkStore::mark`).
+#[derive(Debug, Clone)]
+pub struct StoreMark {
+    unsynced: (u64, u64),
+    obsolete: Vec<u64>,
+}
+
 /// Content-addressed chunks in pack files; see the module documentation.
 #[derive(Debug)]
 pub struct ChunkStore {
@@ -257,6 +264,39 @@ impl ChunkStore {
     /// Chunks and bytes stored since the last `sync`.
     pub fn unsynced(&self) -> (u64, u64) {
         self.unsynced
+    }
+
+    /// What a `syncfs` begun now will make durable (`synced_since`).
+    pub fn mark(&self) -> StoreMark {
+        StoreMark {
+            unsynced: self.unsynced,
+            obsolete: self.obsolete.clone(),
+        }
+    }
+
+    /// A `syncfs` of this store's file system, begun when `mark` was taken, finished:
+    /// what was appended before the mark is durable, and the packs that were obsolete
+    /// then may go. Appends and compactions since the mark wait for the next sync.
+    pub fn synced_since(&mut self, mark: StoreMark) -> std::io::Result<()> {
+        self.unsynced.0 = self.unsynced.0.saturating_sub(mark.unsynced.0);
+        self.unsynced.1 = self.unsynced.1.saturating_sub(mark.unsynced.1);
+        for id in mark.obsolete {
+            let Some(i) = self.obsolete.iter().position(|o| *o == id) else {
+                continue;
+            };
+            self.obsolete.swap_remove(i);
+            match std::fs::remove_file(self.dir.join(pack_name(id))) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Appends a record of `data` (hashing to `h`) to the current pack, starting a new

@@ -36,5 +36,5 @@ pub use error::{FsError, LocalFault};
 pub use ops::*;
 pub use recover::{FsSnapshot, SnapshotFile};
 pub use spare::{SPARE_DIR, SPARES_MAX, SpareStats};
-pub use state::{EXPORT_DIR, FileStateMachine, META_DIR, SyncStats};
+pub use state::{EXPORT_DIR, FileStateMachine, Flush, META_DIR, PendingSync, SyncStats};
 pub use transfer::{CaptureStats, ChunkStore, FsManifest, InstallStats, ScrubStats};

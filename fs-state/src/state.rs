@@ -65,6 +65,32 @@ pub struct FileStateMachine {
     pub(crate) store_when_hashing: bool,
     /// Removed host files and directories kept for the next CREATE or MKDIR (`spare.rs`).
     pub(crate) spares: crate::spare::Spares,
+    /// A checkpoint's capture leaves its chunks to the next sync's `syncfs`
+    /// (`defer_capture_sync`).
+    pub(crate) capture_sync_deferred: bool,
+}
+
+/// The flush half of a sync split in two (`FileStateMachine::begin_sync`): one `syncfs`
+/// per file system the state lives on, runnable on any thread.
+#[derive(Debug)]
+pub struct Flush {
+    fds: Vec<File>,
+}
+
+impl Flush {
+    pub fn run(&self) -> std::io::Result<()> {
+        for fd in &self.fds {
+            rustix::fs::syncfs(fd)?;
+        }
+        Ok(())
+    }
+}
+
+/// The other half: what `finish_sync` commits once the `Flush` is done.
+#[derive(Debug)]
+pub struct PendingSync {
+    changes: Vec<MetaChange>,
+    store: crate::chunks::StoreMark,
 }
 
 impl std::fmt::Debug for FileStateMachine {
@@ -141,6 +167,7 @@ impl FileStateMachine {
             in_transfer: false,
             store_when_hashing: false,
             spares: crate::spare::Spares::open(data_dir),
+            capture_sync_deferred: false,
         };
         if fresh {
             sm.journal.compact(&sm.meta)?;
@@ -174,6 +201,75 @@ impl FileStateMachine {
         let unstable = std::mem::take(&mut self.dirty.data_unstable);
         self.dirty.data_sync.extend(unstable);
         self.sync_inner().map_err(|f| self.poison(f))
+    }
+
+    /// Lets `checkpoint` leave its chunks' durability to the next sync (`sync`, or
+    /// `begin_sync` and `finish_sync`), instead of a `syncfs` of its own: a replica
+    /// that syncs its file state right after each capture then flushes once. Whoever
+    /// relies on a checkpoint's chunks being durable must sync first.
+    pub fn defer_capture_sync(&mut self, deferred: bool) {
+        self.capture_sync_deferred = deferred;
+    }
+
+    /// `sync` split in two for `SyncMode::Syncfs`, so that the flush need not block the
+    /// caller: this takes what the sync commits (the changed metadata, the chunk store's
+    /// state) and returns the `Flush` (run it on any thread) and the `PendingSync` to
+    /// hand to `finish_sync` once the flush succeeded. Operations applied in between are
+    /// not part of it (they may reach the disk with the flush; their metadata goes with
+    /// the next sync). Nothing else may sync, restore or install until `finish_sync`.
+    pub fn begin_sync(&mut self) -> Result<(Flush, PendingSync), FsError> {
+        self.check_usable()?;
+        if self.config.sync_mode != SyncMode::Syncfs {
+            return Err(FsError::Config(
+                "a split sync needs SyncMode::Syncfs".into(),
+            ));
+        }
+        let r = self.begin_sync_inner();
+        r.map_err(|f| self.poison(f))
+    }
+
+    fn begin_sync_inner(&mut self) -> Result<(Flush, PendingSync), LocalFault> {
+        self.refresh_chunks()?;
+        self.dirty.data_sync.clear();
+        self.dirty.dirs_sync.clear();
+        let changes = self.take_changes();
+        let root = self.root.try_clone().ctx("duplicate export descriptor")?;
+        let mut fds = vec![root];
+        let store = File::open(self.store.dir()).ctx("open chunk store")?;
+        use std::os::unix::fs::MetadataExt;
+        let dev = |f: &File| f.metadata().map(|m| m.dev());
+        if dev(&store).ctx("stat chunk store")? != dev(&fds[0]).ctx("stat export")? {
+            fds.push(store);
+        }
+        Ok((
+            Flush { fds },
+            PendingSync {
+                changes,
+                store: self.store.mark(),
+            },
+        ))
+    }
+
+    /// Commits what `begin_sync` took, after its `Flush` succeeded: the metadata journal
+    /// record (the commit point, after the data it describes) and the chunk store's
+    /// bookkeeping.
+    pub fn finish_sync(&mut self, pending: PendingSync) -> Result<(), FsError> {
+        self.check_usable()?;
+        let r = self.finish_sync_inner(pending);
+        r.map_err(|f| self.poison(f))
+    }
+
+    fn finish_sync_inner(&mut self, pending: PendingSync) -> Result<(), LocalFault> {
+        if !pending.changes.is_empty() {
+            self.journal.append(&pending.changes)?;
+        }
+        if self.journal.len() > self.config.journal_bytes_max {
+            self.journal.compact(&self.meta)?;
+        }
+        self.store
+            .synced_since(pending.store)
+            .ctx("delete compacted packs")?;
+        Ok(())
     }
 
     /// Sync, fold the journal into a snapshot and mark the shutdown clean, so the next
@@ -236,6 +332,11 @@ impl FileStateMachine {
 
     pub fn is_poisoned(&self) -> bool {
         self.poisoned.is_some()
+    }
+
+    /// Chunks the chunk store holds that no sync has made durable yet.
+    pub fn unsynced_chunks(&self) -> u64 {
+        self.store.unsynced().0
     }
 
     /// How often removed host objects were kept and reused (`spare.rs`).
@@ -388,6 +489,11 @@ impl FileStateMachine {
     }
 
     fn sync_inner(&mut self) -> Result<(), LocalFault> {
+        // Chunks a deferred capture left (`defer_capture_sync`).
+        let store_pending = self.capture_sync_deferred && self.store.unsynced().0 > 0;
+        if store_pending {
+            self.store.sync().ctx("sync chunk store")?;
+        }
         if self.dirty.is_empty() {
             self.last_sync = SyncStats::default();
             return Ok(());

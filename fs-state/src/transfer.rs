@@ -254,7 +254,7 @@ impl FileStateMachine {
         stats.copy_us = started.elapsed().as_micros() as u64;
         // With the chunks the digest stored as it hashed them (`store_chunks_when_hashing`).
         (stats.chunks_stored, stats.bytes_stored) = self.store.unsynced();
-        if stats.chunks_stored > 0 {
+        if stats.chunks_stored > 0 && !self.capture_sync_deferred {
             let started = std::time::Instant::now();
             self.store.sync().ctx("sync chunk store")?;
             stats.sync_us = started.elapsed().as_micros() as u64;

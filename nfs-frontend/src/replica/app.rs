@@ -46,6 +46,8 @@ impl App {
         let mut sm = FileStateMachine::open(data_dir, config)?;
         // Checkpoints need every chunk in the store: take them as the digest hashes them.
         sm.store_chunks_when_hashing(true);
+        // The flush after each checkpoint (`begin_sync`) makes its chunks durable too.
+        sm.defer_capture_sync(true);
         Ok(App::Fs(Box::new(sm)))
     }
 
@@ -87,6 +89,29 @@ impl App {
     }
 
     /// Makes every executed batch durable (one sync for all batches since the last).
+    /// `FileStateMachine::begin_sync`. `None`: nothing left to flush (the null
+    /// application, or a file state configured for per-object syncs, synced here).
+    pub fn begin_sync(
+        &mut self,
+    ) -> Result<Option<(fs_state::Flush, fs_state::PendingSync)>, AppError> {
+        match self {
+            App::Null { .. } => Ok(None),
+            App::Fs(sm) if sm.config().sync_mode != fs_state::SyncMode::Syncfs => {
+                sm.sync()?;
+                Ok(None)
+            }
+            App::Fs(sm) => Ok(Some(sm.begin_sync()?)),
+        }
+    }
+
+    /// `FileStateMachine::finish_sync`.
+    pub fn finish_sync(&mut self, pending: fs_state::PendingSync) -> Result<(), AppError> {
+        match self {
+            App::Null { .. } => Ok(()),
+            App::Fs(sm) => Ok(sm.finish_sync(pending)?),
+        }
+    }
+
     pub fn sync(&mut self) -> Result<(), AppError> {
         match self {
             App::Null { .. } => Ok(()),

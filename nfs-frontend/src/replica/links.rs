@@ -39,6 +39,11 @@ pub enum Event {
     UiCreated(Result<usig::Ui, usig::UsigError>),
     /// The idle-priority thread checked a message (`super::verifier`).
     Verified(super::verifier::Verdict),
+    /// A checkpoint's file state is on the disk (`super::CheckpointFlush`): the
+    /// `seq`-th flush this replica started.
+    CheckpointFlushed {
+        seq: u64,
+    },
     Link {
         from: ReplicaId,
         msg: LinkMsg,

@@ -421,6 +421,9 @@ impl Node {
         let Some(mut t) = self.transfer.take() else {
             return Ok(());
         };
+        // An install rewrites the file state and its journal: the last checkpoint's
+        // flush first.
+        self.settle_checkpoint()?;
         let f = t.fetch.take().expect("finish after fetching");
         let StateBlob {
             cert,
