@@ -5,6 +5,7 @@
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::message::Request;
 use crate::types::{ClientId, Digest, ReplicaId, Ui};
 
 /// Verification of USIG identifiers and client signatures, and reply MACs.
@@ -21,6 +22,16 @@ pub trait Crypto {
     fn verify_read_only_request(&self, client: ClientId, digest: &Digest, auth: &[u8]) -> bool {
         self.verify_request(client, digest, auth)
     }
+    /// The digest of `req` if this replica computed it before for the very same request
+    /// (client, sequence number, read-only flag, signature and operation bytes all
+    /// equal), so a large WRITE is not hashed again when its PREPARE, or the primary's
+    /// proposal, carries a copy. `None` is always a correct answer.
+    fn known_request_digest(&self, _req: &Request) -> Option<Digest> {
+        None
+    }
+    /// Offers `d`, the digest of `req` whose signature just verified, for
+    /// `known_request_digest`.
+    fn remember_request_digest(&self, _req: &Request, _d: &Digest) {}
     /// The MAC `replica` attaches to a reply for `client` (replica side).
     fn reply_mac(&self, replica: ReplicaId, client: ClientId, bytes: &Digest) -> [u8; 32];
     /// Checks a reply MAC (client side).

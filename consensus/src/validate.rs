@@ -104,7 +104,20 @@ pub fn request(
 
 fn request_ref(config: &Config, crypto: &dyn Crypto, req: &Request) -> Result<(), Reject> {
     request_size(config, req)?;
-    request_signed(crypto, req, &req.digest())
+    let d = req.digest();
+    request_signed(crypto, req, &d)?;
+    if !req.read_only {
+        crypto.remember_request_digest(req, &d);
+    }
+    Ok(())
+}
+
+/// A request's digest, from `known_request_digest` when this replica hashed the same
+/// request before.
+pub fn request_digest(crypto: &dyn Crypto, req: &Request) -> Digest {
+    crypto
+        .known_request_digest(req)
+        .unwrap_or_else(|| req.digest())
 }
 
 /// A request's operation is within `request_bytes_max` (checked before it is hashed).
@@ -183,8 +196,13 @@ fn prepare_body(config: &Config, crypto: &dyn Crypto, p: &Prepare) -> Result<(),
         request_size(config, r)?;
     }
     // Each request is hashed once, for the batch digest and its signature (a WRITE's
-    // request is up to 1 MiB).
-    let digests: Vec<Digest> = p.batch.requests.iter().map(Request::digest).collect();
+    // request is up to 1 MiB), and not at all if its copy straight from the client was.
+    let digests: Vec<Digest> = p
+        .batch
+        .requests
+        .iter()
+        .map(|r| request_digest(crypto, r))
+        .collect();
     if p.batch.digest_of(&digests) != p.header.batch_digest {
         return Err(Reject::BadBatchDigest);
     }

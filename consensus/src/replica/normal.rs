@@ -155,11 +155,17 @@ impl Replica {
             return; // (empty batches only to reach a checkpoint someone waits for)
         }
         let timestamp_ns = self.now_ns.max(self.last_timestamp_ns + 1);
+        // Each request was hashed when its signature was checked.
+        let digests: Vec<Digest> = batch
+            .requests
+            .iter()
+            .map(|r| crate::validate::request_digest(self.crypto.as_ref(), r))
+            .collect();
         let header = PrepareHeader {
             view: self.view,
             n,
             timestamp_ns,
-            batch_digest: batch.digest(),
+            batch_digest: batch.digest_of(&digests),
         };
         self.proposed_n = n;
         self.enqueue(Intent::Prepare { header, batch });
