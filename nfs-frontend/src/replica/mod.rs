@@ -447,8 +447,11 @@ impl Node {
             .name(format!("ckpt-flush-{}", self.id))
             .spawn(move || {
                 let flushed = flush.run();
+                // Never blocks: the protocol thread may be joining this one, and a full
+                // queue is drained only by it. Without the event the next tick notices
+                // (`on_tick`).
                 if let Some(events) = events {
-                    let _ = events.blocking_send(Event::CheckpointFlushed { seq });
+                    let _ = events.try_send(Event::CheckpointFlushed { seq });
                 }
                 flushed
             })?;
@@ -979,6 +982,13 @@ impl Node {
             self.verify_all(stale)?;
         }
         self.transfer_tick()?;
+        if self
+            .checkpoint_flush
+            .as_ref()
+            .is_some_and(|f| f.thread.is_finished())
+        {
+            self.settle_checkpoint()?;
+        }
         self.feed(Input::Tick { now_ns: now_ns() })
     }
 
