@@ -221,7 +221,12 @@ impl Journal {
 
     /// Fold everything into a new snapshot and empty the journal.
     pub fn compact(&mut self, meta: &Meta) -> Result<(), LocalFault> {
-        let payload = crate::ops::encode(&meta.to_image());
+        self.compact_to(&meta.to_image())
+    }
+
+    /// `compact` to `image`, the metadata as it was when it was taken.
+    pub fn compact_to(&mut self, image: &crate::meta::MetaImage) -> Result<(), LocalFault> {
+        let payload = crate::ops::encode(image);
         let base = sha256(&[&payload]);
         let mut bytes = Vec::with_capacity(40 + payload.len());
         bytes.extend_from_slice(SNAPSHOT_MAGIC);

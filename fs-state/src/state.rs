@@ -90,6 +90,9 @@ impl Flush {
 #[derive(Debug)]
 pub struct PendingSync {
     changes: Vec<MetaChange>,
+    /// When the journal is due for compaction: the metadata as the flush writes it
+    /// (the current one may be ahead of the flushed tree by then).
+    image: Option<crate::meta::MetaImage>,
     store: crate::chunks::StoreMark,
 }
 
@@ -241,10 +244,13 @@ impl FileStateMachine {
         if dev(&store).ctx("stat chunk store")? != dev(&fds[0]).ctx("stat export")? {
             fds.push(store);
         }
+        let image =
+            (self.journal.len() > self.config.journal_bytes_max).then(|| self.meta.to_image());
         Ok((
             Flush { fds },
             PendingSync {
                 changes,
+                image,
                 store: self.store.mark(),
             },
         ))
@@ -260,11 +266,11 @@ impl FileStateMachine {
     }
 
     fn finish_sync_inner(&mut self, pending: PendingSync) -> Result<(), LocalFault> {
-        if !pending.changes.is_empty() {
-            self.journal.append(&pending.changes)?;
-        }
-        if self.journal.len() > self.config.journal_bytes_max {
-            self.journal.compact(&self.meta)?;
+        match &pending.image {
+            // Holds the changes too; what was applied since goes with the next sync.
+            Some(image) => self.journal.compact_to(image)?,
+            None if !pending.changes.is_empty() => self.journal.append(&pending.changes)?,
+            None => {}
         }
         self.store
             .synced_since(pending.store)

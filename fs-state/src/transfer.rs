@@ -564,6 +564,8 @@ impl FileStateMachine {
             }
         }
         rustix::fs::syncfs(&*self.root).ctx("syncfs after install")?;
+        // The fetched chunks too, should the store live on another file system.
+        self.store.sync().ctx("sync chunk store after install")?;
         // 3. The commit point: the new metadata.
         self.stale_leaves = meta.inodes.keys().copied().collect();
         self.stale_leaves.extend(self.meta.inodes.keys().copied());

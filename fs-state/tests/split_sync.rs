@@ -66,3 +66,28 @@ fn only_syncfs_mode_splits_its_sync() {
     let mut n = Node::new();
     assert!(n.sm.begin_sync().is_err());
 }
+
+#[test]
+fn a_split_sync_that_compacts_the_journal_writes_the_metadata_it_flushed() {
+    let mut n = Node::with_config(FsConfig {
+        sync_mode: SyncMode::Syncfs,
+        journal_bytes_max: 1,
+        ..FsConfig::default()
+    });
+    let root = n.root();
+    n.create(&root, "a");
+    let (flush, pending) = n.sm.begin_sync().unwrap();
+    flush.run().unwrap();
+    n.sm.finish_sync(pending).unwrap();
+    // The journal is now over its bound: the next split sync compacts it.
+    n.create(&root, "b");
+    let (flush, pending) = n.sm.begin_sync().unwrap();
+    n.create(&root, "late");
+    flush.run().unwrap();
+    n.sm.finish_sync(pending).unwrap();
+    n.reopen();
+    assert!(n.lookup(&root, "a").is_ok());
+    assert!(n.lookup(&root, "b").is_ok());
+    assert_eq!(n.lookup(&root, "late"), Err(NfsStat3::Noent));
+    n.sm.check_invariants().unwrap();
+}
