@@ -68,6 +68,8 @@ pub struct FileStateMachine {
     /// A checkpoint's capture leaves its chunks to the next sync's `syncfs`
     /// (`defer_capture_sync`).
     pub(crate) capture_sync_deferred: bool,
+    /// A `begin_sync` awaits its `finish_sync` (nothing else may sync meanwhile).
+    pub(crate) split_pending: bool,
 }
 
 /// The flush half of a sync split in two (`FileStateMachine::begin_sync`): one `syncfs`
@@ -171,6 +173,7 @@ impl FileStateMachine {
             store_when_hashing: false,
             spares: crate::spare::Spares::open(data_dir),
             capture_sync_deferred: false,
+            split_pending: false,
         };
         if fresh {
             sm.journal.compact(&sm.meta)?;
@@ -227,7 +230,9 @@ impl FileStateMachine {
                 "a split sync needs SyncMode::Syncfs".into(),
             ));
         }
+        debug_assert!(!self.split_pending, "begin_sync twice without finish_sync");
         let r = self.begin_sync_inner();
+        self.split_pending = r.is_ok();
         r.map_err(|f| self.poison(f))
     }
 
@@ -261,6 +266,7 @@ impl FileStateMachine {
     /// bookkeeping.
     pub fn finish_sync(&mut self, pending: PendingSync) -> Result<(), FsError> {
         self.check_usable()?;
+        self.split_pending = false;
         let r = self.finish_sync_inner(pending);
         r.map_err(|f| self.poison(f))
     }
@@ -495,6 +501,10 @@ impl FileStateMachine {
     }
 
     fn sync_inner(&mut self) -> Result<(), LocalFault> {
+        debug_assert!(
+            !self.split_pending,
+            "sync between begin_sync and finish_sync"
+        );
         // Chunks a deferred capture left (`defer_capture_sync`).
         let store_pending = self.capture_sync_deferred && self.store.unsynced().0 > 0;
         if store_pending {

@@ -457,6 +457,10 @@ impl FileStateMachine {
     /// digest (equal to `manifest.verify`'s unless the store was corrupted meanwhile, in
     /// which case this is an error). Clears poisoned, damaged and suspect state.
     pub fn install(&mut self, manifest: &FsManifest) -> Result<(Hash, InstallStats), FsError> {
+        debug_assert!(
+            !self.split_pending,
+            "install between begin_sync and finish_sync"
+        );
         let meta = checked_meta(&manifest.meta, &self.config)?;
         let want = meta_digest(&meta);
         let stats = self.install_inner(meta).map_err(|e| match e {

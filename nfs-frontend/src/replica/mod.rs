@@ -443,12 +443,14 @@ impl Node {
     }
 
     /// Starts flushing the file state of the checkpoint this burst took
-    /// (`CheckpointFlush`), once the previous flush is done.
+    /// (`CheckpointFlush`), once the previous flush is done and what waited for it is
+    /// handed over: a held `Stable` is never more than one flush behind.
     fn start_checkpoint_flush(&mut self) -> Result<(), ReplicaError> {
-        self.finish_flush()?;
+        self.settle_checkpoint()?;
         self.flushes_started += 1;
         let Some((flush, pending)) = self.app().begin_sync()? else {
-            // Nothing to flush (or flushed already): what waited for it goes now.
+            // Nothing to flush (the null application, or a file state synced per
+            // object, synced already): what waited for it goes now.
             self.flushes_done = self.flushes_started;
             return self.release_held();
         };
@@ -1698,6 +1700,23 @@ mod tests {
         node.settle_checkpoint().unwrap();
         assert!(node.stable_held.is_empty());
         assert_eq!(node.log.durable.stable.n, 384);
+
+        // A Stable waiting for the running flush goes to the log when the next
+        // checkpoint's burst starts its own flush, even if no event or tick came first.
+        node.app_dirty = true;
+        node.sync_all().unwrap();
+        node.perform(
+            Output::Persist(consensus::PersistRecord::Stable(cert(512))),
+            &mut work,
+        )
+        .unwrap();
+        node.perform(Output::Stable { n: 512 }, &mut work).unwrap();
+        assert_eq!(node.stable_held.len(), 2);
+        node.app_dirty = true;
+        node.sync_all().unwrap();
+        assert!(node.stable_held.is_empty());
+        assert_eq!(node.log.durable.stable.n, 512);
+        node.settle_checkpoint().unwrap();
     }
 
     #[test]

@@ -418,12 +418,16 @@ impl Node {
     }
 
     fn finish_transfer(&mut self) -> Result<(), ReplicaError> {
+        if self.transfer.is_none() {
+            return Ok(());
+        }
+        // An install rewrites the file state and its journal: the last checkpoint's
+        // flush first, while the fetch is still listed (a stable checkpoint released
+        // now collects chunks, and must keep the fetched ones).
+        self.settle_checkpoint()?;
         let Some(mut t) = self.transfer.take() else {
             return Ok(());
         };
-        // An install rewrites the file state and its journal: the last checkpoint's
-        // flush first.
-        self.settle_checkpoint()?;
         let f = t.fetch.take().expect("finish after fetching");
         let StateBlob {
             cert,
