@@ -1573,22 +1573,27 @@ mod tests {
     /// manifests below that older one are collected. A crash before the burst's sync
     /// (the new `Stable` record still in memory) leaves the log's stable checkpoint the
     /// previous one, whose manifest the restart needs.
-    #[test]
-    fn a_crash_right_after_a_stable_checkpoint_is_collected_restarts() {
-        let dir = tempfile::tempdir().unwrap();
+    /// Replica 0 of a new f = 1 cluster in `dir`: its configuration and options.
+    fn replica_zero(dir: &Path, null_app: bool) -> (Arc<ClusterConfig>, ReplicaOptions) {
         let toml =
-            crate::cluster::ensure_keys(dir.path(), &crate::config::KeygenOptions::new(1, 1))
-                .unwrap();
+            crate::cluster::ensure_keys(dir, &crate::config::KeygenOptions::new(1, 1)).unwrap();
         let config = Arc::new(ClusterConfig::load(&toml).unwrap());
         let opts = ReplicaOptions {
             id: 0,
-            data_dir: dir.path().join("replica-0"),
-            null_app: true,
-            fs_config: FsConfig::default(),
+            data_dir: dir.join("replica-0"),
+            null_app,
+            fs_config: replica_fs_config(&config),
             usig_socket: None,
             serve_corrupt_chunks: false,
         };
         std::fs::create_dir_all(&opts.data_dir).unwrap();
+        (config, opts)
+    }
+
+    #[test]
+    fn a_crash_right_after_a_stable_checkpoint_is_collected_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config, opts) = replica_zero(dir.path(), true);
         let cert = |n| consensus::message::CheckpointCert {
             n,
             ..Default::default()
@@ -1617,19 +1622,7 @@ mod tests {
     #[test]
     fn a_stable_checkpoint_waits_for_its_file_state_flush() {
         let dir = tempfile::tempdir().unwrap();
-        let toml =
-            crate::cluster::ensure_keys(dir.path(), &crate::config::KeygenOptions::new(1, 1))
-                .unwrap();
-        let config = Arc::new(ClusterConfig::load(&toml).unwrap());
-        let opts = ReplicaOptions {
-            id: 0,
-            data_dir: dir.path().join("replica-0"),
-            null_app: false,
-            fs_config: replica_fs_config(&config),
-            usig_socket: None,
-            serve_corrupt_chunks: false,
-        };
-        std::fs::create_dir_all(&opts.data_dir).unwrap();
+        let (config, opts) = replica_zero(dir.path(), false);
         let mut node = open_node(config, &opts, Arc::default()).unwrap();
         let cert = consensus::message::CheckpointCert {
             n: 128,
