@@ -518,10 +518,15 @@ impl Node {
             .take_while(|h| h.needs <= self.flushes_done)
             .count();
         for held in self.stable_held.drain(..ready).collect::<Vec<_>>() {
-            match held.output {
-                Held::Record(rec) => self.log.append(rec),
-                Held::Stable(n) => self.on_stable(n)?,
-            }
+            self.hand_over(held.output)?;
+        }
+        Ok(())
+    }
+
+    fn hand_over(&mut self, output: Held) -> Result<(), ReplicaError> {
+        match output {
+            Held::Record(rec) => self.log.append(rec),
+            Held::Stable(n) => self.on_stable(n)?,
         }
         Ok(())
     }
@@ -539,11 +544,7 @@ impl Node {
             self.stable_held.push(HeldStable { needs, output });
             return Ok(());
         }
-        match output {
-            Held::Record(rec) => self.log.append(rec),
-            Held::Stable(n) => self.on_stable(n)?,
-        }
-        Ok(())
+        self.hand_over(output)
     }
 
     /// Appends a `Lease` record when a primary's lease runs low; once this replica is no
