@@ -617,8 +617,12 @@ fn a_whole_cluster_restarted_on_its_data_stays_in_its_view() {
                     "round {round}: a view change after the restart: {:?}",
                     s.dropped_core
                 );
-                assert!(s.executed_n > executed, "{s:?}");
             }
+            // The writes completed on f+1 matching replies: those replicas executed
+            // them. The third may still be re-executing what its log held when the
+            // cluster stops right after (seen once in a loaded full suite run).
+            let ahead = after.iter().filter(|s| s.executed_n > executed).count();
+            assert!(ahead >= 2, "round {round}: {after:?}");
         }
     });
 }
