@@ -240,11 +240,15 @@ mod tests {
         r.mac = crypto.reply_mac(r.replica, 7, &r.mac_bytes());
     }
 
-    fn submit_read(c: &mut Client) -> u64 {
-        match c.submit(b"r".to_vec(), true).as_slice() {
+    /// Client 7 of an f = 1 cluster with one read sent: the client, the read's seq and
+    /// its designated replier.
+    fn read_in_flight() -> (Client, u64, ReplicaId) {
+        let mut c = Client::new(7, Config::new(1), 1, 10);
+        let seq = match c.submit(b"r".to_vec(), true).as_slice() {
             [ClientOutput::Send(r)] if r.read_only => r.seq,
             other => panic!("unexpected {other:?}"),
-        }
+        };
+        (c, seq, crate::message::read_only_replier(7, seq, 3))
     }
 
     /// A read completes on 2f+1 matching digests once one of them came with the result,
@@ -253,9 +257,7 @@ mod tests {
     fn a_read_completes_on_all_digests_and_the_designated_replicas_result() {
         let crypto = SimCrypto::new([3; 32]);
         for designated_last in [false, true] {
-            let mut c = Client::new(7, Config::new(1), 1, 10);
-            let seq = submit_read(&mut c);
-            let designated = crate::message::read_only_replier(7, seq, 3);
+            let (mut c, seq, designated) = read_in_flight();
             let mut order: Vec<ReplicaId> = (0..3).filter(|&i| i != designated).collect();
             if designated_last {
                 order.push(designated);
@@ -285,9 +287,7 @@ mod tests {
     #[test]
     fn a_read_without_its_result_or_with_a_wrong_one_is_ordered_instead() {
         let crypto = SimCrypto::new([3; 32]);
-        let mut c = Client::new(7, Config::new(1), 1, 10);
-        let seq = submit_read(&mut c);
-        let designated = crate::message::read_only_replier(7, seq, 3);
+        let (mut c, seq, designated) = read_in_flight();
         for i in 0..3 {
             let mut r = read_reply(&crypto, i, seq, b"data");
             if i == designated {
@@ -301,9 +301,7 @@ mod tests {
             }
         }
 
-        let mut c = Client::new(7, Config::new(1), 1, 10);
-        let seq = submit_read(&mut c);
-        let designated = crate::message::read_only_replier(7, seq, 3);
+        let (mut c, seq, designated) = read_in_flight();
         let mut outs = Vec::new();
         for i in 0..3 {
             let result: &[u8] = if i == designated { b"lie" } else { b"data" };
@@ -317,9 +315,7 @@ mod tests {
     #[test]
     fn malformed_digest_only_replies_are_rejected() {
         let crypto = SimCrypto::new([3; 32]);
-        let mut c = Client::new(7, Config::new(1), 1, 10);
-        let seq = submit_read(&mut c);
-        let designated = crate::message::read_only_replier(7, seq, 3);
+        let (mut c, seq, designated) = read_in_flight();
         let other = (designated + 1) % 3;
         let mut r = read_reply(&crypto, other, seq, b"data");
         r.result = b"extra".to_vec();

@@ -39,20 +39,30 @@ pub struct SpareStats {
     pub parked: u64,
 }
 
+/// What a parked object is; indexes `Spares::pools`.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    File = 0,
+    Dir = 1,
+}
+
 #[derive(Debug)]
 pub(crate) struct Spares {
     /// `spare/`, or `None` when the pool is off.
     dir: Option<File>,
-    files: Vec<u64>,
-    dirs: Vec<u64>,
+    /// The numbers of the parked files and directories (`spare_name`), by `Kind`.
+    pools: [Vec<u64>; 2],
     next: u64,
     pub(crate) stats: SpareStats,
 }
 
-fn spare_name(kind: u8, n: u64) -> Vec<u8> {
-    let mut name = vec![kind];
-    name.extend_from_slice(n.to_string().as_bytes());
-    name
+/// `f<n>` or `d<n>`.
+fn spare_name(kind: Kind, n: u64) -> Vec<u8> {
+    let tag = match kind {
+        Kind::File => 'f',
+        Kind::Dir => 'd',
+    };
+    format!("{tag}{n}").into_bytes()
 }
 
 fn move_noreplace(from: &File, from_name: &[u8], to: &File, to_name: &[u8]) -> Result<(), Errno> {
@@ -72,8 +82,7 @@ impl Spares {
             .ok();
         Spares {
             dir,
-            files: Vec::new(),
-            dirs: Vec::new(),
+            pools: [Vec::new(), Vec::new()],
             next: 0,
             stats: SpareStats::default(),
         }
@@ -97,19 +106,14 @@ impl Spares {
     fn off(&mut self, why: Errno) {
         tracing::warn!("recycling host objects switched off: {why}");
         self.dir = None;
-        self.files.clear();
-        self.dirs.clear();
+        self.pools = [Vec::new(), Vec::new()];
     }
 
-    /// Takes a parked object of `kind` (b'f' or b'd') and moves it to `name` in `parent`.
+    /// Takes a parked object of `kind` and moves it to `name` in `parent`.
     /// `None`: nothing parked (or the pool just switched off); make a new one.
-    fn take(&mut self, kind: u8, parent: &File, name: &[u8]) -> Option<Result<(), Errno>> {
+    fn take(&mut self, kind: Kind, parent: &File, name: &[u8]) -> Option<Result<(), Errno>> {
         let dir = self.dir.as_ref()?;
-        let pool = if kind == b'f' {
-            &mut self.files
-        } else {
-            &mut self.dirs
-        };
+        let pool = &mut self.pools[kind as usize];
         let n = pool.pop()?;
         match move_noreplace(dir, &spare_name(kind, n), parent, name) {
             Ok(()) => {
@@ -129,29 +133,18 @@ impl Spares {
 
     /// Parks `name` of `parent` as a `kind` object. `false`: not parked (pool full or
     /// off); free it instead.
-    fn park(&mut self, kind: u8, parent: &File, name: &[u8]) -> Result<bool, Errno> {
+    fn park(&mut self, kind: Kind, parent: &File, name: &[u8]) -> Result<bool, Errno> {
         let Some(dir) = self.dir.as_ref() else {
             return Ok(false);
         };
-        let room = if kind == b'f' {
-            &self.files
-        } else {
-            &self.dirs
-        }
-        .len()
-            < SPARES_MAX;
-        if !room {
+        let pool = &mut self.pools[kind as usize];
+        if pool.len() >= SPARES_MAX {
             return Ok(false);
         }
         let n = self.next;
         match move_noreplace(parent, name, dir, &spare_name(kind, n)) {
             Ok(()) => {
                 self.next += 1;
-                let pool = if kind == b'f' {
-                    &mut self.files
-                } else {
-                    &mut self.dirs
-                };
                 pool.push(n);
                 self.stats.parked += 1;
                 Ok(true)
@@ -166,7 +159,7 @@ impl Spares {
 
     /// A new, empty regular file `name` in `parent` (never an existing entry).
     pub(crate) fn create_file(&mut self, parent: &File, name: &[u8]) -> Result<File, Errno> {
-        match self.take(b'f', parent, name) {
+        match self.take(Kind::File, parent, name) {
             Some(Ok(())) => {
                 let f = confine::open_child(parent, name, HostKind::File)?;
                 // Emptied when parked; checked again, since `spare/` is on the host.
@@ -182,7 +175,7 @@ impl Spares {
 
     /// A new, empty directory `name` in `parent` (never an existing entry).
     pub(crate) fn mkdir(&mut self, parent: &File, name: &[u8]) -> Result<(), Errno> {
-        match self.take(b'd', parent, name) {
+        match self.take(Kind::Dir, parent, name) {
             Some(r) => r,
             None => confine::mkdir(parent, name),
         }
@@ -192,11 +185,12 @@ impl Spares {
     /// object parked is the one emptied (opened under its name in `spare/`); one with
     /// another host link, or that cannot be emptied, is freed instead.
     pub(crate) fn unlink_file(&mut self, parent: &File, name: &[u8]) -> Result<(), Errno> {
-        if !self.park(b'f', parent, name)? {
+        if !self.park(Kind::File, parent, name)? {
             return confine::unlink(parent, name);
         }
         let dir = self.dir.as_ref().expect("pool is on after parking");
-        let spare = spare_name(b'f', *self.files.last().expect("just parked"));
+        let files = &mut self.pools[Kind::File as usize];
+        let spare = spare_name(Kind::File, *files.last().expect("just parked"));
         let emptied = confine::open_child(dir, &spare, HostKind::File).and_then(|f| {
             if rustix::fs::fstat(&f)?.st_nlink != 1 {
                 return Err(Errno::MLINK);
@@ -204,7 +198,7 @@ impl Spares {
             rustix::fs::ftruncate(&f, 0)
         });
         if emptied.is_err() {
-            self.files.pop();
+            files.pop();
             self.stats.parked -= 1;
             return confine::unlink(dir, &spare);
         }
@@ -219,7 +213,7 @@ impl Spares {
             if !confine::list_dir(&dir)?.is_empty() {
                 return Err(Errno::NOTEMPTY);
             }
-            if self.park(b'd', parent, name)? {
+            if self.park(Kind::Dir, parent, name)? {
                 return Ok(());
             }
         }

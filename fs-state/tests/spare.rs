@@ -15,20 +15,6 @@ fn spare_entries(n: &Node) -> Vec<String> {
     names
 }
 
-fn remove(n: &mut Node, dir: &FileHandle, what: &str) {
-    n.ok(FsOp::Remove {
-        dir: dir.clone(),
-        name: name(what),
-    });
-}
-
-fn rmdir(n: &mut Node, dir: &FileHandle, what: &str) {
-    n.ok(FsOp::Rmdir {
-        dir: dir.clone(),
-        name: name(what),
-    });
-}
-
 #[test]
 fn removed_objects_come_back_empty_under_their_new_names() {
     let mut n = Node::new();
@@ -37,9 +23,9 @@ fn removed_objects_come_back_empty_under_their_new_names() {
     n.write(&f, 0, &[7u8; 10_000]);
     let d = n.mkdir(&root, "d");
     n.create(&d, "inner");
-    remove(&mut n, &d, "inner");
-    rmdir(&mut n, &root, "d");
-    remove(&mut n, &root, "a");
+    n.remove(&d, "inner");
+    n.rmdir(&root, "d");
+    n.remove(&root, "a");
     assert_eq!(n.sm.spare_stats().parked, 3);
     assert_eq!(spare_entries(&n).len(), 3);
 
@@ -76,8 +62,8 @@ fn a_pool_left_by_a_crash_is_emptied_on_reopen() {
     }
     n.sm.sync().unwrap();
     for i in 0..4 {
-        remove(&mut n, &root, &format!("f{i}"));
-        rmdir(&mut n, &root, &format!("d{i}"));
+        n.remove(&root, &format!("f{i}"));
+        n.rmdir(&root, &format!("d{i}"));
     }
     n.sm.sync().unwrap();
     let digest = n.sm.state_digest().unwrap();
@@ -88,7 +74,7 @@ fn a_pool_left_by_a_crash_is_emptied_on_reopen() {
     // The pool refills from the reopened state machine's own removals.
     n.create(&root, "again");
     assert_eq!(n.sm.spare_stats().reused, 0);
-    remove(&mut n, &root, "again");
+    n.remove(&root, "again");
     assert_eq!(n.sm.spare_stats().parked, 1);
 }
 
@@ -103,11 +89,11 @@ fn a_file_is_kept_only_with_its_last_name() {
         dir: root.clone(),
         name: name("g"),
     });
-    remove(&mut n, &root, "f");
+    n.remove(&root, "f");
     assert_eq!(n.sm.spare_stats().parked, 0);
     // The other name still holds the bytes.
     assert_eq!(std::fs::read(n.export().join("g")).unwrap(), b"shared");
-    remove(&mut n, &root, "g");
+    n.remove(&root, "g");
     assert_eq!(n.sm.spare_stats().parked, 1);
 }
 
@@ -140,7 +126,7 @@ fn the_pool_is_bounded() {
         n.create(&root, &format!("f{i}"));
     }
     for i in 0..SPARES_MAX + extra {
-        remove(&mut n, &root, &format!("f{i}"));
+        n.remove(&root, &format!("f{i}"));
     }
     assert_eq!(n.sm.spare_stats().parked, SPARES_MAX as u64);
     assert_eq!(spare_entries(&n).len(), SPARES_MAX);
@@ -156,7 +142,7 @@ fn a_file_with_another_host_link_is_freed_not_emptied() {
     // A host-side second link the metadata does not know.
     let outside = n.path().join("outside");
     std::fs::hard_link(n.export().join("f"), &outside).unwrap();
-    remove(&mut n, &root, "f");
+    n.remove(&root, "f");
     assert_eq!(n.sm.spare_stats().parked, 0);
     assert!(spare_entries(&n).is_empty());
     assert_eq!(std::fs::read(&outside).unwrap(), b"keep me");
@@ -167,7 +153,7 @@ fn a_parked_file_filled_on_the_host_comes_back_empty() {
     let mut n = Node::new();
     let root = n.root();
     n.create(&root, "f");
-    remove(&mut n, &root, "f");
+    n.remove(&root, "f");
     let parked = spare_entries(&n);
     assert_eq!(parked.len(), 1);
     std::fs::write(n.path().join(SPARE_DIR).join(&parked[0]), b"stale bytes").unwrap();

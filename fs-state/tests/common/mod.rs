@@ -128,6 +128,20 @@ impl Node {
         }
     }
 
+    pub fn remove(&mut self, dir: &FileHandle, n: &str) {
+        self.ok(FsOp::Remove {
+            dir: dir.clone(),
+            name: name(n),
+        });
+    }
+
+    pub fn rmdir(&mut self, dir: &FileHandle, n: &str) {
+        self.ok(FsOp::Rmdir {
+            dir: dir.clone(),
+            name: name(n),
+        });
+    }
+
     pub fn write(&mut self, fh: &FileHandle, offset: u64, data: &[u8]) -> ReplyBody {
         self.ok(FsOp::Write {
             fh: fh.clone(),
