@@ -347,12 +347,12 @@ impl RequestSigner {
 /// within one). Keyed BLAKE3 (a PRF under a 32-byte key) rather than HMAC-SHA256: a
 /// PREPARE carrying a 1 MiB WRITE is MACed once per backup and checked by each, and
 /// BLAKE3 is about 2.5x faster here. Links of builds before it fail as `BadMac`.
-pub fn link_mac(key: &[u8; 32], nonce: &[u8; 32], counter: u64, payload: &[u8]) -> [u8; 32] {
+pub fn link_mac(key: &[u8; 32], nonce: &[u8; 32], counter: u64, body_hash: &[u8; 32]) -> [u8; 32] {
     let mut h = blake3::Hasher::new_keyed(key);
-    h.update(b"bftnfs/link/v2");
+    h.update(b"bftnfs/link/v3");
     h.update(nonce);
     h.update(&counter.to_be_bytes());
-    h.update(payload);
+    h.update(body_hash);
     h.finalize().into()
 }
 

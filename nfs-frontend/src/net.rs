@@ -204,14 +204,60 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> st
     w.write_all(payload).await
 }
 
-/// A replica-link frame: the MAC, then the encoded `LinkMsg`.
+/// Appends one frame made of two parts to a (buffered) writer, without joining them.
+pub async fn write_frame_parts<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    head: &[u8],
+    body: &[u8],
+) -> std::io::Result<()> {
+    let len = u32::try_from(head.len() + body.len())
+        .map_err(|_| std::io::Error::other("frame longer than 4 GiB"))?;
+    w.write_u32(len).await?;
+    w.write_all(head).await?;
+    w.write_all(body).await
+}
+
+/// A message for one or more replica links, encoded and hashed once however many links
+/// it goes to (a PREPARE carrying a 1 MiB WRITE goes to 2f of them).
+#[derive(Debug)]
+pub struct Outgoing {
+    pub msg: LinkMsg,
+    encoded: std::sync::OnceLock<(Vec<u8>, [u8; 32])>,
+}
+
+impl Outgoing {
+    pub fn new(msg: LinkMsg) -> Self {
+        Outgoing {
+            msg,
+            encoded: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The encoded message and its BLAKE3 hash, computed on first use.
+    fn encoded(&self) -> &(Vec<u8>, [u8; 32]) {
+        self.encoded.get_or_init(|| {
+            let body = encode(&self.msg);
+            let hash = blake3::hash(&body).into();
+            (body, hash)
+        })
+    }
+
+    /// The frame on one link, in two parts: the MAC of the body's hash under the link's
+    /// key, nonce and counter, then the body.
+    pub fn seal(&self, key: &[u8; 32], nonce: &[u8; 32], counter: u64) -> ([u8; 32], &[u8]) {
+        let (body, hash) = self.encoded();
+        (crate::crypto::link_mac(key, nonce, counter, hash), body)
+    }
+}
+
+/// A replica-link frame: the MAC, then the encoded `LinkMsg` (`Outgoing::seal`, joined).
 pub fn seal_link(key: &[u8; 32], nonce: &[u8; 32], counter: u64, msg: &LinkMsg) -> Vec<u8> {
-    let body = encode(msg);
-    let mac = crate::crypto::link_mac(key, nonce, counter, &body);
-    let mut out = Vec::with_capacity(32 + body.len());
-    out.extend_from_slice(&mac);
-    out.extend_from_slice(&body);
-    out
+    let out = Outgoing::new(msg.clone());
+    let (mac, body) = out.seal(key, nonce, counter);
+    let mut frame = Vec::with_capacity(32 + body.len());
+    frame.extend_from_slice(&mac);
+    frame.extend_from_slice(body);
+    frame
 }
 
 /// Checks and decodes a replica-link frame.
@@ -225,7 +271,7 @@ pub fn open_link(
         return Err(DropReason::Garbage);
     }
     let (mac, body) = frame.split_at(32);
-    let want = crate::crypto::link_mac(key, nonce, counter, body);
+    let want = crate::crypto::link_mac(key, nonce, counter, blake3::hash(body).as_bytes());
     if !consensus::crypto::constant_time_eq(mac, &want) {
         return Err(DropReason::BadMac);
     }

@@ -18,8 +18,8 @@ use tracing::info;
 
 use crate::config::ClusterConfig;
 use crate::net::{
-    Challenge, ClientMsg, DropReason, HELLO_BYTES_MAX, Hello, LinkMsg, NetStats, decode, encode,
-    open_link, read_frame, seal_link, write_frame,
+    Challenge, ClientMsg, DropReason, HELLO_BYTES_MAX, Hello, LinkMsg, NetStats, Outgoing, decode,
+    encode, open_link, read_frame, write_frame, write_frame_parts,
 };
 
 /// Messages queued for one peer while its link is down; older ones are dropped beyond
@@ -71,7 +71,7 @@ pub async fn dial_peer(
     me: ReplicaId,
     to: ReplicaId,
     key: [u8; 32],
-    mut rx: mpsc::Receiver<Arc<LinkMsg>>,
+    mut rx: mpsc::Receiver<Arc<Outgoing>>,
 ) {
     let addr = config.replica_addr(to);
     let mut backoff = crate::net::Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
@@ -104,11 +104,13 @@ pub async fn dial_peer(
                 let Some(msg) = rx.recv().await else {
                     return Ok(());
                 };
-                write_frame(&mut w, &seal_link(&key, &challenge.nonce, counter, &msg)).await?;
+                let (mac, body) = msg.seal(&key, &challenge.nonce, counter);
+                write_frame_parts(&mut w, &mac, body).await?;
                 counter += 1;
                 for _ in 0..WRITE_BURST_MAX {
                     let Ok(msg) = rx.try_recv() else { break };
-                    write_frame(&mut w, &seal_link(&key, &challenge.nonce, counter, &msg)).await?;
+                    let (mac, body) = msg.seal(&key, &challenge.nonce, counter);
+                    write_frame_parts(&mut w, &mac, body).await?;
                     counter += 1;
                 }
                 w.flush().await?;

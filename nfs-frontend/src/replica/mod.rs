@@ -40,7 +40,7 @@ use usig::{ProcessUsig, SoftwareUsig, Usig};
 
 use crate::config::ClusterConfig;
 use crate::crypto::ClusterCrypto;
-use crate::net::{DropReason, LinkMsg, NetStats, ReplicaMsg, encode};
+use crate::net::{DropReason, LinkMsg, NetStats, Outgoing, ReplicaMsg, encode};
 use app::App;
 use links::Event;
 use log::ProtocolLog;
@@ -364,7 +364,7 @@ struct Node {
     /// Application snapshots taken right after a batch whose digest a checkpoint needs,
     /// waiting for the core's `TakeSnapshot` (later batches may execute in between).
     pending_snapshots: BTreeMap<SeqNum, Vec<u8>>,
-    peers: Vec<Option<mpsc::Sender<Arc<LinkMsg>>>>,
+    peers: Vec<Option<mpsc::Sender<Arc<Outgoing>>>>,
     clients: BTreeMap<u64, (u64, mpsc::Sender<Vec<u8>>)>,
     transfer: Option<transfer::Transfer>,
     transfer_stats: TransferStats,
@@ -383,10 +383,10 @@ struct Node {
     client_replaced_warned: Option<std::time::Instant>,
     /// Peer messages and client replies of this burst, released after its sync.
     /// With each message, whether it may be held (`may_hold`).
-    outbox: Vec<(ReplicaId, Arc<LinkMsg>, bool)>,
+    outbox: Vec<(ReplicaId, Arc<Outgoing>, bool)>,
     /// Per peer: released COMMITs that peer does not need soon (`may_hold`), sent with
     /// the next message to it or at the next tick.
-    held: Vec<Vec<Arc<LinkMsg>>>,
+    held: Vec<Vec<Arc<Outgoing>>>,
     commits_held: u64,
     commits_held_sent: u64,
     replies: Vec<(u64, Vec<u8>)>,
@@ -611,7 +611,7 @@ impl Node {
     }
 
     /// Queues a message to leave after this burst's sync (`release`).
-    fn send_peer(&mut self, to: ReplicaId, msg: Arc<LinkMsg>) {
+    fn send_peer(&mut self, to: ReplicaId, msg: Arc<Outgoing>) {
         self.outbox.push((to, msg, false));
     }
 
@@ -654,12 +654,12 @@ impl Node {
 
     /// Hands `msg` to the connection to `to`, after what is held for it (a link keeps
     /// its sender's order).
-    fn send_now(&mut self, to: ReplicaId, msg: Arc<LinkMsg>) {
+    fn send_now(&mut self, to: ReplicaId, msg: Arc<Outgoing>) {
         self.flush_held(to);
         self.enqueue_link(to, msg);
     }
 
-    fn enqueue_link(&mut self, to: ReplicaId, msg: Arc<LinkMsg>) {
+    fn enqueue_link(&mut self, to: ReplicaId, msg: Arc<Outgoing>) {
         if let Some(Some(tx)) = self.peers.get(to as usize)
             && tx.try_send(msg).is_err()
         {
@@ -677,13 +677,13 @@ impl Node {
     /// we send it, a CHECKPOINT or a VIEW-CHANGE, takes them along first. Only fresh
     /// COMMITs are held (`Output::Broadcast`): one sent again to a peer that asked for it
     /// (a Fetch) goes at once.
-    fn may_hold(&self, to: ReplicaId, msg: &LinkMsg) -> bool {
+    fn may_hold(&self, to: ReplicaId, msg: &Outgoing) -> bool {
         let f1 = self.core.config().f == 1;
-        matches!(msg, LinkMsg::Peer(PeerMessage::Ui(consensus::UiMessage::Commit(c)))
+        matches!(&msg.msg, LinkMsg::Peer(PeerMessage::Ui(consensus::UiMessage::Commit(c)))
             if f1 && c.sender == self.id && to != c.primary)
     }
 
-    fn hold(&mut self, to: ReplicaId, msg: Arc<LinkMsg>) {
+    fn hold(&mut self, to: ReplicaId, msg: Arc<Outgoing>) {
         let held = &mut self.held[to as usize];
         held.push(msg);
         self.commits_held += 1;
@@ -710,7 +710,9 @@ impl Node {
 
     fn perform(&mut self, o: Output, work: &mut VecDeque<Input>) -> Result<(), ReplicaError> {
         match o {
-            Output::Send { to, msg } => self.send_peer(to, Arc::new(LinkMsg::Peer(msg))),
+            Output::Send { to, msg } => {
+                self.send_peer(to, Arc::new(Outgoing::new(LinkMsg::Peer(msg))))
+            }
             Output::Broadcast(msg) => {
                 let early = self.early_counter(&msg);
                 if let Some(counter) = early {
@@ -724,7 +726,7 @@ impl Node {
                     self.prepares_early += 1;
                     self.last_early = counter;
                 }
-                let msg = Arc::new(LinkMsg::Peer(msg));
+                let msg = Arc::new(Outgoing::new(LinkMsg::Peer(msg)));
                 for j in 0..self.n {
                     if j == self.id {
                         continue;

@@ -30,7 +30,7 @@ use tracing::{info, warn};
 
 use super::snapshots::Snapshot;
 use super::{Node, ReplicaError};
-use crate::net::{CHUNKS_PER_REQUEST_MAX, ChunkData, DropReason, LinkMsg, StateBlob};
+use crate::net::{CHUNKS_PER_REQUEST_MAX, ChunkData, DropReason, LinkMsg, Outgoing, StateBlob};
 
 /// Chunk requests outstanding at once during a transfer (so at most this many replies of
 /// `CHUNKS_PER_REQUEST_MAX` chunks of 64 KiB are in memory).
@@ -131,7 +131,7 @@ impl Node {
         t.tried.insert(j);
         t.asked_tick = ticks;
         let n = t.cert.n;
-        self.send_peer(j, Arc::new(LinkMsg::StateRequest { n }));
+        self.send_peer(j, Arc::new(Outgoing::new(LinkMsg::StateRequest { n })));
     }
 
     pub(super) fn on_state_request(
@@ -151,7 +151,10 @@ impl Node {
         } else {
             None
         };
-        self.send_peer(from, Arc::new(LinkMsg::StateReply { n, state }));
+        self.send_peer(
+            from,
+            Arc::new(Outgoing::new(LinkMsg::StateReply { n, state })),
+        );
         Ok(())
     }
 
@@ -272,7 +275,7 @@ impl Node {
             f.queue.is_empty() && f.in_flight.is_empty()
         };
         for (j, msg) in sends {
-            self.send_peer(j, Arc::new(msg));
+            self.send_peer(j, Arc::new(Outgoing::new(msg)));
         }
         if done {
             self.finish_transfer()?;
@@ -297,7 +300,10 @@ impl Node {
                 chunks.push(ChunkData { hash, data });
             }
         }
-        self.send_peer(from, Arc::new(LinkMsg::ChunkReply { id, chunks }));
+        self.send_peer(
+            from,
+            Arc::new(Outgoing::new(LinkMsg::ChunkReply { id, chunks })),
+        );
         Ok(())
     }
 
