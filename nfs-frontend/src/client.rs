@@ -211,7 +211,8 @@ struct Engine {
     /// Reads are ordered until then: a recent read-only request timed out.
     read_only_paused_until: Option<tokio::time::Instant>,
     queue: VecDeque<Job>,
-    conns: Vec<mpsc::Sender<Vec<u8>>>,
+    /// Per replica: request frames to send (one frame shared by every connection).
+    conns: Vec<mpsc::Sender<Arc<Vec<u8>>>>,
     up: Vec<Arc<AtomicBool>>,
     stats: Arc<NetStats>,
 }
@@ -469,11 +470,11 @@ impl Engine {
                     } else {
                         self.signer.sign(&req.digest())
                     };
-                    let frame = encode(&if resend {
+                    let frame = Arc::new(encode(&if resend {
                         ClientMsg::Resend(req)
                     } else {
                         ClientMsg::Request(req)
-                    });
+                    }));
                     for c in &self.conns {
                         if c.try_send(frame.clone()).is_err() {
                             self.stats.count(DropReason::QueueFull);
@@ -512,7 +513,7 @@ async fn connection(
     config: Arc<ClusterConfig>,
     client: u64,
     replica: ReplicaId,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut rx: mpsc::Receiver<Arc<Vec<u8>>>,
     replies: mpsc::Sender<(Reply, OwnedSemaphorePermit)>,
     up: Arc<AtomicBool>,
     stats: Arc<NetStats>,
