@@ -194,6 +194,7 @@ fn cluster_run(k: u64) -> String {
             fs_config: nfs_frontend::replica::replica_fs_config(&config),
             usig_socket: None,
             serve_corrupt_chunks: false,
+            drop_large_client_copies: false,
         },
     )
     .expect("start 2");

@@ -254,6 +254,7 @@ impl LocalCluster {
                 fs_config: crate::replica::replica_fs_config(&config),
                 usig_socket,
                 serve_corrupt_chunks: false,
+                drop_large_client_copies: false,
             };
             replica_opts.push(ropts.clone());
             replicas.push(Some(start_replica_thread(config.clone(), ropts)?));

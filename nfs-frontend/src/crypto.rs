@@ -71,6 +71,19 @@ impl RequestDigests {
         Some(*d)
     }
 
+    /// A remembered ordered request of `client` with `seq` whose digest is `digest`.
+    fn with_digest(
+        &self,
+        client: ClientId,
+        seq: u64,
+        digest: &Digest,
+    ) -> Option<consensus::Request> {
+        self.entries
+            .iter()
+            .find(|(r, d)| r.client == client && r.seq == seq && !r.read_only && d == digest)
+            .map(|(r, _)| r.clone())
+    }
+
     fn insert(&mut self, req: &consensus::Request, d: &Digest) {
         if self.find(req).is_some() {
             return;
@@ -212,6 +225,19 @@ impl ClusterCrypto {
     /// client shares with it. About 1 µs instead of an ECDSA signature (≈ 22 µs to sign,
     /// ≈ 68 µs to verify on every replica); reads need no proof a third party could
     /// check, because a read-only request is never ordered.
+    /// An ordered request of `client` with `seq` and digest `digest` whose signature
+    /// this replica verified recently (`remember_request_digest`: large requests only),
+    /// sharing its operation's bytes. For filling in slim PREPAREs (`replica::slim`).
+    pub fn verified_request(
+        &self,
+        client: ClientId,
+        seq: u64,
+        digest: &Digest,
+    ) -> Option<consensus::Request> {
+        let memo = self.0.digests.lock().unwrap_or_else(|p| p.into_inner());
+        memo.with_digest(client, seq, digest)
+    }
+
     pub fn read_only_authenticator(&self, client: ClientId, digest: &Digest) -> Vec<u8> {
         let mut out = Vec::with_capacity(1 + READ_MAC_LEN * self.0.n as usize);
         out.push(READ_AUTH_TAG);

@@ -83,6 +83,16 @@ pub enum LinkMsg {
         id: u64,
         chunks: Vec<ChunkData>,
     },
+    /// A PREPARE without the operations of its large requests, which the receiver has
+    /// from their clients (`replica::slim`).
+    SlimPrepare {
+        prepare: Box<consensus::message::Prepare>,
+        omitted: Vec<crate::replica::slim::Omitted>,
+    },
+    /// "Send me your PREPARE with this USIG counter whole" (a slim one I cannot fill).
+    PrepareWanted {
+        counter: u64,
+    },
 }
 
 /// Client to replica.

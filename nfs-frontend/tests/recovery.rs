@@ -173,6 +173,7 @@ fn transfer_completes_when_a_peer_serves_corrupt_chunks() {
             fs_config: nfs_frontend::replica::replica_fs_config(&config),
             usig_socket: None,
             serve_corrupt_chunks: corrupt,
+            drop_large_client_copies: false,
         };
         let addr = cluster.nfs_addr();
         block_on(write_files(addr, "warm", 3));
@@ -966,4 +967,84 @@ fn deep_listing(root: &std::path::Path) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
     }
     out.sort();
     out
+}
+
+/// Writes `data` into a new file `name` in the root with FILE_SYNC WRITEs of 1 MiB, large
+/// enough that their PREPAREs leave the operations out (`replica::slim`).
+async fn write_large_file(addr: std::net::SocketAddr, name: &str, data: &[u8]) {
+    use nfs3_client::nfs3_types::nfs3::{WRITE3args, stable_how};
+    use nfs3_client::nfs3_types::xdr_codec::Opaque;
+    let mut c = connect(addr, 0, 0).await;
+    let root = c.root_nfs_fh3();
+    let f = common::create_file(&mut c, &root, name).await;
+    let mut at = 0;
+    while at < data.len() {
+        let piece = &data[at..data.len().min(at + (1 << 20))];
+        let w = c
+            .write(&WRITE3args {
+                file: f.clone(),
+                offset: at as u64,
+                count: piece.len() as u32,
+                stable: stable_how::FILE_SYNC,
+                data: Opaque::owned(piece.to_vec()),
+            })
+            .await
+            .expect("rpc")
+            .unwrap();
+        assert!(w.count > 0, "{name}: nothing written");
+        at += w.count as usize;
+    }
+}
+
+/// Slim PREPAREs when a backup lacks the clients' copies: replica 2 drops every large
+/// request the frontend sends it straight, so each slim PREPARE it gets waits for a copy
+/// that never comes and is then asked of the primary whole. The cluster goes on, replica
+/// 2 ends with the same files, and the counters show which path each replica took.
+#[test]
+fn a_backup_without_the_clients_copies_asks_the_primary_for_whole_prepares() {
+    bounded(Duration::from_secs(180), || {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("c");
+        let mut cluster = LocalCluster::start(ClusterOptions {
+            dir: dir.clone(),
+            ..ClusterOptions::default()
+        })
+        .expect("cluster");
+        let config = Arc::new(ClusterConfig::load(&dir.join("cluster.toml")).expect("config"));
+        cluster.stop_replica(2).expect("stop 2");
+        let r2 = start_replica_thread(
+            config.clone(),
+            ReplicaOptions {
+                id: 2,
+                data_dir: dir.join("replica-2"),
+                null_app: false,
+                fs_config: nfs_frontend::replica::replica_fs_config(&config),
+                usig_socket: None,
+                serve_corrupt_chunks: false,
+                drop_large_client_copies: true,
+            },
+        )
+        .expect("start 2");
+        let data = content_of_len("big", 1, (3 << 20) + 12_345);
+        block_on(write_large_file(cluster.nfs_addr(), "big", &data));
+        let e0 = cluster.export_dir(0);
+        let e2 = cluster.export_dir(2);
+        wait_for(Duration::from_secs(60), "replica 2 converges", || {
+            trees_equal(&e0, &e2)
+        });
+        assert_eq!(std::fs::read(e2.join("big")).expect("read"), data);
+        let _ = r2.0.send(());
+        let s2 = r2.1.join().expect("join 2").expect("replica 2 ran");
+        let stats = cluster.stop().expect("stop");
+        let (s0, s1) = (&stats[0], &stats[1]);
+        eprintln!("slim: 0 {:?}, 1 {:?}, 2 {:?}", s0.slim, s1.slim, s2.slim);
+        // Three WRITEs of 1 MiB leave their PREPAREs slim; the last 12 KiB do not.
+        assert_eq!(s0.slim.sent, 3, "{:?}", s0.slim);
+        // Replica 1 fills them from its copies (unless a copy came more than a tick
+        // after its PREPARE, on a loaded host); replica 2 never can.
+        assert_eq!(s1.slim.filled + s1.slim.asked, 3, "{:?}", s1.slim);
+        assert_eq!(s2.slim.filled, 0, "replica 2 had no copy: {:?}", s2.slim);
+        assert_eq!(s2.slim.asked, 3, "{:?}", s2.slim);
+        assert_eq!(s0.slim.answered, s1.slim.asked + 3, "{:?}", s0.slim);
+    });
 }

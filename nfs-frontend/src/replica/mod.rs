@@ -19,6 +19,7 @@
 pub mod app;
 pub mod links;
 pub mod log;
+pub mod slim;
 pub mod snapshots;
 pub mod transfer;
 pub mod verifier;
@@ -95,6 +96,10 @@ pub struct ReplicaOptions {
     /// Fault injection for tests: serve state-transfer chunks with a flipped byte (a
     /// Byzantine peer), so that the fetching replica must detect it and ask another.
     pub serve_corrupt_chunks: bool,
+    /// Fault injection for tests: drop the large ordered requests that clients send
+    /// straight to this replica, so that it must ask the primary for every slim PREPARE
+    /// whole (`slim`).
+    pub drop_large_client_copies: bool,
 }
 
 /// What a replica did, reported when it stops.
@@ -126,6 +131,8 @@ pub struct ReplicaStats {
     pub commits_held_sent: u64,
     /// This run began by re-basing: its USIG was ahead of its log (consensus I8).
     pub started_rebasing: bool,
+    /// PREPAREs that left large requests out, sent and received (`slim`).
+    pub slim: slim::SlimStats,
 }
 
 /// The software USIG's counter lease, which lets a primary's PREPARE leave while the
@@ -370,6 +377,7 @@ struct Node {
     transfer_stats: TransferStats,
     chunk_req_seq: u64,
     serve_corrupt_chunks: bool,
+    drop_large_client_copies: bool,
     ticks: u64,
     stats: Arc<NetStats>,
     /// Checks nobody waits for, on an idle-priority thread (`verifier`); set by `run`.
@@ -395,6 +403,11 @@ struct Node {
     prepares_early: u64,
     last_early: u64,
     started_rebasing: bool,
+    slim: slim::SlimStats,
+    /// Slim PREPAREs waiting for their requests' client copies.
+    slim_waiting: Vec<slim::Waiting>,
+    /// Per peer: the last counter whose PREPARE it asked for whole and got.
+    slim_answered: Vec<u64>,
 }
 
 impl Node {
@@ -726,7 +739,15 @@ impl Node {
                     self.prepares_early += 1;
                     self.last_early = counter;
                 }
-                let msg = Arc::new(Outgoing::new(LinkMsg::Peer(msg)));
+                // Our fresh PREPAREs leave large requests out: the backups have them.
+                let slim = match &msg {
+                    PeerMessage::Ui(consensus::UiMessage::Prepare(p)) if p.primary == self.id => {
+                        slim::slim(p, |r| consensus::validate::request_digest(&self.crypto, r))
+                    }
+                    _ => None,
+                };
+                self.slim.sent += u64::from(slim.is_some());
+                let msg = Arc::new(Outgoing::new(slim.unwrap_or(LinkMsg::Peer(msg))));
                 for j in 0..self.n {
                     if j == self.id {
                         continue;
@@ -866,8 +887,21 @@ impl Node {
                 LinkMsg::StateReply { n, state } => self.on_state_reply(from, n, state),
                 LinkMsg::ChunkRequest { id, hashes } => self.on_chunk_request(from, id, hashes),
                 LinkMsg::ChunkReply { id, chunks } => self.on_chunk_reply(from, id, chunks),
+                LinkMsg::SlimPrepare { prepare, omitted } => {
+                    self.on_slim_prepare(from, prepare, omitted)
+                }
+                LinkMsg::PrepareWanted { counter } => {
+                    self.on_prepare_wanted(from, counter);
+                    Ok(())
+                }
             },
             Event::Request { req, resend } => {
+                if self.drop_large_client_copies
+                    && !req.read_only
+                    && req.op.len() >= slim::SLIM_OP_BYTES_MIN
+                {
+                    return Ok(());
+                }
                 if !resend && !req.read_only && self.executed_already(&req) {
                     // A first copy its PREPARE overtook: the reply left when the batch
                     // executed. Neither checked nor answered (a re-send would be).
@@ -876,17 +910,23 @@ impl Node {
                 }
                 // A backup needs an ordered request only when the PREPARE carrying it
                 // arrives (which verifies it then if the idle thread has not yet).
-                let may_wait = self.request_may_wait(&req);
+                // A slim PREPARE waiting for this copy has it checked now.
+                let awaited = self.slim_waits_for(req.client, req.seq);
+                let may_wait = !awaited && self.request_may_wait(&req);
                 let Some(job) = self.defer(verifier::Job::Request(req), may_wait) else {
                     return Ok(());
                 };
-                if self.core.is_primary() {
+                if self.core.is_primary() || awaited {
                     // Requests deferred while this replica was a backup are the new
-                    // primary's to propose.
+                    // primary's to propose; a slim PREPARE takes them in order.
                     self.take_back(verifier::Source::Clients)?;
                 }
                 let config = self.core.config().clone();
-                self.apply(job.verify(&config, &self.crypto))
+                self.apply(job.verify(&config, &self.crypto))?;
+                if awaited {
+                    self.retry_slim(false)?;
+                }
+                Ok(())
             }
             Event::Verified(verdict) => self.apply_deferred(verdict),
             Event::CheckpointFlushed { seq } => self.on_flushed(seq),
@@ -1018,6 +1058,7 @@ impl Node {
             self.verify_all(stale)?;
         }
         self.transfer_tick()?;
+        self.retry_slim(true)?;
         if self
             .checkpoint_flush
             .as_ref()
@@ -1042,6 +1083,7 @@ impl Node {
             commits_held: self.commits_held,
             commits_held_sent: self.commits_held_sent,
             started_rebasing: self.started_rebasing,
+            slim: self.slim,
             checks_deferred: self.lazy.as_ref().map_or(0, |l| {
                 l.stats.deferred.load(std::sync::atomic::Ordering::Relaxed)
             }),
@@ -1301,6 +1343,7 @@ fn open_node(
         transfer_stats: TransferStats::default(),
         chunk_req_seq: 0,
         serve_corrupt_chunks: opts.serve_corrupt_chunks,
+        drop_large_client_copies: opts.drop_large_client_copies,
         ticks: 0,
         stats,
         lazy: None,
@@ -1316,6 +1359,9 @@ fn open_node(
         prepares_early: 0,
         last_early: 0,
         started_rebasing,
+        slim: slim::SlimStats::default(),
+        slim_waiting: Vec::new(),
+        slim_answered: vec![0; n as usize],
     })
 }
 
@@ -1471,6 +1517,11 @@ pub async fn run(
         view = final_stats.view,
         replies_from_cache = final_stats.replies_from_cache,
         late_request_copies = final_stats.late_request_copies,
+        slim_sent = final_stats.slim.sent,
+        slim_filled = final_stats.slim.filled,
+        slim_waited = final_stats.slim.waited,
+        slim_asked = final_stats.slim.asked,
+        slim_answered = final_stats.slim.answered,
         "replica stopped"
     );
     Ok(final_stats)
@@ -1588,6 +1639,7 @@ mod tests {
             fs_config: replica_fs_config(&config),
             usig_socket: None,
             serve_corrupt_chunks: false,
+            drop_large_client_copies: false,
         };
         std::fs::create_dir_all(&opts.data_dir).unwrap();
         (config, opts)

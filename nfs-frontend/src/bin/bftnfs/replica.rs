@@ -71,6 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 }
             }),
             serve_corrupt_chunks: false,
+            drop_large_client_copies: false,
         };
         let stats = replica::run(config.clone(), opts, listener, shutdown_signal()?).await?;
         info!(?stats, "stopped");
