@@ -928,7 +928,15 @@ impl Node {
                 }
                 Ok(())
             }
-            Event::Verified(verdict) => self.apply_deferred(verdict),
+            Event::Verified(verdict) => {
+                let request = matches!(verdict, verifier::Verdict::Request(Ok(_)));
+                self.apply_deferred(verdict)?;
+                // The idle checker had a copy a slim PREPARE waits for in hand.
+                if request && !self.slim_waiting.is_empty() {
+                    self.retry_slim(false)?;
+                }
+                Ok(())
+            }
             Event::CheckpointFlushed { seq } => self.on_flushed(seq),
             Event::ClientUp { client, conn, tx } => {
                 if self.clients.insert(client, (conn, tx)).is_some() {

@@ -101,20 +101,22 @@ impl Node {
             self.stats.count(DropReason::Garbage);
             return Ok(());
         }
-        // Client copies queued for the idle checker are checked now: a verified copy
-        // is what fills a slim PREPARE in.
-        self.take_back(super::verifier::Source::Clients)?;
         let waiting = Waiting {
             from,
             prepare,
             omitted,
             since_tick: self.ticks,
         };
+        let waiting = match self.fill(waiting) {
+            Ok(prepare) => return self.filled(from, prepare, false),
+            Err(w) => w,
+        };
+        // A copy may still wait for the idle checker (only verified copies fill a slim
+        // PREPARE in): the client copies queued there are checked now, as the check of
+        // a whole PREPARE would have.
+        self.take_back(super::verifier::Source::Clients)?;
         match self.fill(waiting) {
-            Ok(prepare) => {
-                self.slim.filled += 1;
-                self.on_peer(from, PeerMessage::Ui(UiMessage::Prepare(prepare)))
-            }
+            Ok(prepare) => self.filled(from, prepare, false),
             Err(w) if self.slim_waiting.len() < SLIM_WAITING_MAX => {
                 self.slim_waiting.push(w);
                 Ok(())
@@ -135,11 +137,7 @@ impl Node {
         for w in std::mem::take(&mut self.slim_waiting) {
             let from = w.from;
             match self.fill(w) {
-                Ok(prepare) => {
-                    self.slim.filled += 1;
-                    self.slim.waited += 1;
-                    self.on_peer(from, PeerMessage::Ui(UiMessage::Prepare(prepare)))?;
-                }
+                Ok(prepare) => self.filled(from, prepare, true)?,
                 Err(w) if expire && self.ticks >= w.since_tick + SLIM_WAIT_TICKS => {
                     self.ask_whole(&w);
                 }
@@ -147,6 +145,18 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// Hands a filled-in PREPARE on, as if it had come whole.
+    fn filled(
+        &mut self,
+        from: ReplicaId,
+        prepare: Prepare,
+        waited: bool,
+    ) -> Result<(), ReplicaError> {
+        self.slim.filled += 1;
+        self.slim.waited += u64::from(waited);
+        self.on_peer(from, PeerMessage::Ui(UiMessage::Prepare(prepare)))
     }
 
     /// Whether a slim PREPARE waits for the copy of a request of `client` with `seq`.
