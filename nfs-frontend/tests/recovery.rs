@@ -1048,3 +1048,51 @@ fn a_backup_without_the_clients_copies_asks_the_primary_for_whole_prepares() {
         assert_eq!(s0.slim.answered, s1.slim.asked + 3, "{:?}", s0.slim);
     });
 }
+
+/// After a view change the new primary re-proposes every batch above the stable
+/// checkpoint, and the backups may have executed those requests long ago: such
+/// re-proposals go whole, not slim (which once had a backup ask for each one whose
+/// copy it had forgotten, and under load cost further view changes). 40 WRITEs of 1 MiB
+/// (more than the 32 requests the digest memo keeps), the primary stops, one more WRITE:
+/// the new primary sends the 40 re-proposals whole and everything converges.
+#[test]
+fn a_new_primary_re_proposes_large_requests_whole() {
+    bounded(Duration::from_secs(240), || {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("c");
+        let mut cluster = LocalCluster::start(ClusterOptions {
+            dir: dir.clone(),
+            ..ClusterOptions::default()
+        })
+        .expect("cluster");
+        let data = content_of_len("many", 2, 40 << 20);
+        block_on(write_large_file(cluster.nfs_addr(), "many", &data));
+        cluster.stop_replica(0).expect("stop the primary");
+        let more = content_of_len("more", 3, 1 << 20);
+        block_on(write_large_file(cluster.nfs_addr(), "more", &more));
+        let (e1, e2) = (cluster.export_dir(1), cluster.export_dir(2));
+        wait_for(Duration::from_secs(60), "replicas 1 and 2 agree", || {
+            trees_equal(&e1, &e2)
+        });
+        assert_eq!(std::fs::read(e2.join("many")).expect("read"), data);
+        assert_eq!(std::fs::read(e1.join("more")).expect("read"), more);
+        let stats = cluster.stop().expect("stop");
+        eprintln!(
+            "slim: {:?}",
+            stats.iter().map(|s| s.slim).collect::<Vec<_>>()
+        );
+        let new_primary = stats
+            .iter()
+            .find(|s| s.view > 0 && s.slim.reproposed_whole > 0)
+            .expect("a new primary re-proposed large requests");
+        assert!(
+            new_primary.slim.reproposed_whole >= 40,
+            "{:?}",
+            new_primary.slim
+        );
+        // Sent slim, the re-proposals whose copies a backup had forgotten were asked for
+        // whole (8 or more of the 40); a fresh request's copy rarely comes a tick late.
+        let asked: u64 = stats.iter().map(|s| s.slim.asked).sum();
+        assert!(asked <= 2, "{asked} whole PREPAREs asked for");
+    });
+}

@@ -520,6 +520,23 @@ impl Replica {
         self.clients.get(&client).map(|r| r.last_seq)
     }
 
+    /// The request of `client` with `seq` if it waits here to be executed (it was
+    /// verified when it arrived). A runtime that moves PREPAREs without their large
+    /// operations fills them in from these.
+    pub fn pending_request(&self, client: ClientId, seq: u64) -> Option<&Request> {
+        self.pending
+            .get(&client)
+            .map(|p| &p.request)
+            .filter(|r| r.seq == seq)
+    }
+
+    /// Whether this primary's PREPARE for `n` re-proposes a batch its NEW-VIEW fixed
+    /// rather than fresh requests: its requests may have been executed long ago by the
+    /// replicas that had them.
+    pub fn reproposes(&self, n: SeqNum) -> bool {
+        self.reproposals.contains_key(&n)
+    }
+
     /// Byzantine or malformed input dropped so far, by reason.
     pub fn dropped(&self) -> &BTreeMap<&'static str, u64> {
         &self.dropped

@@ -739,10 +739,19 @@ impl Node {
                     self.prepares_early += 1;
                     self.last_early = counter;
                 }
-                // Our fresh PREPAREs leave large requests out: the backups have them.
+                // Our fresh PREPAREs leave large requests out: the backups have them. Not
+                // a re-proposal after a view change: its requests may be long executed
+                // and gone from the backups' memory.
                 let slim = match &msg {
                     PeerMessage::Ui(consensus::UiMessage::Prepare(p)) if p.primary == self.id => {
-                        slim::slim(p, |r| consensus::validate::request_digest(&self.crypto, r))
+                        let slim =
+                            slim::slim(p, |r| consensus::validate::request_digest(&self.crypto, r));
+                        if slim.is_some() && self.core.reproposes(p.header.n) {
+                            self.slim.reproposed_whole += 1;
+                            None
+                        } else {
+                            slim
+                        }
                     }
                     _ => None,
                 };

@@ -6,10 +6,13 @@
 //! megabytes, and each backup read, hash and decode one, on the critical path of the
 //! WRITE. A slim PREPARE names each left-out request by its index in the batch and its
 //! digest (`LinkMsg::SlimPrepare`); a backup fills it in from the verified copy the
-//! client sent it (`ClusterCrypto::verified_request`: same client, sequence number and
-//! digest, so the same bytes) and hands the core the whole PREPARE, exactly as if it had
+//! client sent it (`ClusterCrypto::verified_request`, or the core's pending request:
+//! same client, sequence number and digest, so the same bytes) and hands the core the
+//! whole PREPARE, exactly as if it had
 //! arrived whole. Only the wire changes: the core, its logs, its UIs and its digests all
-//! see whole PREPAREs, and retransmissions (fetches, VIEW-CHANGEs) are sent whole.
+//! see whole PREPAREs, and retransmissions (fetches, VIEW-CHANGEs) are sent whole. So are
+//! a new primary's re-proposals of what its NEW-VIEW fixed (`Replica::reproposes`): the
+//! backups may have executed those requests long ago, and their copies are gone.
 //!
 //! A backup that lacks a copy waits for it a little (`SLIM_WAIT_TICKS`: the client's copy
 //! and the PREPARE race over different connections), then asks the primary for the
@@ -58,6 +61,8 @@ pub(super) struct Waiting {
 pub struct SlimStats {
     /// PREPAREs sent slim (once per PREPARE, whatever the number of backups).
     pub sent: u64,
+    /// Re-proposals after a view change that had large requests and went whole.
+    pub reproposed_whole: u64,
     /// Slim PREPAREs filled in from the clients' copies, at once or after waiting.
     pub filled: u64,
     /// Of those, the ones that waited for a copy.
@@ -174,7 +179,18 @@ impl Node {
         let mut filled = Vec::with_capacity(w.omitted.len());
         for o in &w.omitted {
             let r = &w.prepare.batch.requests[o.index as usize];
-            match self.crypto.verified_request(r.client, r.seq, &o.digest) {
+            // A recent verified copy, or the one waiting in the core to be executed
+            // (hashed again only if the memo has forgotten it: under a backlog, such
+            // as the requests a view change leaves, more are pending than it keeps).
+            let copy = self
+                .crypto
+                .verified_request(r.client, r.seq, &o.digest)
+                .or_else(|| {
+                    let p = self.core.pending_request(r.client, r.seq)?;
+                    (consensus::validate::request_digest(&self.crypto, p) == o.digest)
+                        .then(|| p.clone())
+                });
+            match copy {
                 Some(copy) => filled.push(copy.op),
                 None => return Err(w),
             }
