@@ -972,28 +972,9 @@ fn deep_listing(root: &std::path::Path) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
 /// Writes `data` into a new file `name` in the root with FILE_SYNC WRITEs of 1 MiB, large
 /// enough that their PREPAREs leave the operations out (`replica::slim`).
 async fn write_large_file(addr: std::net::SocketAddr, name: &str, data: &[u8]) {
-    use nfs3_client::nfs3_types::nfs3::{WRITE3args, stable_how};
-    use nfs3_client::nfs3_types::xdr_codec::Opaque;
     let mut c = connect(addr, 0, 0).await;
     let root = c.root_nfs_fh3();
-    let f = common::create_file(&mut c, &root, name).await;
-    let mut at = 0;
-    while at < data.len() {
-        let piece = &data[at..data.len().min(at + (1 << 20))];
-        let w = c
-            .write(&WRITE3args {
-                file: f.clone(),
-                offset: at as u64,
-                count: piece.len() as u32,
-                stable: stable_how::FILE_SYNC,
-                data: Opaque::owned(piece.to_vec()),
-            })
-            .await
-            .expect("rpc")
-            .unwrap();
-        assert!(w.count > 0, "{name}: nothing written");
-        at += w.count as usize;
-    }
+    common::write_file_in(&mut c, &root, name, data, 1 << 20).await;
 }
 
 /// Slim PREPAREs when a backup lacks the clients' copies: replica 2 drops every large

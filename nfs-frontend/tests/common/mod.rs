@@ -172,21 +172,32 @@ pub async fn create_file(c: &mut Conn, dir: &nfs_fh3, name: &str) -> nfs_fh3 {
 /// Creates `name` in `dir` (UNCHECKED) and writes `data` into it with FILE_SYNC WRITEs
 /// of at most 32 KiB; returns the file's handle.
 pub async fn write_file(c: &mut Conn, dir: &nfs_fh3, name: &str, data: &[u8]) -> nfs_fh3 {
+    write_file_in(c, dir, name, data, 32 << 10).await
+}
+
+/// `write_file` with WRITEs of at most `piece` bytes (at most the server's `wtmax`).
+pub async fn write_file_in(
+    c: &mut Conn,
+    dir: &nfs_fh3,
+    name: &str,
+    data: &[u8],
+    piece: usize,
+) -> nfs_fh3 {
     use nfs3_client::nfs3_types::nfs3::{WRITE3args, stable_how};
     let f = create_file(c, dir, name).await;
-    for (k, piece) in data.chunks(32 << 10).enumerate() {
+    for (k, bytes) in data.chunks(piece).enumerate() {
         let w = c
             .write(&WRITE3args {
                 file: f.clone(),
-                offset: (k * (32 << 10)) as u64,
-                count: piece.len() as u32,
+                offset: (k * piece) as u64,
+                count: bytes.len() as u32,
                 stable: stable_how::FILE_SYNC,
-                data: Opaque::owned(piece.to_vec()),
+                data: Opaque::owned(bytes.to_vec()),
             })
             .await
             .expect("rpc")
             .unwrap();
-        assert_eq!(w.count as usize, piece.len(), "{name}: short write");
+        assert_eq!(w.count as usize, bytes.len(), "{name}: short write");
     }
     f
 }
