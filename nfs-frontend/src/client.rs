@@ -77,31 +77,6 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
 }
 
-/// Requests at least this large go to the primary first (`Outbound`).
-const PRIMARY_FIRST_BYTES_MIN: usize = 64 << 10;
-
-/// A request frame for one replica connection, and the connections that get it once it
-/// is written there. A large request goes to the primary first and to the backups only
-/// after it: written to three connections at once, its three megabytes shared the
-/// loopback and the frontend's thread, and the primary, whose copy is the one on the
-/// critical path (the backups' copies are needed only when the PREPARE comes), had
-/// its copy last as often as first.
-struct Outbound {
-    frame: Arc<Vec<u8>>,
-    then: Vec<mpsc::Sender<Outbound>>,
-}
-
-impl Outbound {
-    fn forward(self) {
-        for tx in self.then {
-            let _ = tx.try_send(Outbound {
-                frame: self.frame.clone(),
-                then: Vec::new(),
-            });
-        }
-    }
-}
-
 struct Job {
     op: Vec<u8>,
     read_only: bool,
@@ -237,9 +212,7 @@ struct Engine {
     read_only_paused_until: Option<tokio::time::Instant>,
     queue: VecDeque<Job>,
     /// Per replica: request frames to send (one frame shared by every connection).
-    conns: Vec<mpsc::Sender<Outbound>>,
-    /// The view of the latest reply, whose primary gets large requests first.
-    view: u64,
+    conns: Vec<mpsc::Sender<Arc<Vec<u8>>>>,
     up: Vec<Arc<AtomicBool>>,
     stats: Arc<NetStats>,
 }
@@ -281,7 +254,6 @@ impl Engine {
             sessions,
             queue: VecDeque::new(),
             conns: Vec::new(),
-            view: 0,
             up: Vec::new(),
             stats: Arc::new(NetStats::default()),
         }
@@ -484,11 +456,6 @@ impl Engine {
         };
         let crypto: &dyn Crypto = &self.crypto;
         let outs = self.sessions[s as usize].on_reply(crypto, reply);
-        // The view a completed request was answered in names the primary that gets
-        // large requests first (a guess: a wrong one only costs that head start).
-        if outs.iter().any(|o| matches!(o, ClientOutput::Done { .. })) {
-            self.view = reply.view;
-        }
         self.outputs(s as usize, outs);
     }
 
@@ -508,38 +475,9 @@ impl Engine {
                     } else {
                         ClientMsg::Request(req)
                     }));
-                    let primary = (self.view % u64::from(self.config.n())) as usize;
-                    let first = (!resend
-                        && frame.len() >= PRIMARY_FIRST_BYTES_MIN
-                        && self.up[primary].load(Ordering::Relaxed))
-                    .then_some(primary);
-                    let later: Vec<_> = match first {
-                        Some(p) => (0..self.conns.len())
-                            .filter(|&i| i != p)
-                            .map(|i| self.conns[i].clone())
-                            .collect(),
-                        None => Vec::new(),
-                    };
-                    let mut later = Some(later);
-                    for (i, c) in self.conns.iter().enumerate() {
-                        let out = match first {
-                            Some(p) if i == p => Outbound {
-                                frame: frame.clone(),
-                                then: later.take().unwrap_or_default(),
-                            },
-                            Some(_) => continue,
-                            None => Outbound {
-                                frame: frame.clone(),
-                                then: Vec::new(),
-                            },
-                        };
-                        if let Err(e) = c.try_send(out) {
+                    for c in &self.conns {
+                        if c.try_send(frame.clone()).is_err() {
                             self.stats.count(DropReason::QueueFull);
-                            // The backups' copies must not wait for a full queue.
-                            match e {
-                                mpsc::error::TrySendError::Full(out)
-                                | mpsc::error::TrySendError::Closed(out) => out.forward(),
-                            }
                         }
                     }
                 }
@@ -575,7 +513,7 @@ async fn connection(
     config: Arc<ClusterConfig>,
     client: u64,
     replica: ReplicaId,
-    mut rx: mpsc::Receiver<Outbound>,
+    mut rx: mpsc::Receiver<Arc<Vec<u8>>>,
     replies: mpsc::Sender<(Reply, OwnedSemaphorePermit)>,
     up: Arc<AtomicBool>,
     stats: Arc<NetStats>,
@@ -641,20 +579,13 @@ async fn connection(
         });
         let closed = loop {
             tokio::select! {
-                out = rx.recv() => {
-                    let Some(out) = out else { break true };
-                    let mut ok = write_frame(&mut w, &out.frame).await.is_ok();
-                    let mut then = vec![out];
-                    while ok && let Ok(out) = rx.try_recv() {
-                        ok = write_frame(&mut w, &out.frame).await.is_ok();
-                        then.push(out);
+                frame = rx.recv() => {
+                    let Some(frame) = frame else { break true };
+                    let mut ok = write_frame(&mut w, &frame).await.is_ok();
+                    while ok && let Ok(frame) = rx.try_recv() {
+                        ok = write_frame(&mut w, &frame).await.is_ok();
                     }
-                    ok = ok && w.flush().await.is_ok();
-                    // Written (or failed): the copies for the other replicas go now.
-                    for out in then {
-                        out.forward();
-                    }
-                    if !ok {
+                    if !ok || w.flush().await.is_err() {
                         break false;
                     }
                 }

@@ -61,6 +61,8 @@ pub const LOG_FILE: &str = "protocol.log";
 const BLOCK: usize = 4096;
 /// Writes of at least this many bytes go past the page cache (`O_DIRECT`).
 const DIRECT_BYTES_MIN: usize = 64 << 10;
+/// The block buffer kept between writes at most (a 1 MiB WRITE's PREPARE fits).
+const SCRATCH_KEEP_BYTES: usize = 4 << 20;
 /// Zeroed space a direct write that grows the file leaves after its records.
 const DIRECT_SLACK_BYTES: u64 = 64 << 10;
 
@@ -324,7 +326,12 @@ impl ProtocolLog {
             (Some(d), true) => d,
             _ => &self.file,
         };
-        file.write_all_at(buf, start)
+        let written = file.write_all_at(buf, start);
+        if self.scratch.len() > SCRATCH_KEEP_BYTES {
+            // A VIEW-CHANGE or a state record can be large; keep no such buffer for long.
+            self.scratch = Vec::new();
+        }
+        written
     }
 
     /// After a direct write failed: an `EINVAL` means the file system does not take this

@@ -406,8 +406,8 @@ struct Node {
     slim: slim::SlimStats,
     /// Slim PREPAREs waiting for their requests' client copies.
     slim_waiting: Vec<slim::Waiting>,
-    /// Per peer: the last counter whose PREPARE it asked for whole and got.
-    slim_answered: Vec<u64>,
+    /// Per peer: counters of the PREPAREs it asked for whole and got (the latest).
+    slim_answered: Vec<std::collections::BTreeSet<u64>>,
 }
 
 impl Node {
@@ -1378,7 +1378,7 @@ fn open_node(
         started_rebasing,
         slim: slim::SlimStats::default(),
         slim_waiting: Vec::new(),
-        slim_answered: vec![0; n as usize],
+        slim_answered: vec![std::collections::BTreeSet::new(); n as usize],
     })
 }
 

@@ -35,8 +35,10 @@ use crate::net::{DropReason, LinkMsg, Outgoing};
 /// Requests whose operation is at least this large leave a PREPARE slim.
 pub const SLIM_OP_BYTES_MIN: usize = 64 << 10;
 /// Ticks a slim PREPARE waits for the client's copies of its requests before the
-/// primary is asked for the whole PREPARE.
-const SLIM_WAIT_TICKS: u64 = 1;
+/// primary is asked for the whole PREPARE (at least one whole tick).
+const SLIM_WAIT_TICKS: u64 = 2;
+/// Counters of whole PREPAREs remembered per peer as answered (`on_prepare_wanted`).
+const ANSWERED_MAX: usize = 256;
 /// Slim PREPAREs waiting at most; beyond, the whole PREPARE is asked for at once.
 const SLIM_WAITING_MAX: usize = 64;
 
@@ -102,7 +104,8 @@ impl Node {
         prepare: Box<Prepare>,
         omitted: Vec<Omitted>,
     ) -> Result<(), ReplicaError> {
-        if !well_formed(&prepare, &omitted) {
+        // Slim PREPAREs come straight from their primary (nobody relays them).
+        if prepare.primary != from || !well_formed(&prepare, &omitted) {
             self.stats.count(DropReason::Garbage);
             return Ok(());
         }
@@ -216,12 +219,13 @@ impl Node {
     }
 
     /// A backup asks for our PREPARE with `counter` whole: sent from the log, once per
-    /// counter and in increasing order (a correct backup asks for each once).
+    /// counter (a correct backup asks for each once; the last `ANSWERED_MAX` are
+    /// remembered, so a peer asking again gets nothing it did not get before).
     pub(super) fn on_prepare_wanted(&mut self, from: ReplicaId, counter: u64) {
-        let Some(last) = self.slim_answered.get_mut(from as usize) else {
+        let Some(answered) = self.slim_answered.get_mut(from as usize) else {
             return;
         };
-        if counter <= *last {
+        if answered.contains(&counter) {
             self.stats.count(DropReason::Garbage);
             return;
         }
@@ -229,7 +233,10 @@ impl Node {
             // Collected after a stable checkpoint: the backup gets past it that way.
             return;
         };
-        *last = counter;
+        answered.insert(counter);
+        if answered.len() > ANSWERED_MAX {
+            answered.pop_first();
+        }
         self.slim.answered += 1;
         let whole = LinkMsg::Peer(PeerMessage::Ui(msg.clone()));
         self.send_now(from, Arc::new(Outgoing::new(whole)));
