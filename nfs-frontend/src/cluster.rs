@@ -351,12 +351,24 @@ impl LocalCluster {
     /// Starts replica `id` again (after `stop_replica`) from its data directory, as a
     /// restarted process would.
     pub fn restart_replica(&mut self, id: u32) -> anyhow::Result<()> {
+        self.restart_replica_with(id, |_| {})
+    }
+
+    /// `restart_replica` with its options changed by `change` for this run (fault
+    /// injection in tests, such as `serve_corrupt_chunks`); a later `restart_replica`
+    /// starts it with the cluster's options again.
+    pub fn restart_replica_with(
+        &mut self,
+        id: u32,
+        change: impl FnOnce(&mut ReplicaOptions),
+    ) -> anyhow::Result<()> {
         let slot = self
             .replicas
             .get_mut(id as usize)
             .context("no such replica")?;
         anyhow::ensure!(slot.is_none(), "replica {id} is running");
-        let opts = self.replica_opts[id as usize].clone();
+        let mut opts = self.replica_opts[id as usize].clone();
+        change(&mut opts);
         *slot = Some(start_replica_thread(self.config.clone(), opts)?);
         Ok(())
     }

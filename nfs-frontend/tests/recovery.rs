@@ -17,9 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Up, bounded, connect, trees_equal, write_file};
-use nfs_frontend::cluster::start_replica_thread;
 use nfs_frontend::config::ClusterConfig;
-use nfs_frontend::replica::ReplicaOptions;
 use nfs_frontend::{ClusterOptions, LocalCluster};
 
 /// Deterministic content of file `i`: mostly 3 KiB, every 40th 200 KiB (4 chunks).
@@ -86,6 +84,11 @@ fn start_small_cluster(
         .collect();
     assert_eq!(replaced, 2, "cluster.toml has both settings");
     std::fs::write(&path, toml.join("\n") + "\n").expect("toml");
+    start_cluster(dir)
+}
+
+/// An embedded cluster with the default options in `dir` (kept if it exists).
+fn start_cluster(dir: &std::path::Path) -> LocalCluster {
     LocalCluster::start(ClusterOptions {
         dir: dir.to_path_buf(),
         ..ClusterOptions::default()
@@ -159,31 +162,18 @@ fn transfer_completes_when_a_peer_serves_corrupt_chunks() {
         .try_init();
     bounded(Duration::from_secs(300), || {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("c");
-        let mut cluster = LocalCluster::start(ClusterOptions {
-            dir: dir.clone(),
-            ..ClusterOptions::default()
-        })
-        .expect("cluster");
-        let config = Arc::new(ClusterConfig::load(&dir.join("cluster.toml")).expect("config"));
-        let opts = |id: u32, corrupt: bool| ReplicaOptions {
-            id,
-            data_dir: dir.join(format!("replica-{id}")),
-            null_app: false,
-            fs_config: nfs_frontend::replica::replica_fs_config(&config),
-            usig_socket: None,
-            serve_corrupt_chunks: corrupt,
-            drop_large_client_copies: false,
-        };
+        let mut cluster = start_cluster(&tmp.path().join("c"));
         let addr = cluster.nfs_addr();
         block_on(write_files(addr, "warm", 3));
         cluster.stop_replica(2).expect("stop 2");
         block_on(write_files(addr, "f", 250));
         // Replica 1 turns Byzantine for state transfer (restart from its own disk).
         cluster.stop_replica(1).expect("stop 1");
-        let r1 = start_replica_thread(config.clone(), opts(1, true)).expect("start 1");
+        cluster
+            .restart_replica_with(1, |o| o.serve_corrupt_chunks = true)
+            .expect("start 1");
         block_on(write_files(addr, "h", 10));
-        let r2 = start_replica_thread(config.clone(), opts(2, false)).expect("start 2");
+        cluster.restart_replica(2).expect("start 2");
         // Clients keep working while replica 2 catches up (and the checkpoints these
         // writes make let it catch up again if it installed an older one).
         block_on(write_files(addr, "late", 150));
@@ -192,10 +182,8 @@ fn transfer_completes_when_a_peer_serves_corrupt_chunks() {
         wait_for(Duration::from_secs(90), "replica 2 converges", || {
             trees_equal(&e0, &e2)
         });
-        let _ = r1.0.send(());
-        let _ = r2.0.send(());
-        let s1 = r1.1.join().expect("join 1").expect("replica 1 ran");
-        let s2 = r2.1.join().expect("join 2").expect("replica 2 ran");
+        let stats = cluster.stop().expect("stop");
+        let (s1, s2) = (&stats[1], &stats[2]);
         assert!(s2.transfer.transfers >= 1, "{:?}", s2.transfer);
         assert!(
             s2.transfer.bad_replies >= 1,
@@ -206,7 +194,6 @@ fn transfer_completes_when_a_peer_serves_corrupt_chunks() {
             "replica 2 transfer: {:?}; replica 1: {:?}",
             s2.transfer, s1.transfer
         );
-        let _ = cluster.stop();
     });
 }
 
@@ -985,27 +972,11 @@ async fn write_large_file(addr: std::net::SocketAddr, name: &str, data: &[u8]) {
 fn a_backup_without_the_clients_copies_asks_the_primary_for_whole_prepares() {
     bounded(Duration::from_secs(180), || {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("c");
-        let mut cluster = LocalCluster::start(ClusterOptions {
-            dir: dir.clone(),
-            ..ClusterOptions::default()
-        })
-        .expect("cluster");
-        let config = Arc::new(ClusterConfig::load(&dir.join("cluster.toml")).expect("config"));
+        let mut cluster = start_cluster(&tmp.path().join("c"));
         cluster.stop_replica(2).expect("stop 2");
-        let r2 = start_replica_thread(
-            config.clone(),
-            ReplicaOptions {
-                id: 2,
-                data_dir: dir.join("replica-2"),
-                null_app: false,
-                fs_config: nfs_frontend::replica::replica_fs_config(&config),
-                usig_socket: None,
-                serve_corrupt_chunks: false,
-                drop_large_client_copies: true,
-            },
-        )
-        .expect("start 2");
+        cluster
+            .restart_replica_with(2, |o| o.drop_large_client_copies = true)
+            .expect("start 2");
         let data = content_of_len("big", 1, (3 << 20) + 12_345);
         block_on(write_large_file(cluster.nfs_addr(), "big", &data));
         let e0 = cluster.export_dir(0);
@@ -1014,10 +985,8 @@ fn a_backup_without_the_clients_copies_asks_the_primary_for_whole_prepares() {
             trees_equal(&e0, &e2)
         });
         assert_eq!(std::fs::read(e2.join("big")).expect("read"), data);
-        let _ = r2.0.send(());
-        let s2 = r2.1.join().expect("join 2").expect("replica 2 ran");
         let stats = cluster.stop().expect("stop");
-        let (s0, s1) = (&stats[0], &stats[1]);
+        let (s0, s1, s2) = (&stats[0], &stats[1], &stats[2]);
         eprintln!("slim: 0 {:?}, 1 {:?}, 2 {:?}", s0.slim, s1.slim, s2.slim);
         // Three WRITEs of 1 MiB leave their PREPAREs slim; the last 12 KiB do not.
         assert_eq!(s0.slim.sent, 3, "{:?}", s0.slim);
@@ -1040,12 +1009,7 @@ fn a_backup_without_the_clients_copies_asks_the_primary_for_whole_prepares() {
 fn a_new_primary_re_proposes_large_requests_whole() {
     bounded(Duration::from_secs(240), || {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("c");
-        let mut cluster = LocalCluster::start(ClusterOptions {
-            dir: dir.clone(),
-            ..ClusterOptions::default()
-        })
-        .expect("cluster");
+        let mut cluster = start_cluster(&tmp.path().join("c"));
         let data = content_of_len("many", 2, 40 << 20);
         block_on(write_large_file(cluster.nfs_addr(), "many", &data));
         cluster.stop_replica(0).expect("stop the primary");

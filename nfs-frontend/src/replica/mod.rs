@@ -739,24 +739,7 @@ impl Node {
                     self.prepares_early += 1;
                     self.last_early = counter;
                 }
-                // Our fresh PREPAREs leave large requests out: the backups have them. Not
-                // a re-proposal after a view change: its requests may be long executed
-                // and gone from the backups' memory.
-                let slim = match &msg {
-                    PeerMessage::Ui(consensus::UiMessage::Prepare(p)) if p.primary == self.id => {
-                        let slim =
-                            slim::slim(p, |r| consensus::validate::request_digest(&self.crypto, r));
-                        if slim.is_some() && self.core.reproposes(p.header.n) {
-                            self.slim.reproposed_whole += 1;
-                            None
-                        } else {
-                            slim
-                        }
-                    }
-                    _ => None,
-                };
-                self.slim.sent += u64::from(slim.is_some());
-                let msg = Arc::new(Outgoing::new(slim.unwrap_or(LinkMsg::Peer(msg))));
+                let msg = Arc::new(Outgoing::new(self.link_form(msg)));
                 for j in 0..self.n {
                     if j == self.id {
                         continue;

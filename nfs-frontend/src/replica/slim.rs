@@ -75,12 +75,17 @@ pub struct SlimStats {
     pub answered: u64,
 }
 
+/// Whether `r` is large enough to leave a PREPARE slim.
+fn large(r: &consensus::Request) -> bool {
+    r.op.len() >= SLIM_OP_BYTES_MIN
+}
+
 /// The slim form of `p` for the links, if any of its requests is large: those lose their
 /// operation and are named by index and digest (`digest_of` gives each request's).
 pub fn slim(p: &Prepare, digest_of: impl Fn(&consensus::Request) -> Digest) -> Option<LinkMsg> {
     let mut slim = None::<(Prepare, Vec<Omitted>)>;
     for (i, r) in p.batch.requests.iter().enumerate() {
-        if r.op.len() < SLIM_OP_BYTES_MIN {
+        if !large(r) {
             continue;
         }
         let (prepare, omitted) = slim.get_or_insert_with(|| (p.clone(), Vec::new()));
@@ -97,6 +102,28 @@ pub fn slim(p: &Prepare, digest_of: impl Fn(&consensus::Request) -> Digest) -> O
 }
 
 impl Node {
+    /// What our broadcast `msg` travels as: our fresh PREPAREs leave large requests out
+    /// (the backups have them). Not a re-proposal after a view change: its requests may
+    /// be long executed and gone from the backups' memory, and it is not hashed for a
+    /// slim form it will not take.
+    pub(super) fn link_form(&mut self, msg: PeerMessage) -> LinkMsg {
+        let slim = match &msg {
+            PeerMessage::Ui(UiMessage::Prepare(p))
+                if p.primary == self.id && p.batch.requests.iter().any(large) =>
+            {
+                if self.core.reproposes(p.header.n) {
+                    self.slim.reproposed_whole += 1;
+                    None
+                } else {
+                    slim(p, |r| consensus::validate::request_digest(&self.crypto, r))
+                }
+            }
+            _ => None,
+        };
+        self.slim.sent += u64::from(slim.is_some());
+        slim.unwrap_or(LinkMsg::Peer(msg))
+    }
+
     /// A slim PREPARE from `from`: filled in and handed on, or left waiting for copies.
     pub(super) fn on_slim_prepare(
         &mut self,
