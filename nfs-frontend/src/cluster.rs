@@ -116,7 +116,7 @@ impl UsigServerThread {
         let key = usig::SigningKey::read_file(&secrets.usig_key_file)?;
         let state = dir.join("usig-server");
         std::fs::create_dir_all(&state)?;
-        let mut usig = usig::SoftwareUsig::open(&state, id, key.pkcs8())?;
+        let mut usig = usig::SoftwareUsig::open(&state, id, key.key_bytes())?;
         let socket = dir.join("usig.sock");
         let listener = usig::process::bind(&socket)?;
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

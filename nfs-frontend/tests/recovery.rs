@@ -370,7 +370,7 @@ fn a_primary_killed_right_after_an_early_prepare_has_it_in_its_log() {
         // machine (seen once while simulator runs shared the cores): wait for it to go.
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut usig = loop {
-            match usig::SoftwareUsig::open(&up.replica_dir(0).join("usig"), 0, key.pkcs8()) {
+            match usig::SoftwareUsig::open(&up.replica_dir(0).join("usig"), 0, key.key_bytes()) {
                 Err(usig::UsigError::Locked { .. }) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(100));
                 }

@@ -120,7 +120,7 @@ fn bench_verify(c: &mut Criterion) {
     }
     {
         let key = SigningKey::generate().unwrap();
-        let mut usig = MemoryUsig::new(1, key.pkcs8()).unwrap();
+        let mut usig = MemoryUsig::new(1, key.key_bytes()).unwrap();
         let digest = [7; 32];
         let ui = usig.create_ui(&digest).unwrap();
         let identity = usig.identity();
@@ -140,20 +140,20 @@ fn bench_create_ui(c: &mut Criterion) {
     let key = SigningKey::generate().unwrap();
     let digest = [3; 32];
 
-    let mut memory = MemoryUsig::new(1, key.pkcs8()).unwrap();
+    let mut memory = MemoryUsig::new(1, key.key_bytes()).unwrap();
     group.bench_function("memory", |b| {
         b.iter(|| memory.create_ui(black_box(&digest)).unwrap())
     });
 
     let dir = tempfile::tempdir().unwrap();
-    let mut software = SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap();
+    let mut software = SoftwareUsig::open(dir.path(), 1, key.key_bytes()).unwrap();
     group.bench_function("software (durable)", |b| {
         b.iter(|| software.create_ui(black_box(&digest)).unwrap())
     });
     drop(software);
 
     group.bench_function("software open (restart)", |b| {
-        b.iter(|| SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap())
+        b.iter(|| SoftwareUsig::open(dir.path(), 1, key.key_bytes()).unwrap())
     });
     group.finish();
 }

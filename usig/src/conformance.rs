@@ -35,8 +35,13 @@ pub fn test_digest(index: u64) -> Digest {
     Sha256::digest(index.to_be_bytes()).into()
 }
 
-fn verifies(identity: &UsigIdentity, replica: ReplicaId, digest: &Digest, ui: &Ui) -> bool {
-    verify_ui(identity, replica, digest, ui).is_ok()
+fn verifies(verifier: &Verifier, replica: ReplicaId, digest: &Digest, ui: &Ui) -> bool {
+    verifier.verify(replica, digest, ui).is_ok()
+}
+
+/// What checks `usig`'s UIs: its public identity, or for a shared key the key itself.
+fn verifier_of(usig: &dyn Usig) -> Verifier {
+    usig.verifier().expect("identity of a working USIG parses")
 }
 
 pub fn counters_start_at_one_and_increase(factory: Factory<'_>) {
@@ -67,11 +72,13 @@ pub fn issued_uis_verify(factory: Factory<'_>) {
         let mut usig = factory(replica);
         assert_eq!(usig.replica(), replica);
         let identity = usig.identity();
-        let verifier = Verifier::new(&identity).expect("identity of a working USIG parses");
+        let verifier = verifier_of(&*usig);
         for index in 1..=8 {
             let digest = test_digest(index);
             let ui = usig.create_ui(&digest).expect("create_ui");
-            verify_ui(&identity, replica, &digest, &ui).expect("fresh UI verifies");
+            if !matches!(identity, UsigIdentity::HmacSha256 { .. }) {
+                verify_ui(&identity, replica, &digest, &ui).expect("fresh UI verifies");
+            }
             verifier
                 .verify(replica, &digest, &ui)
                 .expect("fresh UI verifies");
@@ -93,23 +100,23 @@ pub fn last_issued_is_the_latest_ui(factory: Factory<'_>) {
 
 pub fn verify_rejects_changed_digest(factory: Factory<'_>) {
     let mut usig = factory(0);
-    let identity = usig.identity();
+    let verifier = verifier_of(&*usig);
     let digest = test_digest(1);
     let ui = usig.create_ui(&digest).expect("create_ui");
     for bit in 0..256 {
         let mut changed = digest;
         changed[bit / 8] ^= 1 << (bit % 8);
         assert!(
-            !verifies(&identity, 0, &changed, &ui),
+            !verifies(&verifier, 0, &changed, &ui),
             "digest bit {bit} flipped"
         );
     }
-    assert!(!verifies(&identity, 0, &test_digest(2), &ui));
+    assert!(!verifies(&verifier, 0, &test_digest(2), &ui));
 }
 
 pub fn verify_rejects_changed_counter(factory: Factory<'_>) {
     let mut usig = factory(0);
-    let identity = usig.identity();
+    let verifier = verifier_of(&*usig);
     let digest = test_digest(1);
     usig.create_ui(&test_digest(0)).expect("create_ui");
     let ui = usig.create_ui(&digest).expect("create_ui");
@@ -120,7 +127,7 @@ pub fn verify_rejects_changed_counter(factory: Factory<'_>) {
             cert: ui.cert.clone(),
         };
         assert!(
-            !verifies(&identity, 0, &digest, &changed),
+            !verifies(&verifier, 0, &digest, &changed),
             "counter 2 changed to {counter}"
         );
     }
@@ -128,12 +135,12 @@ pub fn verify_rejects_changed_counter(factory: Factory<'_>) {
 
 pub fn verify_rejects_changed_replica(factory: Factory<'_>) {
     let mut usig = factory(1);
-    let identity = usig.identity();
+    let verifier = verifier_of(&*usig);
     let digest = test_digest(1);
     let ui = usig.create_ui(&digest).expect("create_ui");
     for replica in [0, 2, 3, 1 | 1 << 16, ReplicaId::MAX] {
         assert!(
-            !verifies(&identity, replica, &digest, &ui),
+            !verifies(&verifier, replica, &digest, &ui),
             "replica 1 changed to {replica}"
         );
     }
@@ -141,7 +148,7 @@ pub fn verify_rejects_changed_replica(factory: Factory<'_>) {
 
 pub fn verify_rejects_changed_cert(factory: Factory<'_>) {
     let mut usig = factory(0);
-    let identity = usig.identity();
+    let verifier = verifier_of(&*usig);
     let digest = test_digest(1);
     let ui = usig.create_ui(&digest).expect("create_ui");
     let with_cert = |cert: Vec<u8>| Ui {
@@ -152,22 +159,22 @@ pub fn verify_rejects_changed_cert(factory: Factory<'_>) {
         let mut cert = ui.cert.clone();
         cert[bit / 8] ^= 1 << (bit % 8);
         assert!(
-            !verifies(&identity, 0, &digest, &with_cert(cert)),
+            !verifies(&verifier, 0, &digest, &with_cert(cert)),
             "cert bit {bit} flipped"
         );
     }
     for len in [0, 1, ui.cert.len() / 2, ui.cert.len() - 1] {
         let cert = ui.cert[..len].to_vec();
         assert!(
-            !verifies(&identity, 0, &digest, &with_cert(cert)),
+            !verifies(&verifier, 0, &digest, &with_cert(cert)),
             "cert truncated to {len}"
         );
     }
     let mut longer = ui.cert.clone();
     longer.push(0);
-    assert!(!verifies(&identity, 0, &digest, &with_cert(longer)));
+    assert!(!verifies(&verifier, 0, &digest, &with_cert(longer)));
     let zeros = vec![0; ui.cert.len()];
-    assert!(!verifies(&identity, 0, &digest, &with_cert(zeros)));
+    assert!(!verifies(&verifier, 0, &digest, &with_cert(zeros)));
 }
 
 pub fn verify_rejects_other_replicas_key(factory: Factory<'_>) {
@@ -180,20 +187,25 @@ pub fn verify_rejects_other_replicas_key(factory: Factory<'_>) {
     let ui_0_again = replica_0_again.create_ui(&digest).expect("create_ui");
     assert_ne!(replica_0.identity(), replica_1.identity());
     assert_ne!(replica_0.identity(), replica_0_again.identity());
+    let (v_0, v_1, v_0_again) = (
+        verifier_of(&*replica_0),
+        verifier_of(&*replica_1),
+        verifier_of(&*replica_0_again),
+    );
     // Replica 1's UI, claimed to be replica 0's, under replica 0's key, and vice versa.
-    assert!(!verifies(&replica_0.identity(), 0, &digest, &ui_1));
-    assert!(!verifies(&replica_0.identity(), 1, &digest, &ui_1));
-    assert!(!verifies(&replica_1.identity(), 1, &digest, &ui_0));
+    assert!(!verifies(&v_0, 0, &digest, &ui_1));
+    assert!(!verifies(&v_0, 1, &digest, &ui_1));
+    assert!(!verifies(&v_1, 1, &digest, &ui_0));
     // Same replica id, another key: the key, not the id, is what authenticates.
-    assert!(!verifies(&replica_0.identity(), 0, &digest, &ui_0_again));
-    assert!(!verifies(&replica_0_again.identity(), 0, &digest, &ui_0));
+    assert!(!verifies(&v_0, 0, &digest, &ui_0_again));
+    assert!(!verifies(&v_0_again, 0, &digest, &ui_0));
 }
 
 /// The domain tag is part of what is certified: a signature by the same key over the
 /// same fields under another tag (or none) is not a UI. `sign_raw` signs arbitrary bytes
-/// with the key behind `identity`, producing a `cert` in that identity's format.
+/// with the key behind `verifier`, producing a `cert` in that key's format.
 pub fn verify_rejects_other_domain_tag(
-    identity: &UsigIdentity,
+    verifier: &Verifier,
     replica: ReplicaId,
     sign_raw: &mut dyn FnMut(&[u8]) -> Vec<u8>,
 ) {
@@ -205,7 +217,7 @@ pub fn verify_rejects_other_domain_tag(
         cert: sign_raw(&canonical),
     };
     assert!(
-        verifies(identity, replica, &digest, &genuine),
+        verifies(verifier, replica, &digest, &genuine),
         "sign_raw over the canonical bytes must verify, or this check proves nothing"
     );
     let mut other_tags: Vec<[u8; 16]> =
@@ -222,13 +234,13 @@ pub fn verify_rejects_other_domain_tag(
             counter,
             cert: sign_raw(&bytes),
         };
-        assert!(!verifies(identity, replica, &digest, &ui), "tag {tag:?}");
+        assert!(!verifies(verifier, replica, &digest, &ui), "tag {tag:?}");
     }
     let untagged = Ui {
         counter,
         cert: sign_raw(&canonical[16..]),
     };
-    assert!(!verifies(identity, replica, &digest, &untagged), "no tag");
+    assert!(!verifies(verifier, replica, &digest, &untagged), "no tag");
 }
 
 /// Body of the crash child that [`counter_survives_sigkill`] spawns: create UIs in a
@@ -343,7 +355,8 @@ fn sigkill_round(
             "last issued UI certifies what was reported"
         );
     }
-    verify_ui(&usig.identity(), usig.replica(), &last.digest, &last.ui)
+    verifier_of(&*usig)
+        .verify(usig.replica(), &last.digest, &last.ui)
         .expect("last issued UI verifies after the crash");
     let next = usig
         .create_ui(&test_digest(u64::MAX))
@@ -362,13 +375,9 @@ fn sigkill_round(
             "continues right after the last issued"
         );
     }
-    verify_ui(
-        &usig.identity(),
-        usig.replica(),
-        &test_digest(u64::MAX),
-        &next,
-    )
-    .expect("UI after reopen verifies");
+    verifier_of(&*usig)
+        .verify(usig.replica(), &test_digest(u64::MAX), &next)
+        .expect("UI after reopen verifies");
     next.counter
 }
 

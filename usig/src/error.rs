@@ -70,6 +70,10 @@ pub enum VerifyError {
     CertLength { len: usize, expected: usize },
     #[error("UI signature does not verify")]
     BadSignature,
+    /// A shared-key (HMAC) identity, and no key to check it with: only a holder of the
+    /// cluster's shared USIG key can check those UIs.
+    #[error("UI of a shared-key USIG, and this party does not hold the key")]
+    SharedKeyNeeded,
     /// A TPM UI whose attest is malformed or does not log exactly this replica's
     /// read–increment–read of counter value `counter` and the message.
     #[error("TPM UI attest does not certify this counter value and message")]

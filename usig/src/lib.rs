@@ -3,7 +3,7 @@
 //! A replica's USIG binds each message digest it certifies to a counter value that is
 //! never reused and never goes back. Creating a UI is an effect performed by a backend
 //! (in-process software key, separate process, TPM); verifying a UI is a pure function
-//! that needs only the replica's public identity.
+//! of the replica's public identity, or, for a shared-key USIG, of the shared key.
 //!
 //! Section 3 of the paper gives the service two operations: `createUI(m)` increments the
 //! counter and returns a UI certifying (counter, H(m)), and `verifyUI(PK, UI, m)` checks
@@ -13,10 +13,13 @@
 //! counter value, and the counter never goes back, across crashes and restarts too.
 //! [`conformance`] checks that for any backend.
 //!
-//! Backends here: [`SoftwareUsig`] (durable counter file, ECDSA P-256 key in process) and
-//! [`MemoryUsig`] (no durability; simulators and tests). All sign with ECDSA P-256 over
-//! SHA-256 of [`certified_bytes`], 64-byte fixed (r‖s) signatures, through `ring`: tied
-//! with aws-lc-rs and 5x faster than the p256 crate here (README.md has the figures).
+//! Backends here: [`SoftwareUsig`] (durable counter file, key in process) and
+//! [`MemoryUsig`] (no durability; simulators and tests). Their key ([`SigningKey`]) is
+//! either an ECDSA P-256 key pair (SHA-256 of [`certified_bytes`], 64-byte fixed r‖s
+//! signatures, through `ring`: tied with aws-lc-rs and 5x faster than the p256 crate
+//! here) or an HMAC-SHA256 key that all USIGs of a cluster share (32-byte tags, about
+//! 60x cheaper to check; only a key holder can check them, see README.md, "Shared-key
+//! certificates").
 
 use serde::{Deserialize, Serialize};
 
@@ -36,13 +39,15 @@ mod tpm_wire;
 mod verify;
 
 pub use error::{UsigError, VerifyError};
-pub use key::SigningKey;
+pub use key::{SHARED_KEY_MAGIC, SigningKey};
 pub use memory::MemoryUsig;
 pub use process::ProcessUsig;
 pub use software::{STATE_FILE_NAME, SoftwareUsig, lock_state_dir};
 #[cfg(feature = "tpm")]
 pub use tpm::{TpmLocation, TpmUsig};
-pub use verify::{ECDSA_P256_PUBLIC_KEY_LEN, ECDSA_P256_SIGNATURE_LEN, Verifier, verify_ui};
+pub use verify::{
+    ECDSA_P256_PUBLIC_KEY_LEN, ECDSA_P256_SIGNATURE_LEN, HMAC_SHA256_CERT_LEN, Verifier, verify_ui,
+};
 
 /// SHA-256 digest of the message a UI certifies.
 pub type Digest = [u8; 32];
@@ -75,9 +80,10 @@ pub fn certified_bytes(replica: ReplicaId, counter: u64, digest: &Digest) -> [u8
     out
 }
 
-/// What a replica publishes so that everyone can verify its UIs: the public half of its
-/// USIG key (software and process backends) or its TPM's key, key and counter Names and
-/// base counter (TPM backend); verification dispatches on this enum.
+/// What a replica publishes so that its UIs can be checked: the public half of its
+/// USIG key (software and process backends), its TPM's key, key and counter Names and
+/// base counter (TPM backend), or the id of the key every USIG of the cluster shares
+/// (shared-key software backend); verification dispatches on this enum.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum UsigIdentity {
     /// ECDSA P-256 with SHA-256 over [`certified_bytes`]; `cert` is the 64-byte r‖s.
@@ -85,6 +91,14 @@ pub enum UsigIdentity {
         /// SEC1 uncompressed point (0x04 ‖ x ‖ y), 65 bytes.
         #[serde(with = "serde_bytes")]
         public_key: Vec<u8>,
+    },
+    /// HMAC-SHA256 under a key all the cluster's USIGs share, over [`certified_bytes`];
+    /// `cert` is the 32-byte tag. Only holders of the key can check a UI
+    /// (`SigningKey::verifier_for`).
+    HmacSha256 {
+        /// SHA-256 of the key under a tag of its own: names the key, hides it.
+        #[serde(with = "serde_bytes")]
+        key_id: Vec<u8>,
     },
     /// A TPM 2.0 USIG (`tpm_attest` has the UI format): `cert` carries the TPM's signed
     /// session-audit attest of read–increment–read–stir on the replica's NV counter.
@@ -129,6 +143,12 @@ pub trait Usig: Send {
 
     /// The public identity that verifies this USIG's UIs.
     fn identity(&self) -> UsigIdentity;
+
+    /// What checks this USIG's UIs: from its identity, or for a shared key (whose
+    /// identity only names it) from the key.
+    fn verifier(&self) -> Result<Verifier, VerifyError> {
+        Verifier::new(&self.identity())
+    }
 
     /// Assign the next counter value to `digest` and certify it. The counter is durable
     /// (for durable backends) before this returns, so the value is never issued again.
@@ -209,6 +229,10 @@ impl<U: Usig + ?Sized> Usig for Box<U> {
 
     fn identity(&self) -> UsigIdentity {
         (**self).identity()
+    }
+
+    fn verifier(&self) -> Result<Verifier, VerifyError> {
+        (**self).verifier()
     }
 
     fn create_ui(&mut self, digest: &Digest) -> Result<Ui, UsigError> {

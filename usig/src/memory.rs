@@ -3,7 +3,9 @@
 //! "crash" that keeps the object alive keeps the counter too; never for a real replica.
 
 use crate::key::Signer;
-use crate::{Digest, IssuedUi, ReplicaId, Ui, Usig, UsigError, UsigIdentity};
+use crate::{
+    Digest, IssuedUi, ReplicaId, Ui, Usig, UsigError, UsigIdentity, Verifier, VerifyError,
+};
 
 pub struct MemoryUsig {
     replica: ReplicaId,
@@ -12,10 +14,11 @@ pub struct MemoryUsig {
 }
 
 impl MemoryUsig {
-    pub fn new(replica: ReplicaId, pkcs8_key: &[u8]) -> Result<Self, UsigError> {
+    /// `key` is a key file's bytes (`SigningKey::key_bytes`).
+    pub fn new(replica: ReplicaId, key: &[u8]) -> Result<Self, UsigError> {
         Ok(MemoryUsig {
             replica,
-            signer: Signer::from_pkcs8(pkcs8_key)?,
+            signer: Signer::from_key_bytes(key)?,
             last: None,
         })
     }
@@ -28,6 +31,10 @@ impl Usig for MemoryUsig {
 
     fn identity(&self) -> UsigIdentity {
         self.signer.identity()
+    }
+
+    fn verifier(&self) -> Result<Verifier, VerifyError> {
+        Ok(self.signer.verifier())
     }
 
     fn create_ui(&mut self, digest: &Digest) -> Result<Ui, UsigError> {

@@ -174,7 +174,9 @@ fn serve_connection(
 
 fn hello_answer(usig: &dyn Usig) -> Vec<u8> {
     let UsigIdentity::EcdsaP256 { public_key } = usig.identity() else {
-        return error_answer("this server holds a TPM identity; TPM USIGs are not served");
+        return error_answer(
+            "this server holds a TPM or shared-key identity; it serves ECDSA P-256 keys only",
+        );
     };
     let mut body = vec![OK];
     body.extend_from_slice(&usig.replica().to_be_bytes());

@@ -1,5 +1,5 @@
-//! The software USIG: `createUI` (MinBFT section 3) with an in-process ECDSA P-256 key
-//! and a counter kept in a small state file, durable before a UI leaves this module
+//! The software USIG: `createUI` (MinBFT section 3) with an in-process key (ECDSA P-256,
+//! or an HMAC-SHA256 key the cluster's USIGs share) and a counter kept in a small state file, durable before a UI leaves this module
 //! (`create_ui`), or anchored in the caller's own synced log (`create_ui_deferred`).
 //!
 //! Section 3 requires that a USIG never assigns one counter value to two messages, also
@@ -50,7 +50,9 @@ use sha2::{Digest as _, Sha256};
 
 use crate::key::{Signer, sync_dir};
 use crate::verify::{ECDSA_P256_PUBLIC_KEY_LEN, ECDSA_P256_SIGNATURE_LEN};
-use crate::{Digest, IssuedUi, ReplicaId, Ui, Usig, UsigError, UsigIdentity, Verifier};
+use crate::{
+    Digest, IssuedUi, ReplicaId, Ui, Usig, UsigError, UsigIdentity, Verifier, VerifyError,
+};
 
 /// Name of the state file inside the state directory.
 pub const STATE_FILE_NAME: &str = "usig.state";
@@ -83,18 +85,29 @@ impl Record {
         cert: [0; ECDSA_P256_SIGNATURE_LEN],
     };
 
-    fn issued(&self) -> Option<IssuedUi> {
+    /// Shared-key certificates are shorter than the slot; the rest of it is zeros.
+    fn new(counter: u64, digest: Digest, cert: &[u8]) -> Option<Record> {
+        let mut out = [0; ECDSA_P256_SIGNATURE_LEN];
+        out.get_mut(..cert.len())?.copy_from_slice(cert);
+        Some(Record {
+            counter,
+            digest,
+            cert: out,
+        })
+    }
+
+    fn issued(&self, cert_len: usize) -> Option<IssuedUi> {
         (self.counter > 0).then(|| IssuedUi {
             digest: self.digest,
             ui: Ui {
                 counter: self.counter,
-                cert: self.cert.to_vec(),
+                cert: self.cert[..cert_len].to_vec(),
             },
         })
     }
 }
 
-/// An ECDSA P-256 USIG whose counter is durable in `state_dir`.
+/// A USIG with an in-process key whose counter is durable in `state_dir`.
 pub struct SoftwareUsig {
     replica: ReplicaId,
     signer: Signer,
@@ -117,11 +130,12 @@ impl SoftwareUsig {
     /// Open the USIG state in `state_dir` (which must exist), creating it at counter 0
     /// if there is none. Fails if the state belongs to another replica or key, is
     /// corrupt, or is held by another process.
-    pub fn open(state_dir: &Path, replica: ReplicaId, pkcs8_key: &[u8]) -> Result<Self, UsigError> {
-        let signer = Signer::from_pkcs8(pkcs8_key)?;
+    /// `key` is a key file's bytes (`SigningKey::key_bytes`).
+    pub fn open(state_dir: &Path, replica: ReplicaId, key: &[u8]) -> Result<Self, UsigError> {
+        let signer = Signer::from_key_bytes(key)?;
         let lock = lock_state_dir(state_dir)?;
         let path = state_dir.join(STATE_FILE_NAME);
-        let header = encode_header(replica, &signer.public_key);
+        let header = encode_header(replica, &signer.header_id());
         let header_sum: [u8; 32] = header[HEADER_BODY_LEN..HEADER_BODY_LEN + 32]
             .try_into()
             .expect("32-byte checksum");
@@ -170,9 +184,10 @@ impl SoftwareUsig {
                 return Err(corrupt(format!("slot 0: {e0}; slot 1: {e1}")));
             }
         };
-        if let Some(issued) = last.issued() {
-            Verifier::new(&signer.identity())
-                .and_then(|v| v.verify(replica, &issued.digest, &issued.ui))
+        if let Some(issued) = last.issued(signer.cert_len()) {
+            signer
+                .verifier()
+                .verify(replica, &issued.digest, &issued.ui)
                 .map_err(|e| corrupt(format!("last issued UI does not verify: {e}")))?;
         }
 
@@ -242,6 +257,10 @@ impl Usig for SoftwareUsig {
         self.signer.identity()
     }
 
+    fn verifier(&self) -> Result<Verifier, VerifyError> {
+        Ok(self.signer.verifier())
+    }
+
     fn create_ui(&mut self, digest: &Digest) -> Result<Ui, UsigError> {
         let ui = self.create_ui_deferred(digest)?;
         self.sync()?;
@@ -263,11 +282,7 @@ impl Usig for SoftwareUsig {
             .checked_add(1)
             .ok_or(UsigError::CounterExhausted)?;
         let ui = self.signer.certify(self.replica, counter, digest)?;
-        self.last = Record {
-            counter,
-            digest: *digest,
-            cert: ui.cert.as_slice().try_into().expect("fixed-size signature"),
-        };
+        self.last = Record::new(counter, *digest, &ui.cert).expect("a certificate fits a slot");
         self.written = false;
         self.synced = false;
         Ok(ui)
@@ -311,19 +326,12 @@ impl Usig for SoftwareUsig {
         if issued.ui.counter <= self.last.counter {
             return Ok(());
         }
-        Verifier::new(&self.signer.identity())
-            .and_then(|v| v.verify(self.replica, &issued.digest, &issued.ui))
+        self.signer
+            .verifier()
+            .verify(self.replica, &issued.digest, &issued.ui)
             .map_err(|e| UsigError::NotOurs(e.to_string()))?;
-        self.last = Record {
-            counter: issued.ui.counter,
-            digest: issued.digest,
-            cert: issued
-                .ui
-                .cert
-                .as_slice()
-                .try_into()
-                .map_err(|_| UsigError::NotOurs("certificate length".into()))?,
-        };
+        self.last = Record::new(issued.ui.counter, issued.digest, &issued.ui.cert)
+            .ok_or_else(|| UsigError::NotOurs("certificate length".into()))?;
         self.written = false;
         self.synced = false;
         self.sync()
@@ -337,18 +345,15 @@ impl Usig for SoftwareUsig {
         let ui = self
             .signer
             .certify(self.replica, counter, &crate::SKIP_DIGEST)?;
-        self.last = Record {
-            counter,
-            digest: crate::SKIP_DIGEST,
-            cert: ui.cert.as_slice().try_into().expect("fixed-size signature"),
-        };
+        self.last =
+            Record::new(counter, crate::SKIP_DIGEST, &ui.cert).expect("a certificate fits a slot");
         self.written = false;
         self.synced = false;
         self.sync()
     }
 
     fn last_issued(&self) -> Option<IssuedUi> {
-        self.last.issued()
+        self.last.issued(self.signer.cert_len())
     }
 }
 

@@ -13,9 +13,14 @@ pub const ECDSA_P256_PUBLIC_KEY_LEN: usize = 65;
 /// Fixed-size ECDSA P-256 signature: r ‖ s, 32 bytes each.
 pub const ECDSA_P256_SIGNATURE_LEN: usize = 64;
 
+/// A shared-key UI's certificate: HMAC-SHA256 over [`certified_bytes`].
+pub const HMAC_SHA256_CERT_LEN: usize = 32;
+
 /// Check that `ui` certifies (`replica`, `ui.counter`, `digest`) under `identity`.
 ///
-/// Convenience form of [`Verifier`]; use a `Verifier` per peer on hot paths.
+/// Convenience form of [`Verifier`]; use a `Verifier` per peer on hot paths. A
+/// shared-key identity cannot be checked without the key: `SharedKeyNeeded`
+/// (`SigningKey::verifier_for` makes its verifier).
 pub fn verify_ui(
     identity: &UsigIdentity,
     replica: ReplicaId,
@@ -34,6 +39,7 @@ pub struct Verifier {
 #[derive(Clone, Debug)]
 enum VerifierKey {
     EcdsaP256(UnparsedPublicKey<[u8; ECDSA_P256_PUBLIC_KEY_LEN]>),
+    HmacSha256(ring::hmac::Key),
     Tpm {
         key: UnparsedPublicKey<[u8; ECDSA_P256_PUBLIC_KEY_LEN]>,
         qualified_signer: Vec<u8>,
@@ -49,6 +55,7 @@ impl Verifier {
     /// [`VerifyError::BadSignature`].
     pub fn new(identity: &UsigIdentity) -> Result<Self, VerifyError> {
         match identity {
+            UsigIdentity::HmacSha256 { .. } => Err(VerifyError::SharedKeyNeeded),
             UsigIdentity::EcdsaP256 { public_key } => {
                 let key: [u8; ECDSA_P256_PUBLIC_KEY_LEN] = public_key
                     .as_slice()
@@ -96,6 +103,17 @@ impl Verifier {
         }
     }
 
+    /// Checks UIs of a shared key with this secret (`SigningKey::verifier_for`).
+    pub(crate) fn shared(secret: &[u8]) -> Self {
+        Self::from_hmac_key(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret))
+    }
+
+    pub(crate) fn from_hmac_key(key: ring::hmac::Key) -> Self {
+        Verifier {
+            key: VerifierKey::HmacSha256(key),
+        }
+    }
+
     /// Check that `ui` certifies (`replica`, `ui.counter`, `digest`).
     pub fn verify(&self, replica: ReplicaId, digest: &Digest, ui: &Ui) -> Result<(), VerifyError> {
         if ui.counter == 0 {
@@ -110,6 +128,17 @@ impl Verifier {
                     });
                 }
                 key.verify(&certified_bytes(replica, ui.counter, digest), &ui.cert)
+                    .map_err(|_| VerifyError::BadSignature)
+            }
+            VerifierKey::HmacSha256(key) => {
+                if ui.cert.len() != HMAC_SHA256_CERT_LEN {
+                    return Err(VerifyError::CertLength {
+                        len: ui.cert.len(),
+                        expected: HMAC_SHA256_CERT_LEN,
+                    });
+                }
+                // Constant time: ring compares the tags without an early exit.
+                ring::hmac::verify(key, &certified_bytes(replica, ui.counter, digest), &ui.cert)
                     .map_err(|_| VerifyError::BadSignature)
             }
             VerifierKey::Tpm {

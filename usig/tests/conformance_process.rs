@@ -50,7 +50,7 @@ impl Server {
         let state = dir.join("state");
         std::fs::create_dir_all(&state).unwrap();
         let thread = std::thread::spawn(move || {
-            let mut usig = SoftwareUsig::open(&state, replica, key.pkcs8()).unwrap();
+            let mut usig = SoftwareUsig::open(&state, replica, key.key_bytes()).unwrap();
             process::serve(&listener, &mut usig, allowed_uid, &flag).unwrap()
         });
         Server {

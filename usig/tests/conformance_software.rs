@@ -14,83 +14,93 @@ use usig::{ReplicaId, SigningKey, SoftwareUsig, Usig};
 const CRASH_CHILD_ENV: &str = "USIG_CONFORMANCE_CRASH_CHILD_DIR";
 const KEY_FILE: &str = "usig.key";
 
+/// A fresh key of the kind under test.
+fn fresh_key(shared: bool) -> SigningKey {
+    if shared {
+        SigningKey::generate_shared().expect("generate shared key")
+    } else {
+        SigningKey::generate().expect("generate key")
+    }
+}
+
 /// Fresh state directory and key per instance; the directories live as long as the
 /// factory, that is, the test.
-fn software_factory() -> impl FnMut(ReplicaId) -> Box<dyn Usig> {
+fn software_factory(shared: bool) -> impl FnMut(ReplicaId) -> Box<dyn Usig> {
     let mut dirs: Vec<TempDir> = Vec::new();
     move |replica| {
         let dir = tempfile::tempdir().expect("tempdir");
-        let key = SigningKey::generate().expect("generate key");
-        let usig = SoftwareUsig::open(dir.path(), replica, key.pkcs8()).expect("open");
+        let key = fresh_key(shared);
+        let usig = SoftwareUsig::open(dir.path(), replica, key.key_bytes()).expect("open");
         dirs.push(dir);
         Box::new(usig)
     }
 }
 
-fn run(check: fn(Factory<'_>)) {
-    let mut factory = software_factory();
+fn run(shared: bool, check: fn(Factory<'_>)) {
+    let mut factory = software_factory(shared);
     check(&mut factory);
 }
 
-#[test]
-fn software_counters_start_at_one_and_increase() {
-    run(conformance::counters_start_at_one_and_increase);
+/// Each check once with an ECDSA P-256 key (`software_…`) and once with a shared
+/// HMAC-SHA256 key (`shared_key::software_…`).
+macro_rules! conformance_tests {
+    ($($name:ident => $check:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                run(false, conformance::$check);
+            }
+        )*
+        mod shared_key {
+            $(
+                #[test]
+                fn $name() {
+                    super::run(true, usig::conformance::$check);
+                }
+            )*
+        }
+    };
 }
 
-#[test]
-fn software_no_two_uis_share_a_counter() {
-    run(conformance::no_two_uis_share_a_counter);
-}
-
-#[test]
-fn software_issued_uis_verify() {
-    run(conformance::issued_uis_verify);
-}
-
-#[test]
-fn software_last_issued_is_the_latest_ui() {
-    run(conformance::last_issued_is_the_latest_ui);
-}
-
-#[test]
-fn software_verify_rejects_changed_digest() {
-    run(conformance::verify_rejects_changed_digest);
-}
-
-#[test]
-fn software_verify_rejects_changed_counter() {
-    run(conformance::verify_rejects_changed_counter);
-}
-
-#[test]
-fn software_verify_rejects_changed_replica() {
-    run(conformance::verify_rejects_changed_replica);
-}
-
-#[test]
-fn software_verify_rejects_changed_cert() {
-    run(conformance::verify_rejects_changed_cert);
-}
-
-#[test]
-fn software_verify_rejects_other_replicas_key() {
-    run(conformance::verify_rejects_other_replicas_key);
+conformance_tests! {
+    software_counters_start_at_one_and_increase => counters_start_at_one_and_increase,
+    software_no_two_uis_share_a_counter => no_two_uis_share_a_counter,
+    software_issued_uis_verify => issued_uis_verify,
+    software_last_issued_is_the_latest_ui => last_issued_is_the_latest_ui,
+    software_verify_rejects_changed_digest => verify_rejects_changed_digest,
+    software_verify_rejects_changed_counter => verify_rejects_changed_counter,
+    software_verify_rejects_changed_replica => verify_rejects_changed_replica,
+    software_verify_rejects_changed_cert => verify_rejects_changed_cert,
+    software_verify_rejects_other_replicas_key => verify_rejects_other_replicas_key,
 }
 
 #[test]
 fn software_verify_rejects_other_domain_tag() {
     let key = SigningKey::generate().expect("generate key");
     let rng = SystemRandom::new();
-    let key_pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, key.pkcs8(), &rng)
-        .expect("parse key");
-    conformance::verify_rejects_other_domain_tag(&key.identity(), 3, &mut |bytes| {
+    let key_pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, key.key_bytes(), &rng)
+            .expect("parse key");
+    let verifier = key.verifier_for(&key.identity()).expect("verifier");
+    conformance::verify_rejects_other_domain_tag(&verifier, 3, &mut |bytes| {
         key_pair.sign(&rng, bytes).expect("sign").as_ref().to_vec()
+    });
+}
+
+#[test]
+fn shared_key_verify_rejects_other_domain_tag() {
+    let key = SigningKey::generate_shared().expect("generate shared key");
+    let secret = &key.key_bytes()[usig::SHARED_KEY_MAGIC.len()..];
+    let mac_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
+    let verifier = key.verifier_for(&key.identity()).expect("verifier");
+    conformance::verify_rejects_other_domain_tag(&verifier, 3, &mut |bytes| {
+        ring::hmac::sign(&mac_key, bytes).as_ref().to_vec()
     });
 }
 
 fn open_child_state(dir: &Path) -> SoftwareUsig {
     let key = SigningKey::read_file(&dir.join(KEY_FILE)).expect("read key");
-    SoftwareUsig::open(dir, 2, key.pkcs8()).expect("open state")
+    SoftwareUsig::open(dir, 2, key.key_bytes()).expect("open state")
 }
 
 /// The child half of `software_counter_survives_sigkill`; a no-op when run by itself.
@@ -106,8 +116,18 @@ fn software_crash_child() {
 
 #[test]
 fn software_counter_survives_sigkill() {
+    counter_survives_sigkill(false);
+}
+
+#[test]
+fn shared_key_counter_survives_sigkill() {
+    counter_survives_sigkill(true);
+}
+
+/// The child reads whichever kind of key the parent wrote.
+fn counter_survives_sigkill(shared: bool) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let key = SigningKey::generate().expect("generate key");
+    let key = fresh_key(shared);
     key.write_file(&dir.path().join(KEY_FILE))
         .expect("write key");
     let mut floor = 0;

@@ -300,7 +300,7 @@ fn tpm_hostile_host_cannot_forge_an_attest() {
     let rng = ring::rand::SystemRandom::new();
     let pair = ring::signature::EcdsaKeyPair::from_pkcs8(
         &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
-        key.pkcs8(),
+        key.key_bytes(),
         &rng,
     )
     .unwrap();

@@ -44,7 +44,7 @@ fn software_restart_continues_after_last_issued() {
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate().unwrap();
     for round in 0..4u64 {
-        let mut usig = SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap();
+        let mut usig = SoftwareUsig::open(dir.path(), 1, key.key_bytes()).unwrap();
         let last = usig.last_issued();
         assert_eq!(last.as_ref().map_or(0, |l| l.ui.counter), round * 5);
         if let Some(last) = last {
@@ -68,8 +68,8 @@ fn software_restart_continues_after_last_issued() {
 fn software_refuses_state_of_another_replica() {
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate().unwrap();
-    drop(SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap());
-    let err = SoftwareUsig::open(dir.path(), 2, key.pkcs8()).unwrap_err();
+    drop(SoftwareUsig::open(dir.path(), 1, key.key_bytes()).unwrap());
+    let err = SoftwareUsig::open(dir.path(), 2, key.key_bytes()).unwrap_err();
     assert!(
         matches!(
             err,
@@ -88,10 +88,10 @@ fn software_refuses_state_of_another_key() {
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate().unwrap();
     let other = SigningKey::generate().unwrap();
-    let mut usig = SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap();
+    let mut usig = SoftwareUsig::open(dir.path(), 1, key.key_bytes()).unwrap();
     issue(&mut usig, 3);
     drop(usig);
-    let err = SoftwareUsig::open(dir.path(), 1, other.pkcs8()).unwrap_err();
+    let err = SoftwareUsig::open(dir.path(), 1, other.key_bytes()).unwrap_err();
     assert!(matches!(err, UsigError::KeyMismatch { .. }), "{err}");
 }
 
@@ -100,7 +100,7 @@ fn software_refuses_truncated_or_extended_state() {
     let key = SigningKey::generate().unwrap();
     for len in [0, 1, BLOCK_LEN, FILE_LEN - 1, FILE_LEN + 1] {
         let dir = tempfile::tempdir().unwrap();
-        let mut usig = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap();
+        let mut usig = SoftwareUsig::open(dir.path(), 0, key.key_bytes()).unwrap();
         issue(&mut usig, 3);
         drop(usig);
         let path = dir.path().join(STATE_FILE_NAME);
@@ -110,7 +110,7 @@ fn software_refuses_truncated_or_extended_state() {
             .unwrap()
             .set_len(len)
             .unwrap();
-        let err = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap_err();
+        let err = SoftwareUsig::open(dir.path(), 0, key.key_bytes()).unwrap_err();
         assert!(
             matches!(err, UsigError::CorruptState { .. }),
             "len {len}: {err}"
@@ -123,11 +123,11 @@ fn software_refuses_corrupt_header() {
     let key = SigningKey::generate().unwrap();
     for offset in [0, 17, 30, 100, 200, BLOCK_LEN - 1] {
         let dir = tempfile::tempdir().unwrap();
-        let mut usig = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap();
+        let mut usig = SoftwareUsig::open(dir.path(), 0, key.key_bytes()).unwrap();
         issue(&mut usig, 2);
         drop(usig);
         flip_byte(&dir.path().join(STATE_FILE_NAME), offset);
-        let err = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap_err();
+        let err = SoftwareUsig::open(dir.path(), 0, key.key_bytes()).unwrap_err();
         assert!(
             matches!(err, UsigError::CorruptState { .. }),
             "offset {offset}: {err}"
@@ -139,13 +139,13 @@ fn software_refuses_corrupt_header() {
 fn software_refuses_state_with_both_records_corrupt() {
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate().unwrap();
-    let mut usig = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap();
+    let mut usig = SoftwareUsig::open(dir.path(), 0, key.key_bytes()).unwrap();
     issue(&mut usig, 7);
     drop(usig);
     let path = dir.path().join(STATE_FILE_NAME);
     flip_byte(&path, slot_offset(7) + 9);
     flip_byte(&path, slot_offset(6) + 60);
-    let err = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap_err();
+    let err = SoftwareUsig::open(dir.path(), 0, key.key_bytes()).unwrap_err();
     assert!(matches!(err, UsigError::CorruptState { .. }), "{err}");
 }
 
@@ -153,13 +153,13 @@ fn software_refuses_state_with_both_records_corrupt() {
 fn software_refuses_zeroed_state() {
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate().unwrap();
-    drop(SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap());
+    drop(SoftwareUsig::open(dir.path(), 0, key.key_bytes()).unwrap());
     fs::write(
         dir.path().join(STATE_FILE_NAME),
         vec![0u8; FILE_LEN as usize],
     )
     .unwrap();
-    let err = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap_err();
+    let err = SoftwareUsig::open(dir.path(), 0, key.key_bytes()).unwrap_err();
     assert!(matches!(err, UsigError::CorruptState { .. }), "{err}");
 }
 
@@ -169,11 +169,11 @@ fn software_refuses_zeroed_state() {
 fn software_recovers_from_a_torn_record_write() {
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate().unwrap();
-    let mut usig = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap();
+    let mut usig = SoftwareUsig::open(dir.path(), 0, key.key_bytes()).unwrap();
     assert_eq!(issue(&mut usig, 5), 5);
     drop(usig);
     flip_byte(&dir.path().join(STATE_FILE_NAME), slot_offset(5) + 100);
-    let mut usig = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap();
+    let mut usig = SoftwareUsig::open(dir.path(), 0, key.key_bytes()).unwrap();
     let last = usig.last_issued().unwrap();
     assert_eq!(last.ui.counter, 4);
     verify_ui(&key.identity(), 0, &last.digest, &last.ui).unwrap();
@@ -188,7 +188,7 @@ fn software_ignores_an_old_record_beside_the_newest() {
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate().unwrap();
     let path = dir.path().join(STATE_FILE_NAME);
-    let mut usig = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap();
+    let mut usig = SoftwareUsig::open(dir.path(), 0, key.key_bytes()).unwrap();
     issue(&mut usig, 1);
     let old = fs::read(&path).unwrap();
     issue(&mut usig, 3);
@@ -198,7 +198,7 @@ fn software_ignores_an_old_record_beside_the_newest() {
     let file = OpenOptions::new().write(true).open(&path).unwrap();
     file.write_all_at(&old[start..start + BLOCK_LEN as usize], start as u64)
         .unwrap();
-    let mut usig = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap();
+    let mut usig = SoftwareUsig::open(dir.path(), 0, key.key_bytes()).unwrap();
     assert_eq!(usig.last_issued().unwrap().ui.counter, 4);
     assert_eq!(usig.create_ui(&test_digest(5)).unwrap().counter, 5);
 }
@@ -209,12 +209,12 @@ fn software_refuses_both_slots_at_one_counter() {
     let key = SigningKey::generate().unwrap();
     // Strictly: counter 1 into slot 1, counter 2 into slot 0.
     let strict = tempfile::tempdir().unwrap();
-    let mut usig = SoftwareUsig::open(strict.path(), 0, key.pkcs8()).unwrap();
+    let mut usig = SoftwareUsig::open(strict.path(), 0, key.key_bytes()).unwrap();
     issue(&mut usig, 2);
     drop(usig);
     // Deferred: counters 1 and 2, one sync, so counter 2 lands in slot 1.
     let deferred = tempfile::tempdir().unwrap();
-    let mut usig = SoftwareUsig::open(deferred.path(), 0, key.pkcs8()).unwrap();
+    let mut usig = SoftwareUsig::open(deferred.path(), 0, key.key_bytes()).unwrap();
     usig.create_ui_deferred(&test_digest(1)).unwrap();
     usig.create_ui_deferred(&test_digest(2)).unwrap();
     usig.sync().unwrap();
@@ -227,7 +227,7 @@ fn software_refuses_both_slots_at_one_counter() {
         .unwrap();
     file.write_all_at(&slot1[start..start + BLOCK_LEN as usize], start as u64)
         .unwrap();
-    let err = SoftwareUsig::open(strict.path(), 0, key.pkcs8()).unwrap_err();
+    let err = SoftwareUsig::open(strict.path(), 0, key.key_bytes()).unwrap_err();
     assert!(matches!(err, UsigError::CorruptState { .. }), "{err}");
 }
 
@@ -241,7 +241,7 @@ fn software_write_back_survives_a_process_crash_and_advance_covers_the_rest() {
     let key = SigningKey::generate().unwrap();
     let mut logged = None;
     {
-        let mut usig = SoftwareUsig::open(dir.path(), 2, key.pkcs8()).unwrap();
+        let mut usig = SoftwareUsig::open(dir.path(), 2, key.key_bytes()).unwrap();
         issue(&mut usig, 3);
         for c in 4..=10 {
             assert_eq!(usig.create_ui_deferred(&test_digest(c)).unwrap().counter, c);
@@ -257,7 +257,7 @@ fn software_write_back_survives_a_process_crash_and_advance_covers_the_rest() {
         }
         // Dropped: a SIGKILL after the caller's log sync, before the next write-back.
     }
-    let mut usig = SoftwareUsig::open(dir.path(), 2, key.pkcs8()).unwrap();
+    let mut usig = SoftwareUsig::open(dir.path(), 2, key.key_bytes()).unwrap();
     assert_eq!(usig.last_issued().unwrap().ui.counter, 10);
     usig.advance_to(&logged.unwrap()).unwrap();
     assert_eq!(usig.last_issued().unwrap().ui.counter, 14);
@@ -279,7 +279,7 @@ fn software_write_back_survives_a_process_crash_and_advance_covers_the_rest() {
     let scratch = if s0 == Some(17) { 0 } else { 1 };
     assert_eq!([s0, s1][scratch as usize], Some(17));
     assert_eq!([s0, s1][1 - scratch as usize], Some(14));
-    let usig = SoftwareUsig::open(dir.path(), 2, key.pkcs8()).unwrap();
+    let usig = SoftwareUsig::open(dir.path(), 2, key.key_bytes()).unwrap();
     assert_eq!(usig.last_issued().unwrap().ui.counter, 17);
     drop(usig);
     // Reopening synced 17 into place; a torn write of the next scratch slot (holding
@@ -296,7 +296,7 @@ fn software_write_back_survives_a_process_crash_and_advance_covers_the_rest() {
         14
     );
     flip_byte(&path, at + 30);
-    let mut usig = SoftwareUsig::open(dir.path(), 2, key.pkcs8()).unwrap();
+    let mut usig = SoftwareUsig::open(dir.path(), 2, key.key_bytes()).unwrap();
     assert_eq!(usig.last_issued().unwrap().ui.counter, 17);
     assert_eq!(usig.create_ui(&test_digest(18)).unwrap().counter, 18);
 }
@@ -305,18 +305,18 @@ fn software_write_back_survives_a_process_crash_and_advance_covers_the_rest() {
 fn software_refuses_a_second_open_of_the_same_state() {
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate().unwrap();
-    let usig = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap();
-    let err = SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap_err();
+    let usig = SoftwareUsig::open(dir.path(), 0, key.key_bytes()).unwrap();
+    let err = SoftwareUsig::open(dir.path(), 0, key.key_bytes()).unwrap_err();
     assert!(matches!(err, UsigError::Locked { .. }), "{err}");
     drop(usig);
-    SoftwareUsig::open(dir.path(), 0, key.pkcs8()).unwrap();
+    SoftwareUsig::open(dir.path(), 0, key.key_bytes()).unwrap();
 }
 
 #[test]
 fn software_refuses_a_missing_state_dir() {
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate().unwrap();
-    let err = SoftwareUsig::open(&dir.path().join("absent"), 0, key.pkcs8()).unwrap_err();
+    let err = SoftwareUsig::open(&dir.path().join("absent"), 0, key.key_bytes()).unwrap_err();
     assert!(matches!(err, UsigError::Io { .. }), "{err}");
 }
 
@@ -339,7 +339,7 @@ fn key_file_round_trips_with_owner_only_permissions() {
     );
     let read = SigningKey::read_file(&path).unwrap();
     assert_eq!(read.identity(), key.identity());
-    assert_eq!(read.pkcs8(), key.pkcs8());
+    assert_eq!(read.key_bytes(), key.key_bytes());
     let err = key.write_file(&path).unwrap_err();
     assert!(matches!(err, UsigError::Io { .. }), "no overwrite: {err}");
 }
@@ -375,7 +375,7 @@ fn software_deferred_ui_is_durable_only_after_sync() {
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate().unwrap();
     {
-        let mut usig = SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap();
+        let mut usig = SoftwareUsig::open(dir.path(), 1, key.key_bytes()).unwrap();
         issue(&mut usig, 3);
         let ui = usig.create_ui_deferred(&test_digest(4)).unwrap();
         assert_eq!(ui.counter, 4);
@@ -383,14 +383,14 @@ fn software_deferred_ui_is_durable_only_after_sync() {
         // Dropped without `sync`: a crash before the group commit.
     }
     {
-        let mut usig = SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap();
+        let mut usig = SoftwareUsig::open(dir.path(), 1, key.key_bytes()).unwrap();
         assert_eq!(usig.last_issued().unwrap().ui.counter, 3);
         assert_eq!(usig.create_ui_deferred(&test_digest(4)).unwrap().counter, 4);
         assert_eq!(usig.create_ui_deferred(&test_digest(5)).unwrap().counter, 5);
         usig.sync().unwrap();
         assert!(!usig.needs_sync());
     }
-    let usig = SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap();
+    let usig = SoftwareUsig::open(dir.path(), 1, key.key_bytes()).unwrap();
     let last = usig.last_issued().unwrap();
     assert_eq!(last.ui.counter, 5);
     verify_ui(&key.identity(), 1, &test_digest(5), &last.ui).unwrap();
@@ -405,7 +405,7 @@ fn software_advances_only_to_its_own_next_ui() {
     let key = SigningKey::generate().unwrap();
     let other = SigningKey::generate().unwrap();
     let logged = {
-        let mut usig = SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap();
+        let mut usig = SoftwareUsig::open(dir.path(), 1, key.key_bytes()).unwrap();
         issue(&mut usig, 2);
         let ui = usig.create_ui_deferred(&test_digest(3)).unwrap();
         usig::IssuedUi {
@@ -415,14 +415,14 @@ fn software_advances_only_to_its_own_next_ui() {
     };
     let foreign = {
         let odir = tempfile::tempdir().unwrap();
-        let mut o = SoftwareUsig::open(odir.path(), 1, other.pkcs8()).unwrap();
+        let mut o = SoftwareUsig::open(odir.path(), 1, other.key_bytes()).unwrap();
         issue(&mut o, 2);
         usig::IssuedUi {
             digest: test_digest(3),
             ui: o.create_ui(&test_digest(3)).unwrap(),
         }
     };
-    let mut usig = SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap();
+    let mut usig = SoftwareUsig::open(dir.path(), 1, key.key_bytes()).unwrap();
     assert_eq!(usig.last_issued().unwrap().ui.counter, 2);
     assert!(matches!(
         usig.advance_to(&foreign),
@@ -437,7 +437,7 @@ fn software_advances_only_to_its_own_next_ui() {
     usig.advance_to(&logged).unwrap();
     assert_eq!(usig.create_ui(&test_digest(4)).unwrap().counter, 4);
     drop(usig);
-    let usig = SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap();
+    let usig = SoftwareUsig::open(dir.path(), 1, key.key_bytes()).unwrap();
     assert_eq!(usig.last_issued().unwrap().ui.counter, 4);
 }
 
@@ -446,14 +446,14 @@ fn software_skip_spends_every_value_up_to_the_lease_durably() {
     let dir = tempfile::tempdir().unwrap();
     let key = SigningKey::generate().unwrap();
     {
-        let mut usig = SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap();
+        let mut usig = SoftwareUsig::open(dir.path(), 1, key.key_bytes()).unwrap();
         assert_eq!(issue(&mut usig, 3), 3);
         usig.skip_to(40).unwrap();
         // Never back: a lower target changes nothing.
         usig.skip_to(10).unwrap();
         assert_eq!(usig.spent_counter().unwrap(), 40);
     }
-    let mut usig = SoftwareUsig::open(dir.path(), 1, key.pkcs8()).unwrap();
+    let mut usig = SoftwareUsig::open(dir.path(), 1, key.key_bytes()).unwrap();
     let last = usig.last_issued().expect("the skip is the last UI");
     assert_eq!(last.ui.counter, 40);
     assert_eq!(last.digest, usig::SKIP_DIGEST);

@@ -25,7 +25,8 @@ fn keys() -> &'static Keys {
         let key = SigningKey::generate().unwrap();
         let rng = SystemRandom::new();
         let key_pair =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, key.pkcs8(), &rng).unwrap();
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, key.key_bytes(), &rng)
+                .unwrap();
         let other = SigningKey::generate().unwrap().identity();
         Keys {
             key,
@@ -156,7 +157,7 @@ fn malformed_identities_are_refused() {
 fn public_types_round_trip_through_bincode() {
     let config = bincode::config::standard();
     let key = SigningKey::generate().unwrap();
-    let mut usig = MemoryUsig::new(4, key.pkcs8()).unwrap();
+    let mut usig = MemoryUsig::new(4, key.key_bytes()).unwrap();
     let digest = [9; 32];
     let ui = usig.create_ui(&digest).unwrap();
     let issued = usig.last_issued().unwrap();

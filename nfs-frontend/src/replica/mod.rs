@@ -1149,7 +1149,7 @@ fn open_node(
             std::fs::create_dir_all(&usig_dir)?;
             let key = usig::SigningKey::read_file(&secrets.usig_key_file)?;
             (
-                Box::new(SoftwareUsig::open(&usig_dir, id, key.pkcs8())?),
+                Box::new(SoftwareUsig::open(&usig_dir, id, key.key_bytes())?),
                 true,
             )
         }

@@ -38,7 +38,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let key = SigningKey::read_file(&secrets.usig_key_file)?;
     std::fs::create_dir_all(&args.state)
         .with_context(|| format!("creating {}", args.state.display()))?;
-    let mut usig = SoftwareUsig::open(&args.state, args.id, key.pkcs8())?;
+    let mut usig = SoftwareUsig::open(&args.state, args.id, key.key_bytes())?;
     let listener = process::bind(&args.socket)?;
     let allowed = args
         .allowed_uid
