@@ -94,7 +94,7 @@ pub fn run(config: &MicroConfig, machine: Machine) -> Result<MicroReport> {
     config.usig.check_available()?;
     eprintln!("measuring primitives ...");
     let prims = primitives::measure(config.primitives, &config.data_root)?;
-    let floor = Floor::of(&prims);
+    let floor = Floor::of(&prims, config.usig == UsigKind::Software);
     let mut report = MicroReport {
         machine,
         f: config.f,

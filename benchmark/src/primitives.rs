@@ -49,6 +49,8 @@ pub struct Primitives {
 /// UI; the backup verifies the PREPARE's UI and the request and creates its UI; the
 /// receiver of the COMMIT verifies it, executes and MACs its reply, and the client
 /// checks f + 1 reply MACs; 4 one-way hops; each UI waits for a durable counter write.
+/// With a shared USIG key the two UIs are made and checked with HMACs instead: 1 sign,
+/// 2 verifies (the request's signature) and 7 MACs.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Floor {
     pub signs: u32,
@@ -63,8 +65,11 @@ pub struct Floor {
 }
 
 impl Floor {
-    pub fn of(p: &Primitives) -> Floor {
-        let (signs, verifies, macs, one_way_hops, counter_writes) = (3, 4, 3, 4, 2);
+    pub fn of(p: &Primitives, shared_usig_key: bool) -> Floor {
+        let (signs, verifies, macs, one_way_hops, counter_writes) = match shared_usig_key {
+            false => (3, 4, 3, 4, 2),
+            true => (1, 2, 3 + 2 + 2, 4, 2),
+        };
         let cpu_us = f64::from(signs) * p.ecdsa_sign_us
             + f64::from(verifies) * p.ecdsa_verify_us
             + f64::from(macs) * p.hmac_us;
@@ -248,11 +253,14 @@ mod tests {
             counter_write_three_at_once_us: 300.0,
             hmac_us: 0.5,
         };
-        let f = Floor::of(&p);
+        let f = Floor::of(&p, false);
         assert_eq!(f.cpu_us, 3.0 * 20.0 + 4.0 * 60.0 + 1.5);
         assert_eq!(f.network_us, 40.0);
         assert_eq!(f.disk_us, 300.0);
         assert_eq!(f.total_us, f.cpu_us + 340.0);
+        let shared = Floor::of(&p, true);
+        assert_eq!(shared.cpu_us, 20.0 + 2.0 * 60.0 + 3.5);
+        assert_eq!(shared.total_us, shared.cpu_us + 340.0);
     }
 
     #[test]

@@ -16,8 +16,11 @@ use anyhow::Result;
 /// Which USIG backend the replicas use (DESIGN.md, "The USIG").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum UsigKind {
-    /// In-process ECDSA P-256 key, counter fdatasync'ed in a state file.
+    /// In-process, with one HMAC-SHA256 key all the replicas' USIGs share (`bftnfs
+    /// keygen --usig-key shared`, the default), counter in a state file and the log.
     Software,
+    /// In-process, with an ECDSA P-256 key per replica (`--usig-key ecdsa-p256`).
+    SoftwareEcdsa,
     /// The USIG in a separate process.
     Process,
     /// A TPM 2.0 (or its simulator).
@@ -27,7 +30,8 @@ pub enum UsigKind {
 impl UsigKind {
     pub fn name(self) -> &'static str {
         match self {
-            UsigKind::Software => "software",
+            UsigKind::Software => "software (shared HMAC key)",
+            UsigKind::SoftwareEcdsa => "software (ECDSA P-256)",
             UsigKind::Process => "process",
             UsigKind::Tpm => "tpm",
         }
@@ -36,7 +40,7 @@ impl UsigKind {
     /// Refuse backends that do not exist yet, before anything starts.
     pub fn check_available(self) -> Result<()> {
         match self {
-            UsigKind::Software | UsigKind::Process => Ok(()),
+            UsigKind::Software | UsigKind::SoftwareEcdsa | UsigKind::Process => Ok(()),
             #[cfg(feature = "tpm")]
             UsigKind::Tpm => {
                 anyhow::ensure!(
@@ -110,6 +114,7 @@ pub fn start(config: &ClusterConfig) -> Result<Box<dyn Cluster>> {
 mod imp {
     use nfs_frontend::client::BftClient;
     use nfs_frontend::cluster::{ClusterOptions, LocalCluster};
+    use nfs_frontend::config::UsigKeyKind;
 
     use super::*;
 
@@ -125,6 +130,10 @@ mod imp {
             tpm_usig: config.usig == UsigKind::Tpm,
             client_engine_on_caller: true,
             export: None,
+            usig_key: match config.usig {
+                UsigKind::Software => UsigKeyKind::Shared,
+                _ => UsigKeyKind::EcdsaP256,
+            },
         })?;
         Ok(Box::new(Embedded(Some(cluster))))
     }

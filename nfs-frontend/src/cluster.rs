@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 use crate::client::{BftBackend, BftClient};
-use crate::config::{ClusterConfig, ExportLimits, KeygenOptions, keygen};
+use crate::config::{ClusterConfig, ExportLimits, KeygenOptions, UsigKeyKind, keygen};
 use crate::replica::{self, ReplicaOptions, ReplicaStats};
 use crate::server::{NfsServer, ServerConfig};
 
@@ -56,6 +56,9 @@ pub struct ClusterOptions {
     /// `None`: a quota the replicas cannot outgrow on the disk of `dir`
     /// (`KeygenOptions::export`), as `bftnfs up` chooses.
     pub export: Option<ExportLimits>,
+    /// What certifies the replicas' UIs in a new cluster.toml. A TPM or process USIG
+    /// always gets an ECDSA P-256 key per replica.
+    pub usig_key: UsigKeyKind,
 }
 
 impl Default for ClusterOptions {
@@ -75,6 +78,7 @@ impl Default for ClusterOptions {
             tpm_usig: false,
             client_engine_on_caller: false,
             export: None,
+            usig_key: UsigKeyKind::Shared,
         }
     }
 }
@@ -222,6 +226,10 @@ impl LocalCluster {
         let mut keygen_opts = KeygenOptions::new(opts.f, 2);
         keygen_opts.sessions = opts.sessions;
         keygen_opts.export = opts.export;
+        keygen_opts.usig_key = match opts.tpm_usig || opts.process_usig {
+            true => UsigKeyKind::EcdsaP256,
+            false => opts.usig_key,
+        };
         if !opts.batching {
             keygen_opts.consensus.batch_requests_max = 1;
         }

@@ -51,8 +51,12 @@ pub enum ConfigError {
 pub struct ReplicaEntry {
     pub id: ReplicaId,
     pub addr: SocketAddr,
-    /// SEC1 uncompressed P-256 point, hex.
+    /// SEC1 uncompressed P-256 point, hex; for a shared USIG key, the key's id.
     pub usig_public_key: String,
+    /// What certifies this replica's UIs (`UsigKeyKind`); absent: ECDSA P-256, as in
+    /// every cluster.toml written before the sixteenth session.
+    #[serde(default, skip_serializing_if = "UsigKeyKind::is_default")]
+    pub usig_key: UsigKeyKind,
     /// Secrets of this replica (link and reply-MAC keys), relative to cluster.toml.
     pub key_file: PathBuf,
     /// The USIG's PKCS#8 key, relative to cluster.toml.
@@ -101,8 +105,28 @@ impl TpmIdentityEntry {
                     base_counter: *base_counter,
                 },
             )),
-            usig::UsigIdentity::EcdsaP256 { .. } => None,
+            usig::UsigIdentity::EcdsaP256 { .. } | usig::UsigIdentity::HmacSha256 { .. } => None,
         }
+    }
+}
+
+/// What kind of key certifies a replica's UIs (usig::SigningKey).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum UsigKeyKind {
+    /// An ECDSA P-256 key pair per replica: anyone can check a UI with the public key;
+    /// the separate-process and TPM backends need it.
+    #[default]
+    EcdsaP256,
+    /// One HMAC-SHA256 key all the replicas' in-process USIGs share: a UI costs about a
+    /// microsecond to make and to check instead of 20 and 40–70 µs, and only a key
+    /// holder can check it (usig/README.md, "Shared-key certificates").
+    Shared,
+}
+
+impl UsigKeyKind {
+    fn is_default(&self) -> bool {
+        *self == UsigKeyKind::EcdsaP256
     }
 }
 
@@ -307,6 +331,64 @@ impl ClusterConfig {
                 "export.bytes and export.files must be above 0".into(),
             ));
         }
+        self.check_usig_keys()
+    }
+
+    /// Refuses a cluster whose USIGs share one key, for `what` (a TPM or a usig-server
+    /// backend), which needs a key of its own per replica.
+    pub fn require_own_usig_keys(&self, what: &str) -> Result<(), ConfigError> {
+        if self
+            .replicas
+            .iter()
+            .any(|r| r.usig_key == UsigKeyKind::Shared)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "this cluster's USIGs share one HMAC key, which {what} cannot use: \
+                 generate the cluster with `bftnfs keygen --usig-key ecdsa-p256`"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A shared USIG key is checked with the key itself, which only in-process
+    /// software USIGs hold: every replica must have one (a TPM or `usig-server` replica
+    /// could neither make nor check such UIs), and the same one (one key id).
+    fn check_usig_keys(&self) -> Result<(), ConfigError> {
+        let shared: Vec<&ReplicaEntry> = self
+            .replicas
+            .iter()
+            .filter(|r| r.usig_key == UsigKeyKind::Shared)
+            .collect();
+        let Some(first) = shared.first() else {
+            return Ok(());
+        };
+        if shared.len() != self.replicas.len() {
+            return Err(ConfigError::Invalid(
+                "some replicas have a shared USIG key and some do not: a cluster uses one \
+                 kind (generate it again with `bftnfs keygen --usig-key ecdsa-p256` to mix \
+                 backends)"
+                    .into(),
+            ));
+        }
+        if let Some(r) = shared
+            .iter()
+            .find(|r| r.usig != UsigConfig::Software || r.usig_tpm.is_some())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "replica {}: a shared USIG key works with the in-process software USIG \
+                 only, not a TPM or a usig-server (generate the cluster with `bftnfs keygen \
+                 --usig-key ecdsa-p256` for those)",
+                r.id
+            )));
+        }
+        if shared
+            .iter()
+            .any(|r| r.usig_public_key != first.usig_public_key)
+        {
+            return Err(ConfigError::Invalid(
+                "the replicas name different shared USIG keys (usig_public_key)".into(),
+            ));
+        }
         Ok(())
     }
 
@@ -367,6 +449,9 @@ impl ClusterConfig {
             .ok_or_else(|| ConfigError::Invalid(format!("no replica {id}")))?;
         let public_key = unhex(&entry.usig_public_key)
             .ok_or_else(|| ConfigError::Invalid("bad usig_public_key".into()))?;
+        if entry.usig_key == UsigKeyKind::Shared {
+            return Ok(usig::UsigIdentity::HmacSha256 { key_id: public_key });
+        }
         let Some(tpm) = &entry.usig_tpm else {
             return Ok(usig::UsigIdentity::EcdsaP256 { public_key });
         };
@@ -536,6 +621,8 @@ pub struct KeygenOptions {
     /// under the keygen directory (as `bftnfs up` and the embedded clusters keep it),
     /// cannot outgrow on its disk (`ExportLimits::fitting_disk_of`).
     pub export: Option<ExportLimits>,
+    /// What certifies the replicas' UIs.
+    pub usig_key: UsigKeyKind,
 }
 
 impl KeygenOptions {
@@ -548,6 +635,7 @@ impl KeygenOptions {
             sessions: 16,
             bundles_in_flight: default_bundles_in_flight(),
             export: None,
+            usig_key: UsigKeyKind::Shared,
         }
     }
 }
@@ -614,13 +702,29 @@ pub fn keygen(dir: &Path, opts: &KeygenOptions) -> Result<PathBuf, ConfigError> 
             *k = random32(&rng)?;
         }
     }
+    let shared_usig_key = match opts.usig_key {
+        UsigKeyKind::Shared => Some(usig::SigningKey::generate_shared()?),
+        UsigKeyKind::EcdsaP256 => None,
+    };
     let mut replicas = Vec::new();
     for i in 0..n {
-        let usig_key = usig::SigningKey::generate()?;
-        let usig_rel = PathBuf::from(format!("keys/replica-{i}.usig.pk8"));
+        // A shared key gets one file per replica all the same, so that each replica's
+        // directory of secrets stays its own.
+        let (usig_key, usig_rel) = match &shared_usig_key {
+            Some(key) => (
+                usig::SigningKey::from_bytes(key.key_bytes())?,
+                PathBuf::from(format!("keys/replica-{i}.usig.key")),
+            ),
+            None => (
+                usig::SigningKey::generate()?,
+                PathBuf::from(format!("keys/replica-{i}.usig.pk8")),
+            ),
+        };
         usig_key.write_file(&dir.join(&usig_rel))?;
-        let usig::UsigIdentity::EcdsaP256 { public_key } = usig_key.identity() else {
-            unreachable!("a software key has an ECDSA identity")
+        let public_key = match usig_key.identity() {
+            usig::UsigIdentity::EcdsaP256 { public_key } => public_key,
+            usig::UsigIdentity::HmacSha256 { key_id } => key_id,
+            usig::UsigIdentity::Tpm { .. } => unreachable!("a software key is not a TPM's"),
         };
         let secrets = ReplicaSecretsFile {
             replica: i,
@@ -645,6 +749,7 @@ pub fn keygen(dir: &Path, opts: &KeygenOptions) -> Result<PathBuf, ConfigError> 
             id: i,
             addr: addrs[i as usize],
             usig_public_key: hex(&public_key),
+            usig_key: opts.usig_key,
             key_file: rel,
             usig_key_file: usig_rel,
             usig: UsigConfig::default(),
@@ -860,5 +965,55 @@ mod usig_config_tests {
         let e: Entry = toml::from_str("").unwrap();
         assert_eq!(e.usig, UsigConfig::Software);
         assert!(toml::from_str::<Entry>("usig = { kind = \"tpm\" }").is_err());
+    }
+
+    #[test]
+    fn a_shared_usig_key_is_one_key_for_in_process_usigs_only() {
+        use super::{ClusterConfig, KeygenOptions, UsigKeyKind, keygen};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = keygen(dir.path(), &KeygenOptions::new(1, 1)).expect("keygen");
+        let config = ClusterConfig::load(&path).expect("load");
+        let key_of = |id| {
+            let secrets = config.replica_secrets(id).expect("secrets");
+            usig::SigningKey::read_file(&secrets.usig_key_file).expect("key")
+        };
+        assert!(key_of(0).is_shared(), "new clusters share one key");
+        assert_eq!(key_of(0).identity(), key_of(2).identity());
+        assert_eq!(
+            config.usig_identity(1).expect("identity"),
+            key_of(1).identity()
+        );
+        assert!(config.require_own_usig_keys("a TPM USIG").is_err());
+
+        let reject = |change: &dyn Fn(&mut ClusterConfig)| {
+            let mut c = config.clone();
+            change(&mut c);
+            c.check().expect_err("refused")
+        };
+        reject(&|c| c.replicas[1].usig_key = UsigKeyKind::EcdsaP256);
+        reject(&|c| {
+            c.replicas[2].usig = UsigConfig::Process {
+                socket: "/run/u.sock".into(),
+            }
+        });
+        reject(&|c| c.replicas[0].usig_public_key = "00".repeat(32));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut opts = KeygenOptions::new(1, 1);
+        opts.usig_key = UsigKeyKind::EcdsaP256;
+        let config =
+            ClusterConfig::load(&keygen(dir.path(), &opts).expect("keygen")).expect("load");
+        assert!(matches!(
+            config.usig_identity(0).expect("identity"),
+            usig::UsigIdentity::EcdsaP256 { .. }
+        ));
+        config
+            .require_own_usig_keys("a TPM USIG")
+            .expect("own keys");
+        let text = std::fs::read_to_string(dir.path().join("cluster.toml")).expect("read");
+        assert!(
+            !text.contains("usig_key ="),
+            "older builds read what ECDSA writes"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The real implementation of `consensus::Crypto` (MinBFT section 5's assumptions):
 //! USIG identifiers are checked with each replica's public USIG identity
-//! (`usig::Verifier`, ECDSA P-256 through ring), client requests with the client's
+//! (`usig::Verifier`, ECDSA P-256 through ring) or, in a cluster whose USIGs share an
+//! HMAC-SHA256 key, with that key (replicas only), client requests with the client's
 //! ECDSA P-256 public key (ring: 5–8x faster here than the p256 crate, notes/limits.md),
 //! and replies carry HMAC-SHA256 with a key shared by exactly one replica and one client.
 //!
@@ -23,7 +24,9 @@ use sha2::{Digest as _, Sha256};
 use crate::config::{ClientSecrets, ClusterConfig, ConfigError, ReplicaSecrets, unhex};
 
 struct Inner {
-    usig: Vec<usig::Verifier>,
+    /// Per replica; `None` for a shared-key identity this party cannot check (a
+    /// client: only replicas hold the shared USIG key, and clients check no UIs).
+    usig: Vec<Option<usig::Verifier>>,
     clients: BTreeMap<u64, UnparsedPublicKey<Vec<u8>>>,
     /// (replica, client index) -> reply MAC key.
     reply_keys: BTreeMap<(ReplicaId, u64), [u8; 32]>,
@@ -169,13 +172,23 @@ impl VerifiedRequests {
 pub struct ClusterCrypto(Arc<Inner>);
 
 impl ClusterCrypto {
-    fn public(config: &ClusterConfig) -> Result<Inner, ConfigError> {
+    /// `usig_key`: the replica's own USIG key, which checks shared-key identities.
+    fn public(
+        config: &ClusterConfig,
+        usig_key: Option<&usig::SigningKey>,
+    ) -> Result<Inner, ConfigError> {
         let mut usig = Vec::new();
         for r in &config.replicas {
             let id = config.usig_identity(r.id)?;
+            let verifier = match (&id, usig_key) {
+                (usig::UsigIdentity::HmacSha256 { .. }, None) => None,
+                (_, Some(key)) => Some(key.verifier_for(&id)),
+                (_, None) => Some(usig::Verifier::new(&id)),
+            };
             usig.push(
-                usig::Verifier::new(&id)
-                    .map_err(|_| ConfigError::Invalid(format!("replica {} key", r.id)))?,
+                verifier
+                    .transpose()
+                    .map_err(|e| ConfigError::Invalid(format!("replica {} USIG key: {e}", r.id)))?,
             );
         }
         let mut clients = BTreeMap::new();
@@ -195,12 +208,21 @@ impl ClusterCrypto {
         })
     }
 
-    /// What replica `secrets.id` verifies and MACs with.
+    /// What replica `secrets.id` verifies and MACs with. In a cluster with a shared
+    /// USIG key, the replica's key file is read: it checks the others' UIs.
     pub fn for_replica(
         config: &ClusterConfig,
         secrets: &ReplicaSecrets,
     ) -> Result<Self, ConfigError> {
-        let mut inner = Self::public(config)?;
+        let shared = matches!(
+            config.usig_identity(secrets.id)?,
+            usig::UsigIdentity::HmacSha256 { .. }
+        );
+        let key = match shared {
+            true => Some(usig::SigningKey::read_file(&secrets.usig_key_file)?),
+            false => None,
+        };
+        let mut inner = Self::public(config, key.as_ref())?;
         for (&c, k) in &secrets.reply_keys {
             inner.reply_keys.insert((secrets.id, c), *k);
         }
@@ -213,7 +235,7 @@ impl ClusterCrypto {
         config: &ClusterConfig,
         secrets: &ClientSecrets,
     ) -> Result<Self, ConfigError> {
-        let mut inner = Self::public(config)?;
+        let mut inner = Self::public(config, None)?;
         for (&r, k) in &secrets.reply_keys {
             inner.reply_keys.insert((r, secrets.id), *k);
         }
@@ -279,6 +301,7 @@ impl Crypto for ClusterCrypto {
             self.0
                 .usig
                 .get(replica as usize)
+                .and_then(Option::as_ref)
                 .is_some_and(|v| v.verify(replica, digest, ui).is_ok())
         })
     }
@@ -488,5 +511,53 @@ mod tests {
         let mac = r0.reply_mac(0, session, &d);
         assert!(k1.verify_reply_mac(0, session, &d, &mac));
         assert!(!k1.verify_reply_mac(1, session, &d, &mac));
+    }
+
+    /// Each replica's UIs check at every replica, for both kinds of USIG key; a client
+    /// of a shared-key cluster holds no key and checks none (it never needs to).
+    #[test]
+    fn usig_identifiers_check_at_every_replica_for_both_key_kinds() {
+        use crate::config::UsigKeyKind;
+        use usig::Usig as _;
+        for kind in [UsigKeyKind::Shared, UsigKeyKind::EcdsaP256] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut opts = KeygenOptions::new(1, 2);
+            opts.usig_key = kind;
+            let c = ClusterConfig::load(&keygen(dir.path(), &opts).expect("keygen")).expect("load");
+            let replicas: Vec<ClusterCrypto> = (0..3)
+                .map(|i| {
+                    ClusterCrypto::for_replica(&c, &c.replica_secrets(i).expect("secrets"))
+                        .expect("replica crypto")
+                })
+                .collect();
+            let client =
+                ClusterCrypto::for_client(&c, &c.client_secrets(0).expect("c0")).expect("c0");
+            for signer in 0..3u32 {
+                let secrets = c.replica_secrets(signer).expect("secrets");
+                let key = usig::SigningKey::read_file(&secrets.usig_key_file).expect("key");
+                let mut usig = usig::MemoryUsig::new(signer, key.key_bytes()).expect("usig");
+                let d = [signer as u8 + 1; 32];
+                let ui = usig.create_ui(&d).expect("ui");
+                for (at, r) in replicas.iter().enumerate() {
+                    assert!(
+                        r.verify_ui(signer, &d, &ui),
+                        "{kind:?}: {signer}'s UI at {at}"
+                    );
+                    assert!(
+                        !r.verify_ui((signer + 1) % 3, &d, &ui),
+                        "{kind:?}: other signer"
+                    );
+                    assert!(
+                        !r.verify_ui(signer, &[0; 32], &ui),
+                        "{kind:?}: other digest"
+                    );
+                }
+                assert_eq!(
+                    client.verify_ui(signer, &d, &ui),
+                    kind == UsigKeyKind::EcdsaP256,
+                    "{kind:?}: at a client"
+                );
+            }
+        }
     }
 }

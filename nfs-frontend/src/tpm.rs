@@ -113,6 +113,7 @@ mod imp {
         key_handle: Option<u32>,
     ) -> Result<UsigIdentity, ConfigError> {
         let mut config = ClusterConfig::load(config_path)?;
+        config.require_own_usig_keys("a TPM USIG")?;
         if id >= config.n() {
             return Err(ConfigError::Invalid(format!(
                 "replica id {id} out of range (n = {})",
@@ -152,6 +153,7 @@ mod imp {
     /// The swtpms are killed when the returned guards drop.
     pub fn start_swtpms(config_path: &Path, dir: &Path) -> Result<Vec<Swtpm>, ConfigError> {
         let mut config = ClusterConfig::load(config_path)?;
+        config.require_own_usig_keys("a TPM USIG")?;
         let mut swtpms = Vec::new();
         for id in 0..config.n() {
             let swtpm = Swtpm::start(&dir.join(format!("replica-{id}")).join("swtpm"))?;

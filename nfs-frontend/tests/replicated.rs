@@ -11,10 +11,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    Up, bounded, connect, create_file, dirop, file_cluster, have, run_tool, trees_become_equal,
-    trees_equal,
+    Up, bounded, cluster_with, connect, create_file, dirop, file_cluster, have, run_tool,
+    trees_become_equal, trees_equal,
 };
 use fs_state::{FileStateMachine, FsConfig};
+use nfs_frontend::ClusterOptions;
+use nfs_frontend::config::UsigKeyKind;
 use nfs3_client::nfs3_types::nfs3::*;
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
 
@@ -98,9 +100,23 @@ fn libnfs_round_trip_with_separate_process_usigs() {
 /// After a mixed workload every replica's backing tree and state digest are equal.
 #[test]
 fn replicas_agree_after_a_mixed_workload() {
-    bounded(Duration::from_secs(90), || {
+    mixed_workload_leaves_replicas_equal(UsigKeyKind::Shared);
+}
+
+/// The same with an ECDSA P-256 USIG key per replica (new clusters share one HMAC key).
+#[test]
+fn replicas_with_ecdsa_usig_keys_agree_after_a_mixed_workload() {
+    mixed_workload_leaves_replicas_equal(UsigKeyKind::EcdsaP256);
+}
+
+fn mixed_workload_leaves_replicas_equal(usig_key: UsigKeyKind) {
+    bounded(Duration::from_secs(90), move || {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let (cluster, rt) = file_cluster(&tmp.path().join("c"));
+        let (cluster, rt) = cluster_with(ClusterOptions {
+            dir: tmp.path().join("c"),
+            usig_key,
+            ..ClusterOptions::default()
+        });
         let addr = cluster.nfs_addr();
         rt.block_on(async {
             let mut c = connect(addr, 0, 0).await;

@@ -446,22 +446,25 @@ pub fn word(b: &[u8], i: usize) -> u32 {
 
 /// A cluster of the null application in `dir`, and a runtime to drive its client.
 pub fn null_cluster(dir: &Path) -> (LocalCluster, tokio::runtime::Runtime) {
-    cluster_with(dir, true)
+    cluster_with(ClusterOptions {
+        dir: dir.to_path_buf(),
+        null_app: true,
+        ..ClusterOptions::default()
+    })
 }
 
 /// A cluster of the file system in `dir` (embedded, default options), and a runtime to
 /// drive NFS clients against it.
 pub fn file_cluster(dir: &Path) -> (LocalCluster, tokio::runtime::Runtime) {
-    cluster_with(dir, false)
-}
-
-fn cluster_with(dir: &Path, null_app: bool) -> (LocalCluster, tokio::runtime::Runtime) {
-    let cluster = LocalCluster::start(ClusterOptions {
+    cluster_with(ClusterOptions {
         dir: dir.to_path_buf(),
-        null_app,
         ..ClusterOptions::default()
     })
-    .expect("cluster");
+}
+
+/// A cluster started with `options`, and a runtime to drive its clients.
+pub fn cluster_with(options: ClusterOptions) -> (LocalCluster, tokio::runtime::Runtime) {
+    let cluster = LocalCluster::start(options).expect("cluster");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use nfs_frontend::config::{ExportLimits, KeygenOptions, keygen};
+use nfs_frontend::config::{ExportLimits, KeygenOptions, UsigKeyKind, keygen};
 
 /// Generate a cluster configuration and its keys.
 ///
@@ -45,6 +45,15 @@ pub struct Args {
     /// chunks) plus its log; a replica whose disk fills stops. Binary units: 500M, 10G.
     #[arg(long, value_name = "SIZE", value_parser = crate::parse_byte_size, default_value = "1T")]
     quota: u64,
+    /// What certifies each replica's UIs. `shared`: one HMAC-SHA256 key that every
+    /// replica's in-process USIG holds (a UI costs about a microsecond to make and to
+    /// check, against 20 and 40–70 µs; the replicas check each other's UIs with the
+    /// key, so it protects as much as a key per replica does while the replica
+    /// processes are trusted with their USIG, as the in-process USIG already requires).
+    /// `ecdsa-p256`: a key pair per replica, checked with the public key; needed for a
+    /// USIG in a process of its own (`usig-server`) or a TPM (`usig-provision`).
+    #[arg(long, value_enum, default_value_t = UsigKeyKind::Shared)]
+    usig_key: UsigKeyKind,
     /// Files, directories and symbolic links the export may hold (`[export] files`).
     #[arg(long, value_name = "N", default_value_t = 1 << 24, value_parser = clap::value_parser!(u64).range(1..))]
     max_files: u64,
@@ -76,6 +85,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut opts = KeygenOptions::new(f, args.clients);
     opts.addrs = args.addrs;
     opts.bundles_in_flight = args.bundles_in_flight;
+    opts.usig_key = args.usig_key;
     opts.export = Some(ExportLimits {
         bytes: args.quota,
         files: args.max_files,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use nfs_frontend::cluster::{FRONTEND_CLIENT, ensure_keys};
-use nfs_frontend::config::{ClusterConfig, ExportLimits, KeygenOptions};
+use nfs_frontend::config::{ClusterConfig, ExportLimits, KeygenOptions, UsigKeyKind};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -33,6 +33,8 @@ pub struct Args {
     /// state DIR/replica-<i>/usig-server; the replica never reads the key) or `tpm` (one
     /// swtpm per replica on free loopback ports, state DIR/replica-<i>/swtpm, provisioned
     /// on first use and stopped on exit; needs swtpm and a build with `--features tpm`).
+    /// A new cluster for `software` gets one HMAC key all the USIGs share (`bftnfs
+    /// keygen --usig-key shared`), the others an ECDSA P-256 key per replica.
     #[arg(long, value_name = "KIND", default_value = "software", value_parser = ["software", "process", "tpm"])]
     usig: String,
     /// Space the export may use (`[export] bytes` of a new cluster.toml; see `bftnfs
@@ -59,6 +61,11 @@ fn ensure_cluster(args: &Args) -> anyhow::Result<PathBuf> {
                 config.export.bytes
             );
         }
+        if args.usig != "software" {
+            ClusterConfig::load(&path)?
+                .require_own_usig_keys(&format!("--usig {}", args.usig))
+                .with_context(|| format!("{} was made for --usig software", path.display()))?;
+        }
         return Ok(path);
     }
     let mut opts = KeygenOptions::new(args.f, 2);
@@ -66,6 +73,10 @@ fn ensure_cluster(args: &Args) -> anyhow::Result<PathBuf> {
         bytes,
         ..ExportLimits::default()
     });
+    // In-process USIGs share one HMAC key (cheap UIs); the others need keys of their own.
+    if args.usig != "software" {
+        opts.usig_key = UsigKeyKind::EcdsaP256;
+    }
     ensure_keys(&args.dir, &opts)
 }
 

@@ -36,6 +36,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.id < config.n(), "replica id {} out of range", args.id);
     let secrets = config.replica_secrets(args.id)?;
     let key = SigningKey::read_file(&secrets.usig_key_file)?;
+    anyhow::ensure!(
+        !key.is_shared(),
+        "{} is a shared USIG key: the replicas check UIs with it, so a usig-server \
+         cannot keep it to itself; generate the cluster with `bftnfs keygen --usig-key \
+         ecdsa-p256` to run the USIG in a process of its own",
+        secrets.usig_key_file.display()
+    );
     std::fs::create_dir_all(&args.state)
         .with_context(|| format!("creating {}", args.state.display()))?;
     let mut usig = SoftwareUsig::open(&args.state, args.id, key.key_bytes())?;
