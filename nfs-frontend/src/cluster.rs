@@ -116,8 +116,9 @@ struct UsigServerThread {
 
 impl UsigServerThread {
     fn start(config: &ClusterConfig, id: u32, dir: &Path) -> anyhow::Result<(Self, PathBuf)> {
+        config.require_own_usig_keys("a usig-server")?;
         let secrets = config.replica_secrets(id)?;
-        let key = usig::SigningKey::read_file(&secrets.usig_key_file)?;
+        let key = crate::crypto::own_usig_key(config, &secrets)?;
         let state = dir.join("usig-server");
         std::fs::create_dir_all(&state)?;
         let mut usig = usig::SoftwareUsig::open(&state, id, key.key_bytes())?;

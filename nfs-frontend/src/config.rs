@@ -5,7 +5,8 @@
 //! authenticated channels, and that replies carry MACs with a key shared by one replica
 //! and one client. So the public file holds addresses, the consensus parameters and the
 //! public keys; each party's secrets live in their own file (mode 0600) that only it
-//! reads: a replica's USIG key (PKCS#8), its link keys (one per replica pair) and its
+//! reads: a replica's USIG key (an ECDSA P-256 key pair as PKCS#8, or the key all the
+//! replicas' USIGs share: `usig::SigningKey`), its link keys (one per replica pair) and its
 //! reply-MAC keys (one per client); a client's signing key and its reply-MAC keys (one per
 //! replica). Key-file paths in `cluster.toml` are relative to the file's directory.
 
@@ -51,15 +52,19 @@ pub enum ConfigError {
 pub struct ReplicaEntry {
     pub id: ReplicaId,
     pub addr: SocketAddr,
-    /// SEC1 uncompressed P-256 point, hex; for a shared USIG key, the key's id.
+    /// SEC1 uncompressed P-256 point, hex (empty for a shared USIG key).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub usig_public_key: String,
-    /// What certifies this replica's UIs (`UsigKeyKind`); absent: ECDSA P-256, as in
-    /// every cluster.toml written before the sixteenth session.
-    #[serde(default, skip_serializing_if = "UsigKeyKind::is_default")]
-    pub usig_key: UsigKeyKind,
+    /// The id of the HMAC key all the replicas' USIGs share (`UsigKeyKind::Shared`),
+    /// hex; absent for a key pair per replica. A field of its own rather than a new
+    /// meaning of `usig_public_key`: a build before the sixteenth session, which needs
+    /// that field, then refuses the file instead of reading it (and perhaps saving it
+    /// back, as `usig-provision` does) as something else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usig_shared_key: Option<String>,
     /// Secrets of this replica (link and reply-MAC keys), relative to cluster.toml.
     pub key_file: PathBuf,
-    /// The USIG's PKCS#8 key, relative to cluster.toml.
+    /// The USIG's key (`usig::SigningKey`'s file), relative to cluster.toml.
     pub usig_key_file: PathBuf,
     /// Where this replica's USIG lives: `{ kind = "software" }` (default, in-process) or
     /// `{ kind = "process", socket = "/path/usig.sock" }` (a `bftnfs usig-server`).
@@ -111,23 +116,15 @@ impl TpmIdentityEntry {
 }
 
 /// What kind of key certifies a replica's UIs (usig::SigningKey).
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum UsigKeyKind {
     /// An ECDSA P-256 key pair per replica: anyone can check a UI with the public key;
     /// the separate-process and TPM backends need it.
-    #[default]
     EcdsaP256,
     /// One HMAC-SHA256 key all the replicas' in-process USIGs share: a UI costs about a
     /// microsecond to make and to check instead of 20 and 40–70 µs, and only a key
     /// holder can check it (usig/README.md, "Shared-key certificates").
     Shared,
-}
-
-impl UsigKeyKind {
-    fn is_default(&self) -> bool {
-        *self == UsigKeyKind::EcdsaP256
-    }
 }
 
 /// The USIG backend of one replica (DESIGN.md, "USIG").
@@ -337,14 +334,12 @@ impl ClusterConfig {
     /// Refuses a cluster whose USIGs share one key, for `what` (a TPM or a usig-server
     /// backend), which needs a key of its own per replica.
     pub fn require_own_usig_keys(&self, what: &str) -> Result<(), ConfigError> {
-        if self
-            .replicas
-            .iter()
-            .any(|r| r.usig_key == UsigKeyKind::Shared)
-        {
+        if self.replicas.iter().any(|r| r.usig_shared_key.is_some()) {
             return Err(ConfigError::Invalid(format!(
-                "this cluster's USIGs share one HMAC key, which {what} cannot use: \
-                 generate the cluster with `bftnfs keygen --usig-key ecdsa-p256`"
+                "this cluster's USIGs share one HMAC key, which {what} cannot use: a \
+                 TPM or a usig-server needs a key pair per replica, and a replica's data \
+                 is bound to its key, so make a new cluster (`bftnfs keygen --usig-key \
+                 ecdsa-p256`, or `bftnfs up` with a new --dir)"
             )));
         }
         Ok(())
@@ -357,7 +352,7 @@ impl ClusterConfig {
         let shared: Vec<&ReplicaEntry> = self
             .replicas
             .iter()
-            .filter(|r| r.usig_key == UsigKeyKind::Shared)
+            .filter(|r| r.usig_shared_key.is_some())
             .collect();
         let Some(first) = shared.first() else {
             return Ok(());
@@ -383,10 +378,12 @@ impl ClusterConfig {
         }
         if shared
             .iter()
-            .any(|r| r.usig_public_key != first.usig_public_key)
+            .any(|r| r.usig_shared_key != first.usig_shared_key || !r.usig_public_key.is_empty())
         {
             return Err(ConfigError::Invalid(
-                "the replicas name different shared USIG keys (usig_public_key)".into(),
+                "the replicas must name one shared USIG key (usig_shared_key) and no \
+                 usig_public_key"
+                    .into(),
             ));
         }
         Ok(())
@@ -447,11 +444,15 @@ impl ClusterConfig {
             .replicas
             .get(id as usize)
             .ok_or_else(|| ConfigError::Invalid(format!("no replica {id}")))?;
-        let public_key = unhex(&entry.usig_public_key)
-            .ok_or_else(|| ConfigError::Invalid("bad usig_public_key".into()))?;
-        if entry.usig_key == UsigKeyKind::Shared {
-            return Ok(usig::UsigIdentity::HmacSha256 { key_id: public_key });
+        if let Some(key_id) = &entry.usig_shared_key {
+            let key_id = unhex(key_id).filter(|k| k.len() == 32).ok_or_else(|| {
+                ConfigError::Invalid(format!("replica {id}: bad usig_shared_key"))
+            })?;
+            return Ok(usig::UsigIdentity::HmacSha256 { key_id });
         }
+        let public_key = unhex(&entry.usig_public_key)
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| ConfigError::Invalid(format!("replica {id}: bad usig_public_key")))?;
         let Some(tpm) = &entry.usig_tpm else {
             return Ok(usig::UsigIdentity::EcdsaP256 { public_key });
         };
@@ -721,9 +722,9 @@ pub fn keygen(dir: &Path, opts: &KeygenOptions) -> Result<PathBuf, ConfigError> 
             ),
         };
         usig_key.write_file(&dir.join(&usig_rel))?;
-        let public_key = match usig_key.identity() {
-            usig::UsigIdentity::EcdsaP256 { public_key } => public_key,
-            usig::UsigIdentity::HmacSha256 { key_id } => key_id,
+        let (public_key, shared_key) = match usig_key.identity() {
+            usig::UsigIdentity::EcdsaP256 { public_key } => (hex(&public_key), None),
+            usig::UsigIdentity::HmacSha256 { key_id } => (String::new(), Some(hex(&key_id))),
             usig::UsigIdentity::Tpm { .. } => unreachable!("a software key is not a TPM's"),
         };
         let secrets = ReplicaSecretsFile {
@@ -748,8 +749,8 @@ pub fn keygen(dir: &Path, opts: &KeygenOptions) -> Result<PathBuf, ConfigError> 
         replicas.push(ReplicaEntry {
             id: i,
             addr: addrs[i as usize],
-            usig_public_key: hex(&public_key),
-            usig_key: opts.usig_key,
+            usig_public_key: public_key,
+            usig_shared_key: shared_key,
             key_file: rel,
             usig_key_file: usig_rel,
             usig: UsigConfig::default(),
@@ -990,13 +991,26 @@ mod usig_config_tests {
             change(&mut c);
             c.check().expect_err("refused")
         };
-        reject(&|c| c.replicas[1].usig_key = UsigKeyKind::EcdsaP256);
+        reject(&|c| {
+            c.replicas[1].usig_shared_key = None;
+            c.replicas[1].usig_public_key = "04".repeat(65);
+        });
+        reject(&|c| c.replicas[0].usig_public_key = "04".repeat(65));
+        reject(&|c| {
+            c.replicas[1].usig_tpm = Some(super::TpmIdentityEntry {
+                key_public: String::new(),
+                key_name: String::new(),
+                qualified_signer: String::new(),
+                counter_name: String::new(),
+                base_counter: 0,
+            })
+        });
         reject(&|c| {
             c.replicas[2].usig = UsigConfig::Process {
                 socket: "/run/u.sock".into(),
             }
         });
-        reject(&|c| c.replicas[0].usig_public_key = "00".repeat(32));
+        reject(&|c| c.replicas[0].usig_shared_key = Some("00".repeat(32)));
 
         let dir = tempfile::tempdir().expect("tempdir");
         let mut opts = KeygenOptions::new(1, 1);
@@ -1012,7 +1026,7 @@ mod usig_config_tests {
             .expect("own keys");
         let text = std::fs::read_to_string(dir.path().join("cluster.toml")).expect("read");
         assert!(
-            !text.contains("usig_key ="),
+            !text.contains("usig_shared_key"),
             "older builds read what ECDSA writes"
         );
     }

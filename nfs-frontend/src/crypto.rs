@@ -27,7 +27,7 @@ struct Inner {
     /// Per replica; `None` for a shared-key identity this party cannot check (a
     /// client: only replicas hold the shared USIG key, and clients check no UIs).
     usig: Vec<Option<usig::Verifier>>,
-    /// Every replica's UIs are shared-key MACs: checking one (≈ 0.2 µs) costs less than
+    /// Every replica's UIs are shared-key MACs: checking one (under a µs) costs less than
     /// looking it up in `verified`, so they are checked every time.
     usig_shared: bool,
     clients: BTreeMap<u64, UnparsedPublicKey<Vec<u8>>>,
@@ -170,6 +170,46 @@ impl VerifiedRequests {
     }
 }
 
+/// Replica `secrets.id`'s USIG key file, which must hold the key cluster.toml names
+/// for it (for a shared key, the one every replica checks UIs with).
+pub fn own_usig_key(
+    config: &ClusterConfig,
+    secrets: &ReplicaSecrets,
+) -> Result<usig::SigningKey, ConfigError> {
+    let key = usig::SigningKey::read_file(&secrets.usig_key_file)?;
+    let expected = config.usig_identity(secrets.id)?;
+    if key.identity() != expected {
+        return Err(ConfigError::Invalid(format!(
+            "{} does not hold the USIG key cluster.toml names for replica {} \
+             (it holds {}, cluster.toml names {})",
+            secrets.usig_key_file.display(),
+            secrets.id,
+            describe_identity(&key.identity()),
+            describe_identity(&expected),
+        )));
+    }
+    Ok(key)
+}
+
+/// A short name for a USIG identity in error messages.
+fn describe_identity(identity: &usig::UsigIdentity) -> String {
+    let short = |bytes: &[u8]| crate::config::hex(bytes.get(..8).unwrap_or(bytes));
+    match identity {
+        usig::UsigIdentity::EcdsaP256 { public_key } => {
+            format!(
+                "the ECDSA P-256 key {}…",
+                short(public_key.get(1..).unwrap_or(&[]))
+            )
+        }
+        usig::UsigIdentity::HmacSha256 { key_id } => {
+            format!("the shared key with id {}…", short(key_id))
+        }
+        usig::UsigIdentity::Tpm { public_key, .. } => {
+            format!("the TPM key {}…", short(public_key.get(1..).unwrap_or(&[])))
+        }
+    }
+}
+
 /// Cheap to clone: the validation path and the core each hold one.
 #[derive(Clone)]
 pub struct ClusterCrypto(Arc<Inner>);
@@ -225,7 +265,7 @@ impl ClusterCrypto {
             usig::UsigIdentity::HmacSha256 { .. }
         );
         let key = match shared {
-            true => Some(usig::SigningKey::read_file(&secrets.usig_key_file)?),
+            true => Some(own_usig_key(config, secrets)?),
             false => None,
         };
         let mut inner = Self::public(config, key.as_ref())?;
@@ -567,6 +607,44 @@ mod tests {
                     kind == UsigKeyKind::EcdsaP256,
                     "{kind:?}: at a client"
                 );
+            }
+        }
+    }
+
+    /// A replica whose key file holds another key than cluster.toml names is refused
+    /// with both named, for both kinds: its UIs would be refused by every peer.
+    #[test]
+    fn a_usig_key_file_that_is_not_the_named_key_is_refused() {
+        use crate::config::UsigKeyKind;
+        for (kind, other) in [
+            (UsigKeyKind::Shared, usig::SigningKey::generate_shared()),
+            (UsigKeyKind::Shared, usig::SigningKey::generate()),
+            (UsigKeyKind::EcdsaP256, usig::SigningKey::generate()),
+            (UsigKeyKind::EcdsaP256, usig::SigningKey::generate_shared()),
+        ] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut opts = KeygenOptions::new(1, 1);
+            opts.usig_key = kind;
+            let c = ClusterConfig::load(&keygen(dir.path(), &opts).expect("keygen")).expect("load");
+            let secrets = c.replica_secrets(2).expect("secrets");
+            own_usig_key(&c, &secrets).expect("the key keygen wrote");
+            std::fs::remove_file(&secrets.usig_key_file).expect("remove");
+            other
+                .expect("key")
+                .write_file(&secrets.usig_key_file)
+                .expect("write");
+            let err = own_usig_key(&c, &secrets)
+                .expect_err("another key")
+                .to_string();
+            assert!(
+                err.contains("replica-2.usig") && err.contains("does not hold"),
+                "{kind:?}: {err}"
+            );
+            if kind == UsigKeyKind::Shared {
+                let err = ClusterCrypto::for_replica(&c, &secrets)
+                    .err()
+                    .expect("refused");
+                assert!(err.to_string().contains("does not hold"), "{err}");
             }
         }
     }

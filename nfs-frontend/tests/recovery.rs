@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Up, bounded, connect, trees_equal, write_file};
-use nfs_frontend::config::ClusterConfig;
+use nfs_frontend::config::{ClusterConfig, UsigKeyKind};
 use nfs_frontend::{ClusterOptions, LocalCluster};
 
 /// Deterministic content of file `i`: mostly 3 KiB, every 40th 200 KiB (4 chunks).
@@ -63,9 +63,19 @@ fn start_small_cluster(
     checkpoint_interval: u64,
     skew_ns: u64,
 ) -> LocalCluster {
-    let path =
-        nfs_frontend::cluster::ensure_keys(dir, &nfs_frontend::config::KeygenOptions::new(1, 2))
-            .expect("keys");
+    start_small_cluster_with(dir, checkpoint_interval, skew_ns, UsigKeyKind::Shared)
+}
+
+/// The same, with USIG keys of the kind `usig_key`.
+fn start_small_cluster_with(
+    dir: &std::path::Path,
+    checkpoint_interval: u64,
+    skew_ns: u64,
+    usig_key: UsigKeyKind,
+) -> LocalCluster {
+    let mut keygen = nfs_frontend::config::KeygenOptions::new(1, 2);
+    keygen.usig_key = usig_key;
+    let path = nfs_frontend::cluster::ensure_keys(dir, &keygen).expect("keys");
     let toml = std::fs::read_to_string(&path).expect("toml");
     let mut replaced = 0;
     let toml: Vec<String> = toml
@@ -255,12 +265,24 @@ fn replica_that_lost_its_disk_but_kept_its_usig_rejoins_by_rebase() {
 /// and 2 alone order the last writes.
 #[test]
 fn primary_restarted_after_a_machine_restart_skips_its_lease_and_rejoins() {
+    machine_restart_skips_the_lease(UsigKeyKind::Shared);
+}
+
+/// The same with a USIG key pair per replica (clusters made before the sixteenth
+/// session, and every TPM or usig-server cluster): the USIG's `advance_to` and
+/// `skip_to` check and make ECDSA signatures there.
+#[test]
+fn with_ecdsa_usig_keys_a_primary_restarted_after_a_machine_restart_rejoins() {
+    machine_restart_skips_the_lease(UsigKeyKind::EcdsaP256);
+}
+
+fn machine_restart_skips_the_lease(usig_key: UsigKeyKind) {
     use consensus::{PersistRecord, UsigLease};
     use nfs_frontend::replica::log::ProtocolLog;
-    bounded(Duration::from_secs(300), || {
+    bounded(Duration::from_secs(300), move || {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("c");
-        let mut cluster = start_small_cluster(&dir, 16, 5_000_000_000);
+        let mut cluster = start_small_cluster_with(&dir, 16, 5_000_000_000, usig_key);
         let addr = cluster.nfs_addr();
         let last_sent = |dir: &std::path::Path| {
             let log = ProtocolLog::open(&dir.join("replica-0")).expect("log of replica 0");

@@ -76,7 +76,13 @@ pub fn issued_uis_verify(factory: Factory<'_>) {
         for index in 1..=8 {
             let digest = test_digest(index);
             let ui = usig.create_ui(&digest).expect("create_ui");
-            if !matches!(identity, UsigIdentity::HmacSha256 { .. }) {
+            if matches!(identity, UsigIdentity::HmacSha256 { .. }) {
+                assert_eq!(
+                    verify_ui(&identity, replica, &digest, &ui),
+                    Err(crate::VerifyError::SharedKeyNeeded),
+                    "a shared key's id alone checks nothing"
+                );
+            } else {
                 verify_ui(&identity, replica, &digest, &ui).expect("fresh UI verifies");
             }
             verifier

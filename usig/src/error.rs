@@ -74,6 +74,9 @@ pub enum VerifyError {
     /// cluster's shared USIG key can check those UIs.
     #[error("UI of a shared-key USIG, and this party does not hold the key")]
     SharedKeyNeeded,
+    /// A shared-key identity that names another key than the one held here.
+    #[error("UI of a shared-key USIG whose key is not the one held here")]
+    OtherSharedKey,
     /// A TPM UI whose attest is malformed or does not log exactly this replica's
     /// read–increment–read of counter value `counter` and the message.
     #[error("TPM UI attest does not certify this counter value and message")]

@@ -112,14 +112,16 @@ impl SigningKey {
     }
 
     /// What checks UIs of a replica that published `identity`. A shared-key identity
-    /// needs this key (the same key id); any other identity is checked by its public
-    /// part alone ([`Verifier::new`]).
+    /// needs this key (the same key id; another shared key: `OtherSharedKey`, a key
+    /// pair: `SharedKeyNeeded`); any other identity is checked by its public part
+    /// alone ([`Verifier::new`]).
     pub fn verifier_for(&self, identity: &UsigIdentity) -> Result<Verifier, VerifyError> {
         match identity {
             UsigIdentity::HmacSha256 { key_id } => match &self.identity {
                 UsigIdentity::HmacSha256 { key_id: mine } if mine == key_id => {
                     Ok(Verifier::shared(&self.bytes[SHARED_KEY_MAGIC.len()..]))
                 }
+                UsigIdentity::HmacSha256 { .. } => Err(VerifyError::OtherSharedKey),
                 _ => Err(VerifyError::SharedKeyNeeded),
             },
             _ => Verifier::new(identity),

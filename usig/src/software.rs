@@ -184,6 +184,12 @@ impl SoftwareUsig {
                 return Err(corrupt(format!("slot 0: {e0}; slot 1: {e1}")));
             }
         };
+        if last.cert[signer.cert_len()..].iter().any(|&b| b != 0) {
+            return Err(corrupt(format!(
+                "the last record's certificate runs past the {} bytes this key makes",
+                signer.cert_len()
+            )));
+        }
         if let Some(issued) = last.issued(signer.cert_len()) {
             signer
                 .verifier()
@@ -550,5 +556,27 @@ mod tests {
             assert_eq!(decode_slot(&block, slot, &sum), Ok(Record::NONE));
             assert!(decode_slot(&block, 1 - slot, &sum).is_err());
         }
+    }
+
+    #[test]
+    fn bytes_past_a_shared_key_certificate_must_be_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = crate::SigningKey::generate_shared().unwrap();
+        let mut usig = SoftwareUsig::open(dir.path(), 3, key.key_bytes()).unwrap();
+        usig.create_ui(&[5; 32]).unwrap();
+        let slot = usig.synced_slot;
+        let header_sum = usig.header_sum;
+        drop(usig);
+        let path = dir.path().join(STATE_FILE_NAME);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = BLOCK_LEN * (1 + slot);
+        let mut record = decode_slot(&bytes[at..at + BLOCK_LEN], slot, &header_sum).unwrap();
+        record.cert[40] = 1;
+        bytes[at..at + BLOCK_LEN].copy_from_slice(&encode_slot(&record, slot, &header_sum));
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            SoftwareUsig::open(dir.path(), 3, key.key_bytes()),
+            Err(UsigError::CorruptState { .. })
+        ));
     }
 }

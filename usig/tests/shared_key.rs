@@ -44,7 +44,7 @@ fn another_key_or_the_identity_alone_checks_nothing() {
     );
     assert_eq!(
         other.verifier_for(&identity).err(),
-        Some(VerifyError::SharedKeyNeeded)
+        Some(VerifyError::OtherSharedKey)
     );
     assert_eq!(
         ecdsa.verifier_for(&identity).err(),
@@ -92,6 +92,14 @@ fn a_state_file_keeps_its_key_kind() {
     assert_eq!(reopened.last_issued().unwrap().ui, last);
     assert_eq!(reopened.create_ui(&test_digest(3)).unwrap().counter, 3);
     drop(reopened);
+    // And the other way round: an ECDSA state refuses a shared key.
+    let ecdsa_dir = tempfile::tempdir().unwrap();
+    let ecdsa = SigningKey::generate().unwrap();
+    SoftwareUsig::open(ecdsa_dir.path(), 4, ecdsa.key_bytes()).unwrap();
+    assert!(matches!(
+        SoftwareUsig::open(ecdsa_dir.path(), 4, key.key_bytes()),
+        Err(usig::UsigError::KeyMismatch { .. })
+    ));
     for wrong in [
         SigningKey::generate_shared().unwrap(),
         SigningKey::generate().unwrap(),
@@ -101,4 +109,36 @@ fn a_state_file_keeps_its_key_kind() {
             Err(usig::UsigError::KeyMismatch { .. })
         ));
     }
+}
+
+#[test]
+fn advance_and_skip_keep_to_this_replicas_uis() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = SigningKey::generate_shared().unwrap();
+    let mut usig = SoftwareUsig::open(dir.path(), 0, key.key_bytes()).unwrap();
+    let mut peer = MemoryUsig::new(1, key.key_bytes()).unwrap();
+    let mut later = MemoryUsig::new(0, key.key_bytes()).unwrap();
+    for i in 0..5 {
+        peer.create_ui(&test_digest(i)).unwrap();
+        later.create_ui(&test_digest(i)).unwrap();
+    }
+    // The same key made it, for replica 1: not a UI of replica 0's USIG.
+    assert!(matches!(
+        usig.advance_to(&peer.last_issued().unwrap()),
+        Err(usig::UsigError::NotOurs(_))
+    ));
+    usig.advance_to(&later.last_issued().unwrap()).unwrap();
+    assert_eq!(usig.last_issued(), later.last_issued());
+    usig.skip_to(9).unwrap();
+    let skipped = usig.last_issued().unwrap();
+    assert_eq!(skipped.ui.counter, 9);
+    assert_eq!(skipped.ui.cert.len(), usig::HMAC_SHA256_CERT_LEN);
+    usig.verifier()
+        .unwrap()
+        .verify(0, &skipped.digest, &skipped.ui)
+        .unwrap();
+    drop(usig);
+    let mut reopened = SoftwareUsig::open(dir.path(), 0, key.key_bytes()).unwrap();
+    assert_eq!(reopened.last_issued(), Some(skipped));
+    assert_eq!(reopened.create_ui(&test_digest(9)).unwrap().counter, 10);
 }

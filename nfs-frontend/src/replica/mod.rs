@@ -1156,7 +1156,9 @@ fn open_node(
         None => {
             let usig_dir = opts.data_dir.join("usig");
             std::fs::create_dir_all(&usig_dir)?;
-            let key = usig::SigningKey::read_file(&secrets.usig_key_file)?;
+            // A key other than the one cluster.toml names would make UIs every peer
+            // refuses: the replica would be lost without a word.
+            let key = crate::crypto::own_usig_key(&config, &secrets)?;
             (
                 Box::new(SoftwareUsig::open(&usig_dir, id, key.key_bytes())?),
                 true,

@@ -46,12 +46,13 @@ pub struct Args {
     #[arg(long, value_name = "SIZE", value_parser = crate::parse_byte_size, default_value = "1T")]
     quota: u64,
     /// What certifies each replica's UIs. `shared`: one HMAC-SHA256 key that every
-    /// replica's in-process USIG holds (a UI costs about a microsecond to make and to
-    /// check, against 20 and 40–70 µs; the replicas check each other's UIs with the
-    /// key, so it protects as much as a key per replica does while the replica
-    /// processes are trusted with their USIG, as the in-process USIG already requires).
-    /// `ecdsa-p256`: a key pair per replica, checked with the public key; needed for a
-    /// USIG in a process of its own (`usig-server`) or a TPM (`usig-provision`).
+    /// replica's in-process USIG holds; each replica's key file holds the same secret,
+    /// and anyone who reads one of them can forge every replica's UIs (a UI costs about
+    /// a microsecond to make and to check, against 20 and 40–70 µs; usig/README.md,
+    /// "Shared-key certificates", weighs it). `ecdsa-p256`: a key pair per replica,
+    /// checked with the public key; needed for a USIG in a process of its own
+    /// (`usig-server`) or a TPM (`usig-provision`), and a replica can be given a new
+    /// key alone.
     #[arg(long, value_enum, default_value_t = UsigKeyKind::Shared)]
     usig_key: UsigKeyKind,
     /// Files, directories and symbolic links the export may hold (`[export] files`).

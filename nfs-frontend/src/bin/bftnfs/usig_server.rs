@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use nfs_frontend::config::ClusterConfig;
 use tracing::info;
-use usig::{SigningKey, SoftwareUsig, process};
+use usig::{SoftwareUsig, process};
 
 /// Serve replica ID's USIG on a Unix socket.
 ///
@@ -35,7 +35,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let config = ClusterConfig::load(&args.config)?;
     anyhow::ensure!(args.id < config.n(), "replica id {} out of range", args.id);
     let secrets = config.replica_secrets(args.id)?;
-    let key = SigningKey::read_file(&secrets.usig_key_file)?;
+    let key = nfs_frontend::crypto::own_usig_key(&config, &secrets)?;
     anyhow::ensure!(
         !key.is_shared(),
         "{} is a shared USIG key: the replicas check UIs with it, so a usig-server \
