@@ -320,7 +320,7 @@ impl MicroReport {
         let _ = writeln!(out, "Primitives (medians, measured in this run):");
         let _ = writeln!(
             out,
-            "  loopback TCP round trip, 64 B    {:>8.1} µs",
+            "  loopback TCP round trip, 64 B    {:>8.1} µs (the two ends on two cores)",
             p.tcp_round_trip_us
         );
         let _ = writeln!(
