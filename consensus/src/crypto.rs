@@ -22,6 +22,11 @@ pub trait Crypto {
     fn verify_read_only_request(&self, client: ClientId, digest: &Digest, auth: &[u8]) -> bool {
         self.verify_request(client, digest, auth)
     }
+    /// The digest a client signs and every replica checks for `req`: one function of
+    /// the request per cluster (`Request::digest` unless the cluster chose another).
+    fn request_digest(&self, req: &Request) -> Digest {
+        req.digest()
+    }
     /// The digest of `req` if this replica computed it before for the very same request
     /// (client, sequence number, read-only flag, signature and operation bytes all
     /// equal), so a large WRITE is not hashed again when its PREPARE, or the primary's

@@ -28,6 +28,9 @@ pub struct Request {
 }
 
 impl Request {
+    /// The request's digest as clusters made before the sixteenth session compute it:
+    /// SHA-256 over the header and the whole operation (`Crypto::request_digest`'s
+    /// default, and the simulator's).
     pub fn digest(&self) -> Digest {
         let mut h = Sha256::new();
         h.update(b"bftnfs/request/v1");
@@ -36,6 +39,21 @@ impl Request {
         h.update([u8::from(self.read_only)]);
         h.update((self.op.len() as u64).to_be_bytes());
         h.update(&self.op);
+        h.finalize().into()
+    }
+
+    /// The digest of clusters made since the sixteenth session: SHA-256 over the header
+    /// and the operation's BLAKE3 hash, under a tag of its own. A 1 MiB WRITE is
+    /// hashed by every party that checks its signature; BLAKE3 does that about 4x
+    /// faster here than SHA-256.
+    pub fn digest_blake3_op(&self) -> Digest {
+        let mut h = Sha256::new();
+        h.update(b"bftnfs/request/v2");
+        h.update(self.client.to_be_bytes());
+        h.update(self.seq.to_be_bytes());
+        h.update([u8::from(self.read_only)]);
+        h.update((self.op.len() as u64).to_be_bytes());
+        h.update(blake3::hash(&self.op).as_bytes());
         h.finalize().into()
     }
 }
@@ -455,4 +473,43 @@ pub enum Message {
     Peer(PeerMessage),
     Request(Request),
     Reply(Reply),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each request digest binds every field, and the two never agree (their tags
+    /// differ), so a request signed under one cluster's digest fails under the other's.
+    #[test]
+    fn both_request_digests_bind_every_field_and_differ() {
+        let base = Request {
+            client: 7,
+            seq: 3,
+            read_only: false,
+            op: vec![1u8; 100_000].into(),
+            sig: vec![9; 64],
+        };
+        let mut changed = vec![base.clone(); 5];
+        changed[0].client += 1;
+        changed[1].seq += 1;
+        changed[2].read_only = true;
+        changed[3].op = vec![1u8; 100_001].into();
+        let mut op = base.op.to_vec();
+        op[54_321] ^= 1;
+        changed[4].op = op.into();
+        for digest in [Request::digest, Request::digest_blake3_op] {
+            for (i, c) in changed.iter().enumerate() {
+                assert_ne!(digest(&base), digest(c), "field {i} not bound");
+            }
+            let mut resigned = base.clone();
+            resigned.sig = vec![1; 64];
+            assert_eq!(
+                digest(&base),
+                digest(&resigned),
+                "the signature is not digested"
+            );
+        }
+        assert_ne!(base.digest(), base.digest_blake3_op());
+    }
 }

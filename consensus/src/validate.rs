@@ -104,7 +104,7 @@ pub fn request(
 
 fn request_ref(config: &Config, crypto: &dyn Crypto, req: &Request) -> Result<(), Reject> {
     request_size(config, req)?;
-    let d = req.digest();
+    let d = crypto.request_digest(req);
     request_signed(crypto, req, &d)?;
     if !req.read_only {
         crypto.remember_request_digest(req, &d);
@@ -117,7 +117,7 @@ fn request_ref(config: &Config, crypto: &dyn Crypto, req: &Request) -> Result<()
 pub fn request_digest(crypto: &dyn Crypto, req: &Request) -> Digest {
     crypto
         .known_request_digest(req)
-        .unwrap_or_else(|| req.digest())
+        .unwrap_or_else(|| crypto.request_digest(req))
 }
 
 /// A request's operation is within `request_bytes_max` (checked before it is hashed).

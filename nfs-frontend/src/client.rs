@@ -464,11 +464,11 @@ impl Engine {
             let resend = matches!(o, ClientOutput::Resend(_));
             match o {
                 ClientOutput::Send(mut req) | ClientOutput::Resend(mut req) => {
+                    let digest = self.crypto.request_digest(&req);
                     req.sig = if req.read_only {
-                        self.crypto
-                            .read_only_authenticator(req.client, &req.digest())
+                        self.crypto.read_only_authenticator(req.client, &digest)
                     } else {
-                        self.signer.sign(&req.digest())
+                        self.signer.sign(&digest)
                     };
                     let frame = Arc::new(encode(&if resend {
                         ClientMsg::Resend(req)

@@ -21,12 +21,16 @@ use ring::signature::{
 };
 use sha2::{Digest as _, Sha256};
 
-use crate::config::{ClientSecrets, ClusterConfig, ConfigError, ReplicaSecrets, unhex};
+use crate::config::{
+    ClientSecrets, ClusterConfig, ConfigError, ReplicaSecrets, RequestDigestKind, unhex,
+};
 
 struct Inner {
     /// Per replica; `None` for a shared-key identity this party cannot check (a
     /// client: only replicas hold the shared USIG key, and clients check no UIs).
     usig: Vec<Option<usig::Verifier>>,
+    /// The cluster's request digest (`Crypto::request_digest`).
+    request_digest: RequestDigestKind,
     /// Every replica's UIs are shared-key MACs: checking one (under a µs) costs less than
     /// looking it up in `verified`, so they are checked every time.
     usig_shared: bool,
@@ -244,6 +248,7 @@ impl ClusterCrypto {
         }
         Ok(Inner {
             usig,
+            request_digest: config.request_digest,
             usig_shared,
             clients,
             reply_keys: BTreeMap::new(),
@@ -381,6 +386,13 @@ impl Crypto for ClusterCrypto {
         )
     }
 
+    fn request_digest(&self, req: &consensus::Request) -> Digest {
+        match self.0.request_digest {
+            RequestDigestKind::Sha256 => req.digest(),
+            RequestDigestKind::Blake3Op => req.digest_blake3_op(),
+        }
+    }
+
     fn known_request_digest(&self, req: &consensus::Request) -> Option<Digest> {
         if req.op.len() < REQUEST_DIGEST_MIN_BYTES {
             return None;
@@ -477,7 +489,7 @@ mod tests {
                 op: op.into(),
                 sig: Vec::new(),
             };
-            r.sig = signer.sign(&r.digest());
+            r.sig = signer.sign(&r0.request_digest(&r));
             r
         };
         let big = request(1, vec![5u8; 1 << 20]);
@@ -486,7 +498,7 @@ mod tests {
         // The PREPARE's copy: the same bytes in another buffer.
         let copy: consensus::Request = bincode_round_trip(&big);
         assert_ne!(copy.op.as_ptr(), big.op.as_ptr());
-        assert_eq!(r0.known_request_digest(&copy), Some(big.digest()));
+        assert_eq!(r0.known_request_digest(&copy), Some(big.digest_blake3_op()));
         // One byte of the operation, or the signature, differs: hashed again.
         let mut other = copy.clone();
         let mut op = other.op.to_vec();
@@ -647,5 +659,44 @@ mod tests {
                 assert!(err.to_string().contains("does not hold"), "{err}");
             }
         }
+    }
+
+    /// New clusters digest requests with `digest_blake3_op`; a cluster.toml without
+    /// `request_digest` (written before the sixteenth session) keeps `digest`, and a
+    /// request signed under one is refused under the other.
+    #[test]
+    fn the_request_digest_is_the_clusters_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = keygen(dir.path(), &KeygenOptions::new(1, 2)).expect("keygen");
+        let new = ClusterConfig::load(&path).expect("load");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.contains("request_digest = \"blake3-op\""), "{text}");
+        let old_text: String = text
+            .lines()
+            .filter(|l| !l.starts_with("request_digest"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, old_text).expect("write");
+        let old = ClusterConfig::load(&path).expect("load an older file");
+        let cs = new.client_secrets(1).expect("c1");
+        let signer = RequestSigner::new(&cs.signing_pkcs8).expect("signer");
+        let mut r = consensus::Request {
+            client: crate::config::SESSION_STRIDE,
+            seq: 1,
+            read_only: false,
+            op: vec![3u8; 200_000].into(),
+            sig: Vec::new(),
+        };
+        let replica = |c: &ClusterConfig| {
+            ClusterCrypto::for_replica(c, &c.replica_secrets(0).expect("r0")).expect("r0")
+        };
+        let (new_r0, old_r0) = (replica(&new), replica(&old));
+        assert_eq!(new_r0.request_digest(&r), r.digest_blake3_op());
+        assert_eq!(old_r0.request_digest(&r), r.digest());
+        let client = ClusterCrypto::for_client(&new, &cs).expect("client");
+        assert_eq!(client.request_digest(&r), new_r0.request_digest(&r));
+        r.sig = signer.sign(&client.request_digest(&r));
+        consensus::validate::request(&new.consensus, &new_r0, r.clone()).expect("valid");
+        assert!(consensus::validate::request(&old.consensus, &old_r0, r).is_err());
     }
 }

@@ -201,7 +201,9 @@ fn a_late_first_copy_is_dropped_and_a_resend_is_answered() {
             op: Default::default(),
             sig: Vec::new(),
         };
-        req.sig = signer.sign(&req.digest());
+        let crypto = nfs_frontend::crypto::ClusterCrypto::for_client(&config, &secrets)
+            .expect("client crypto");
+        req.sig = signer.sign(&consensus::Crypto::request_digest(&crypto, &req));
         let replies_to = |msg: ClientMsg, wait: Duration| {
             let config = config.clone();
             async move {
