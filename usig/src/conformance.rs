@@ -24,6 +24,42 @@ use crate::{
     DOMAIN_TAG, Digest, ReplicaId, Ui, Usig, UsigIdentity, Verifier, certified_bytes, verify_ui,
 };
 
+/// Generates one `#[test]` per check that needs no more than a factory, in two modules:
+/// `key_pair` (USIGs with ECDSA P-256 keys) and `shared_key` (with shared HMAC-SHA256
+/// keys). `$run(shared, check)` must run `check` with a factory of the backend under
+/// test whose USIGs have keys of that kind.
+#[macro_export]
+macro_rules! conformance_tests_for_both_key_kinds {
+    ($run:ident) => {
+        $crate::conformance_tests_for_both_key_kinds!(@module key_pair, false, $run);
+        $crate::conformance_tests_for_both_key_kinds!(@module shared_key, true, $run);
+    };
+    (@module $module:ident, $shared:expr, $run:ident) => {
+        mod $module {
+            $crate::conformance_tests_for_both_key_kinds!(
+                @tests $shared, $run,
+                counters_start_at_one_and_increase,
+                no_two_uis_share_a_counter,
+                issued_uis_verify,
+                last_issued_is_the_latest_ui,
+                verify_rejects_changed_digest,
+                verify_rejects_changed_counter,
+                verify_rejects_changed_replica,
+                verify_rejects_changed_cert,
+                verify_rejects_other_replicas_key
+            );
+        }
+    };
+    (@tests $shared:expr, $run:ident, $($check:ident),*) => {
+        $(
+            #[test]
+            fn $check() {
+                super::$run($shared, $crate::conformance::$check);
+            }
+        )*
+    };
+}
+
 /// The factory every check takes; see the module documentation for its contract.
 pub type Factory<'a> = &'a mut dyn FnMut(ReplicaId) -> Box<dyn Usig>;
 

@@ -1,8 +1,8 @@
 //! The conformance suite run against `MemoryUsig` (everything but the crash test: it
-//! keeps nothing across a restart by design), with an ECDSA P-256 key (`memory_…`) and
-//! with a shared HMAC-SHA256 key (`shared_key::memory_…`).
+//! keeps nothing across a restart by design), with an ECDSA P-256 key (`key_pair::…`) and
+//! with a shared HMAC-SHA256 key (`shared_key::…`).
 
-use usig::conformance::{self, Factory};
+use usig::conformance::Factory;
 use usig::{MemoryUsig, ReplicaId, SigningKey, Usig};
 
 fn memory_factory(shared: bool) -> impl FnMut(ReplicaId) -> Box<dyn Usig> {
@@ -20,33 +20,5 @@ fn run(shared: bool, check: fn(Factory<'_>)) {
     check(&mut memory_factory(shared));
 }
 
-macro_rules! conformance_tests {
-    ($($name:ident => $check:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                run(false, conformance::$check);
-            }
-        )*
-        mod shared_key {
-            $(
-                #[test]
-                fn $name() {
-                    super::run(true, usig::conformance::$check);
-                }
-            )*
-        }
-    };
-}
-
-conformance_tests! {
-    memory_counters_start_at_one_and_increase => counters_start_at_one_and_increase,
-    memory_no_two_uis_share_a_counter => no_two_uis_share_a_counter,
-    memory_issued_uis_verify => issued_uis_verify,
-    memory_last_issued_is_the_latest_ui => last_issued_is_the_latest_ui,
-    memory_verify_rejects_changed_digest => verify_rejects_changed_digest,
-    memory_verify_rejects_changed_counter => verify_rejects_changed_counter,
-    memory_verify_rejects_changed_replica => verify_rejects_changed_replica,
-    memory_verify_rejects_changed_cert => verify_rejects_changed_cert,
-    memory_verify_rejects_other_replicas_key => verify_rejects_other_replicas_key,
-}
+// Each check with both kinds of key: `key_pair::…` and `shared_key::…`.
+usig::conformance_tests_for_both_key_kinds!(run);

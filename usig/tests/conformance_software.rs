@@ -41,38 +41,8 @@ fn run(shared: bool, check: fn(Factory<'_>)) {
     check(&mut factory);
 }
 
-/// Each check once with an ECDSA P-256 key (`software_…`) and once with a shared
-/// HMAC-SHA256 key (`shared_key::software_…`).
-macro_rules! conformance_tests {
-    ($($name:ident => $check:ident),* $(,)?) => {
-        $(
-            #[test]
-            fn $name() {
-                run(false, conformance::$check);
-            }
-        )*
-        mod shared_key {
-            $(
-                #[test]
-                fn $name() {
-                    super::run(true, usig::conformance::$check);
-                }
-            )*
-        }
-    };
-}
-
-conformance_tests! {
-    software_counters_start_at_one_and_increase => counters_start_at_one_and_increase,
-    software_no_two_uis_share_a_counter => no_two_uis_share_a_counter,
-    software_issued_uis_verify => issued_uis_verify,
-    software_last_issued_is_the_latest_ui => last_issued_is_the_latest_ui,
-    software_verify_rejects_changed_digest => verify_rejects_changed_digest,
-    software_verify_rejects_changed_counter => verify_rejects_changed_counter,
-    software_verify_rejects_changed_replica => verify_rejects_changed_replica,
-    software_verify_rejects_changed_cert => verify_rejects_changed_cert,
-    software_verify_rejects_other_replicas_key => verify_rejects_other_replicas_key,
-}
+// Each check with both kinds of key: `key_pair::…` and `shared_key::…`.
+usig::conformance_tests_for_both_key_kinds!(run);
 
 #[test]
 fn software_verify_rejects_other_domain_tag() {
