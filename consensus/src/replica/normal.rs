@@ -375,25 +375,40 @@ impl Replica {
                 return progressed;
             }
             let n = self.exec_n + 1;
-            // The highest view in which batch n gathered f+1 matching votes.
-            let committed = self
-                .log
-                .iter()
-                .rev()
-                .filter(|((v, k), _)| *k == n && *v <= self.view)
-                .find(|((v, _), slot)| {
-                    let h = slot.prepare.header;
-                    self.votes
-                        .get(&(*v, n))
-                        .map_or(0, |votes| votes.values().filter(|&&vh| vh == h).count())
-                        >= self.config.quorum()
-                })
-                .map(|(_, slot)| (slot.prepare.header, slot.prepare.batch.clone()));
-            let Some((h, batch)) = committed else {
+            let Some((h, batch)) = self.committed_batch(n) else {
                 return progressed;
             };
             self.execute(h, batch);
             progressed = true;
+        }
+    }
+
+    /// Batch `n` as prepared in the highest view up to ours in which it gathered f+1
+    /// matching votes, if any. Called on every input: it visits the log's views (a
+    /// handful), not its entries, since the log holds every batch since the stable
+    /// checkpoint (and, before this, a replica waiting for a batch's votes walked all of
+    /// them each time: with checkpoints turned off, a fifth of all CPU after 4000 batches).
+    fn committed_batch(&self, n: SeqNum) -> Option<(PrepareHeader, Batch)> {
+        let mut view = self.view;
+        loop {
+            let ((v, k), slot) = self.log.range(..=(view, n)).next_back()?;
+            if *v < view {
+                // Nothing of view `view` at or below n: go on with the highest view below it
+                // that has entries, looking for n there.
+                view = *v;
+                continue;
+            }
+            if *k == n {
+                let h = slot.prepare.header;
+                let matching = self
+                    .votes
+                    .get(&(*v, n))
+                    .map_or(0, |votes| votes.values().filter(|&&vh| vh == h).count());
+                if matching >= self.config.quorum() {
+                    return Some((h, slot.prepare.batch.clone()));
+                }
+            }
+            view = view.checked_sub(1)?;
         }
     }
 
