@@ -525,13 +525,24 @@ impl Node {
         }
     }
 
+    /// `on_stable` for the newest checkpoint that became stable since the last call, if
+    /// any: run at the end of a burst, after its sync and its sends.
+    pub(super) fn clean_up_stable(&mut self) -> Result<(), ReplicaError> {
+        match self.stable_cleanup.take() {
+            Some(n) => self.on_stable(n),
+            None => Ok(()),
+        }
+    }
+
     /// Checkpoint `n` became stable: keep its manifest and the one before it (so that a
     /// peer fetching the previous stable checkpoint still finds its chunks), drop older
     /// ones, and garbage-collect chunks.
     pub(super) fn on_stable(&mut self, n: SeqNum) -> Result<(), ReplicaError> {
-        // The `Stable` record the core emitted just before must be durable before
-        // anything below it is deleted: until then a restart starts from the previous
-        // stable checkpoint, whose manifest (and chunks) this may collect.
+        // The `Stable` record the core emitted before must be durable before anything
+        // below it is deleted: until then a restart starts from the previous stable
+        // checkpoint, whose manifest (and chunks) this may collect. After the burst's
+        // sync it usually is, and this costs nothing; a record handed over during that
+        // sync (a checkpoint flush settled in it) is synced here.
         self.log.sync()?;
         let keep_from = self
             .snaps
