@@ -22,7 +22,8 @@ pub struct Request {
     /// handed to execution, the log, a PREPARE to each backup): a WRITE carries up to
     /// 1 MiB. Encoded exactly like a byte vector.
     pub op: Bytes,
-    /// The client's signature over [`Request::digest`].
+    /// The client's signature over the request's digest (`Crypto::request_digest`:
+    /// [`Request::digest`] or [`Request::digest_blake3_op`], by cluster).
     #[serde(with = "serde_bytes")]
     pub sig: Vec<u8>,
 }
@@ -66,6 +67,9 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// The batch digest with every request under [`Request::digest`]: right for the
+    /// simulator, tests and request-free batches only. A replica computes it with its
+    /// cluster's request digest (`digest_of` over `validate::request_digest`).
     pub fn digest(&self) -> Digest {
         let requests: Vec<Digest> = self.requests.iter().map(Request::digest).collect();
         self.digest_of(&requests)

@@ -1520,6 +1520,10 @@ pub async fn run(
     node.renew_lease(true);
     let settled = node.settle_checkpoint();
     node.log.sync()?;
+    if settled.is_ok() {
+        // The cleanup of a checkpoint the last flush made stable (disk space only).
+        node.clean_up_stable()?;
+    }
     node.usig.close()?;
     if result.is_ok()
         && settled.is_ok()

@@ -428,9 +428,11 @@ impl Node {
             return Ok(());
         }
         // An install rewrites the file state and its journal: the last checkpoint's
-        // flush first, while the fetch is still listed (a stable checkpoint released
-        // now collects chunks, and must keep the fetched ones).
+        // flush first, and the cleanup of a checkpoint it made stable, while the fetch
+        // is still listed (that cleanup collects chunks and must keep the fetched ones,
+        // which an install that fails to verify fetches again only where damaged).
         self.settle_checkpoint()?;
+        self.clean_up_stable()?;
         let Some(mut t) = self.transfer.take() else {
             return Ok(());
         };
