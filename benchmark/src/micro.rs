@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use nfs_frontend::config::UsigKeyKind;
 use nfs_frontend::null_op;
 use serde::Serialize;
 use tracing::warn;
@@ -94,7 +95,7 @@ pub fn run(config: &MicroConfig, machine: Machine) -> Result<MicroReport> {
     config.usig.check_available()?;
     eprintln!("measuring primitives ...");
     let prims = primitives::measure(config.primitives, &config.data_root)?;
-    let floor = Floor::of(&prims, config.usig == UsigKind::Software);
+    let floor = Floor::of(&prims, config.usig.usig_key() == UsigKeyKind::Shared);
     let mut report = MicroReport {
         machine,
         f: config.f,

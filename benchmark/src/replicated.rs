@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 
 use anyhow::Result;
+use nfs_frontend::config::UsigKeyKind;
 
 /// Which USIG backend the replicas use (DESIGN.md, "The USIG").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -34,6 +35,14 @@ impl UsigKind {
             UsigKind::SoftwareEcdsa => "software (ECDSA P-256)",
             UsigKind::Process => "process",
             UsigKind::Tpm => "tpm",
+        }
+    }
+
+    /// What certifies the replicas' UIs with this backend.
+    pub fn usig_key(self) -> UsigKeyKind {
+        match self {
+            UsigKind::Software => UsigKeyKind::Shared,
+            UsigKind::SoftwareEcdsa | UsigKind::Process | UsigKind::Tpm => UsigKeyKind::EcdsaP256,
         }
     }
 
@@ -114,7 +123,6 @@ pub fn start(config: &ClusterConfig) -> Result<Box<dyn Cluster>> {
 mod imp {
     use nfs_frontend::client::BftClient;
     use nfs_frontend::cluster::{ClusterOptions, LocalCluster};
-    use nfs_frontend::config::UsigKeyKind;
 
     use super::*;
 
@@ -130,10 +138,7 @@ mod imp {
             tpm_usig: config.usig == UsigKind::Tpm,
             client_engine_on_caller: true,
             export: None,
-            usig_key: match config.usig {
-                UsigKind::Software => UsigKeyKind::Shared,
-                _ => UsigKeyKind::EcdsaP256,
-            },
+            usig_key: config.usig.usig_key(),
         })?;
         Ok(Box::new(Embedded(Some(cluster))))
     }

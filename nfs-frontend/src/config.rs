@@ -915,13 +915,7 @@ mod tests {
             3
         );
         // A cluster.toml written before the setting existed reads as 1.
-        let text = std::fs::read_to_string(&path).expect("read");
-        let older: String = text
-            .lines()
-            .filter(|l| !l.starts_with("bundles_in_flight"))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        std::fs::write(&path, older).expect("write");
+        let text = super::test_support::drop_setting(&path, "bundles_in_flight");
         assert_eq!(
             ClusterConfig::load(&path).expect("load").bundles_in_flight,
             1
@@ -1031,10 +1025,7 @@ mod usig_config_tests {
         reject(&|c| c.replicas[0].usig_shared_key = Some("00".repeat(32)));
 
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut opts = KeygenOptions::new(1, 1);
-        opts.usig_key = UsigKeyKind::EcdsaP256;
-        let config =
-            ClusterConfig::load(&keygen(dir.path(), &opts).expect("keygen")).expect("load");
+        let config = super::test_support::cluster(dir.path(), 1, UsigKeyKind::EcdsaP256);
         assert!(matches!(
             config.usig_identity(0).expect("identity"),
             usig::UsigIdentity::EcdsaP256 { .. }
@@ -1047,5 +1038,33 @@ mod usig_config_tests {
             !text.contains("usig_shared_key"),
             "older builds read what ECDSA writes"
         );
+    }
+}
+
+/// Fixtures shared by this crate's unit tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use std::path::Path;
+
+    use super::{ClusterConfig, KeygenOptions, UsigKeyKind, keygen};
+
+    /// A new f = 1 cluster with `clients` client keys and USIG keys of `usig_key` in `dir`.
+    pub(crate) fn cluster(dir: &Path, clients: u64, usig_key: UsigKeyKind) -> ClusterConfig {
+        let mut opts = KeygenOptions::new(1, clients);
+        opts.usig_key = usig_key;
+        ClusterConfig::load(&keygen(dir, &opts).expect("keygen")).expect("load")
+    }
+
+    /// Rewrites the cluster.toml at `path` without its `key = …` lines, as a file
+    /// written before that setting existed; returns the text it had.
+    pub(crate) fn drop_setting(path: &Path, key: &str) -> String {
+        let text = std::fs::read_to_string(path).expect("read");
+        let older: String = text
+            .lines()
+            .filter(|l| !l.starts_with(key))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(path, older).expect("write");
+        text
     }
 }

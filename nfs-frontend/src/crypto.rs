@@ -583,9 +583,7 @@ mod tests {
         use usig::Usig as _;
         for kind in [UsigKeyKind::Shared, UsigKeyKind::EcdsaP256] {
             let dir = tempfile::tempdir().expect("tempdir");
-            let mut opts = KeygenOptions::new(1, 2);
-            opts.usig_key = kind;
-            let c = ClusterConfig::load(&keygen(dir.path(), &opts).expect("keygen")).expect("load");
+            let c = crate::config::test_support::cluster(dir.path(), 2, kind);
             let replicas: Vec<ClusterCrypto> = (0..3)
                 .map(|i| {
                     ClusterCrypto::for_replica(&c, &c.replica_secrets(i).expect("secrets"))
@@ -635,9 +633,7 @@ mod tests {
             (UsigKeyKind::EcdsaP256, usig::SigningKey::generate_shared()),
         ] {
             let dir = tempfile::tempdir().expect("tempdir");
-            let mut opts = KeygenOptions::new(1, 1);
-            opts.usig_key = kind;
-            let c = ClusterConfig::load(&keygen(dir.path(), &opts).expect("keygen")).expect("load");
+            let c = crate::config::test_support::cluster(dir.path(), 1, kind);
             let secrets = c.replica_secrets(2).expect("secrets");
             own_usig_key(&c, &secrets).expect("the key keygen wrote");
             std::fs::remove_file(&secrets.usig_key_file).expect("remove");
@@ -669,14 +665,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = keygen(dir.path(), &KeygenOptions::new(1, 2)).expect("keygen");
         let new = ClusterConfig::load(&path).expect("load");
-        let text = std::fs::read_to_string(&path).expect("read");
+        let text = crate::config::test_support::drop_setting(&path, "request_digest");
         assert!(text.contains("request_digest = \"blake3-op\""), "{text}");
-        let old_text: String = text
-            .lines()
-            .filter(|l| !l.starts_with("request_digest"))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        std::fs::write(&path, old_text).expect("write");
         let old = ClusterConfig::load(&path).expect("load an older file");
         let cs = new.client_secrets(1).expect("c1");
         let signer = RequestSigner::new(&cs.signing_pkcs8).expect("signer");

@@ -1133,16 +1133,8 @@ fn open_node(
     let crypto = ClusterCrypto::for_replica(&config, &secrets)?;
     let (mut usig, group_commit): (Box<dyn Usig + Send>, bool) = match &opts.usig_socket {
         Some(socket) => {
+            config.require_own_usig_keys("a usig-server (--usig-socket)")?;
             let expected = config.usig_identity(id)?;
-            if matches!(expected, usig::UsigIdentity::HmacSha256 { .. }) {
-                return Err(crate::config::ConfigError::Invalid(
-                    "this cluster's USIGs share one HMAC key, which a usig-server cannot \
-                     keep to itself (the replica must check UIs with it): generate the \
-                     cluster with `bftnfs keygen --usig-key ecdsa-p256` to use --usig-socket"
-                        .into(),
-                )
-                .into());
-            }
             (
                 Box::new(ProcessUsig::connect(socket, Some(&expected))?),
                 false,

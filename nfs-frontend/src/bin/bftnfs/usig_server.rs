@@ -34,15 +34,9 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let config = ClusterConfig::load(&args.config)?;
     anyhow::ensure!(args.id < config.n(), "replica id {} out of range", args.id);
+    config.require_own_usig_keys("a usig-server")?;
     let secrets = config.replica_secrets(args.id)?;
     let key = nfs_frontend::crypto::own_usig_key(&config, &secrets)?;
-    anyhow::ensure!(
-        !key.is_shared(),
-        "{} is a shared USIG key: the replicas check UIs with it, so a usig-server \
-         cannot keep it to itself; generate the cluster with `bftnfs keygen --usig-key \
-         ecdsa-p256` to run the USIG in a process of its own",
-        secrets.usig_key_file.display()
-    );
     std::fs::create_dir_all(&args.state)
         .with_context(|| format!("creating {}", args.state.display()))?;
     let mut usig = SoftwareUsig::open(&args.state, args.id, key.key_bytes())?;
