@@ -824,6 +824,100 @@ pub fn keygen(dir: &Path, opts: &KeygenOptions) -> Result<PathBuf, ConfigError> 
     Ok(path)
 }
 
+/// Writes one directory per party of the cluster whose cluster.toml is `cluster_toml`:
+/// `out/replica-<i>/` and `out/client-<c>/`, each holding a copy of cluster.toml and,
+/// under the same relative paths, only that party's own secret files (a replica's link
+/// and reply keys and its USIG key; a client's signing and reply keys). Mounting a
+/// party's directory alone keeps the other parties' secrets out of its reach, which
+/// matters most for a shared USIG key: each replica's copy forges every replica's UIs,
+/// and a frontend then holds none of it.
+///
+/// Files are replaced whole (written beside, synced, renamed), so running it again after
+/// cluster.toml changed brings every copy up to date. Returns the directories written.
+pub fn write_party_dirs(cluster_toml: &Path, out: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let config = ClusterConfig::load(cluster_toml)?;
+    let toml_bytes = std::fs::read(cluster_toml).map_err(|source| ConfigError::Io {
+        path: cluster_toml.to_path_buf(),
+        source,
+    })?;
+    let mut parties: Vec<(String, Vec<&Path>)> = Vec::new();
+    for r in &config.replicas {
+        let mut files = vec![r.key_file.as_path()];
+        // A TPM-provisioned replica has no software key file to carry.
+        if r.usig_tpm.is_none() || config.path_of(&r.usig_key_file).exists() {
+            files.push(r.usig_key_file.as_path());
+        }
+        parties.push((format!("replica-{}", r.id), files));
+    }
+    for c in &config.clients {
+        parties.push((format!("client-{}", c.id), vec![c.key_file.as_path()]));
+    }
+    let mut written = Vec::new();
+    for (name, files) in parties {
+        let party = out.join(&name);
+        create_private_dir(&party)?;
+        replace_file(&party.join("cluster.toml"), &toml_bytes, 0o644)?;
+        for rel in files {
+            if !is_plain_relative(rel) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name}'s key file {} is not a path inside the cluster directory; \
+                     per-party directories copy keys under their relative paths",
+                    rel.display()
+                )));
+            }
+            let from = config.path_of(rel);
+            let bytes = std::fs::read(&from).map_err(|source| ConfigError::Io {
+                path: from.clone(),
+                source,
+            })?;
+            let to = party.join(rel);
+            if let Some(parent) = to.parent() {
+                create_private_dir(parent)?;
+            }
+            replace_file(&to, &bytes, 0o600)?;
+        }
+        written.push(party);
+    }
+    Ok(written)
+}
+
+/// A relative path without `..`, `.` or a root: it names the same file under any base.
+fn is_plain_relative(p: &Path) -> bool {
+    use std::path::Component;
+    p.components().next().is_some() && p.components().all(|c| matches!(c, Component::Normal(_)))
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), ConfigError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| ConfigError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// Replaces `path` with `bytes` whole: written to a file beside it, synced, renamed over
+/// it, and the directory synced.
+fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ConfigError> {
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(".new");
+    let temp = PathBuf::from(temp);
+    let _ = std::fs::remove_file(&temp);
+    write_new(&temp, bytes, mode)?;
+    let io = |source| ConfigError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::rename(&temp, path).map_err(io)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -850,6 +944,71 @@ mod tests {
             keygen(dir.path(), &KeygenOptions::new(1, 2)).is_err(),
             "no overwrite"
         );
+    }
+
+    #[test]
+    fn party_dirs_hold_each_party_its_own_keys_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cluster = dir.path().join("cluster");
+        let path = keygen(&cluster, &KeygenOptions::new(1, 2)).expect("keygen");
+        let out = dir.path().join("parties");
+        let written = write_party_dirs(&path, &out).expect("party dirs");
+        assert_eq!(written.len(), 3 + 2);
+        let whole = ClusterConfig::load(&path).expect("load");
+        for i in 0..3u32 {
+            let party = out.join(format!("replica-{i}"));
+            let c = ClusterConfig::load(&party.join("cluster.toml")).expect("load copy");
+            let own = c.replica_secrets(i).expect("own secrets");
+            assert_eq!(
+                own.link_keys,
+                whole.replica_secrets(i).expect("whole").link_keys
+            );
+            crate::crypto::own_usig_key(&c, &own).expect("own USIG key");
+            for j in (0..3u32).filter(|&j| j != i) {
+                assert!(
+                    c.replica_secrets(j).is_err(),
+                    "replica {i} holds {j}'s keys"
+                );
+            }
+            assert!(
+                c.client_secrets(0).is_err(),
+                "replica {i} holds a client's key"
+            );
+            let names: Vec<_> = std::fs::read_dir(party.join("keys"))
+                .expect("keys")
+                .map(|e| e.expect("entry").file_name())
+                .collect();
+            assert_eq!(names.len(), 2, "{names:?}");
+        }
+        for client in 0..2u64 {
+            let c = ClusterConfig::load(&out.join(format!("client-{client}/cluster.toml")))
+                .expect("load copy");
+            c.client_secrets(client).expect("own client secrets");
+            assert!(c.client_secrets(1 - client).is_err());
+            assert!((0..3).all(|i| c.replica_secrets(i).is_err()));
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&out.join("replica-1/keys/replica-1.toml")), 0o600);
+        assert_eq!(mode(&out.join("replica-1")), 0o700);
+        // Again, after cluster.toml changed: every copy follows.
+        let text = std::fs::read_to_string(&path).expect("read");
+        std::fs::write(&path, text.replace("sessions = 16", "sessions = 8")).expect("edit");
+        write_party_dirs(&path, &out).expect("again");
+        let copy = ClusterConfig::load(&out.join("client-1/cluster.toml")).expect("load");
+        assert_eq!(copy.sessions, 8);
+    }
+
+    #[test]
+    fn party_dirs_refuse_a_key_path_outside_the_cluster_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = keygen(dir.path(), &KeygenOptions::new(1, 1)).expect("keygen");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let edited = text.replacen("\"keys/client-0.toml\"", "\"../client-0.toml\"", 1);
+        assert_ne!(edited, text);
+        std::fs::write(&path, edited).expect("edit");
+        let err = write_party_dirs(&path, &dir.path().join("parties")).unwrap_err();
+        assert!(err.to_string().contains("not a path inside"), "{err}");
     }
 
     #[test]

@@ -1428,9 +1428,29 @@ fn keygen_if_missing_keeps_existing_keys() {
     );
 }
 
+/// The names of the key files a container sees under /cluster/keys, sorted (its files
+/// through `docker cp … -`, listed by `tar`).
+fn key_files_of(container: &str) -> Vec<String> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("docker cp {container}:/cluster/keys - | tar -t"))
+        .output()
+        .expect("docker cp | tar -t");
+    assert!(out.status.success(), "listing {container}'s keys: {out:?}");
+    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("keys/"))
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names
+}
+
 /// `compose down` (containers and network gone, volumes kept) and `up` again: the one-shot
 /// keygen keeps the keys (`--if-missing`), the replicas restart from their volumes, and
-/// every acknowledged write is still served and on every replica.
+/// every acknowledged write is still served and on every replica. Each container sees
+/// its own keys alone.
 #[test]
 fn whole_cluster_down_and_up_keeps_keys_and_files() {
     let test = "down-up";
@@ -1465,6 +1485,19 @@ fn whole_cluster_down_and_up_keeps_keys_and_files() {
         "keygen kept the existing keys: {keygen_log:?}"
     );
     let end = c.verify(&acked);
+    // Each container holds its own keys alone (keygen --party-dirs).
+    for (service, own) in [
+        ("replica0", &["replica-0.toml", "replica-0.usig.key"][..]),
+        ("replica1", &["replica-1.toml", "replica-1.usig.key"][..]),
+        ("replica2", &["replica-2.toml", "replica-2.usig.key"][..]),
+        ("frontend", &["client-0.toml"][..]),
+    ] {
+        assert_eq!(
+            key_files_of(&c.id(service)),
+            own,
+            "{service} mounts its own keys only"
+        );
+    }
     // What a user does after `compose up`: list the export with libnfs.
     let listed = if common::have("nfs-ls") {
         let out = Command::new("nfs-ls")

@@ -2,16 +2,17 @@
 //! `nfs_frontend::config` for what goes where and why).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use nfs_frontend::config::{ExportLimits, KeygenOptions, UsigKeyKind, keygen};
+use nfs_frontend::config::{ExportLimits, KeygenOptions, UsigKeyKind, keygen, write_party_dirs};
 
 /// Generate a cluster configuration and its keys.
 ///
 /// Writes DIR/cluster.toml (public: addresses, consensus parameters, public keys) and
 /// DIR/keys/ (one 0600 secrets file per replica and per client, plus the replicas' USIG
-/// keys). Refuses to overwrite existing keys.
+/// keys). Refuses to overwrite existing keys. With --party-dirs, also one directory per
+/// party holding cluster.toml and that party's own keys only.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Number of replicas, 2f+1 (3, 5, ...).
@@ -31,6 +32,13 @@ pub struct Args {
     /// succeed (for a one-shot keygen step that runs again on every `compose up`).
     #[arg(long)]
     if_missing: bool,
+    /// Also write one directory per party under DIR: DIR/replica-<i>/ and
+    /// DIR/client-<c>/, each with a copy of cluster.toml and only that party's own key
+    /// files, to hand each host (or container) just its own secrets. With --if-missing
+    /// the copies are refreshed from the kept cluster. Run it again after changing
+    /// cluster.toml (e.g. after usig-provision).
+    #[arg(long, value_name = "DIR")]
+    party_dirs: Option<PathBuf>,
     /// One request per batch (for measuring the unbatched protocol).
     #[arg(long)]
     no_batching: bool,
@@ -80,7 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             existing.display()
         );
         println!("{}", existing.display());
-        return Ok(());
+        return write_party_dirs_of(&existing, args.party_dirs.as_deref());
     }
     let f = (args.replicas - 1) / 2;
     let mut opts = KeygenOptions::new(f, args.clients);
@@ -98,5 +106,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.out.display()))?;
     let path = keygen(&args.out, &opts)?;
     println!("{}", path.display());
+    write_party_dirs_of(&path, args.party_dirs.as_deref())
+}
+
+fn write_party_dirs_of(cluster_toml: &Path, out: Option<&Path>) -> anyhow::Result<()> {
+    let Some(out) = out else {
+        return Ok(());
+    };
+    let dirs = write_party_dirs(cluster_toml, out)
+        .with_context(|| format!("writing per-party directories under {}", out.display()))?;
+    for dir in dirs {
+        eprintln!("bftnfs keygen: wrote {}", dir.display());
+    }
     Ok(())
 }
