@@ -60,6 +60,8 @@ pub struct FileStateMachine {
     pub(crate) suspect: BTreeSet<u64>,
     /// Where the rolling rehash of `scrub` continues: (fileid, chunk).
     pub(crate) scrub_cursor: (u64, u64),
+    /// The fileid the stamp check of `scrub_within` continues from.
+    pub(crate) stamp_cursor: u64,
     pub(crate) in_transfer: bool,
     /// Store each chunk in the chunk store as it is hashed (`store_chunks_when_hashing`).
     pub(crate) store_when_hashing: bool,
@@ -169,6 +171,7 @@ impl FileStateMachine {
             stamps: BTreeMap::new(),
             suspect: BTreeSet::new(),
             scrub_cursor: (0, 0),
+            stamp_cursor: 0,
             in_transfer: false,
             store_when_hashing: false,
             spares: crate::spare::Spares::open(data_dir),

@@ -134,6 +134,38 @@ fn tampered_file_is_found_by_scrub_and_repaired() {
     assert!(found);
 }
 
+/// A bounded scrub checks the stamps of a few files per call, in rolling order, and so
+/// finds a tampered file within a round of calls, wherever the round starts.
+#[test]
+fn a_bounded_scrub_finds_a_tampered_file_within_a_round() {
+    for (victim, calls_before) in [(7, 0), (0, 1), (9, 2), (4, 3)] {
+        let mut a = Node::new();
+        let root = a.root();
+        for i in 0..10 {
+            let f = a.create(&root, &format!("f{i}"));
+            a.write(&f, 0, &[i as u8; 100]);
+        }
+        a.sm.sync().unwrap();
+        let good = a.sm.state_digest().unwrap();
+        assert!(a.sm.scrub(0).unwrap().found.is_empty());
+        for _ in 0..calls_before {
+            let s = a.sm.scrub_within(3, 0).unwrap();
+            assert_eq!(s.files_checked, 3, "{s:?}");
+            assert!(s.found.is_empty(), "{s:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(a.export().join(format!("f{victim}")), vec![99u8; 100]).unwrap();
+        let mut found = Vec::new();
+        for _ in 0..4 {
+            let s = a.sm.scrub_within(3, 0).unwrap();
+            assert_eq!(s.files_checked, 3, "{s:?}");
+            found.extend(s.found);
+        }
+        assert_eq!(found.len(), 1, "f{victim} found once in a round of 4 calls");
+        assert_ne!(a.sm.state_digest().unwrap(), good);
+    }
+}
+
 /// A crash in the middle of an install (export half cleared, staging left behind, files
 /// changed after the checkpoint, the metadata still the old one): reopening and
 /// installing the stable checkpoint from the local store gives exactly that checkpoint.

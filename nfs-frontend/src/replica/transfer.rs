@@ -28,7 +28,7 @@ use consensus::replica::checkpoint_digest;
 use consensus::{Digest, Input, ReplicaId, SeqNum, validate};
 use tracing::{info, warn};
 
-use super::snapshots::Snapshot;
+use super::snapshots::{Snapshot, SnapshotStore};
 use super::{Node, ReplicaError};
 use crate::net::{CHUNKS_PER_REQUEST_MAX, ChunkData, DropReason, LinkMsg, Outgoing, StateBlob};
 
@@ -562,9 +562,22 @@ impl Node {
     /// references.
     fn collect_chunks(&mut self) -> Result<(), ReplicaError> {
         let mut keep: Vec<Vec<u8>> = Vec::new();
+        let stable = self.log.durable.stable.n;
         for n in self.snaps.list()? {
-            if let Some(s) = self.snaps.load(n)? {
-                keep.push(s.app);
+            match self.snaps.load(n) {
+                Ok(Some(s)) => keep.push(s.app),
+                Ok(None) => {}
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::InvalidData
+                        && SnapshotStore::is_expendable(n, stable) =>
+                {
+                    warn!(
+                        id = self.id,
+                        "{e}: above the stable checkpoint {stable}; deleted"
+                    );
+                    self.snaps.remove(n)?;
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         keep.extend(self.pending_snapshots.values().cloned());
