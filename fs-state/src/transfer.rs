@@ -29,15 +29,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
+use std::sync::Arc;
 
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::{FileType, Mode, OFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::confine::{self, FdCache};
 use crate::digest::{self, DigestTree, Hash};
 use crate::error::{Ctx, FsError, LocalFault};
 use crate::meta::{CHUNK_BYTES, Dirty, Meta, MetaImage};
-use crate::ops::{DecodeError, FType3, ROOT_FILEID};
+use crate::ops::{DecodeError, FType3, Filename3, ROOT_FILEID};
 use crate::state::{FileStateMachine, open_by_fileid};
 
 pub use crate::chunks::ChunkStore;
@@ -174,7 +175,20 @@ impl Stamp {
             ino: m.ino(),
         })
     }
+
+    /// The same stamp from a `stat` of the file's name (`Stamp::of` needs it open).
+    fn of_stat(st: &rustix::fs::Stat) -> Stamp {
+        Stamp {
+            size: st.st_size as u64,
+            mtime: (st.st_mtime, st.st_mtime_nsec as i64),
+            ctime: (st.st_ctime, st.st_ctime_nsec as i64),
+            ino: st.st_ino,
+        }
+    }
 }
+
+/// A file whose stamp a scrub checks: (fileid, size, its primary link).
+type DueStamp = (u64, u64, Option<(u64, Filename3)>);
 
 /// What a checkpoint's `capture` did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -288,10 +302,10 @@ impl FileStateMachine {
 
     /// `scrub` with the stamp check bounded too: the stamps of at most `stamp_files`
     /// regular files, in rolling fileid order from where the last call stopped, so a
-    /// file changed behind our back is found within `files / stamp_files` calls. Each
-    /// check may open the file (and, past the open-file cache, its directories), so an
-    /// unbounded check costs O(files) at every checkpoint: 4–9 ms with about 400 files
-    /// and 300 directories, on the protocol thread.
+    /// file changed behind our back is found within `files / stamp_files` calls. An
+    /// unbounded check costs O(files) at every checkpoint, on the replica's protocol
+    /// thread: a `stat` per file and, past the open-file cache, an open of its
+    /// directory (2–4 ms in the macro-benchmark's last phase).
     pub fn scrub_within(
         &mut self,
         stamp_files: u64,
@@ -334,9 +348,41 @@ impl FileStateMachine {
             // Went round everything: start over next time.
             _ => 0,
         };
-        for (id, size) in due {
-            let f = self.fd(id)?;
-            let stamp = Stamp::of(&f).ctx("stat for scrub")?;
+        // By name in the parent directory, a directory at a time: a file need not be
+        // opened (past the open-file cache, an open of it and perhaps of its
+        // directories, then a close, for every file at every checkpoint).
+        let mut due: Vec<DueStamp> = due
+            .into_iter()
+            .map(|(id, size)| (id, size, self.meta.inodes[&id].primary_link().cloned()))
+            .collect();
+        due.sort_by_key(|(id, _, link)| (link.as_ref().map(|(p, _)| *p), *id));
+        let mut dir: Option<(u64, Arc<File>)> = None;
+        for (id, size, link) in due {
+            let by_name = match &link {
+                Some((parent, name)) => {
+                    let parent_fd = match &dir {
+                        Some((p, f)) if p == parent => f.clone(),
+                        _ => {
+                            let f = self.fd(*parent)?;
+                            dir = Some((*parent, f.clone()));
+                            f
+                        }
+                    };
+                    confine::stat_child(&parent_fd, &name.0)
+                        .ok()
+                        .filter(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
+                        .map(|st| Stamp::of_stat(&st))
+                }
+                None => None,
+            };
+            // Not a regular file under its name: the open says why, as it always did.
+            let stamp = match by_name {
+                Some(stamp) => stamp,
+                None => {
+                    let f = self.fd(id)?;
+                    Stamp::of(&f).ctx("stat for scrub")?
+                }
+            };
             stats.files_checked += 1;
             match self.stamps.get(&id) {
                 Some(s) if *s == stamp => continue,
@@ -349,6 +395,7 @@ impl FileStateMachine {
                 _ => {}
             }
             stats.files_rehashed += 1;
+            let f = self.fd(id)?;
             let (ok, n) = self.verify_file(&f, id, size)?;
             stats.chunks_rehashed += n;
             if ok {

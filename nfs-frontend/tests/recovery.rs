@@ -146,14 +146,23 @@ fn killed_replica_catches_up_by_state_transfer_and_tampered_replica_repairs_itse
         let victim2 = up.export(1).join("f47");
         std::fs::write(&victim, vec![0xee; 3 << 10]).expect("tamper");
         std::fs::write(&victim2, b"short").expect("tamper");
-        let t = Instant::now();
-        block_on(write_files(addr, "g", 100));
-        let took = wait_for(Duration::from_secs(60), "tampered files restored", || {
+        // The scrub checks a rolling 64 files' stamps per checkpoint
+        // (`SCRUB_STAMP_FILES`), so the tampering shows in a checkpoint digest within
+        // about 700 / 64 checkpoints of writes: write in rounds until it is repaired.
+        let restored = || {
             std::fs::read(&victim).is_ok_and(|b| b == content("f", 10))
                 && std::fs::read(&victim2).is_ok_and(|b| b == content("f", 47))
-        });
+        };
+        let t = Instant::now();
+        let mut writes = 0;
+        while !restored() && writes < 1_500 {
+            block_on(write_files(addr, &format!("g{writes}-"), 100));
+            writes += 100;
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let took = wait_for(Duration::from_secs(60), "tampered files restored", restored);
         eprintln!(
-            "tampered files restored {took:?} after the 100 writes ({:?} in all)",
+            "tampered files restored {took:?} after {writes} writes ({:?} in all)",
             t.elapsed()
         );
         wait_for(Duration::from_secs(60), "all replicas equal", || {
