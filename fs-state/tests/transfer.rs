@@ -138,19 +138,30 @@ fn tampered_file_is_found_by_scrub_and_repaired() {
 /// finds a tampered file within a round of calls, wherever the round starts.
 #[test]
 fn a_bounded_scrub_finds_a_tampered_file_within_a_round() {
-    for (victim, calls_before) in [(7, 0), (0, 1), (9, 2), (4, 3)] {
+    for (victim, calls_before) in [(7, 1), (0, 1), (9, 2), (4, 3)] {
         let mut a = Node::new();
         let root = a.root();
+        let mut fhs = Vec::new();
         for i in 0..10 {
             let f = a.create(&root, &format!("f{i}"));
             a.write(&f, 0, &[i as u8; 100]);
+            fhs.push(f);
         }
         a.sm.sync().unwrap();
-        let good = a.sm.state_digest().unwrap();
+        a.sm.state_digest().unwrap();
         assert!(a.sm.scrub(0).unwrap().found.is_empty());
+        // Written again through the state machine: the digest records its stamp from
+        // the open file, and the scrub's stamp by name must equal it.
+        a.write(&fhs[3], 0, &[3u8; 100]);
+        a.sm.sync().unwrap();
+        let good = a.sm.state_digest().unwrap();
+        let s = a.sm.scrub(0).unwrap();
+        assert_eq!((s.files_checked, s.files_rehashed), (10, 0), "{s:?}");
+        assert!(s.found.is_empty());
         for _ in 0..calls_before {
             let s = a.sm.scrub_within(3, 0).unwrap();
             assert_eq!(s.files_checked, 3, "{s:?}");
+            assert_eq!(s.files_rehashed, 0, "{s:?}");
             assert!(s.found.is_empty(), "{s:?}");
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
