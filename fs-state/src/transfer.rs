@@ -395,6 +395,10 @@ impl FileStateMachine {
                 _ => {}
             }
             stats.files_rehashed += 1;
+            // The object under the name, not a descriptor the cache may still hold of
+            // one renamed over since: that one could verify while the name serves other
+            // bytes.
+            self.fds.remove(id);
             let f = self.fd(id)?;
             let (ok, n) = self.verify_file(&f, id, size)?;
             stats.chunks_rehashed += n;

@@ -177,6 +177,27 @@ fn a_bounded_scrub_finds_a_tampered_file_within_a_round() {
     }
 }
 
+/// A file renamed over a backing file on the host is found by the stamp check even
+/// while the state machine still holds a descriptor of the one it replaced: the rehash
+/// reads what the name now serves.
+#[test]
+fn a_file_renamed_over_a_cached_one_is_found() {
+    let mut a = Node::new();
+    let root = a.root();
+    let f = a.create(&root, "f");
+    a.write(&f, 0, &[1u8; 100]);
+    a.sm.sync().unwrap();
+    a.sm.state_digest().unwrap();
+    assert!(a.sm.scrub(0).unwrap().found.is_empty());
+    // The state machine's descriptor of `f` is open (in its cache) now.
+    assert_eq!(a.read(&f, 0, 100).0, vec![1u8; 100]);
+    let other = a.export().join("other");
+    std::fs::write(&other, [9u8; 100]).unwrap();
+    std::fs::rename(&other, a.export().join("f")).unwrap();
+    let s = a.sm.scrub(0).unwrap();
+    assert_eq!(s.found.len(), 1, "{s:?}");
+}
+
 /// A crash in the middle of an install (export half cleared, staging left behind, files
 /// changed after the checkpoint, the metadata still the old one): reopening and
 /// installing the stable checkpoint from the local store gives exactly that checkpoint.

@@ -901,6 +901,9 @@ impl Node {
                 };
                 let saved = self.snaps.save_unsynced(&Snapshot { n, core_state, app })?;
                 self.unsynced_snapshots.push(saved);
+                // Synced by this burst's flush, which any `Stable` for it waits for (a
+                // digest in the same burst set this already).
+                self.app_dirty = true;
             }
             Output::Stable { n } => self.hold_or_release(Held::Stable(n))?,
             Output::FetchState { cert } => self.on_fetch_state(cert),
@@ -1724,7 +1727,7 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_above_the_stable_checkpoint_that_does_not_decode_is_collected() {
+    fn a_snapshot_not_of_the_stable_checkpoint_that_does_not_decode_is_collected() {
         let dir = tempfile::tempdir().unwrap();
         let (config, opts) = replica_zero(dir.path(), true);
         let mut node = open_node(config, &opts, Arc::default()).unwrap();
@@ -1746,6 +1749,12 @@ mod tests {
             .expect("an expendable snapshot does not stop the replica");
         assert!(node.snaps.has(128));
         assert!(!node.snaps.has(256), "deleted");
+        // Nor one below it (a replica that restarted from an older stable checkpoint
+        // and caught up past the torn one by state transfer).
+        std::fs::write(path.join(format!("{:020}.snap", 100)), b"torn").unwrap();
+        node.on_stable(128)
+            .expect("below the stable checkpoint too");
+        assert!(!node.snaps.has(100), "deleted");
         // The stable checkpoint's own snapshot is never expendable.
         std::fs::write(path.join(format!("{:020}.snap", 128)), b"torn").unwrap();
         assert!(node.on_stable(128).is_err());
@@ -1777,16 +1786,42 @@ mod tests {
         assert!(node.unsynced_snapshots.is_empty(), "handed to the flush");
         assert!(node.checkpoint_flush.is_some());
         node.settle_checkpoint().unwrap();
-        // A snapshot without a flush in its burst is synced at the burst's end.
+        // A snapshot in a burst without a digest still starts a flush, whose end its
+        // `Stable` waits for.
         let app = node.app().snapshot().unwrap();
         node.pending_snapshots.insert(256, app);
         node.perform(Output::TakeSnapshot { n: 256, core_state }, &mut work)
             .unwrap();
-        node.app_dirty = false;
+        let cert = consensus::message::CheckpointCert {
+            n: 256,
+            ..Default::default()
+        };
+        node.perform(
+            Output::Persist(consensus::PersistRecord::Stable(cert)),
+            &mut work,
+        )
+        .unwrap();
+        assert_eq!(node.stable_held.len(), 1, "the Stable waits for the flush");
+        node.sync_all().unwrap();
+        assert!(node.unsynced_snapshots.is_empty());
+        assert!(node.checkpoint_flush.is_some());
+        node.settle_checkpoint().unwrap();
+        assert!(node.stable_held.is_empty());
+        assert!(node.snaps.load(256).unwrap().is_some());
+        // Where no flush runs at all (`sync_snapshots`), the burst's end syncs it.
+        let app = node.app().snapshot().unwrap();
+        let saved = node
+            .snaps
+            .save_unsynced(&Snapshot {
+                n: 384,
+                core_state: CoreState::default(),
+                app,
+            })
+            .unwrap();
+        node.unsynced_snapshots.push(saved);
         node.sync_all().unwrap();
         assert!(node.unsynced_snapshots.is_empty());
         assert!(node.checkpoint_flush.is_none());
-        assert!(node.snaps.load(256).unwrap().is_some());
     }
 
     #[test]

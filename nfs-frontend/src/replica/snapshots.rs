@@ -91,12 +91,14 @@ impl SnapshotStore {
         Ok(())
     }
 
-    /// Whether snapshot `n` may be deleted when it does not decode: one above the stable
-    /// checkpoint `stable` was perhaps never synced (`save_unsynced`) before a power cut,
-    /// and no restart or peer reads it (a restart replays from the stable one, and the
-    /// checkpoint is taken again if it is reached again).
+    /// Whether snapshot `n` may be deleted when it does not decode: any but the stable
+    /// checkpoint `stable`'s was perhaps never synced (`save_unsynced`) before a power
+    /// cut, and no restart or peer reads it (a restart replays from the stable one, and a
+    /// checkpoint is taken again if it is reached again). One below the stable
+    /// checkpoint: a replica that restarted from an older one and then caught up past it
+    /// by state transfer.
     pub fn is_expendable(n: SeqNum, stable: SeqNum) -> bool {
-        n > stable
+        n != stable
     }
 
     /// Deletes snapshot `n`.

@@ -573,7 +573,7 @@ impl Node {
                 {
                     warn!(
                         id = self.id,
-                        "{e}: above the stable checkpoint {stable}; deleted"
+                        "{e}: not the stable checkpoint {stable}; deleted"
                     );
                     self.snaps.remove(n)?;
                 }
