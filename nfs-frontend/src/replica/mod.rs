@@ -1547,8 +1547,10 @@ pub async fn run(
     // A clean stop brings the lease down to the last UI: a restart after a reboot then
     // skips nothing.
     node.renew_lease(true);
-    node.sync_snapshots()?;
-    let settled = node.settle_checkpoint();
+    // A failure here still lets the log sync and the USIG close below.
+    let settled = node
+        .sync_snapshots()
+        .and_then(|()| node.settle_checkpoint());
     node.log.sync()?;
     if settled.is_ok() {
         // The cleanup of a checkpoint the last flush made stable (disk space only).
