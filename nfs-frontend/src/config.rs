@@ -836,6 +836,18 @@ pub fn keygen(dir: &Path, opts: &KeygenOptions) -> Result<PathBuf, ConfigError> 
 /// cluster.toml changed brings every copy up to date. Returns the directories written.
 pub fn write_party_dirs(cluster_toml: &Path, out: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     let config = ClusterConfig::load(cluster_toml)?;
+    // `bftnfs up` keeps replica i's data in <cluster dir>/replica-<i>.
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if same(out, &config.base_dir) {
+        return Err(ConfigError::Invalid(format!(
+            "{} is the cluster's own directory, whose replica-<i>/ are the replicas' data \
+             directories under `bftnfs up`: give the per-party directories another place",
+            out.display()
+        )));
+    }
     let toml_bytes = std::fs::read(cluster_toml).map_err(|source| ConfigError::Io {
         path: cluster_toml.to_path_buf(),
         source,
@@ -997,6 +1009,15 @@ mod tests {
         write_party_dirs(&path, &out).expect("again");
         let copy = ClusterConfig::load(&out.join("client-1/cluster.toml")).expect("load");
         assert_eq!(copy.sessions, 8);
+    }
+
+    #[test]
+    fn party_dirs_refuse_the_cluster_directory_itself() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = keygen(dir.path(), &KeygenOptions::new(1, 1)).expect("keygen");
+        let err = write_party_dirs(&path, &dir.path().join(".")).unwrap_err();
+        assert!(err.to_string().contains("cluster's own directory"), "{err}");
+        assert!(!dir.path().join("replica-0").exists());
     }
 
     #[test]
