@@ -190,6 +190,13 @@ impl Stamp {
 /// A file whose stamp a scrub checks: (fileid, size, its primary link).
 type DueStamp = (u64, u64, Option<(u64, Filename3)>);
 
+/// `files` (by ascending fileid) in rolling order: from fileid `from` on, then round to
+/// the start.
+fn rolling_from(files: &[(u64, u64)], from: u64) -> impl Iterator<Item = &(u64, u64)> {
+    let split = files.partition_point(|(id, _)| *id < from);
+    files[split..].iter().chain(&files[..split])
+}
+
 /// What a checkpoint's `capture` did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CaptureStats {
@@ -335,26 +342,18 @@ impl FileStateMachine {
             })
             .map(|(id, i)| (*id, i.size))
             .collect();
-        let stamp_from = self.stamp_cursor;
-        let due: Vec<(u64, u64)> = regs
-            .iter()
-            .filter(|(id, _)| *id >= stamp_from)
-            .chain(regs.iter().filter(|(id, _)| *id < stamp_from))
+        let mut due: Vec<DueStamp> = rolling_from(&regs, self.stamp_cursor)
             .take(usize::try_from(stamp_files).unwrap_or(usize::MAX))
-            .copied()
+            .map(|&(id, size)| (id, size, self.meta.inodes[&id].primary_link().cloned()))
             .collect();
         self.stamp_cursor = match due.last() {
-            Some((last, _)) if due.len() < regs.len() => last + 1,
+            Some((last, ..)) if due.len() < regs.len() => last + 1,
             // Went round everything: start over next time.
             _ => 0,
         };
         // By name in the parent directory, a directory at a time: a file need not be
         // opened (past the open-file cache, an open of it and perhaps of its
         // directories, then a close, for every file at every checkpoint).
-        let mut due: Vec<DueStamp> = due
-            .into_iter()
-            .map(|(id, size)| (id, size, self.meta.inodes[&id].primary_link().cloned()))
-            .collect();
         due.sort_by_key(|(id, _, link)| (link.as_ref().map(|(p, _)| *p), *id));
         let mut dir: Option<(u64, Arc<File>)> = None;
         for (id, size, link) in due {
@@ -413,13 +412,7 @@ impl FileStateMachine {
         let mut budget = rehash_chunks;
         let mut buf = Vec::new();
         let start = self.scrub_cursor;
-        let order: Vec<(u64, u64)> = regs
-            .iter()
-            .filter(|(id, _)| *id >= start.0)
-            .chain(regs.iter().filter(|(id, _)| *id < start.0))
-            .copied()
-            .collect();
-        for (id, size) in order {
+        for &(id, size) in rolling_from(&regs, start.0) {
             if budget == 0 {
                 break;
             }
