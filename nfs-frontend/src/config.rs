@@ -272,11 +272,16 @@ fn key32(s: &str) -> Option<[u8; 32]> {
     unhex(s)?.try_into().ok()
 }
 
-fn read_text(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+/// Maps an I/O error to `ConfigError::Io` naming `path`.
+fn io_at(path: &Path) -> impl Fn(std::io::Error) -> ConfigError + Copy + '_ {
+    move |source| ConfigError::Io {
         path: path.to_path_buf(),
         source,
-    })
+    }
+}
+
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(io_at(path))
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
@@ -288,10 +293,7 @@ fn parse<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
 
 /// Writes a new file with `mode` and syncs it; refuses to overwrite.
 fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ConfigError> {
-    let io = |source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = io_at(path);
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -489,16 +491,10 @@ impl ClusterConfig {
     }
 
     /// Rewrite the cluster.toml this configuration was loaded from (`path`), atomically
-    /// (temporary file, sync, rename); used by `bftnfs usig-provision`.
+    /// (`replace_file`); used by `bftnfs usig-provision`.
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
         let text = toml::to_string(self).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let tmp = path.with_extension("toml.tmp");
-        let _ = std::fs::remove_file(&tmp);
-        write_new(&tmp, text.as_bytes(), 0o644)?;
-        std::fs::rename(&tmp, path).map_err(|source| ConfigError::Io {
-            path: path.to_path_buf(),
-            source,
-        })
+        replace_file(path, text.as_bytes(), 0o644)
     }
 
     pub fn client_secrets(&self, client: u64) -> Result<ClientSecrets, ConfigError> {
@@ -695,16 +691,12 @@ fn random32(rng: &SystemRandom) -> Result<[u8; 32], ConfigError> {
 /// overwrite existing key files. Returns the path of cluster.toml.
 pub fn keygen(dir: &Path, opts: &KeygenOptions) -> Result<PathBuf, ConfigError> {
     let n = 2 * opts.f + 1;
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| ConfigError::Io { path, source }
-    };
     let keys = dir.join("keys");
-    std::fs::create_dir_all(&keys).map_err(io(&keys))?;
+    std::fs::create_dir_all(&keys).map_err(io_at(&keys))?;
     let addrs = match &opts.addrs {
         Some(a) if a.len() == n as usize => a.clone(),
         Some(_) => return Err(ConfigError::Invalid("need one address per replica".into())),
-        None => free_ports(n as usize).map_err(io(dir))?,
+        None => free_ports(n as usize).map_err(io_at(dir))?,
     };
     let rng = SystemRandom::new();
     // link[i][j] == link[j][i]; reply[i][c].
@@ -801,7 +793,7 @@ pub fn keygen(dir: &Path, opts: &KeygenOptions) -> Result<PathBuf, ConfigError> 
     }
     let export = match opts.export {
         Some(limits) => limits,
-        None => ExportLimits::fitting_disk_of(dir, n).map_err(io(dir))?,
+        None => ExportLimits::fitting_disk_of(dir, n).map_err(io_at(dir))?,
     };
     let mut consensus = opts.consensus.clone();
     consensus.f = opts.f;
@@ -848,10 +840,7 @@ pub fn write_party_dirs(cluster_toml: &Path, out: &Path) -> Result<Vec<PathBuf>,
             out.display()
         )));
     }
-    let toml_bytes = std::fs::read(cluster_toml).map_err(|source| ConfigError::Io {
-        path: cluster_toml.to_path_buf(),
-        source,
-    })?;
+    let toml_bytes = std::fs::read(cluster_toml).map_err(io_at(cluster_toml))?;
     let mut parties: Vec<(String, Vec<&Path>)> = Vec::new();
     for r in &config.replicas {
         let mut files = vec![r.key_file.as_path()];
@@ -878,10 +867,7 @@ pub fn write_party_dirs(cluster_toml: &Path, out: &Path) -> Result<Vec<PathBuf>,
                 )));
             }
             let from = config.path_of(rel);
-            let bytes = std::fs::read(&from).map_err(|source| ConfigError::Io {
-                path: from.clone(),
-                source,
-            })?;
+            let bytes = std::fs::read(&from).map_err(io_at(&from))?;
             let to = party.join(rel);
             if let Some(parent) = to.parent() {
                 create_private_dir(parent)?;
@@ -905,29 +891,23 @@ fn create_private_dir(dir: &Path) -> Result<(), ConfigError> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|source| ConfigError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })
+        .map_err(io_at(dir))
 }
 
-/// Replaces `path` with `bytes` whole: written to a file beside it, synced, renamed over
-/// it, and the directory synced.
+/// Replaces `path` with `bytes` whole: written to a file beside it (`<name>.new`),
+/// synced, renamed over it, and the directory synced.
 fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ConfigError> {
     let mut temp = path.as_os_str().to_owned();
     temp.push(".new");
     let temp = PathBuf::from(temp);
     let _ = std::fs::remove_file(&temp);
     write_new(&temp, bytes, mode)?;
-    let io = |source| ConfigError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    std::fs::rename(&temp, path).map_err(io)?;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io)
+    std::fs::rename(&temp, path).map_err(io_at(path))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    crate::replica::log::sync_dir(dir).map_err(io_at(dir))
 }
 
 #[cfg(test)]

@@ -413,7 +413,7 @@ impl ProtocolLog {
 }
 
 /// Makes the names in `dir` durable (a file created or renamed into it).
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

@@ -84,9 +84,7 @@ impl SnapshotStore {
                 .map_err(io_ctx(path))?;
         }
         if let Some(dir) = paths.first().and_then(|p| p.parent()) {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io_ctx(dir))?;
+            super::log::sync_dir(dir).map_err(io_ctx(dir))?;
         }
         Ok(())
     }
