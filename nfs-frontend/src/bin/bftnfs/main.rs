@@ -1,13 +1,14 @@
 //! `bftnfs`: the one command-line entry point of bftnfs.
 //!
 //! Each subcommand lives in its own module with its own `Args` and `run`, so adding one
-//! (`keygen`, `replica`, `frontend`, `up`, `usig-server`, `usig-provision`) is a new file plus one variant
+//! (`keygen`, `replica`, `frontend`, `up`, `mount`, `usig-server`, `usig-provision`) is a new file plus one variant
 //! and one match arm here. Each `run` builds the runtime it needs; logging is set up once
 //! here from `RUST_LOG` (default `info`), on stderr, so stdout stays for what a script
 //! reads (addresses, URLs).
 
 mod frontend;
 mod keygen;
+mod mount;
 mod replica;
 mod seal;
 mod serve;
@@ -42,6 +43,7 @@ enum Command {
     Seal(seal::Args),
     Frontend(frontend::Args),
     Up(up::Args),
+    Mount(mount::Args),
     UsigServer(usig_server::Args),
     UsigProvision(usig_provision::Args),
 }
@@ -64,7 +66,9 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // fuser (`mount`) warns when an unmount finds the mount gone already,
+                // as it is after `fusermount3 -u`.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser=error")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -75,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         Command::Seal(args) => seal::run(args),
         Command::Frontend(args) => frontend::run(args),
         Command::Up(args) => up::run(args),
+        Command::Mount(args) => mount::run(args),
         Command::UsigServer(args) => usig_server::run(args),
         Command::UsigProvision(args) => usig_provision::run(args),
     }

@@ -13,6 +13,8 @@ use nfs_frontend::{ServerConfig, libnfs_url, unreplicated};
 use tokio::net::TcpListener;
 use tracing::info;
 
+use crate::shutdown_signal;
+
 /// Serve a directory over NFSv3 (NFS, MOUNT and portmap on one TCP port).
 ///
 /// The export is `/`. Clients must be given the port for both NFS and MOUNT (there is no
@@ -69,18 +71,5 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .context("unreplicated server")?;
         info!(ops = stats.ops, syncs = stats.batches, "stopped");
         Ok(())
-    })
-}
-
-/// Completes on the first SIGINT or SIGTERM.
-fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    Ok(async move {
-        tokio::select! {
-            _ = int.recv() => info!("SIGINT: shutting down"),
-            _ = term.recv() => info!("SIGTERM: shutting down"),
-        }
     })
 }

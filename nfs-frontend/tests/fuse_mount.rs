@@ -1,0 +1,302 @@
+//! Ordinary tools (`cp -a`, `diff -r`, `ls -lR`, `mv`, `ln`, `chmod`, `truncate`, `tar`,
+//! `rm -r`) on the replicated file system mounted through FUSE with `bftnfs mount`, as a
+//! user on a machine without a kernel NFS client runs them: real processes throughout
+//! (`bftnfs up`, `bftnfs mount`, the tools), the primary killed in the middle of a copy,
+//! and a server restarted under a mount.
+//!
+//! FUSE needs /dev/fuse and fusermount3 (Debian's fuse3, which the test command
+//! installs); without them these tests say so loudly and skip.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{Up, bounded, have, port_from_stdout, trees_become_equal};
+
+/// Whether FUSE mounts can be made here; says why not when they cannot.
+fn fuse_usable() -> bool {
+    if !have("fusermount3") {
+        let installed = Command::new("sh")
+            .arg("-c")
+            .arg("(apt-get install -y fuse3 || (apt-get update && apt-get install -y fuse3)) >/dev/null 2>&1")
+            .status()
+            .is_ok_and(|s| s.success());
+        if !installed || !have("fusermount3") {
+            eprintln!(
+                "!!! SKIPPED: fusermount3 (Debian: fuse3) is missing and could not be installed"
+            );
+            return false;
+        }
+    }
+    if !Path::new("/dev/fuse").exists() {
+        eprintln!("!!! SKIPPED: /dev/fuse does not exist on this machine");
+        return false;
+    }
+    true
+}
+
+fn mounted(dir: &Path) -> bool {
+    let dir = dir.to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/mounts")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(dir.as_str())))
+        .unwrap_or(false)
+}
+
+/// `bftnfs mount ADDR DIR` as a child process, mounted when `start` returns.
+struct Mount {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Mount {
+    fn start(addr: std::net::SocketAddr, dir: &Path) -> Mount {
+        std::fs::create_dir_all(dir).expect("mountpoint");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bftnfs"))
+            .args(["mount", "--attr-ttl", "0"])
+            .arg(addr.to_string())
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn bftnfs mount");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let line = std::io::BufReader::new(stdout)
+            .lines()
+            .next()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        assert!(line.contains("mounted on"), "bftnfs mount printed {line:?}");
+        assert!(mounted(dir), "{} is not in /proc/mounts", dir.display());
+        Mount {
+            child,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// SIGTERM: the mount must go and the process exit with success within 10 s.
+    fn stop(mut self) {
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.wait_exit();
+    }
+
+    fn wait_exit(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                assert!(status.success(), "bftnfs mount exited with {status}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "bftnfs mount did not exit");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(!mounted(&self.dir), "{} still mounted", self.dir.display());
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if mounted(&self.dir) {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.dir)
+                .status();
+        }
+    }
+}
+
+/// Runs `script` with `sh -e` in `cwd`; fails the test with its output unless it
+/// succeeds within a minute. Its stdout.
+fn sh(cwd: &Path, script: &str) -> String {
+    let (cwd, script) = (cwd.to_path_buf(), script.to_string());
+    bounded(Duration::from_secs(60), move || {
+        let out = Command::new("sh")
+            .args(["-ec", &script])
+            .current_dir(&cwd)
+            .output()
+            .expect("run sh");
+        assert!(
+            out.status.success(),
+            "{script}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    })
+}
+
+/// A source tree: nested directories, small files, a 3 MiB file of varied bytes, a
+/// symlink.
+fn make_source(root: &Path) {
+    for d in ["a/b/c", "lib", "empty"] {
+        std::fs::create_dir_all(root.join(d)).expect("mkdir");
+    }
+    for i in 0..24 {
+        let dir = ["", "a", "a/b", "a/b/c", "lib"][i % 5];
+        let body = format!("file {i}\n").repeat(1 + i * 37);
+        std::fs::write(root.join(dir).join(format!("f{i}.txt")), body).expect("write");
+    }
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let big: Vec<u8> = (0..3 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(root.join("lib/big.bin"), big).expect("write big");
+    std::os::unix::fs::symlink("../a/f1.txt", root.join("lib/link")).expect("symlink");
+}
+
+#[test]
+fn ordinary_tools_work_on_a_mounted_replicated_file_system_while_its_primary_is_killed() {
+    if !fuse_usable() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let work = tmp.path();
+    make_source(&work.join("src"));
+    let up = Up::start(&work.join("cluster"));
+    let mount = Mount::start(up.addr(), &work.join("mnt"));
+
+    sh(
+        work,
+        "cp -a src mnt/copy1 && diff -r --no-dereference src mnt/copy1",
+    );
+    let listing = sh(work, "ls -lR mnt/copy1");
+    assert!(listing.contains("big.bin") && listing.contains("link -> ../a/f1.txt"));
+    assert_eq!(sh(work, "readlink mnt/copy1/lib/link"), "../a/f1.txt\n");
+    // Changes in place, each read back through the mount.
+    let f = "mnt/copy1/a/f1.txt";
+    assert_eq!(
+        sh(work, &format!("chmod 600 {f} && stat -c %a {f}")),
+        "600\n"
+    );
+    assert_eq!(
+        sh(
+            work,
+            &format!("truncate -s 7 {f} && echo more >> {f} && cat {f}")
+        ),
+        "file 1\nmore\n"
+    );
+    sh(
+        work,
+        "mv mnt/copy1/a/b mnt/copy1/moved && test -d mnt/copy1/moved/c && ! test -e mnt/copy1/a/b",
+    );
+    sh(
+        work,
+        "ln mnt/copy1/lib/big.bin mnt/copy1/hard && test $(stat -c %h mnt/copy1/hard) = 2",
+    );
+    sh(
+        work,
+        "tar -C mnt -cf t.tar copy1 && mkdir untar && tar -C untar -xf t.tar \
+         && diff -r --no-dereference mnt/copy1 untar/copy1",
+    );
+    // Refused with a clear error, and the mount goes on.
+    let fifo = Command::new("mkfifo")
+        .arg(work.join("mnt/fifo"))
+        .output()
+        .expect("mkfifo");
+    assert!(!fifo.status.success());
+    assert!(String::from_utf8_lossy(&fifo.stderr).contains("not permitted"));
+
+    // The primary (replica 0, view 0) dies in the middle of copying the tree six
+    // times: every copy finishes, whole, across the view change.
+    let mut copy = Command::new("sh")
+        .args([
+            "-ec",
+            "mkdir mnt/copy2; for i in 1 2 3 4 5 6; do cp -a src mnt/copy2/$i; done",
+        ])
+        .current_dir(work)
+        .spawn()
+        .expect("cp");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !work.join("mnt/copy2/1/lib").exists() {
+        assert!(Instant::now() < deadline, "the copy did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    up.kill9(0);
+    assert!(
+        copy.try_wait().expect("wait cp").is_none(),
+        "the copies ended before the primary was killed: make them longer"
+    );
+    let status = bounded(Duration::from_secs(90), move || {
+        copy.wait().expect("wait cp")
+    });
+    assert!(status.success(), "cp -a during the view change: {status}");
+    sh(
+        work,
+        "for i in 1 2 3 4 5 6; do diff -r --no-dereference src mnt/copy2/$i; done",
+    );
+    assert!(
+        trees_become_equal(&[up.export(1), up.export(2)], Duration::from_secs(30)),
+        "the two live replicas' exports differ"
+    );
+
+    sh(work, "rm -r mnt/copy1 mnt/copy2");
+    assert_eq!(sh(work, "ls -A mnt"), "");
+    mount.stop();
+    up.terminate();
+}
+
+#[test]
+fn a_mount_outlives_its_server_restarting() {
+    if !fuse_usable() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let work = tmp.path();
+    let serve = |port: u16| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bftnfs"))
+            .args(["serve", "--unreplicated", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data")
+            .arg(work.join("data"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn bftnfs serve");
+        let port = port_from_stdout(&mut child).expect("bftnfs serve printed its URL");
+        (child, port)
+    };
+    let (mut server, port) = serve(0);
+    let mut mount = Mount::start(
+        format!("127.0.0.1:{port}").parse().expect("addr"),
+        &work.join("mnt"),
+    );
+    sh(work, "echo kept > mnt/f && test \"$(cat mnt/f)\" = kept");
+
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    assert!(server.wait().expect("wait serve").success());
+    // While it is down a call fails (EIO) instead of hanging or spinning.
+    let down = {
+        let work = work.to_path_buf();
+        bounded(Duration::from_secs(20), move || {
+            Command::new("cat")
+                .arg(work.join("mnt/f"))
+                .output()
+                .expect("cat")
+        })
+    };
+    assert!(!down.status.success());
+    assert!(String::from_utf8_lossy(&down.stderr).contains("Input/output error"));
+
+    // Back on the same port and data: the next call connects again.
+    let (mut server, _) = serve(port);
+    assert_eq!(sh(work, "cat mnt/f"), "kept\n");
+    // `fusermount3 -u` ends the mount process too.
+    sh(work, "fusermount3 -u mnt");
+    mount.wait_exit();
+    // SAFETY: as above.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    assert!(server.wait().expect("wait serve").success());
+}
