@@ -208,18 +208,23 @@ fn ordinary_tools_work_on_a_mounted_replicated_file_system_while_its_primary_is_
     assert!(!fifo.status.success());
     assert!(String::from_utf8_lossy(&fifo.stderr).contains("not permitted"));
 
-    // The primary (replica 0, view 0) dies in the middle of copying the tree six
-    // times: every copy finishes, whole, across the view change.
+    // The primary (replica 0, view 0) dies while three processes copy the tree twice
+    // each, side by side (the mount's worker threads): every copy finishes, whole,
+    // across the view change.
     let mut copy = Command::new("sh")
         .args([
             "-ec",
-            "mkdir mnt/copy2; for i in 1 2 3 4 5 6; do cp -a src mnt/copy2/$i; done",
+            "mkdir mnt/copy2
+             for i in 1 2 3; do
+                 (cp -a src mnt/copy2/$i-1 && cp -a src mnt/copy2/$i-2) & eval p$i=$!
+             done
+             wait $p1; wait $p2; wait $p3",
         ])
         .current_dir(work)
         .spawn()
         .expect("cp");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !work.join("mnt/copy2/1/lib").exists() {
+    while !work.join("mnt/copy2/1-1/lib").exists() {
         assert!(Instant::now() < deadline, "the copy did not start");
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -234,7 +239,7 @@ fn ordinary_tools_work_on_a_mounted_replicated_file_system_while_its_primary_is_
     assert!(status.success(), "cp -a during the view change: {status}");
     sh(
         work,
-        "for i in 1 2 3 4 5 6; do diff -r --no-dereference src mnt/copy2/$i; done",
+        "for c in 1-1 1-2 2-1 2-2 3-1 3-2; do diff -r --no-dereference src mnt/copy2/$c; done",
     );
     assert!(
         trees_become_equal(&[up.export(1), up.export(2)], Duration::from_secs(30)),

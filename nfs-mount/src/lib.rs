@@ -7,6 +7,10 @@
 //! (`fuser`): each FUSE request becomes one NFS call, or a few for a large READ or WRITE,
 //! to the frontend, which orders it across the replicas like any other client's call.
 //!
+//! Requests are served by a few worker threads (`MountOptions::threads`), each taking
+//! an idle connection from a pool for its call (or making one), so calls from several
+//! processes go out side by side: the frontend keeps many requests in flight.
+//!
 //! What it keeps: a table from FUSE inode numbers to NFS file handles (the NFS fileid is
 //! the inode number, with the export's root swapped with inode 1, which FUSE reserves for
 //! the root), counted by the kernel's lookups and dropped on FORGET; a cookie verifier per
@@ -75,6 +79,9 @@ pub struct MountOptions {
     /// How long the kernel may cache attributes and names.
     pub attr_ttl: Duration,
     pub read_only: bool,
+    /// FUSE worker threads, so requests from several processes go out at once, each
+    /// on a connection of its own (at least 1).
+    pub threads: usize,
     /// Let other users than the one who mounted use the mount (FUSE's `allow_other`;
     /// as root, or with `user_allow_other` in /etc/fuse.conf).
     pub allow_other: bool,
@@ -137,6 +144,9 @@ impl Mounted {
         if opts.allow_other {
             config.acl = fuser::SessionACL::All;
         }
+        config.n_threads = Some(opts.threads.max(1));
+        // Each worker reads the kernel's requests from a descriptor of its own.
+        config.clone_fd = opts.threads > 1;
         let session =
             fuser::Session::new(fs, mountpoint, &config).map_err(|source| MountError::Fuse {
                 path: mountpoint.display().to_string(),
@@ -207,26 +217,35 @@ struct Known {
     lookups: u64,
 }
 
-struct Inner {
-    opts: MountOptions,
-    rt: tokio::runtime::Runtime,
-    /// `None` after a transport error: made again by the next call.
-    conn: Option<Conn>,
-    root: nfs_fh3,
-    root_fileid: u64,
+/// What the kernel's requests share: kept under one lock, never held across a call.
+#[derive(Default)]
+struct Tables {
     known: HashMap<u64, Known>,
     /// Per open directory: the cookie verifier its listing started with.
     dirs: HashMap<u64, cookieverf3>,
     next_dir: u64,
     /// Inodes with WRITEs the server did not answer FILE_SYNC: COMMITted on fsync/close.
     unstable: std::collections::HashSet<u64>,
-    read_bytes: u32,
-    write_bytes: u32,
 }
 
-/// The `Filesystem` FUSE calls; one NFS connection, one call at a time.
+/// One connection with the runtime that drives it; each FUSE worker thread takes one
+/// from the pool for a call, so calls from several processes go out side by side.
+struct Link {
+    rt: tokio::runtime::Runtime,
+    conn: Conn,
+}
+
+/// The `Filesystem` FUSE calls, from `MountOptions::threads` worker threads at once.
 pub struct NfsFs {
-    inner: Mutex<Inner>,
+    opts: MountOptions,
+    root: nfs_fh3,
+    root_fileid: u64,
+    read_bytes: u32,
+    write_bytes: u32,
+    tables: Mutex<Tables>,
+    /// Idle connections; one that failed is dropped, and a new one made when none is
+    /// idle.
+    links: Mutex<Vec<Link>>,
 }
 
 /// An NFS failure as the errno FUSE hands the caller (RFC 1813 2.6 names the pairs).
@@ -287,58 +306,74 @@ fn create_mode(mode: u32, umask: u32) -> u32 {
 
 /// The outcome of one call: its result, or the errno to answer with.
 macro_rules! call {
-    ($inner:expr, $method:ident($args:expr)) => {{
-        let inner: &mut Inner = $inner;
-        match inner.connect() {
+    ($fs:expr, $method:ident($args:expr)) => {{
+        let fs: &NfsFs = $fs;
+        match fs.link() {
             Err(e) => Err(e),
-            Ok(()) => {
-                let conn = inner.conn.as_mut().expect("connected just now");
-                let reply = inner.rt.block_on(conn.$method($args));
-                inner.settle(stringify!($method), reply)
+            Ok(mut link) => {
+                let reply = link.rt.block_on(link.conn.$method($args));
+                fs.settle(stringify!($method), link, reply)
             }
         }
     }};
 }
 
-impl Inner {
-    /// Makes the connection again if the last one failed.
-    fn connect(&mut self) -> Result<(), Errno> {
-        if self.conn.is_none() {
-            match self.rt.block_on(open(&self.opts)) {
-                Ok(conn) => {
-                    if conn.root_nfs_fh3() != self.root {
-                        // Another export (or a server that was replaced): handles held
-                        // by the kernel mean nothing there.
-                        warn!("the export's root handle changed on reconnecting");
-                    }
-                    self.conn = Some(conn);
-                }
-                Err(e) => {
-                    warn!("reconnecting to {}: {e}", self.opts.server);
-                    return Err(Errno::EIO);
-                }
-            }
+impl NfsFs {
+    /// An idle connection, or a new one.
+    fn link(&self) -> Result<Link, Errno> {
+        if let Some(link) = lock(&self.links).pop() {
+            return Ok(link);
         }
-        Ok(())
-    }
-
-    fn settle<T, E>(
-        &mut self,
-        procedure: &str,
-        reply: Result<Nfs3Result<T, E>, RpcError>,
-    ) -> Result<T, Errno> {
-        match reply {
-            Ok(Nfs3Result::Ok(v)) => Ok(v),
-            Ok(Nfs3Result::Err((status, _))) => {
-                debug!("{procedure}: {status}");
-                Err(errno_of(status))
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|_| Errno::EIO)?;
+        match rt.block_on(open(&self.opts)) {
+            Ok(conn) => {
+                if conn.root_nfs_fh3() != self.root {
+                    // Another export (or a server that was replaced): handles held by
+                    // the kernel mean nothing there.
+                    warn!("the export's root handle changed on reconnecting");
+                }
+                Ok(Link { rt, conn })
             }
             Err(e) => {
-                warn!("{procedure}: {e}; the connection is made again for the next call");
-                self.conn = None;
+                warn!("connecting to {}: {e}", self.opts.server);
                 Err(Errno::EIO)
             }
         }
+    }
+
+    /// A call's reply as a result; its connection goes back to the pool unless the
+    /// call failed on the wire.
+    fn settle<T, E>(
+        &self,
+        procedure: &str,
+        link: Link,
+        reply: Result<Nfs3Result<T, E>, RpcError>,
+    ) -> Result<T, Errno> {
+        match reply {
+            Ok(r) => {
+                lock(&self.links).push(link);
+                match r {
+                    Nfs3Result::Ok(v) => Ok(v),
+                    Nfs3Result::Err((status, _)) => {
+                        debug!("{procedure}: {status}");
+                        Err(errno_of(status))
+                    }
+                }
+            }
+            Err(e) => {
+                // The idle ones went to the same server: most likely gone too.
+                lock(&self.links).clear();
+                warn!("{procedure}: {e}; the next call connects again");
+                Err(Errno::EIO)
+            }
+        }
+    }
+
+    fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
+        lock(&self.tables)
     }
 
     /// FUSE's inode number for an NFS fileid (and back: the swap is its own inverse).
@@ -356,7 +391,8 @@ impl Inner {
         if ino == INodeNo::ROOT {
             return Ok(self.root.clone());
         }
-        self.known
+        self.tables()
+            .known
             .get(&ino.0)
             .map(|k| k.fh.clone())
             .ok_or(Errno::ESTALE)
@@ -388,16 +424,17 @@ impl Inner {
         }
     }
 
-    fn getattr(&mut self, fh: &nfs_fh3) -> Result<fattr3, Errno> {
+    fn getattr(&self, fh: &nfs_fh3) -> Result<fattr3, Errno> {
         let args = GETATTR3args { object: fh.clone() };
         Ok(call!(self, getattr(&args))?.obj_attributes)
     }
 
     /// A new or looked-up object the kernel now holds one more lookup of.
-    fn remember(&mut self, fh: nfs_fh3, attrs: &fattr3) -> FileAttr {
+    fn remember(&self, fh: nfs_fh3, attrs: &fattr3) -> FileAttr {
         let attr = self.attr(attrs);
         if attr.ino != INodeNo::ROOT {
-            let known = self.known.entry(attr.ino.0).or_insert(Known {
+            let mut tables = self.tables();
+            let known = tables.known.entry(attr.ino.0).or_insert(Known {
                 fh: fh.clone(),
                 lookups: 0,
             });
@@ -411,7 +448,7 @@ impl Inner {
     /// An object a CREATE, MKDIR or SYMLINK made: its handle and attributes, asked for
     /// with LOOKUP when the reply left them out.
     fn made(
-        &mut self,
+        &self,
         parent: &nfs_fh3,
         name: &OsStr,
         fh: Nfs3Option<nfs_fh3>,
@@ -423,12 +460,12 @@ impl Inner {
                 let a = self.getattr(&fh)?;
                 (fh, a)
             }
-            (Nfs3Option::None, _) => return self.lookup(parent, name),
+            (Nfs3Option::None, _) => return self.lookup_in(parent, name),
         };
         Ok(self.remember(fh, &attrs))
     }
 
-    fn lookup(&mut self, parent: &nfs_fh3, name: &OsStr) -> Result<FileAttr, Errno> {
+    fn lookup_in(&self, parent: &nfs_fh3, name: &OsStr) -> Result<FileAttr, Errno> {
         let args = LOOKUP3args {
             what: dirop(parent, name),
         };
@@ -440,8 +477,8 @@ impl Inner {
         Ok(self.remember(ok.object, &attrs))
     }
 
-    fn commit(&mut self, ino: INodeNo) -> Result<(), Errno> {
-        if !self.unstable.contains(&ino.0) {
+    fn commit(&self, ino: INodeNo) -> Result<(), Errno> {
+        if !self.tables().unstable.contains(&ino.0) {
             return Ok(());
         }
         let args = COMMIT3args {
@@ -450,7 +487,7 @@ impl Inner {
             count: 0,
         };
         call!(self, commit(&args))?;
-        self.unstable.remove(&ino.0);
+        self.tables().unstable.remove(&ino.0);
         Ok(())
     }
 }
@@ -532,61 +569,55 @@ impl NfsFs {
             }
             .clamp(4096, TRANSFER_BYTES_MAX)
         };
-        let inner = Inner {
+        Ok(NfsFs {
             read_bytes: size(info.rtpref, info.rtmax),
             write_bytes: size(info.wtpref, info.wtmax),
             opts,
-            rt,
-            conn: Some(conn),
             root,
             root_fileid: attrs.fileid,
-            known: HashMap::new(),
-            dirs: HashMap::new(),
-            next_dir: 1,
-            unstable: Default::default(),
-        };
-        Ok(NfsFs {
-            inner: Mutex::new(inner),
+            tables: Mutex::new(Tables {
+                next_dir: 1,
+                ..Tables::default()
+            }),
+            links: Mutex::new(vec![Link { rt, conn }]),
         })
     }
 
-    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // A panic while serving one request leaves nothing half-updated that matters:
-        // the tables only cache what the server holds.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn ttl(&self) -> Duration {
-        self.inner().opts.attr_ttl
+        self.opts.attr_ttl
     }
+}
+
+/// A panic while serving one request leaves nothing half-updated that matters: the
+/// tables only cache what the server holds, and a connection is either back or gone.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Filesystem for NfsFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let ttl = self.ttl();
-        let mut inner = self.inner();
-        match inner.fh(parent).and_then(|p| inner.lookup(&p, name)) {
+        match self.fh(parent).and_then(|p| self.lookup_in(&p, name)) {
             Ok(attr) => reply.entry(&ttl, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        let mut inner = self.inner();
-        if let Some(k) = inner.known.get_mut(&ino.0) {
+        let mut tables = self.tables();
+        if let Some(k) = tables.known.get_mut(&ino.0) {
             k.lookups = k.lookups.saturating_sub(nlookup);
             if k.lookups == 0 {
-                inner.known.remove(&ino.0);
-                inner.unstable.remove(&ino.0);
+                tables.known.remove(&ino.0);
+                tables.unstable.remove(&ino.0);
             }
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         let ttl = self.ttl();
-        let mut inner = self.inner();
-        match inner.fh(ino).and_then(|fh| inner.getattr(&fh)) {
-            Ok(a) => reply.attr(&ttl, &inner.attr(&a)),
+        match self.fh(ino).and_then(|fh| self.getattr(&fh)) {
+            Ok(a) => reply.attr(&ttl, &self.attr(&a)),
             Err(e) => reply.error(e),
         }
     }
@@ -639,30 +670,28 @@ impl Filesystem for NfsFs {
             },
         };
         let ttl = self.ttl();
-        let mut inner = self.inner();
-        let result = inner.fh(ino).and_then(|fh| {
+        let result = self.fh(ino).and_then(|fh| {
             let args = SETATTR3args {
                 object: fh.clone(),
                 new_attributes,
                 guard: Nfs3Option::None,
             };
-            let ok = call!(&mut *inner, setattr(&args))?;
+            let ok = call!(self, setattr(&args))?;
             match ok.obj_wcc.after {
                 Nfs3Option::Some(a) => Ok(a),
-                Nfs3Option::None => inner.getattr(&fh),
+                Nfs3Option::None => self.getattr(&fh),
             }
         });
         match result {
-            Ok(a) => reply.attr(&ttl, &inner.attr(&a)),
+            Ok(a) => reply.attr(&ttl, &self.attr(&a)),
             Err(e) => reply.error(e),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let mut inner = self.inner();
-        let result = inner.fh(ino).and_then(|fh| {
+        let result = self.fh(ino).and_then(|fh| {
             let args = READLINK3args { symlink: fh };
-            Ok(call!(&mut *inner, readlink(&args))?.data.0.to_vec())
+            Ok(call!(self, readlink(&args))?.data.0.to_vec())
         });
         match result {
             Ok(target) => reply.data(&target),
@@ -702,8 +731,7 @@ impl Filesystem for NfsFs {
         reply: ReplyEntry,
     ) {
         let ttl = self.ttl();
-        let mut inner = self.inner();
-        let result = inner.fh(parent).and_then(|dir| {
+        let result = self.fh(parent).and_then(|dir| {
             let args = MKDIR3args {
                 where_: dirop(&dir, name),
                 attributes: sattr3 {
@@ -711,8 +739,8 @@ impl Filesystem for NfsFs {
                     ..sattr3::default()
                 },
             };
-            let ok = call!(&mut *inner, mkdir(&args))?;
-            inner.made(&dir, name, ok.obj, ok.obj_attributes)
+            let ok = call!(self, mkdir(&args))?;
+            self.made(&dir, name, ok.obj, ok.obj_attributes)
         });
         match result {
             Ok(attr) => reply.entry(&ttl, &attr, Generation(0)),
@@ -721,12 +749,11 @@ impl Filesystem for NfsFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut inner = self.inner();
-        let result = inner.fh(parent).and_then(|dir| {
+        let result = self.fh(parent).and_then(|dir| {
             let args = REMOVE3args {
                 object: dirop(&dir, name),
             };
-            call!(&mut *inner, remove(&args)).map(|_| ())
+            call!(self, remove(&args)).map(|_| ())
         });
         match result {
             Ok(()) => reply.ok(),
@@ -735,12 +762,11 @@ impl Filesystem for NfsFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let mut inner = self.inner();
-        let result = inner.fh(parent).and_then(|dir| {
+        let result = self.fh(parent).and_then(|dir| {
             let args = RMDIR3args {
                 object: dirop(&dir, name),
             };
-            call!(&mut *inner, rmdir(&args)).map(|_| ())
+            call!(self, rmdir(&args)).map(|_| ())
         });
         match result {
             Ok(()) => reply.ok(),
@@ -757,8 +783,7 @@ impl Filesystem for NfsFs {
         reply: ReplyEntry,
     ) {
         let ttl = self.ttl();
-        let mut inner = self.inner();
-        let result = inner.fh(parent).and_then(|dir| {
+        let result = self.fh(parent).and_then(|dir| {
             let args = SYMLINK3args {
                 where_: dirop(&dir, link_name),
                 symlink: symlinkdata3 {
@@ -766,8 +791,8 @@ impl Filesystem for NfsFs {
                     symlink_data: nfspath3(Opaque::borrowed(target.as_os_str().as_bytes())),
                 },
             };
-            let ok = call!(&mut *inner, symlink(&args))?;
-            inner.made(&dir, link_name, ok.obj, ok.obj_attributes)
+            let ok = call!(self, symlink(&args))?;
+            self.made(&dir, link_name, ok.obj, ok.obj_attributes)
         });
         match result {
             Ok(attr) => reply.entry(&ttl, &attr, Generation(0)),
@@ -790,14 +815,13 @@ impl Filesystem for NfsFs {
         if !flags.is_empty() {
             return reply.error(Errno::EINVAL);
         }
-        let mut inner = self.inner();
-        let result = inner.fh(parent).and_then(|from| {
-            let to = inner.fh(newparent)?;
+        let result = self.fh(parent).and_then(|from| {
+            let to = self.fh(newparent)?;
             let args = RENAME3args {
                 from: dirop(&from, name),
                 to: dirop(&to, newname),
             };
-            call!(&mut *inner, rename(&args)).map(|_| ())
+            call!(self, rename(&args)).map(|_| ())
         });
         match result {
             Ok(()) => reply.ok(),
@@ -814,19 +838,18 @@ impl Filesystem for NfsFs {
         reply: ReplyEntry,
     ) {
         let ttl = self.ttl();
-        let mut inner = self.inner();
-        let result = inner.fh(ino).and_then(|file| {
-            let dir = inner.fh(newparent)?;
+        let result = self.fh(ino).and_then(|file| {
+            let dir = self.fh(newparent)?;
             let args = LINK3args {
                 file: file.clone(),
                 link: dirop(&dir, newname),
             };
-            let ok = call!(&mut *inner, link(&args))?;
+            let ok = call!(self, link(&args))?;
             let attrs = match ok.file_attributes {
                 Nfs3Option::Some(a) => a,
-                Nfs3Option::None => inner.getattr(&file)?,
+                Nfs3Option::None => self.getattr(&file)?,
             };
-            Ok(inner.remember(file, &attrs))
+            Ok(self.remember(file, &attrs))
         });
         match result {
             Ok(attr) => reply.entry(&ttl, &attr, Generation(0)),
@@ -851,8 +874,7 @@ impl Filesystem for NfsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let mut inner = self.inner();
-        let file = match inner.fh(ino) {
+        let file = match self.fh(ino) {
             Ok(fh) => fh,
             Err(e) => return reply.error(e),
         };
@@ -860,13 +882,13 @@ impl Filesystem for NfsFs {
         // the server says EOF.
         let mut data = Vec::with_capacity(size as usize);
         while data.len() < size as usize {
-            let want = (size as usize - data.len()).min(inner.read_bytes as usize) as u32;
+            let want = (size as usize - data.len()).min(self.read_bytes as usize) as u32;
             let args = READ3args {
                 file: file.clone(),
                 offset: offset + data.len() as u64,
                 count: want,
             };
-            match call!(&mut *inner, read(&args)) {
+            match call!(self, read(&args)) {
                 Ok(ok) => {
                     data.extend_from_slice(ok.data.as_ref());
                     if ok.eof || ok.data.is_empty() {
@@ -891,14 +913,13 @@ impl Filesystem for NfsFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let mut inner = self.inner();
-        let file = match inner.fh(ino) {
+        let file = match self.fh(ino) {
             Ok(fh) => fh,
             Err(e) => return reply.error(e),
         };
         let mut done = 0usize;
         while done < data.len() {
-            let chunk = &data[done..(done + inner.write_bytes as usize).min(data.len())];
+            let chunk = &data[done..(done + self.write_bytes as usize).min(data.len())];
             let args = WRITE3args {
                 file: file.clone(),
                 offset: offset + done as u64,
@@ -906,11 +927,11 @@ impl Filesystem for NfsFs {
                 stable: stable_how::UNSTABLE,
                 data: Opaque::borrowed(chunk),
             };
-            match call!(&mut *inner, write(&args)) {
+            match call!(self, write(&args)) {
                 Ok(ok) if ok.count == 0 => return reply.error(Errno::EIO),
                 Ok(ok) => {
                     if ok.committed != stable_how::FILE_SYNC {
-                        inner.unstable.insert(ino.0);
+                        self.tables().unstable.insert(ino.0);
                     }
                     done += (ok.count as usize).min(chunk.len());
                 }
@@ -932,7 +953,7 @@ impl Filesystem for NfsFs {
     ) {
         // At close: what was written is durable before `close` returns, as an NFS
         // client's close-to-open consistency has it.
-        match self.inner().commit(ino) {
+        match self.commit(ino) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
@@ -946,17 +967,18 @@ impl Filesystem for NfsFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.inner().commit(ino) {
+        match self.commit(ino) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let mut inner = self.inner();
-        let id = inner.next_dir;
-        inner.next_dir += 1;
-        inner.dirs.insert(id, cookieverf3::default());
+        let mut tables = self.tables();
+        let id = tables.next_dir;
+        tables.next_dir += 1;
+        tables.dirs.insert(id, cookieverf3::default());
+        drop(tables);
         reply.opened(FileHandle(id), FopenFlags::empty());
     }
 
@@ -968,8 +990,7 @@ impl Filesystem for NfsFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let mut inner = self.inner();
-        let dir = match inner.fh(ino) {
+        let dir = match self.fh(ino) {
             Ok(fh) => fh,
             Err(e) => return reply.error(e),
         };
@@ -977,7 +998,7 @@ impl Filesystem for NfsFs {
         let cookieverf = if offset == 0 {
             cookieverf3::default()
         } else {
-            inner.dirs.get(&fh.0).copied().unwrap_or_default()
+            self.tables().dirs.get(&fh.0).copied().unwrap_or_default()
         };
         let args = READDIRPLUS3args {
             dir,
@@ -986,22 +1007,22 @@ impl Filesystem for NfsFs {
             dircount: READDIR_DIRCOUNT,
             maxcount: READDIR_MAXCOUNT,
         };
-        let ok = match call!(&mut *inner, readdirplus(&args)) {
+        let ok = match call!(self, readdirplus(&args)) {
             Ok(ok) => ok,
             Err(e) => return reply.error(e),
         };
-        inner.dirs.insert(fh.0, ok.cookieverf);
+        self.tables().dirs.insert(fh.0, ok.cookieverf);
         for e in &ok.reply.entries.0 {
             let kind = match &e.name_attributes {
                 Nfs3Option::Some(a) => file_type(a.type_),
                 // Without attributes, a LOOKUP says what it is.
                 Nfs3Option::None => {
                     let name = OsStr::from_bytes(e.name.as_ref());
-                    match inner.fh(ino).and_then(|d| {
+                    match self.fh(ino).and_then(|d| {
                         let args = LOOKUP3args {
                             what: dirop(&d, name),
                         };
-                        call!(&mut *inner, lookup(&args))
+                        call!(self, lookup(&args))
                     }) {
                         Ok(found) => match found.obj_attributes {
                             Nfs3Option::Some(a) => file_type(a.type_),
@@ -1011,7 +1032,7 @@ impl Filesystem for NfsFs {
                     }
                 }
             };
-            let ino = INodeNo(inner.ino(e.fileid));
+            let ino = INodeNo(self.ino(e.fileid));
             if reply.add(ino, e.cookie, kind, OsStr::from_bytes(e.name.as_ref())) {
                 break;
             }
@@ -1027,16 +1048,15 @@ impl Filesystem for NfsFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.inner().dirs.remove(&fh.0);
+        self.tables().dirs.remove(&fh.0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let mut inner = self.inner();
         let args = FSSTAT3args {
-            fsroot: inner.root.clone(),
+            fsroot: self.root.clone(),
         };
-        match call!(&mut *inner, fsstat(&args)) {
+        match call!(self, fsstat(&args)) {
             Ok(s) => {
                 let b = u64::from(BLOCK_BYTES);
                 reply.statfs(
@@ -1129,8 +1149,7 @@ impl NfsFs {
         umask: u32,
         exclusive: bool,
     ) -> Result<FileAttr, Errno> {
-        let mut inner = self.inner();
-        let dir = inner.fh(parent)?;
+        let dir = self.fh(parent)?;
         let attributes = sattr3 {
             mode: Nfs3Option::Some(create_mode(mode, umask)),
             ..sattr3::default()
@@ -1143,8 +1162,8 @@ impl NfsFs {
                 createhow3::UNCHECKED(attributes)
             },
         };
-        let ok = call!(&mut *inner, create(&args))?;
-        inner.made(&dir, name, ok.obj, ok.obj_attributes)
+        let ok = call!(self, create(&args))?;
+        self.made(&dir, name, ok.obj, ok.obj_attributes)
     }
 }
 

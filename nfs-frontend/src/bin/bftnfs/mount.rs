@@ -44,6 +44,11 @@ pub struct Args {
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     attr_ttl: u64,
 
+    /// Worker threads: calls from this many processes at once go out side by side,
+    /// each on a TCP connection of its own.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: u16,
+
     /// Mount read-only.
     #[arg(long)]
     read_only: bool,
@@ -87,6 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or_else(|| rustix::process::getgid().as_raw()),
         attr_ttl: Duration::from_millis(args.attr_ttl),
         read_only: args.read_only,
+        threads: usize::from(args.threads),
         allow_other: args.allow_other,
     };
     let mut mounted = Mounted::new(&opts, &args.mountpoint)?;
