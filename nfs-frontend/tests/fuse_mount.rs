@@ -305,3 +305,193 @@ fn a_mount_outlives_its_server_restarting() {
     unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
     assert!(server.wait().expect("wait serve").success());
 }
+
+/// One step of the differential test, on the directory `root`.
+#[derive(Debug, Clone)]
+enum Op {
+    Mkdir(String),
+    Write(String, Vec<u8>),
+    Append(String, Vec<u8>),
+    Truncate(String, u64),
+    Rename(String, String),
+    Unlink(String),
+    Rmdir(String),
+    Symlink(String, String),
+    Link(String, String),
+    Chmod(String, u32),
+    Read(String),
+    List(String),
+    Stat(String),
+}
+
+/// What a step answered: compared between the two file systems (times are not).
+fn apply(root: &Path, op: &Op) -> Result<String, std::io::ErrorKind> {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let p = |name: &str| root.join(name);
+    let done = |r: std::io::Result<()>| r.map(|()| String::new()).map_err(|e| e.kind());
+    match op {
+        Op::Mkdir(d) => done(std::fs::create_dir(p(d))),
+        Op::Write(f, data) => done(std::fs::write(p(f), data)),
+        Op::Append(f, data) => done(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(p(f))
+                .and_then(|mut file| file.write_all(data)),
+        ),
+        Op::Truncate(f, len) => done(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(p(f))
+                .and_then(|file| file.set_len(*len)),
+        ),
+        Op::Rename(a, b) => done(std::fs::rename(p(a), p(b))),
+        Op::Unlink(f) => done(std::fs::remove_file(p(f))),
+        Op::Rmdir(d) => done(std::fs::remove_dir(p(d))),
+        Op::Symlink(target, l) => done(std::os::unix::fs::symlink(target, p(l))),
+        Op::Link(a, b) => done(std::fs::hard_link(p(a), p(b))),
+        Op::Chmod(f, mode) => done(std::fs::set_permissions(
+            p(f),
+            std::fs::Permissions::from_mode(*mode),
+        )),
+        Op::Read(f) => std::fs::read(p(f))
+            .map(|d| {
+                format!(
+                    "{} bytes, {:x}",
+                    d.len(),
+                    d.iter().map(|&b| u64::from(b)).sum::<u64>()
+                )
+            })
+            .map_err(|e| e.kind()),
+        Op::List(d) => std::fs::read_dir(p(d))
+            .and_then(|entries| {
+                let mut names = entries
+                    .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                    .collect::<std::io::Result<Vec<_>>>()?;
+                names.sort();
+                Ok(names.join(","))
+            })
+            .map_err(|e| e.kind()),
+        Op::Stat(f) => std::fs::symlink_metadata(p(f))
+            .map(|m| {
+                let kind = if m.is_dir() {
+                    "dir"
+                } else if m.file_type().is_symlink() {
+                    "link"
+                } else {
+                    "file"
+                };
+                // A directory's size and link count are the file system's own business.
+                let (size, nlink) = if m.is_dir() {
+                    (0, 0)
+                } else {
+                    (m.len(), m.nlink())
+                };
+                format!(
+                    "{kind} size {size} mode {:o} nlink {nlink}",
+                    m.mode() & 0o7777
+                )
+            })
+            .map_err(|e| e.kind()),
+    }
+}
+
+/// A seeded sequence of operations over a small name space, so that names collide,
+/// directories fill and empty, and links meet renames.
+fn random_ops(seed: u64, count: usize) -> Vec<Op> {
+    let mut x = seed | 1;
+    let mut next = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let dirs = ["", "d1/", "d2/", "d1/e/"];
+    let mut ops = vec![
+        Op::Mkdir("d1".into()),
+        Op::Mkdir("d2".into()),
+        Op::Mkdir("d1/e".into()),
+    ];
+    while ops.len() < count {
+        let dir = dirs[next(dirs.len() as u64) as usize];
+        let name = |k: u64| format!("{dir}{}", ["a", "b", "c", "d1", "d2", "e"][k as usize]);
+        let a = name(next(6));
+        let b = format!(
+            "{}{}",
+            dirs[next(dirs.len() as u64) as usize],
+            ["a", "b", "c", "e"][next(4) as usize]
+        );
+        let len = next(9000) as usize;
+        let data: Vec<u8> = (0..len)
+            .map(|i| (i as u64 * 7 + len as u64) as u8)
+            .collect();
+        ops.push(match next(16) {
+            0 => Op::Mkdir(a),
+            1 | 13 | 14 | 15 => Op::Write(a, data),
+            2 => Op::Append(a, data),
+            3 => Op::Truncate(a, next(5000)),
+            4 => Op::Rename(a, b),
+            5 => Op::Unlink(a),
+            6 => Op::Rmdir(a),
+            7 => Op::Symlink(format!("target-{}", next(3)), a),
+            8 => Op::Link(a, b),
+            9 => Op::Chmod(a, [0o644, 0o600, 0o755, 0o700][next(4) as usize]),
+            10 => Op::Read(a),
+            11 => Op::List(dir.trim_end_matches('/').to_string()),
+            _ => Op::Stat(a),
+        });
+    }
+    ops
+}
+
+#[test]
+fn random_operations_on_the_mount_answer_as_on_a_local_disk() {
+    if !fuse_usable() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let work = tmp.path();
+    let local = work.join("local");
+    std::fs::create_dir(&local).expect("local dir");
+    let up = Up::start(&work.join("cluster"));
+    let mount = Mount::start(up.addr(), &work.join("mnt"));
+    let remote = work.join("mnt");
+    // Another seed or length to explore: BFTNFS_DIFF_SEED, BFTNFS_DIFF_OPS.
+    let env = |k: &str, default: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let seed = env("BFTNFS_DIFF_SEED", 0x5eed_0001);
+    let count = env("BFTNFS_DIFF_OPS", 600) as usize;
+    let ops = random_ops(seed, count);
+    let (remote2, local2) = (remote.clone(), local.clone());
+    let applied = bounded(Duration::from_secs(240), move || {
+        let mut applied = 0;
+        for (i, op) in ops.iter().enumerate() {
+            let here = apply(&local2, op);
+            let there = apply(&remote2, op);
+            assert_eq!(
+                there, here,
+                "seed {seed:#x}, step {i}: {op:?} answered differently on the mount (left) and a local disk (right)"
+            );
+            applied += usize::from(here.is_ok());
+        }
+        applied
+    });
+    eprintln!("{applied} of {count} operations succeeded on both");
+    assert!(
+        applied > count / 3,
+        "only {applied} of {count} operations succeeded: the test lost its bite"
+    );
+    // Every replica's backing tree holds what the local one does.
+    for i in 0..3 {
+        assert!(
+            trees_become_equal(&[local.clone(), up.export(i)], Duration::from_secs(20)),
+            "replica {i}'s export differs from the local tree"
+        );
+    }
+    mount.stop();
+    up.terminate();
+}
