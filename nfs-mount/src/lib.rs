@@ -588,6 +588,22 @@ impl NfsFs {
     }
 }
 
+/// Answers a request that made or found an object: its entry, or the error.
+fn answer_entry(reply: ReplyEntry, ttl: &Duration, result: Result<FileAttr, Errno>) {
+    match result {
+        Ok(attr) => reply.entry(ttl, &attr, Generation(0)),
+        Err(e) => reply.error(e),
+    }
+}
+
+/// Answers a request with nothing to return but success or an error.
+fn answer_empty(reply: ReplyEmpty, result: Result<(), Errno>) {
+    match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(e),
+    }
+}
+
 /// A panic while serving one request leaves nothing half-updated that matters: the
 /// tables only cache what the server holds, and a connection is either back or gone.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -597,10 +613,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Filesystem for NfsFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let ttl = self.ttl();
-        match self.fh(parent).and_then(|p| self.lookup_in(&p, name)) {
-            Ok(attr) => reply.entry(&ttl, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        answer_entry(
+            reply,
+            &ttl,
+            self.fh(parent).and_then(|p| self.lookup_in(&p, name)),
+        );
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -715,10 +732,11 @@ impl Filesystem for NfsFs {
             return reply.error(Errno::EPERM);
         }
         let ttl = self.ttl();
-        match self.make_file(req, parent, name, mode, umask, false) {
-            Ok(attr) => reply.entry(&ttl, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        answer_entry(
+            reply,
+            &ttl,
+            self.make_file(req, parent, name, mode, umask, false),
+        )
     }
 
     fn mkdir(
@@ -742,10 +760,7 @@ impl Filesystem for NfsFs {
             let ok = call!(self, mkdir(&args))?;
             self.made(&dir, name, ok.obj, ok.obj_attributes)
         });
-        match result {
-            Ok(attr) => reply.entry(&ttl, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        answer_entry(reply, &ttl, result)
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -755,10 +770,7 @@ impl Filesystem for NfsFs {
             };
             call!(self, remove(&args)).map(|_| ())
         });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        answer_empty(reply, result)
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -768,10 +780,7 @@ impl Filesystem for NfsFs {
             };
             call!(self, rmdir(&args)).map(|_| ())
         });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        answer_empty(reply, result)
     }
 
     fn symlink(
@@ -794,10 +803,7 @@ impl Filesystem for NfsFs {
             let ok = call!(self, symlink(&args))?;
             self.made(&dir, link_name, ok.obj, ok.obj_attributes)
         });
-        match result {
-            Ok(attr) => reply.entry(&ttl, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        answer_entry(reply, &ttl, result)
     }
 
     fn rename(
@@ -823,10 +829,7 @@ impl Filesystem for NfsFs {
             };
             call!(self, rename(&args)).map(|_| ())
         });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        answer_empty(reply, result)
     }
 
     fn link(
@@ -851,10 +854,7 @@ impl Filesystem for NfsFs {
             };
             Ok(self.remember(file, &attrs))
         });
-        match result {
-            Ok(attr) => reply.entry(&ttl, &attr, Generation(0)),
-            Err(e) => reply.error(e),
-        }
+        answer_entry(reply, &ttl, result)
     }
 
     fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -953,10 +953,7 @@ impl Filesystem for NfsFs {
     ) {
         // At close: what was written is durable before `close` returns, as an NFS
         // client's close-to-open consistency has it.
-        match self.commit(ino) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        answer_empty(reply, self.commit(ino))
     }
 
     fn fsync(
@@ -967,10 +964,7 @@ impl Filesystem for NfsFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.commit(ino) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+        answer_empty(reply, self.commit(ino))
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
