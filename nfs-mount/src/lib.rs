@@ -17,7 +17,8 @@
 //! open directory; and which files have WRITEs the server answered UNSTABLE, which are
 //! COMMITted on `fsync` and `close` (bftnfs's servers answer FILE_SYNC, so there never
 //! are any there). Attributes and names are cached by the kernel for `attr_ttl`, and a
-//! file's pages are dropped at each open (close-to-open consistency, as NFS clients do).
+//! file's pages are dropped at each open (close-to-open consistency, as NFS clients
+//! have, once `attr_ttl` has passed: an open does not refresh the attributes).
 //! Permissions are checked by the kernel against the attributes (`default_permissions`);
 //! every call goes out under the one AUTH_UNIX identity the mount was made with.
 //!
@@ -62,6 +63,17 @@ const READDIR_DIRCOUNT: u32 = 16 << 10;
 const READDIR_MAXCOUNT: u32 = 64 << 10;
 /// `st_blksize` reported for every file.
 const BLOCK_BYTES: u32 = 4096;
+/// A connection whose peer has been silent this long is probed, every
+/// `KEEPALIVE_INTERVAL`, and given up after `KEEPALIVE_PROBES` unanswered probes (about
+/// 25 s); a view change among bftnfs's replicas keeps the frontend's TCP alive.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBES: u32 = 3;
+/// Sent bytes unacknowledged this long end the connection (TCP_USER_TIMEOUT).
+const UNACKED_MS_MAX: u32 = 30_000;
+/// Connecting and mounting give up after this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Longest name the server takes (bftnfs's PATHCONF says 255 too).
 const NAME_BYTES_MAX: u32 = 255;
 
@@ -196,6 +208,17 @@ impl Connector for NoDelay {
     async fn connect(&self, addr: SocketAddr) -> std::io::Result<Self::Connection> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
+        // A server whose host died, or a cut network, sends no RST: without these a
+        // call would wait for its reply for ever, and the process that made it with
+        // it (uninterruptibly, inside the kernel's FUSE request). Keepalive probes find
+        // a silent peer while we wait for a reply; the user timeout while our own
+        // bytes go unacknowledged.
+        use rustix::net::sockopt;
+        sockopt::set_socket_keepalive(&stream, true)?;
+        sockopt::set_tcp_keepidle(&stream, KEEPALIVE_IDLE)?;
+        sockopt::set_tcp_keepintvl(&stream, KEEPALIVE_INTERVAL)?;
+        sockopt::set_tcp_keepcnt(&stream, KEEPALIVE_PROBES)?;
+        sockopt::set_tcp_user_timeout(&stream, UNACKED_MS_MAX)?;
         Ok(Stream(stream))
     }
 
@@ -225,7 +248,18 @@ struct Tables {
     dirs: HashMap<u64, cookieverf3>,
     next_dir: u64,
     /// Inodes with WRITEs the server did not answer FILE_SYNC: COMMITted on fsync/close.
-    unstable: std::collections::HashSet<u64>,
+    unstable: HashMap<u64, Unstable>,
+}
+
+/// WRITEs of one file waiting for a COMMIT (RFC 1813 3.3.7 and 3.3.21).
+struct Unstable {
+    /// The write verifier of the first of them: a COMMIT (or a later WRITE) with
+    /// another one means the server restarted and may have lost them.
+    verf: [u8; 8],
+    /// The verifier changed between two of them: the next COMMIT fails.
+    lost: bool,
+    /// Counts the WRITEs, so that a COMMIT settles only those sent before it.
+    writes: u64,
 }
 
 /// One connection with the runtime that drives it; each FUSE worker thread takes one
@@ -363,6 +397,15 @@ impl NfsFs {
                     }
                 }
             }
+            Err(e) if e.is_connection_reusable() => {
+                lock(&self.links).push(link);
+                warn!("{procedure}: {e}");
+                Err(match e {
+                    RpcError::Auth(_) => Errno::EACCES,
+                    RpcError::ProcUnavail | RpcError::ProgUnavail => Errno::EOPNOTSUPP,
+                    _ => Errno::EIO,
+                })
+            }
             Err(e) => {
                 // The idle ones went to the same server: most likely gone too.
                 lock(&self.links).clear();
@@ -477,17 +520,36 @@ impl NfsFs {
         Ok(self.remember(ok.object, &attrs))
     }
 
+    /// COMMITs the file's UNSTABLE WRITEs; EIO if the server's write verifier changed
+    /// since the first of them (it restarted, and may have lost them).
     fn commit(&self, ino: INodeNo) -> Result<(), Errno> {
-        if !self.tables().unstable.contains(&ino.0) {
+        let Some((verf, lost, writes)) = self
+            .tables()
+            .unstable
+            .get(&ino.0)
+            .map(|u| (u.verf, u.lost, u.writes))
+        else {
             return Ok(());
-        }
+        };
         let args = COMMIT3args {
             file: self.fh(ino)?,
             offset: 0,
             count: 0,
         };
-        call!(self, commit(&args))?;
-        self.tables().unstable.remove(&ino.0);
+        let ok = call!(self, commit(&args))?;
+        let mut tables = self.tables();
+        // WRITEs that came meanwhile wait for the next COMMIT.
+        if tables
+            .unstable
+            .get(&ino.0)
+            .is_some_and(|u| u.writes == writes)
+        {
+            tables.unstable.remove(&ino.0);
+        }
+        if lost || ok.verf.0 != verf {
+            warn!("the server's write verifier changed before a COMMIT: written data may be lost");
+            return Err(Errno::EIO);
+        }
         Ok(())
     }
 }
@@ -510,8 +572,8 @@ fn refused<T, E>(
 }
 
 /// Mounts the export over NFSv3 (MOUNT on the NFS port, AUTH_UNIX, an unprivileged
-/// source port).
-async fn open(opts: &MountOptions) -> Result<Conn, nfs3_client::ConnectError> {
+/// source port), within `CONNECT_TIMEOUT`.
+async fn open(opts: &MountOptions) -> Result<Conn, Box<dyn std::error::Error + Send + Sync>> {
     let credential = opaque_auth::auth_unix(&auth_unix {
         stamp: std::process::id(),
         machinename: Opaque::owned(b"bftnfs-mount".to_vec()),
@@ -519,13 +581,17 @@ async fn open(opts: &MountOptions) -> Result<Conn, nfs3_client::ConnectError> {
         gid: opts.gid,
         gids: vec![opts.gid],
     });
-    Nfs3ConnectionBuilder::new(NoDelay, opts.server.ip().to_string(), &opts.export)
+    let mount = Nfs3ConnectionBuilder::new(NoDelay, opts.server.ip().to_string(), &opts.export)
         .mount_port(opts.server.port())
         .nfs3_port(opts.server.port())
         .connect_from_privileged_port(false)
         .credential(credential)
-        .mount()
-        .await
+        .mount();
+    match tokio::time::timeout(CONNECT_TIMEOUT, mount).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(Box::new(e)),
+        Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT:?}").into()),
+    }
 }
 
 impl NfsFs {
@@ -539,11 +605,13 @@ impl NfsFs {
                 export: opts.export.clone(),
                 source: Box::new(e),
             })?;
-        let mut conn = rt.block_on(open(&opts)).map_err(|e| MountError::Connect {
-            server: opts.server,
-            export: opts.export.clone(),
-            source: Box::new(e),
-        })?;
+        let mut conn = rt
+            .block_on(open(&opts))
+            .map_err(|source| MountError::Connect {
+                server: opts.server,
+                export: opts.export.clone(),
+                source,
+            })?;
         let root = conn.root_nfs_fh3();
         let attrs = refused(
             "GETATTR",
@@ -567,7 +635,7 @@ impl NfsFs {
                 (p, 0) => p,
                 (p, m) => p.min(m),
             }
-            .clamp(4096, TRANSFER_BYTES_MAX)
+            .clamp(1, TRANSFER_BYTES_MAX)
         };
         Ok(NfsFs {
             read_bytes: size(info.rtpref, info.rtmax),
@@ -735,7 +803,7 @@ impl Filesystem for NfsFs {
         answer_entry(
             reply,
             &ttl,
-            self.make_file(req, parent, name, mode, umask, false),
+            self.make_file(req, parent, name, mode, umask, true, false),
         )
     }
 
@@ -890,8 +958,10 @@ impl Filesystem for NfsFs {
             };
             match call!(self, read(&args)) {
                 Ok(ok) => {
-                    data.extend_from_slice(ok.data.as_ref());
-                    if ok.eof || ok.data.is_empty() {
+                    // A server that sends more than asked: the kernel takes no more.
+                    let got = ok.data.as_ref();
+                    data.extend_from_slice(&got[..got.len().min(want as usize)]);
+                    if ok.eof || got.is_empty() {
                         break;
                     }
                 }
@@ -931,7 +1001,14 @@ impl Filesystem for NfsFs {
                 Ok(ok) if ok.count == 0 => return reply.error(Errno::EIO),
                 Ok(ok) => {
                     if ok.committed != stable_how::FILE_SYNC {
-                        self.tables().unstable.insert(ino.0);
+                        let mut tables = self.tables();
+                        let u = tables.unstable.entry(ino.0).or_insert(Unstable {
+                            verf: ok.verf.0,
+                            lost: false,
+                            writes: 0,
+                        });
+                        u.lost |= u.verf != ok.verf.0;
+                        u.writes += 1;
                     }
                     done += (ok.count as usize).min(chunk.len());
                 }
@@ -1022,10 +1099,18 @@ impl Filesystem for NfsFs {
                             Nfs3Option::Some(a) => file_type(a.type_),
                             Nfs3Option::None => FileType::RegularFile,
                         },
+                        // Removed since the listing: leave it out.
+                        Err(err) if err == Errno::ENOENT => continue,
                         Err(err) => return reply.error(err),
                     }
                 }
             };
+            // The kernel asks again from the last offset it took: a cookie of 0 or one
+            // that does not move would list the same entries for ever.
+            if e.cookie == 0 || e.cookie == offset {
+                warn!("READDIRPLUS gave the cookie {} after {offset}", e.cookie);
+                return reply.error(Errno::EIO);
+            }
             let ino = INodeNo(self.ino(e.fileid));
             if reply.add(ino, e.cookie, kind, OsStr::from_bytes(e.name.as_ref())) {
                 break;
@@ -1119,7 +1204,8 @@ impl Filesystem for NfsFs {
     ) {
         let ttl = self.ttl();
         let exclusive = flags & libc::O_EXCL != 0;
-        match self.make_file(req, parent, name, mode, umask, exclusive) {
+        let truncate = flags & libc::O_TRUNC != 0;
+        match self.make_file(req, parent, name, mode, umask, exclusive, truncate) {
             Ok(attr) => reply.created(
                 &ttl,
                 &attr,
@@ -1133,7 +1219,11 @@ impl Filesystem for NfsFs {
 }
 
 impl NfsFs {
-    /// CREATE: GUARDED for O_EXCL (EEXIST if the name exists), else UNCHECKED.
+    /// CREATE: GUARDED for O_EXCL and mknod (EEXIST if the name exists), else
+    /// UNCHECKED, which also truncates for O_TRUNC: the kernel asked because its lookup
+    /// found nothing, so it takes the file for new and will not truncate it itself if
+    /// another client made it meanwhile.
+    #[allow(clippy::too_many_arguments)]
     fn make_file(
         &self,
         _req: &Request,
@@ -1142,6 +1232,7 @@ impl NfsFs {
         mode: u32,
         umask: u32,
         exclusive: bool,
+        truncate: bool,
     ) -> Result<FileAttr, Errno> {
         let dir = self.fh(parent)?;
         let attributes = sattr3 {
@@ -1153,7 +1244,14 @@ impl NfsFs {
             how: if exclusive {
                 createhow3::GUARDED(attributes)
             } else {
-                createhow3::UNCHECKED(attributes)
+                createhow3::UNCHECKED(sattr3 {
+                    size: if truncate {
+                        Nfs3Option::Some(0)
+                    } else {
+                        Nfs3Option::None
+                    },
+                    ..attributes
+                })
             },
         };
         let ok = call!(self, create(&args))?;

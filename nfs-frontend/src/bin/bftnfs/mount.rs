@@ -15,11 +15,13 @@ use tracing::info;
 /// Runs in the foreground until the directory is unmounted: Ctrl-C or SIGTERM unmounts
 /// it, and so does `fusermount3 -u DIR` (or `umount DIR` as root). Each file operation is
 /// one NFS call to the server (a few for large reads and writes); names and attributes
-/// are cached for `--attr-ttl`, and a file's cached pages are dropped at every open, so
-/// a file closed by one client is read whole by the next (close-to-open consistency).
+/// are cached for `--attr-ttl`, and a file's cached pages are dropped at every open;
+/// with `--attr-ttl 0` a file closed by one client is read whole by the next
+/// (close-to-open consistency), with more a change can show up to that much later.
 /// Permissions are checked by the kernel against the files' modes; every call carries
 /// the one identity given by `--uid`/`--gid`. If the server goes away, calls fail with
-/// EIO and the next one connects again. Needs /dev/fuse and fusermount3 (Debian: fuse3).
+/// EIO (within about 30 s if its host vanished silently) and the next one connects
+/// again. Needs /dev/fuse and fusermount3 (Debian: fuse3).
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The NFS server as HOST:PORT (NFS and MOUNT on one port, as `bftnfs up` and
