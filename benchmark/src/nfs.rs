@@ -2,8 +2,10 @@
 //! (`mkdir -p`, `cp -r`, `rm -r`, `ls -lR`, `cat`) would make, one at a time, each turned
 //! into an `anyhow` error naming the procedure when the server refuses it.
 //!
-//! nfs3_client defaults to AUTH_NULL and a privileged source port (notes/nfs.md): both
-//! are overridden here, and the socket gets TCP_NODELAY so that no call waits on Nagle.
+//! nfs3_client defaults to AUTH_NULL and a privileged source port (notes/nfs.md): the
+//! connection comes from `nfs_mount::connect_export`, which overrides both, sets
+//! TCP_NODELAY so that no call waits on Nagle, and makes a closed socket an error
+//! (nfs3_client's own stream spins on it, where no timeout can fire).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -13,17 +15,13 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use nfs3_client::net::Connector;
+use nfs3_client::RpcError;
 use nfs3_client::nfs3_types::nfs3::{
     COMMIT3args, CREATE3args, FSINFO3args, GETATTR3args, LOOKUP3args, MKDIR3args, Nfs3Option,
     Nfs3Result, READ3args, READDIRPLUS3args, REMOVE3args, RMDIR3args, WRITE3args, cookieverf3,
     createhow3, diropargs3, fattr3, filename3, ftype3, nfs_fh3, sattr3, stable_how,
 };
-use nfs3_client::nfs3_types::rpc::{auth_unix, opaque_auth};
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
-use nfs3_client::tokio::TokioIo;
-use nfs3_client::{Nfs3ConnectionBuilder, RpcError};
-use tokio::net::TcpStream;
 
 use crate::cpu::Usage;
 
@@ -49,40 +47,6 @@ pub struct Identity {
     pub gid: u32,
 }
 
-/// TokioConnector with TCP_NODELAY: every RPC is one write, but a reply must never wait
-/// for a delayed ACK.
-struct NoDelayConnector;
-
-impl Connector for NoDelayConnector {
-    type Connection = TokioIo<TcpStream>;
-
-    async fn connect(&self, addr: SocketAddr) -> std::io::Result<Self::Connection> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        Ok(TokioIo::new(stream))
-    }
-
-    async fn connect_with_port(
-        &self,
-        addr: SocketAddr,
-        local_port: u16,
-    ) -> std::io::Result<Self::Connection> {
-        let socket = if addr.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        let local = match addr {
-            SocketAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], local_port)),
-            SocketAddr::V6(_) => SocketAddr::from(([0u16; 8], local_port)),
-        };
-        socket.bind(local)?;
-        let stream = socket.connect(addr).await?;
-        stream.set_nodelay(true)?;
-        Ok(TokioIo::new(stream))
-    }
-}
-
 /// One directory entry as READDIRPLUS (or a LOOKUP/GETATTR fallback) gives it.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -92,7 +56,7 @@ pub struct Entry {
 }
 
 pub struct Client {
-    conn: nfs3_client::Nfs3Connection<TokioIo<TcpStream>>,
+    conn: nfs_mount::Conn,
     /// The latency of every call made in a timed part (`CallTimes::start_timing`).
     pub calls: CallTimes,
 }
@@ -176,23 +140,13 @@ fn handle(procedure: &str, fh: Nfs3Option<nfs_fh3>) -> Result<nfs_fh3> {
 
 impl Client {
     pub async fn connect(endpoint: &Endpoint, identity: Identity) -> Result<Client> {
-        let credential = opaque_auth::auth_unix(&auth_unix {
-            stamp: std::process::id(),
-            machinename: Opaque::owned(b"bftnfs-bench".to_vec()),
-            uid: identity.uid,
-            gid: identity.gid,
-            gids: vec![identity.gid],
-        });
-        let conn = Nfs3ConnectionBuilder::new(
-            NoDelayConnector,
-            endpoint.addr.ip().to_string(),
+        let conn = nfs_mount::connect_export(
+            endpoint.addr,
             &endpoint.export,
+            identity.uid,
+            identity.gid,
+            "bftnfs-bench",
         )
-        .mount_port(endpoint.addr.port())
-        .nfs3_port(endpoint.addr.port())
-        .connect_from_privileged_port(false)
-        .credential(credential)
-        .mount()
         .await
         .with_context(|| {
             format!(

@@ -132,6 +132,14 @@ fn sh(cwd: &Path, script: &str) -> String {
     })
 }
 
+/// The next value of a seeded xorshift64 sequence (`x` must not be 0).
+fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
 /// A source tree: nested directories, small files, a 3 MiB file of varied bytes, a
 /// symlink.
 fn make_source(root: &Path) {
@@ -144,14 +152,7 @@ fn make_source(root: &Path) {
         std::fs::write(root.join(dir).join(format!("f{i}.txt")), body).expect("write");
     }
     let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-    let big: Vec<u8> = (0..3 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let big: Vec<u8> = (0..3 << 20).map(|_| xorshift(&mut x) as u8).collect();
     std::fs::write(root.join("lib/big.bin"), big).expect("write big");
     std::os::unix::fs::symlink("../a/f1.txt", root.join("lib/link")).expect("symlink");
 }
@@ -400,12 +401,7 @@ fn apply(root: &Path, op: &Op) -> Result<String, std::io::ErrorKind> {
 /// directories fill and empty, and links meet renames.
 fn random_ops(seed: u64, count: usize) -> Vec<Op> {
     let mut x = seed | 1;
-    let mut next = move |n: u64| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x % n
-    };
+    let mut next = move |n: u64| xorshift(&mut x) % n;
     let dirs = ["", "d1/", "d2/", "d1/e/"];
     let mut ops = vec![
         Op::Mkdir("d1".into()),

@@ -232,7 +232,8 @@ impl Connector for NoDelay {
     }
 }
 
-type Conn = Nfs3Connection<Stream>;
+/// A connection made by `connect_export`.
+pub type Conn = Nfs3Connection<Stream>;
 
 /// A FUSE inode the kernel knows: its handle and how many lookups it holds.
 struct Known {
@@ -358,18 +359,14 @@ impl NfsFs {
         if let Some(link) = lock(&self.links).pop() {
             return Ok(link);
         }
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|_| Errno::EIO)?;
-        match rt.block_on(open(&self.opts)) {
-            Ok(conn) => {
-                if conn.root_nfs_fh3() != self.root {
+        match Link::open(&self.opts) {
+            Ok(link) => {
+                if link.conn.root_nfs_fh3() != self.root {
                     // Another export (or a server that was replaced): handles held by
                     // the kernel mean nothing there.
                     warn!("the export's root handle changed on reconnecting");
                 }
-                Ok(Link { rt, conn })
+                Ok(link)
             }
             Err(e) => {
                 warn!("connecting to {}: {e}", self.opts.server);
@@ -571,47 +568,61 @@ fn refused<T, E>(
     }
 }
 
-/// Mounts the export over NFSv3 (MOUNT on the NFS port, AUTH_UNIX, an unprivileged
-/// source port), within `CONNECT_TIMEOUT`.
-async fn open(opts: &MountOptions) -> Result<Conn, Box<dyn std::error::Error + Send + Sync>> {
+/// Mounts `export` of the NFSv3 server at `server` (MOUNT on the NFS port, as bftnfs's
+/// servers have it) over a `Stream`, from an unprivileged source port, with AUTH_UNIX
+/// `uid`/`gid` from host `machine`. The benchmark's client connects with it too.
+pub async fn connect_export(
+    server: SocketAddr,
+    export: &str,
+    uid: u32,
+    gid: u32,
+    machine: &str,
+) -> Result<Conn, nfs3_client::ConnectError> {
     let credential = opaque_auth::auth_unix(&auth_unix {
         stamp: std::process::id(),
-        machinename: Opaque::owned(b"bftnfs-mount".to_vec()),
-        uid: opts.uid,
-        gid: opts.gid,
-        gids: vec![opts.gid],
+        machinename: Opaque::owned(machine.as_bytes().to_vec()),
+        uid,
+        gid,
+        gids: vec![gid],
     });
-    let mount = Nfs3ConnectionBuilder::new(NoDelay, opts.server.ip().to_string(), &opts.export)
-        .mount_port(opts.server.port())
-        .nfs3_port(opts.server.port())
+    Nfs3ConnectionBuilder::new(NoDelay, server.ip().to_string(), export)
+        .mount_port(server.port())
+        .nfs3_port(server.port())
         .connect_from_privileged_port(false)
         .credential(credential)
-        .mount();
-    match tokio::time::timeout(CONNECT_TIMEOUT, mount).await {
-        Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => Err(Box::new(e)),
-        Err(_) => Err(format!("no answer within {CONNECT_TIMEOUT:?}").into()),
+        .mount()
+        .await
+}
+
+impl Link {
+    /// A new connection, on a runtime of its own, within `CONNECT_TIMEOUT`.
+    fn open(opts: &MountOptions) -> Result<Link, Box<dyn std::error::Error + Send + Sync>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let mount = connect_export(
+            opts.server,
+            &opts.export,
+            opts.uid,
+            opts.gid,
+            "bftnfs-mount",
+        );
+        let conn = match rt.block_on(async { tokio::time::timeout(CONNECT_TIMEOUT, mount).await }) {
+            Ok(connected) => connected?,
+            Err(_) => return Err(format!("no answer within {CONNECT_TIMEOUT:?}").into()),
+        };
+        Ok(Link { rt, conn })
     }
 }
 
 impl NfsFs {
     /// Connects and reads the root's attributes and the server's transfer sizes.
     pub fn connect(opts: MountOptions) -> Result<NfsFs, MountError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| MountError::Connect {
-                server: opts.server,
-                export: opts.export.clone(),
-                source: Box::new(e),
-            })?;
-        let mut conn = rt
-            .block_on(open(&opts))
-            .map_err(|source| MountError::Connect {
-                server: opts.server,
-                export: opts.export.clone(),
-                source,
-            })?;
+        let Link { rt, mut conn } = Link::open(&opts).map_err(|source| MountError::Connect {
+            server: opts.server,
+            export: opts.export.clone(),
+            source,
+        })?;
         let root = conn.root_nfs_fh3();
         let attrs = refused(
             "GETATTR",
@@ -651,16 +662,13 @@ impl NfsFs {
         })
     }
 
-    fn ttl(&self) -> Duration {
-        self.opts.attr_ttl
-    }
-}
-
-/// Answers a request that made or found an object: its entry, or the error.
-fn answer_entry(reply: ReplyEntry, ttl: &Duration, result: Result<FileAttr, Errno>) {
-    match result {
-        Ok(attr) => reply.entry(ttl, &attr, Generation(0)),
-        Err(e) => reply.error(e),
+    /// Answers a request that made or found an object: its entry, which the kernel may
+    /// cache for `attr_ttl`, or the error.
+    fn answer_entry(&self, reply: ReplyEntry, result: Result<FileAttr, Errno>) {
+        match result {
+            Ok(attr) => reply.entry(&self.opts.attr_ttl, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
     }
 }
 
@@ -680,10 +688,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Filesystem for NfsFs {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let ttl = self.ttl();
-        answer_entry(
+        self.answer_entry(
             reply,
-            &ttl,
             self.fh(parent).and_then(|p| self.lookup_in(&p, name)),
         );
     }
@@ -700,9 +706,8 @@ impl Filesystem for NfsFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let ttl = self.ttl();
         match self.fh(ino).and_then(|fh| self.getattr(&fh)) {
-            Ok(a) => reply.attr(&ttl, &self.attr(&a)),
+            Ok(a) => reply.attr(&self.opts.attr_ttl, &self.attr(&a)),
             Err(e) => reply.error(e),
         }
     }
@@ -754,7 +759,6 @@ impl Filesystem for NfsFs {
                 Some(Some(t)) => set_mtime::SET_TO_CLIENT_TIME(t),
             },
         };
-        let ttl = self.ttl();
         let result = self.fh(ino).and_then(|fh| {
             let args = SETATTR3args {
                 object: fh.clone(),
@@ -768,7 +772,7 @@ impl Filesystem for NfsFs {
             }
         });
         match result {
-            Ok(a) => reply.attr(&ttl, &self.attr(&a)),
+            Ok(a) => reply.attr(&self.opts.attr_ttl, &self.attr(&a)),
             Err(e) => reply.error(e),
         }
     }
@@ -799,10 +803,8 @@ impl Filesystem for NfsFs {
         if mode & libc::S_IFMT != libc::S_IFREG {
             return reply.error(Errno::EPERM);
         }
-        let ttl = self.ttl();
-        answer_entry(
+        self.answer_entry(
             reply,
-            &ttl,
             self.make_file(req, parent, name, mode, umask, true, false),
         )
     }
@@ -816,7 +818,6 @@ impl Filesystem for NfsFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        let ttl = self.ttl();
         let result = self.fh(parent).and_then(|dir| {
             let args = MKDIR3args {
                 where_: dirop(&dir, name),
@@ -828,7 +829,7 @@ impl Filesystem for NfsFs {
             let ok = call!(self, mkdir(&args))?;
             self.made(&dir, name, ok.obj, ok.obj_attributes)
         });
-        answer_entry(reply, &ttl, result)
+        self.answer_entry(reply, result)
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -859,7 +860,6 @@ impl Filesystem for NfsFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        let ttl = self.ttl();
         let result = self.fh(parent).and_then(|dir| {
             let args = SYMLINK3args {
                 where_: dirop(&dir, link_name),
@@ -871,7 +871,7 @@ impl Filesystem for NfsFs {
             let ok = call!(self, symlink(&args))?;
             self.made(&dir, link_name, ok.obj, ok.obj_attributes)
         });
-        answer_entry(reply, &ttl, result)
+        self.answer_entry(reply, result)
     }
 
     fn rename(
@@ -908,7 +908,6 @@ impl Filesystem for NfsFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let ttl = self.ttl();
         let result = self.fh(ino).and_then(|file| {
             let dir = self.fh(newparent)?;
             let args = LINK3args {
@@ -922,7 +921,7 @@ impl Filesystem for NfsFs {
             };
             Ok(self.remember(file, &attrs))
         });
-        answer_entry(reply, &ttl, result)
+        self.answer_entry(reply, result)
     }
 
     fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -1202,12 +1201,11 @@ impl Filesystem for NfsFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let ttl = self.ttl();
         let exclusive = flags & libc::O_EXCL != 0;
         let truncate = flags & libc::O_TRUNC != 0;
         match self.make_file(req, parent, name, mode, umask, exclusive, truncate) {
             Ok(attr) => reply.created(
-                &ttl,
+                &self.opts.attr_ttl,
                 &attr,
                 Generation(0),
                 FileHandle(0),

@@ -100,9 +100,10 @@ pub fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>
 }
 
 /// [`shutdown_signal`] for a thread that owns its own runtime `rt`.
+/// The future does not borrow `rt`, so `rt` can move to the thread that awaits it.
 pub fn shutdown_signal_in(
     rt: &tokio::runtime::Runtime,
-) -> anyhow::Result<impl std::future::Future<Output = ()>> {
+) -> anyhow::Result<impl std::future::Future<Output = ()> + use<>> {
     let _guard = rt.enter();
     shutdown_signal()
 }

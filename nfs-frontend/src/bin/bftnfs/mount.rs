@@ -104,10 +104,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("building the signal runtime")?;
-    let shutdown = {
-        let _in_runtime = signals.enter();
-        crate::shutdown_signal()?
-    };
+    let shutdown = crate::shutdown_signal_in(&signals)?;
     let mountpoint = args.mountpoint.clone();
     std::thread::Builder::new()
         .name("unmount-on-signal".into())
