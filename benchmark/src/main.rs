@@ -146,6 +146,15 @@ struct MicroArgs {
     /// operations wait and travel bundled, up to 64 in one signed request).
     #[arg(long, default_value_t = 4)]
     bundle_sessions: u64,
+    /// Clusters to start and measure, in this order: `batching` (the latency series and
+    /// a throughput curve), `no-batching` and `bundling` (a throughput curve each).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "batching,no-batching,bundling"
+    )]
+    deployments: Vec<micro::Deployment>,
     /// Samples per primitive (round trips and signatures; counter writes are a tenth).
     #[arg(long, default_value_t = 2000)]
     primitive_samples: usize,
@@ -465,6 +474,7 @@ fn run_micro(args: MicroArgs, usig: UsigKind, data_root: &Path) -> Result<()> {
         clients: args.clients,
         seconds: args.seconds,
         bundle_sessions: args.bundle_sessions,
+        deployments: args.deployments,
         primitives_only: args.primitives_only,
         primitives: PrimitiveCounts {
             round_trips: args.primitive_samples.max(1),

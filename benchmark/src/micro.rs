@@ -44,8 +44,31 @@ pub struct MicroConfig {
     pub seconds: f64,
     /// BFT sessions of the client in the bundling throughput runs.
     pub bundle_sessions: u64,
+    /// The cluster deployments to measure, in the order they run.
+    pub deployments: Vec<Deployment>,
     pub primitives_only: bool,
     pub primitives: PrimitiveCounts,
+}
+
+/// One embedded cluster the micro-benchmark starts and measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Deployment {
+    /// Batching on (the cluster's default): the latency series, then throughput.
+    Batching,
+    /// One request per batch: throughput only.
+    NoBatching,
+    /// Batching, and the client bundles what waits beyond its sessions: throughput only.
+    Bundling,
+}
+
+impl Deployment {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Batching => "batching",
+            Self::NoBatching => "no-batching",
+            Self::Bundling => "bundling",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -123,13 +146,11 @@ fn protocol(config: &MicroConfig, report: &mut MicroReport) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    // (batching, bundling): the paper's two throughput curves, then bundling on top.
-    for (batching, bundling) in [(true, false), (false, false), (true, true)] {
-        let name = match (batching, bundling) {
-            (true, false) => "batching",
-            (false, false) => "no-batching",
-            _ => "bundling",
-        };
+    // The paper's two throughput curves, then bundling on top.
+    for &deployment in &config.deployments {
+        let name = deployment.name();
+        let batching = deployment != Deployment::NoBatching;
+        let bundling = deployment == Deployment::Bundling;
         let mut cluster = replicated::start(&ClusterConfig {
             f: config.f,
             // A new directory each run: a cluster is never restarted on another run's
