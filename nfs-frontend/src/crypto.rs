@@ -9,8 +9,9 @@
 //! check nobody's, a client can check replies to itself only. A missing key never
 //! verifies.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use consensus::crypto::{constant_time_eq, hmac_sha256};
 use consensus::types::Ui;
@@ -44,6 +45,8 @@ struct Inner {
     n: u32,
     /// Request signatures already found valid (see `VerifiedRequests`).
     verified: Mutex<VerifiedRequests>,
+    /// Signalled when a check `verified` lists as running ends.
+    verified_done: Condvar,
     /// Digests of large requests already hashed here (see `RequestDigests`).
     digests: Mutex<RequestDigests>,
 }
@@ -116,11 +119,25 @@ impl RequestDigests {
 /// PREPARE and again by every COMMIT. A hit requires the same signer, digest and
 /// signature bytes (hashed under a domain tag per kind), so it answers exactly what
 /// verifying again would.
+///
+/// A check that another thread of this party is running on the same key is waited for
+/// (`CHECK_WAIT_MAX`), not repeated: a backup's idle-priority verifier
+/// (`replica::verifier`) is usually half-way through the client's copy when the PREPARE
+/// carrying it reaches the protocol loop, and before this the loop verified it again,
+/// about 1.2 extra ECDSA verifications per ordered request across the backups.
 #[derive(Default)]
 struct VerifiedRequests {
     set: HashSet<Digest>,
     order: VecDeque<Digest>,
+    /// Keys being checked now, with how many threads check each.
+    running: HashMap<Digest, u32>,
 }
+
+/// How long a thread waits for another's check of the same signature before it checks
+/// on its own. Several ECDSA verifications long, so that an idle-priority verifier that
+/// is half-way through gets the core the waiting thread leaves; bounded, because that
+/// verifier may get no core at all on a saturated host.
+const CHECK_WAIT_MAX: Duration = Duration::from_micros(500);
 
 /// First byte of a read-only authenticator, which is 1 + 16 n bytes long: never 64, the
 /// length of an ECDSA signature (r‖s), so the two cannot be confused.
@@ -255,6 +272,7 @@ impl ClusterCrypto {
             me: None,
             n: config.n(),
             verified: Mutex::default(),
+            verified_done: Condvar::new(),
             digests: Mutex::default(),
         })
     }
@@ -323,18 +341,55 @@ impl ClusterCrypto {
         out
     }
 
-    /// `verify()`, unless the same `key` verified before (`VerifiedRequests`); a success
-    /// is remembered, a failure never.
+    /// `verify()`, unless the same `key` verified before (`VerifiedRequests`) or does
+    /// while we wait for a check of it already running; a success is remembered, a
+    /// failure never (a waiter then checks for itself).
     fn verified_once(&self, key: Digest, verify: impl FnOnce() -> bool) -> bool {
-        let cache = || self.0.verified.lock().unwrap_or_else(|p| p.into_inner());
-        if cache().set.contains(&key) {
-            return true;
+        self.verified_once_within(key, CHECK_WAIT_MAX, verify)
+    }
+
+    /// `verified_once`, waiting at most `wait` for a running check of `key`.
+    fn verified_once_within(
+        &self,
+        key: Digest,
+        wait: Duration,
+        verify: impl FnOnce() -> bool,
+    ) -> bool {
+        let mut cache = self.verified_cache();
+        let deadline = Instant::now() + wait;
+        loop {
+            if cache.set.contains(&key) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !cache.running.contains_key(&key) || left.is_zero() {
+                break;
+            }
+            cache = match self.0.verified_done.wait_timeout(cache, left) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
         }
+        *cache.running.entry(key).or_default() += 1;
+        drop(cache);
         let ok = verify();
+        let mut cache = self.verified_cache();
         if ok {
-            cache().insert(key);
+            cache.insert(key);
         }
+        if let Some(count) = cache.running.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                cache.running.remove(&key);
+            }
+        }
+        drop(cache);
+        self.0.verified_done.notify_all();
         ok
+    }
+
+    fn verified_cache(&self) -> MutexGuard<'_, VerifiedRequests> {
+        self.0.verified.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn reply_key(&self, replica: ReplicaId, client: ClientId) -> Option<&[u8; 32]> {
@@ -523,6 +578,65 @@ mod tests {
         let memo = r0.0.digests.lock().unwrap();
         assert!(memo.entries.len() <= REQUEST_DIGESTS_MAX);
         assert!(memo.bytes <= REQUEST_DIGESTS_BYTES_MAX);
+    }
+
+    #[test]
+    fn a_check_running_on_another_thread_is_waited_for_not_repeated() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use std::sync::mpsc;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = keygen(dir.path(), &KeygenOptions::new(1, 1)).expect("keygen");
+        let c = ClusterConfig::load(&path).expect("load");
+        let r0 = ClusterCrypto::for_replica(&c, &c.replica_secrets(0).expect("r0")).expect("r0");
+        let checks = AtomicU32::new(0);
+        // The first thread's check of `key` runs until released, and answers `first`;
+        // a second thread asks for the same key meanwhile, waiting up to `wait`.
+        let race = |key: Digest, first: bool, wait: Duration| {
+            checks.store(0, Ordering::SeqCst);
+            let (started, is_started) = mpsc::channel();
+            let (release, is_released) = mpsc::channel::<()>();
+            let (r0, checks) = (&r0, &checks);
+            std::thread::scope(|s| {
+                let a = s.spawn(move || {
+                    r0.verified_once_within(key, wait, || {
+                        started.send(()).expect("send");
+                        is_released.recv().expect("released");
+                        checks.fetch_add(1, Ordering::SeqCst);
+                        first
+                    })
+                });
+                is_started.recv().expect("started");
+                let b = s.spawn(move || {
+                    r0.verified_once_within(key, wait, || {
+                        checks.fetch_add(1, Ordering::SeqCst);
+                        true
+                    })
+                });
+                // Let the second thread reach its wait (or its own check) first.
+                std::thread::sleep(Duration::from_millis(50));
+                release.send(()).expect("release");
+                let a = a.join().expect("a");
+                let b = b.join().expect("b");
+                (a, b, checks.load(Ordering::SeqCst))
+            })
+        };
+        // Waited for: one check answers both.
+        assert_eq!(
+            race([1; 32], true, Duration::from_secs(60)),
+            (true, true, 1)
+        );
+        // A failure is not an answer for the waiter, which checks for itself.
+        assert_eq!(
+            race([2; 32], false, Duration::from_secs(60)),
+            (false, true, 2)
+        );
+        // A check running longer than the wait: the waiter checks for itself.
+        assert_eq!(
+            race([3; 32], true, Duration::from_millis(1)),
+            (true, true, 2)
+        );
+        // Nothing is left marked as running.
+        assert!(r0.verified_cache().running.is_empty());
     }
 
     fn bincode_round_trip(r: &consensus::Request) -> consensus::Request {

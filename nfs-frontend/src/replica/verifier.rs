@@ -21,8 +21,11 @@
 //! - the queue is bounded, in jobs and in bytes (a sender's message is held before
 //!   any check, also of its size); a full queue means verifying at once.
 //!
-//! A job the loop takes back while the thread is already verifying it is verified
-//! twice; the thread's answer is then dropped. A deferred request whose PREPARE arrived
+//! A job the loop takes back while the thread is already verifying it, or a request
+//! the loop meets inside a PREPARE while the thread verifies the client's copy, is not
+//! verified twice: the loop waits for the thread's check of the same signature
+//! (`ClusterCrypto::verified_once`, at most half a millisecond), and the thread's own
+//! answer is then dropped. A deferred request whose PREPARE arrived
 //! and executed first is dropped after its check (`Node::apply_deferred`): answering it
 //! would send the cached reply a second time, once per request per backup.
 
