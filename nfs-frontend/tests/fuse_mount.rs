@@ -175,6 +175,9 @@ fn ordinary_tools_work_on_a_mounted_replicated_file_system_while_its_primary_is_
     let listing = sh(work, "ls -lR mnt/copy1");
     assert!(listing.contains("big.bin") && listing.contains("link -> ../a/f1.txt"));
     assert_eq!(sh(work, "readlink mnt/copy1/lib/link"), "../a/f1.txt\n");
+    // st_blksize is the frontend's preferred WRITE size, by which cp sizes its writes
+    // (each one ordered WRITE): 1 MiB, not 4 KiB (128 KiB writes from cp).
+    assert_eq!(sh(work, "stat -c %o mnt/copy1/lib/big.bin"), "1048576\n");
     // Changes in place, each read back through the mount.
     let f = "mnt/copy1/a/f1.txt";
     assert_eq!(

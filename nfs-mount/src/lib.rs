@@ -61,7 +61,11 @@ const TRANSFER_BYTES_MAX: u32 = 1 << 20;
 /// READDIRPLUS sizes asked for per call.
 const READDIR_DIRCOUNT: u32 = 16 << 10;
 const READDIR_MAXCOUNT: u32 = 64 << 10;
-/// `st_blksize` reported for every file.
+/// The block statfs counts in, and the least `st_blksize` reported (which is otherwise
+/// the server's preferred WRITE size: tools such as `cp` size their buffers by it, and
+/// each of their writes is one FUSE WRITE and so one NFS WRITE, ordered across the
+/// replicas; a 4 KiB `st_blksize` made `cp` write in 128 KiB pieces, 8 ordered calls per
+/// MiB where 1 does).
 const BLOCK_BYTES: u32 = 4096;
 /// A connection whose peer has been silent this long is probed, every
 /// `KEEPALIVE_INTERVAL`, and given up after `KEEPALIVE_PROBES` unanswered probes (about
@@ -459,7 +463,7 @@ impl NfsFs {
                 }
                 _ => 0,
             },
-            blksize: BLOCK_BYTES,
+            blksize: self.write_bytes.max(BLOCK_BYTES),
             flags: 0,
         }
     }
