@@ -646,8 +646,12 @@ impl FileStateMachine {
         // The fetched chunks too, should the store live on another file system.
         self.store.sync().ctx("sync chunk store after install")?;
         // 3. The commit point: the new metadata.
+        // The digest tree starts over from the new metadata. Marking only the old and
+        // the new objects for rehashing dropped the marks already pending: an object
+        // removed since the last digest and absent from the new state kept its leaf,
+        // so the installed state never had the wanted digest.
+        self.tree = crate::digest::DigestTree::new();
         self.stale_leaves = meta.inodes.keys().copied().collect();
-        self.stale_leaves.extend(self.meta.inodes.keys().copied());
         self.meta = meta;
         self.dirty = Dirty::default();
         self.stale_chunks.clear();

@@ -98,6 +98,13 @@ impl Node {
     }
 
     fn start_transfer(&mut self, cert: CheckpointCert) {
+        self.begin_transfer(cert);
+        self.ask_state();
+    }
+
+    /// A transfer whose first request for the manifest waits for the manifest phase's
+    /// retry timeout (`transfer_tick`).
+    fn begin_transfer(&mut self, cert: CheckpointCert) {
         info!(
             id = self.id,
             n = cert.n,
@@ -108,10 +115,9 @@ impl Node {
             cert,
             started: Instant::now(),
             tried: BTreeSet::new(),
-            asked_tick: 0,
+            asked_tick: self.ticks,
             fetch: None,
         });
-        self.ask_state();
     }
 
     /// Asks the next peer for its stable checkpoint's manifest.
@@ -450,10 +456,12 @@ impl Node {
             Ok(true) => {}
             other => {
                 // Our store lost a chunk between fetch and install (disk fault or
-                // tampering): fetch again.
+                // tampering): fetch again, after the manifest phase's retry timeout,
+                // not at once: a fault that lasts would otherwise rewrite the export
+                // in a tight loop (one such, in the install itself, did every 6 ms).
                 warn!(id = self.id, result = ?other.err().map(|e| e.to_string()),
-                    "state transfer: installed state does not verify; fetching again");
-                self.start_transfer(cert);
+                    "state transfer: installed state does not verify; fetching again shortly");
+                self.begin_transfer(cert);
                 return Ok(());
             }
         }
