@@ -533,11 +533,20 @@ fn random_operations_on_the_mount_answer_as_on_a_local_disk_while_replicas_crash
     let up = Up::start(&work.join("cluster"));
     let mount = Mount::start(up.addr(), &work.join("mnt"));
     let remote = work.join("mnt");
-    let seed = std::env::var("BFTNFS_DIFF_SEED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0x5eed_00c4_u64);
-    const CRASHES: u32 = 3;
+    // Another seed, more crashes or less time between them to explore:
+    // BFTNFS_DIFF_SEED, BFTNFS_NEMESIS_CRASHES, BFTNFS_NEMESIS_GAP_MS,
+    // BFTNFS_NEMESIS_PAUSE.
+    let env = |k: &str, default: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let seed = env("BFTNFS_DIFF_SEED", 0x5eed_00c4);
+    let crashes_wanted = env("BFTNFS_NEMESIS_CRASHES", 3) as u32;
+    let gap = Duration::from_millis(env("BFTNFS_NEMESIS_GAP_MS", 1500));
+    // 1: the nemesis stops replicas (SIGSTOP, 1.5 s) instead of killing them.
+    let pause = env("BFTNFS_NEMESIS_PAUSE", 0) == 1;
     const ROUND_OPS: usize = 200;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -556,10 +565,20 @@ fn random_operations_on_the_mount_answer_as_on_a_local_disk_while_replicas_crash
             let mut victim = 0;
             // Operations run on all three first, and between crashes the restarted
             // replica catches up (log replay, fetches, or a state transfer).
-            while nap(Duration::from_millis(1500)) {
-                up.kill9(victim);
-                std::thread::sleep(Duration::from_millis(400));
-                up.restart(victim);
+            while nap(gap) {
+                if pause {
+                    // SIGSTOP: a replica that stalls with its connections open.
+                    let pid = up.pid_of(victim);
+                    // SAFETY: kill(2) of a replica this test started.
+                    unsafe { libc::kill(pid, libc::SIGSTOP) };
+                    std::thread::sleep(Duration::from_millis(1500));
+                    // SAFETY: as above.
+                    unsafe { libc::kill(pid, libc::SIGCONT) };
+                } else {
+                    up.kill9(victim);
+                    std::thread::sleep(Duration::from_millis(400));
+                    up.restart(victim);
+                }
                 crashes.fetch_add(1, Ordering::SeqCst);
                 victim = (victim + 1) % 3;
             }
@@ -567,11 +586,12 @@ fn random_operations_on_the_mount_answer_as_on_a_local_disk_while_replicas_crash
         })
     };
     let (remote2, local2, crashes2) = (remote.clone(), local.clone(), crashes.clone());
-    let (mut applied, mut count) = bounded(Duration::from_secs(300), move || {
+    let bound = Duration::from_secs(300) + (gap + Duration::from_secs(5)) * crashes_wanted;
+    let (mut applied, mut count) = bounded(bound, move || {
         let (mut applied, mut count) = (0, 0);
-        // Rounds of operations until the nemesis has crashed CRASHES replicas.
+        // Rounds of operations until the nemesis has crashed enough replicas.
         for round in 0.. {
-            if crashes2.load(Ordering::SeqCst) >= CRASHES {
+            if crashes2.load(Ordering::SeqCst) >= crashes_wanted {
                 break;
             }
             let ops = random_ops(seed + round, ROUND_OPS);
