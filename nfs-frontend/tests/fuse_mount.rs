@@ -530,18 +530,22 @@ fn random_operations_on_the_mount_answer_as_on_a_local_disk_while_replicas_crash
     let work = tmp.path();
     let local = work.join("local");
     std::fs::create_dir(&local).expect("local dir");
-    let up = Up::start(&work.join("cluster"));
-    let mount = Mount::start(up.addr(), &work.join("mnt"));
-    let remote = work.join("mnt");
     // Another seed, more crashes or less time between them to explore:
     // BFTNFS_DIFF_SEED, BFTNFS_NEMESIS_CRASHES, BFTNFS_NEMESIS_GAP_MS,
-    // BFTNFS_NEMESIS_PAUSE.
+    // BFTNFS_NEMESIS_PAUSE, BFTNFS_NEMESIS_F (f replicas at a time of 2f + 1).
     let env = |k: &str, default: u64| {
         std::env::var(k)
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
+    let f = env("BFTNFS_NEMESIS_F", 1).max(1) as u32;
+    let n = 2 * f + 1;
+    let up = Up::start_with(&work.join("cluster"), &["--f", &f.to_string()]);
+    let mount = Mount::start(up.addr(), &work.join("mnt"));
+    let remote = work.join("mnt");
+    // The f replicas from `first` on, round the ring.
+    let group = move |first: u32| -> Vec<u32> { (first..first + f).map(|i| i % n).collect() };
     let seed = env("BFTNFS_DIFF_SEED", 0x5eed_00c4);
     let crashes_wanted = env("BFTNFS_NEMESIS_CRASHES", 3) as u32;
     let gap = Duration::from_millis(env("BFTNFS_NEMESIS_GAP_MS", 1500));
@@ -566,21 +570,28 @@ fn random_operations_on_the_mount_answer_as_on_a_local_disk_while_replicas_crash
             // Operations run on all three first, and between crashes the restarted
             // replica catches up (log replay, fetches, or a state transfer).
             while nap(gap) {
+                let victims = group(victim);
                 if pause {
-                    // SIGSTOP: a replica that stalls with its connections open.
-                    let pid = up.pid_of(victim);
-                    // SAFETY: kill(2) of a replica this test started.
-                    unsafe { libc::kill(pid, libc::SIGSTOP) };
+                    // SIGSTOP: replicas that stall with their connections open.
+                    let pids: Vec<i32> = victims.iter().map(|&v| up.pid_of(v)).collect();
+                    for &pid in &pids {
+                        // SAFETY: kill(2) of a replica this test started.
+                        unsafe { libc::kill(pid, libc::SIGSTOP) };
+                    }
                     std::thread::sleep(Duration::from_millis(1500));
-                    // SAFETY: as above.
-                    unsafe { libc::kill(pid, libc::SIGCONT) };
+                    for &pid in &pids {
+                        // SAFETY: as above.
+                        unsafe { libc::kill(pid, libc::SIGCONT) };
+                    }
                 } else {
-                    up.kill9(victim);
+                    up.kill9_all(&victims);
                     std::thread::sleep(Duration::from_millis(400));
-                    up.restart(victim);
+                    for &v in &victims {
+                        up.restart(v);
+                    }
                 }
                 crashes.fetch_add(1, Ordering::SeqCst);
-                victim = (victim + 1) % 3;
+                victim = (victim + 1) % n;
             }
             up
         })
@@ -604,10 +615,11 @@ fn random_operations_on_the_mount_answer_as_on_a_local_disk_while_replicas_crash
     let mut up = nemesis.join().expect("nemesis");
     let crashed = crashes.load(Ordering::SeqCst);
 
-    // Every replica is a full member again: with any one of them stopped, the other
-    // two order the operations.
-    for victim in 0..3 {
-        up.kill9(victim);
+    // Every replica is a full member again: with any f of them stopped, the others
+    // order the operations.
+    for victim in 0..n {
+        let victims = group(victim);
+        up.kill9_all(&victims);
         let (remote2, local2) = (remote.clone(), local.clone());
         let round = 1000 + u64::from(victim);
         applied += bounded(Duration::from_secs(120), move || {
@@ -615,18 +627,22 @@ fn random_operations_on_the_mount_answer_as_on_a_local_disk_while_replicas_crash
             apply_both(&remote2, &local2, &ops, seed + round)
         });
         count += ROUND_OPS / 2;
-        up.restart(victim);
-        assert!(
-            trees_become_equal(&[local.clone(), up.export(victim)], Duration::from_secs(60)),
-            "replica {victim} did not catch up after its restart"
-        );
+        for &v in &victims {
+            up.restart(v);
+        }
+        for &v in &victims {
+            assert!(
+                trees_become_equal(&[local.clone(), up.export(v)], Duration::from_secs(60)),
+                "replica {v} did not catch up after its restart"
+            );
+        }
     }
     eprintln!("{applied} of {count} operations succeeded on both across {crashed} crashes");
     assert!(
         applied > count / 3,
         "only {applied} of {count} operations succeeded: the test lost its bite"
     );
-    for i in 0..3 {
+    for i in 0..n {
         assert!(
             trees_become_equal(&[local.clone(), up.export(i)], Duration::from_secs(60)),
             "replica {i}'s export differs from the local tree"
