@@ -452,6 +452,7 @@ impl FileStateMachine {
     pub(crate) fn refresh_chunks(&mut self) -> Result<u64, LocalFault> {
         let mut hashed = 0;
         let mut buf = Vec::new();
+        let mut shortened = Vec::new();
         for (id, idxs) in std::mem::take(&mut self.stale_chunks) {
             let Some(inode) = self.meta.inodes.get(&id) else {
                 continue;
@@ -474,8 +475,17 @@ impl FileStateMachine {
                 let off = i * CHUNK_BYTES;
                 let len = CHUNK_BYTES.min(size - off) as usize;
                 buf.resize(len, 0);
-                f.read_exact_at(&mut buf, off)
-                    .ctx("read chunk for hashing")?;
+                match f.read_exact_at(&mut buf, off) {
+                    Ok(()) => {}
+                    // Shorter than its metadata says: cut behind our back, which is
+                    // damage for the checkpoints to find and repair (as the scrub's
+                    // finds are), not a fault of this disk to stop for.
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        shortened.push(id);
+                        break;
+                    }
+                    Err(e) => return Err(e).ctx("read chunk for hashing"),
+                }
                 let h = digest::chunk_hash(&buf);
                 content.chunks[i as usize] = h;
                 if self.store_when_hashing {
@@ -483,6 +493,13 @@ impl FileStateMachine {
                 }
                 hashed += 1;
             }
+        }
+        for id in shortened {
+            tracing::warn!(
+                fileid = id,
+                "backing file shorter than its metadata (tampered or corrupt): this replica's checkpoint will disagree and repair itself"
+            );
+            self.mark_suspect(id);
         }
         Ok(hashed)
     }

@@ -288,7 +288,7 @@ impl FileStateMachine {
         ))
     }
 
-    fn mark_suspect(&mut self, id: u64) {
+    pub(crate) fn mark_suspect(&mut self, id: u64) {
         self.suspect.insert(id);
         self.stale_leaves.insert(id);
         self.stamps.remove(&id);

@@ -421,3 +421,37 @@ fn an_object_removed_since_the_last_digest_leaves_no_leaf_behind_an_install() {
     assert_eq!(d, want);
     diff_trees(&a.export(), &b.export()).unwrap();
 }
+
+/// A backing file cut short behind the state machine's back, then written to through
+/// it: hashing the written chunk meets the end of the file early. That is damage to
+/// repair (the file is suspect, the digest disagrees, an install restores it), not a
+/// fault of the disk that stops the replica, which it was (found by the FUSE nemesis
+/// test overwriting files in a replica's export).
+#[test]
+fn a_file_cut_short_behind_our_back_is_repaired_not_a_fault() {
+    let mut a = Node::new();
+    let root = a.root();
+    let f = a.create(&root, "f");
+    a.write(&f, 0, &vec![3u8; 3 * 65536]);
+    a.sm.sync().unwrap();
+    let good = a.sm.state_digest().unwrap();
+    let (m, _) = a.sm.checkpoint().unwrap();
+    std::fs::write(a.export().join("f"), b"short").unwrap();
+    // A read past what is left on disk answers (wrongly: the other replicas outvote it)
+    // instead of stopping the replica.
+    let (data, _) = a.read(&f, 65536, 100);
+    assert_eq!(data.len(), 100);
+    assert_eq!(a.sm.suspect().len(), 1, "the file is suspect");
+    // A write into the last chunk, which is no longer there on disk.
+    a.write(&f, 2 * 65536 + 5, b"x");
+    a.sm.sync().unwrap();
+    let damaged = a.sm.state_digest().expect("damage, not a fault");
+    assert_ne!(damaged, good);
+    assert_eq!(a.sm.suspect().len(), 1, "the file is suspect");
+    let (d, _) = a.sm.install(&m).unwrap();
+    assert_eq!(d, good);
+    assert_eq!(
+        std::fs::read(a.export().join("f")).unwrap(),
+        vec![3u8; 3 * 65536]
+    );
+}

@@ -495,6 +495,20 @@ fn random_operations_on_the_mount_answer_as_on_a_local_disk() {
     up.terminate();
 }
 
+/// The regular files under `dir`, at any depth (what vanishes meanwhile is skipped).
+fn regular_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        match e.file_type() {
+            Ok(t) if t.is_dir() => regular_files(&e.path(), out),
+            Ok(t) if t.is_file() => out.push(e.path()),
+            _ => {}
+        }
+    }
+}
+
 /// Applies `ops` to the mount and to the local directory, failing at the first answer
 /// that differs; returns how many succeeded on both.
 fn apply_both(remote: &Path, local: &Path, ops: &[Op], seed: u64) -> usize {
@@ -532,7 +546,8 @@ fn random_operations_on_the_mount_answer_as_on_a_local_disk_while_replicas_crash
     std::fs::create_dir(&local).expect("local dir");
     // Another seed, more crashes or less time between them to explore:
     // BFTNFS_DIFF_SEED, BFTNFS_NEMESIS_CRASHES, BFTNFS_NEMESIS_GAP_MS,
-    // BFTNFS_NEMESIS_PAUSE, BFTNFS_NEMESIS_F (f replicas at a time of 2f + 1).
+    // BFTNFS_NEMESIS_PAUSE, BFTNFS_NEMESIS_CORRUPT, BFTNFS_NEMESIS_F (f replicas at
+    // a time of 2f + 1).
     let env = |k: &str, default: u64| {
         std::env::var(k)
             .ok()
@@ -551,6 +566,9 @@ fn random_operations_on_the_mount_answer_as_on_a_local_disk_while_replicas_crash
     let gap = Duration::from_millis(env("BFTNFS_NEMESIS_GAP_MS", 1500));
     // 1: the nemesis stops replicas (SIGSTOP, 1.5 s) instead of killing them.
     let pause = env("BFTNFS_NEMESIS_PAUSE", 0) == 1;
+    // 1: the nemesis overwrites a file in the victims' backing trees instead (a disk
+    // that lies); reads must still answer the true contents, and the replicas repair.
+    let corrupt = env("BFTNFS_NEMESIS_CORRUPT", 0) == 1;
     const ROUND_OPS: usize = 200;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -570,8 +588,19 @@ fn random_operations_on_the_mount_answer_as_on_a_local_disk_while_replicas_crash
             // Operations run on all three first, and between crashes the restarted
             // replica catches up (log replay, fetches, or a state transfer).
             while nap(gap) {
-                let victims = group(victim);
-                if pause {
+                // A corrupted replica stays faulty until a checkpoint repairs it: always
+                // the same f, so that no more than f are ever faulty.
+                let victims = group(if corrupt { 1 } else { victim });
+                if corrupt {
+                    for &v in &victims {
+                        let mut files = Vec::new();
+                        regular_files(&up.export(v), &mut files);
+                        files.sort();
+                        if let Some(f) = files.get(victim as usize * 7 % files.len().max(1)) {
+                            let _ = std::fs::write(f, b"overwritten behind the replica's back");
+                        }
+                    }
+                } else if pause {
                     // SIGSTOP: replicas that stall with their connections open.
                     let pids: Vec<i32> = victims.iter().map(|&v| up.pid_of(v)).collect();
                     for &pid in &pids {
@@ -614,6 +643,21 @@ fn random_operations_on_the_mount_answer_as_on_a_local_disk_while_replicas_crash
     stop.store(true, Ordering::SeqCst);
     let mut up = nemesis.join().expect("nemesis");
     let crashed = crashes.load(Ordering::SeqCst);
+    if corrupt {
+        // Operations drive checkpoints, whose disagreement repairs the corrupted.
+        let (remote2, local2) = (remote.clone(), local.clone());
+        applied += bounded(Duration::from_secs(120), move || {
+            let ops = random_ops(seed + 999, ROUND_OPS);
+            apply_both(&remote2, &local2, &ops, seed + 999)
+        });
+        count += ROUND_OPS;
+        for v in group(1) {
+            assert!(
+                trees_become_equal(&[local.clone(), up.export(v)], Duration::from_secs(60)),
+                "corrupted replica {v} was not repaired"
+            );
+        }
+    }
 
     // Every replica is a full member again: with any f of them stopped, the others
     // order the operations.

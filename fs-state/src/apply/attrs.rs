@@ -263,7 +263,22 @@ impl FileStateMachine {
         let mut data = vec![0u8; n as usize];
         if n > 0 {
             let f = self.fd(id)?;
-            f.read_exact_at(&mut data, offset).ctx("read")?;
+            let read = f.read_exact_at(&mut data, offset);
+            if read
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof)
+            {
+                // Cut short behind our back: what is there is answered (the other
+                // replicas outvote it), and the file is damage for the checkpoints to
+                // find and repair, not a fault of this disk to stop for.
+                tracing::warn!(
+                    fileid = id,
+                    "backing file shorter than its metadata (tampered or corrupt): this replica's checkpoint will disagree and repair itself"
+                );
+                self.mark_suspect(id);
+            } else {
+                read.ctx("read")?;
+            }
         }
         Ok(ReplyBody::Read {
             file_attributes: Some(self.fattr(id)),
