@@ -495,6 +495,30 @@ fn random_operations_on_the_mount_answer_as_on_a_local_disk() {
     up.terminate();
 }
 
+/// The nemesis thread, which holds the cluster: stopped and joined (so the cluster is
+/// shut down) also when the test fails.
+struct Nemesis {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Up>>,
+}
+
+impl Nemesis {
+    fn finish(mut self) -> Up {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let thread = self.thread.take().expect("not finished yet");
+        thread.join().expect("nemesis")
+    }
+}
+
+impl Drop for Nemesis {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// The regular files under `dir`, at any depth (what vanishes meanwhile is skipped).
 fn regular_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -573,57 +597,67 @@ fn random_operations_on_the_mount_answer_as_on_a_local_disk_while_replicas_crash
 
     let stop = Arc::new(AtomicBool::new(false));
     let crashes = Arc::new(AtomicU32::new(0));
-    let nemesis = {
-        let (stop, crashes) = (stop.clone(), crashes.clone());
-        let mut up = up;
-        std::thread::spawn(move || {
-            let nap = |d: Duration| {
-                let until = Instant::now() + d;
-                while Instant::now() < until && !stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                !stop.load(Ordering::SeqCst)
-            };
-            let mut victim = 0;
-            // Operations run on all three first, and between crashes the restarted
-            // replica catches up (log replay, fetches, or a state transfer).
-            while nap(gap) {
-                // A corrupted replica stays faulty until a checkpoint repairs it: always
-                // the same f, so that no more than f are ever faulty.
-                let victims = group(if corrupt { 1 } else { victim });
-                if corrupt {
-                    for &v in &victims {
-                        let mut files = Vec::new();
-                        regular_files(&up.export(v), &mut files);
-                        files.sort();
-                        if let Some(f) = files.get(victim as usize * 7 % files.len().max(1)) {
-                            let _ = std::fs::write(f, b"overwritten behind the replica's back");
+    let nemesis = Nemesis {
+        stop: stop.clone(),
+        thread: Some({
+            let (stop, crashes) = (stop.clone(), crashes.clone());
+            let mut up = up;
+            std::thread::spawn(move || {
+                let nap = |d: Duration| {
+                    let until = Instant::now() + d;
+                    while Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    !stop.load(Ordering::SeqCst)
+                };
+                let mut victim = 0;
+                // Operations run on all three first, and between crashes the restarted
+                // replica catches up (log replay, fetches, or a state transfer).
+                while nap(gap) {
+                    // A corrupted replica stays faulty until a checkpoint repairs it: always
+                    // the same f, so that no more than f are ever faulty.
+                    let victims = group(if corrupt { 1 } else { victim });
+                    if corrupt {
+                        for &v in &victims {
+                            let mut files = Vec::new();
+                            regular_files(&up.export(v), &mut files);
+                            files.sort();
+                            if let Some(f) = files.get(victim as usize * 7 % files.len().max(1)) {
+                                // Shorter or longer contents, or no file at all.
+                                let _ = match victim % 3 {
+                                    0 => {
+                                        std::fs::write(f, b"overwritten behind the replica's back")
+                                    }
+                                    1 => std::fs::write(f, vec![b'!'; 70_000]),
+                                    _ => std::fs::remove_file(f),
+                                };
+                            }
+                        }
+                    } else if pause {
+                        // SIGSTOP: replicas that stall with their connections open.
+                        let pids: Vec<i32> = victims.iter().map(|&v| up.pid_of(v)).collect();
+                        for &pid in &pids {
+                            // SAFETY: kill(2) of a replica this test started.
+                            unsafe { libc::kill(pid, libc::SIGSTOP) };
+                        }
+                        std::thread::sleep(Duration::from_millis(1500));
+                        for &pid in &pids {
+                            // SAFETY: as above.
+                            unsafe { libc::kill(pid, libc::SIGCONT) };
+                        }
+                    } else {
+                        up.kill9_all(&victims);
+                        std::thread::sleep(Duration::from_millis(400));
+                        for &v in &victims {
+                            up.restart(v);
                         }
                     }
-                } else if pause {
-                    // SIGSTOP: replicas that stall with their connections open.
-                    let pids: Vec<i32> = victims.iter().map(|&v| up.pid_of(v)).collect();
-                    for &pid in &pids {
-                        // SAFETY: kill(2) of a replica this test started.
-                        unsafe { libc::kill(pid, libc::SIGSTOP) };
-                    }
-                    std::thread::sleep(Duration::from_millis(1500));
-                    for &pid in &pids {
-                        // SAFETY: as above.
-                        unsafe { libc::kill(pid, libc::SIGCONT) };
-                    }
-                } else {
-                    up.kill9_all(&victims);
-                    std::thread::sleep(Duration::from_millis(400));
-                    for &v in &victims {
-                        up.restart(v);
-                    }
+                    crashes.fetch_add(1, Ordering::SeqCst);
+                    victim = (victim + 1) % n;
                 }
-                crashes.fetch_add(1, Ordering::SeqCst);
-                victim = (victim + 1) % n;
-            }
-            up
-        })
+                up
+            })
+        }),
     };
     let (remote2, local2, crashes2) = (remote.clone(), local.clone(), crashes.clone());
     let bound = Duration::from_secs(300) + (gap + Duration::from_secs(5)) * crashes_wanted;
@@ -640,8 +674,7 @@ fn random_operations_on_the_mount_answer_as_on_a_local_disk_while_replicas_crash
         }
         (applied, count)
     });
-    stop.store(true, Ordering::SeqCst);
-    let mut up = nemesis.join().expect("nemesis");
+    let mut up = nemesis.finish();
     let crashed = crashes.load(Ordering::SeqCst);
     if corrupt {
         // Operations drive checkpoints, whose disagreement repairs the corrupted.
@@ -652,6 +685,12 @@ fn random_operations_on_the_mount_answer_as_on_a_local_disk_while_replicas_crash
         });
         count += ROUND_OPS;
         for v in group(1) {
+            // A file removed behind its back stops a replica (a local fault, as when
+            // its disk fails); restarted, as a supervisor would, it restores its last
+            // stable checkpoint from its chunk store and catches up.
+            if !up.replica_dir(v).join("pid").exists() {
+                up.restart(v);
+            }
             assert!(
                 trees_become_equal(&[local.clone(), up.export(v)], Duration::from_secs(60)),
                 "corrupted replica {v} was not repaired"
