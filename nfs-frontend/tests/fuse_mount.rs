@@ -328,6 +328,14 @@ enum Op {
     Stat(String),
 }
 
+/// A number from the environment, for exploring beyond CI's run.
+fn env_u64(key: &str, default: u64) -> u64 {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// What a step answered: compared between the two file systems (times are not).
 fn apply(root: &Path, op: &Op) -> Result<String, std::io::ErrorKind> {
     use std::io::Write;
@@ -456,28 +464,12 @@ fn random_operations_on_the_mount_answer_as_on_a_local_disk() {
     let mount = Mount::start(up.addr(), &work.join("mnt"));
     let remote = work.join("mnt");
     // Another seed or length to explore: BFTNFS_DIFF_SEED, BFTNFS_DIFF_OPS.
-    let env = |k: &str, default: u64| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
-    let seed = env("BFTNFS_DIFF_SEED", 0x5eed_0001);
-    let count = env("BFTNFS_DIFF_OPS", 600) as usize;
+    let seed = env_u64("BFTNFS_DIFF_SEED", 0x5eed_0001);
+    let count = env_u64("BFTNFS_DIFF_OPS", 600) as usize;
     let ops = random_ops(seed, count);
     let (remote2, local2) = (remote.clone(), local.clone());
     let applied = bounded(Duration::from_secs(240), move || {
-        let mut applied = 0;
-        for (i, op) in ops.iter().enumerate() {
-            let here = apply(&local2, op);
-            let there = apply(&remote2, op);
-            assert_eq!(
-                there, here,
-                "seed {seed:#x}, step {i}: {op:?} answered differently on the mount (left) and a local disk (right)"
-            );
-            applied += usize::from(here.is_ok());
-        }
-        applied
+        apply_both(&remote2, &local2, &ops, seed)
     });
     eprintln!("{applied} of {count} operations succeeded on both");
     assert!(
@@ -572,12 +564,7 @@ fn random_operations_on_the_mount_answer_as_on_a_local_disk_while_replicas_crash
     // BFTNFS_DIFF_SEED, BFTNFS_NEMESIS_CRASHES, BFTNFS_NEMESIS_GAP_MS,
     // BFTNFS_NEMESIS_PAUSE, BFTNFS_NEMESIS_CORRUPT, BFTNFS_NEMESIS_F (f replicas at
     // a time of 2f + 1).
-    let env = |k: &str, default: u64| {
-        std::env::var(k)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
+    let env = env_u64;
     let f = env("BFTNFS_NEMESIS_F", 1).max(1) as u32;
     let n = 2 * f + 1;
     let up = Up::start_with(&work.join("cluster"), &["--f", &f.to_string()]);
