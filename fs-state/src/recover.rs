@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::confine::{self, FdCache, HostKind};
 use crate::digest::{self, Hash};
 use crate::error::{Ctx, FsError, LocalFault};
-use crate::meta::{CHUNK_BYTES, Dirty, Meta, MetaImage};
+use crate::meta::{CHUNK_BYTES, Meta, MetaImage};
 use crate::ops::{DecodeError, FType3, Filename3, ROOT_FILEID};
 use crate::state::{FileStateMachine, open_by_fileid};
 
@@ -263,17 +263,6 @@ impl FileStateMachine {
             }
         }
         rustix::fs::syncfs(&*self.root).ctx("syncfs after restore")?;
-        // The digest tree starts over from the new metadata. Marking only the old and
-        // the new objects for rehashing dropped the marks already pending: an object
-        // removed since the last digest and absent from the new state kept its leaf,
-        // so the installed state never had the wanted digest.
-        self.tree = crate::digest::DigestTree::new();
-        self.stale_leaves = meta.inodes.keys().copied().collect();
-        self.meta = meta;
-        self.dirty = Dirty::default();
-        self.stale_chunks.clear();
-        self.damaged.clear();
-        self.fds.clear();
-        self.journal.compact(&self.meta)
+        self.adopt(meta)
     }
 }

@@ -448,6 +448,38 @@ impl FileStateMachine {
         self.store_when_hashing = on;
     }
 
+    /// The commit point of an install or a restore: `meta` becomes the state, the
+    /// backing tree having been rebuilt to match it. Everything derived from the old
+    /// state goes: the digest tree starts over from the new metadata (marking only the
+    /// old and the new objects for rehashing dropped the marks already pending, so an
+    /// object removed since the last digest and absent from the new state kept its
+    /// leaf, and the installed state never had the wanted digest), and so do dirty and
+    /// stale chunks, damage, suspicion, stamps and open descriptors; the journal starts
+    /// again from `meta`.
+    pub(crate) fn adopt(&mut self, meta: Meta) -> Result<(), LocalFault> {
+        self.tree = DigestTree::new();
+        self.stale_leaves = meta.inodes.keys().copied().collect();
+        self.meta = meta;
+        self.dirty = Dirty::default();
+        self.stale_chunks.clear();
+        self.damaged.clear();
+        self.suspect.clear();
+        self.stamps.clear();
+        self.fds.clear();
+        self.journal.compact(&self.meta)
+    }
+
+    /// A backing file found shorter than its metadata says, by a READ or by hashing a
+    /// chunk a WRITE changed: cut behind our back. That is damage for the checkpoints to
+    /// find and repair (as the scrub's finds are), not a fault of this disk to stop for.
+    pub(crate) fn found_cut_short(&mut self, id: u64) {
+        tracing::warn!(
+            fileid = id,
+            "backing file shorter than its metadata (tampered or corrupt): this replica's checkpoint will disagree and repair itself"
+        );
+        self.mark_suspect(id);
+    }
+
     /// Rehash stale chunks from the backing files.
     pub(crate) fn refresh_chunks(&mut self) -> Result<u64, LocalFault> {
         let mut hashed = 0;
@@ -477,9 +509,6 @@ impl FileStateMachine {
                 buf.resize(len, 0);
                 match f.read_exact_at(&mut buf, off) {
                     Ok(()) => {}
-                    // Shorter than its metadata says: cut behind our back, which is
-                    // damage for the checkpoints to find and repair (as the scrub's
-                    // finds are), not a fault of this disk to stop for.
                     Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                         shortened.push(id);
                         break;
@@ -495,11 +524,7 @@ impl FileStateMachine {
             }
         }
         for id in shortened {
-            tracing::warn!(
-                fileid = id,
-                "backing file shorter than its metadata (tampered or corrupt): this replica's checkpoint will disagree and repair itself"
-            );
-            self.mark_suspect(id);
+            self.found_cut_short(id);
         }
         Ok(hashed)
     }

@@ -268,14 +268,8 @@ impl FileStateMachine {
                 .as_ref()
                 .is_err_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof)
             {
-                // Cut short behind our back: what is there is answered (the other
-                // replicas outvote it), and the file is damage for the checkpoints to
-                // find and repair, not a fault of this disk to stop for.
-                tracing::warn!(
-                    fileid = id,
-                    "backing file shorter than its metadata (tampered or corrupt): this replica's checkpoint will disagree and repair itself"
-                );
-                self.mark_suspect(id);
+                // What is there is answered: the other replicas outvote it.
+                self.found_cut_short(id);
             } else {
                 read.ctx("read")?;
             }
