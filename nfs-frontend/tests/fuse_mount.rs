@@ -541,6 +541,15 @@ fn apply_both(remote: &Path, local: &Path, ops: &[Op], seed: u64) -> usize {
     applied
 }
 
+/// `count` operations of sequence `seed` on both, within two minutes; how many
+/// succeeded.
+fn round(remote: &Path, local: &Path, seed: u64, count: usize) -> usize {
+    let (remote, local) = (remote.to_path_buf(), local.to_path_buf());
+    bounded(Duration::from_secs(120), move || {
+        apply_both(&remote, &local, &random_ops(seed, count), seed)
+    })
+}
+
 /// The differential test under crash faults: while the operations run, a nemesis kills
 /// one replica at a time with -9 and restarts it (each in turn, so the primary of every
 /// view among them and views change). No answer may differ from the local disk's (a
@@ -577,8 +586,9 @@ fn random_operations_on_the_mount_answer_as_on_a_local_disk_while_replicas_crash
     let gap = Duration::from_millis(env("BFTNFS_NEMESIS_GAP_MS", 1500));
     // 1: the nemesis stops replicas (SIGSTOP, 1.5 s) instead of killing them.
     let pause = env("BFTNFS_NEMESIS_PAUSE", 0) == 1;
-    // 1: the nemesis overwrites a file in the victims' backing trees instead (a disk
-    // that lies); reads must still answer the true contents, and the replicas repair.
+    // 1: the nemesis overwrites (shorter or longer) or removes a file in the same f
+    // replicas' backing trees instead (a disk that lies); reads must still answer the
+    // true contents, and the replicas repair.
     let corrupt = env("BFTNFS_NEMESIS_CORRUPT", 0) == 1;
     const ROUND_OPS: usize = 200;
 
@@ -598,8 +608,8 @@ fn random_operations_on_the_mount_answer_as_on_a_local_disk_while_replicas_crash
                     !stop.load(Ordering::SeqCst)
                 };
                 let mut victim = 0;
-                // Operations run on all three first, and between crashes the restarted
-                // replica catches up (log replay, fetches, or a state transfer).
+                // Operations run on every replica first, and between crashes the
+                // restarted ones catch up (log replay, fetches, or a state transfer).
                 while nap(gap) {
                     // A corrupted replica stays faulty until a checkpoint repairs it: always
                     // the same f, so that no more than f are ever faulty.
@@ -665,11 +675,7 @@ fn random_operations_on_the_mount_answer_as_on_a_local_disk_while_replicas_crash
     let crashed = crashes.load(Ordering::SeqCst);
     if corrupt {
         // Operations drive checkpoints, whose disagreement repairs the corrupted.
-        let (remote2, local2) = (remote.clone(), local.clone());
-        applied += bounded(Duration::from_secs(120), move || {
-            let ops = random_ops(seed + 999, ROUND_OPS);
-            apply_both(&remote2, &local2, &ops, seed + 999)
-        });
+        applied += round(&remote, &local, seed + 999, ROUND_OPS);
         count += ROUND_OPS;
         for v in group(1) {
             // A file removed behind its back stops a replica (a local fault, as when
@@ -690,12 +696,12 @@ fn random_operations_on_the_mount_answer_as_on_a_local_disk_while_replicas_crash
     for victim in 0..n {
         let victims = group(victim);
         up.kill9_all(&victims);
-        let (remote2, local2) = (remote.clone(), local.clone());
-        let round = 1000 + u64::from(victim);
-        applied += bounded(Duration::from_secs(120), move || {
-            let ops = random_ops(seed + round, ROUND_OPS / 2);
-            apply_both(&remote2, &local2, &ops, seed + round)
-        });
+        applied += round(
+            &remote,
+            &local,
+            seed + 1000 + u64::from(victim),
+            ROUND_OPS / 2,
+        );
         count += ROUND_OPS / 2;
         for &v in &victims {
             up.restart(v);

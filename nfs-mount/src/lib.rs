@@ -473,6 +473,14 @@ impl NfsFs {
         Ok(call!(self, getattr(&args))?.obj_attributes)
     }
 
+    /// The attributes a reply carried for `fh`, or a GETATTR's when it left them out.
+    fn attrs_or_getattr(&self, fh: &nfs_fh3, attrs: Nfs3Option<fattr3>) -> Result<fattr3, Errno> {
+        match attrs {
+            Nfs3Option::Some(a) => Ok(a),
+            Nfs3Option::None => self.getattr(fh),
+        }
+    }
+
     /// A new or looked-up object the kernel now holds one more lookup of.
     fn remember(&self, fh: nfs_fh3, attrs: &fattr3) -> FileAttr {
         let attr = self.attr(attrs);
@@ -498,14 +506,10 @@ impl NfsFs {
         fh: Nfs3Option<nfs_fh3>,
         attrs: Nfs3Option<fattr3>,
     ) -> Result<FileAttr, Errno> {
-        let (fh, attrs) = match (fh, attrs) {
-            (Nfs3Option::Some(fh), Nfs3Option::Some(a)) => (fh, a),
-            (Nfs3Option::Some(fh), Nfs3Option::None) => {
-                let a = self.getattr(&fh)?;
-                (fh, a)
-            }
-            (Nfs3Option::None, _) => return self.lookup_in(parent, name),
+        let Nfs3Option::Some(fh) = fh else {
+            return self.lookup_in(parent, name);
         };
+        let attrs = self.attrs_or_getattr(&fh, attrs)?;
         Ok(self.remember(fh, &attrs))
     }
 
@@ -514,10 +518,7 @@ impl NfsFs {
             what: dirop(parent, name),
         };
         let ok = call!(self, lookup(&args))?;
-        let attrs = match ok.obj_attributes {
-            Nfs3Option::Some(a) => a,
-            Nfs3Option::None => self.getattr(&ok.object)?,
-        };
+        let attrs = self.attrs_or_getattr(&ok.object, ok.obj_attributes)?;
         Ok(self.remember(ok.object, &attrs))
     }
 
@@ -770,10 +771,7 @@ impl Filesystem for NfsFs {
                 guard: Nfs3Option::None,
             };
             let ok = call!(self, setattr(&args))?;
-            match ok.obj_wcc.after {
-                Nfs3Option::Some(a) => Ok(a),
-                Nfs3Option::None => self.getattr(&fh),
-            }
+            self.attrs_or_getattr(&fh, ok.obj_wcc.after)
         });
         match result {
             Ok(a) => reply.attr(&self.opts.attr_ttl, &self.attr(&a)),
@@ -794,7 +792,7 @@ impl Filesystem for NfsFs {
 
     fn mknod(
         &self,
-        req: &Request,
+        _req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -809,7 +807,7 @@ impl Filesystem for NfsFs {
         }
         self.answer_entry(
             reply,
-            self.make_file(req, parent, name, mode, umask, true, false),
+            self.make_file(parent, name, mode, umask, true, false),
         )
     }
 
@@ -919,10 +917,7 @@ impl Filesystem for NfsFs {
                 link: dirop(&dir, newname),
             };
             let ok = call!(self, link(&args))?;
-            let attrs = match ok.file_attributes {
-                Nfs3Option::Some(a) => a,
-                Nfs3Option::None => self.getattr(&file)?,
-            };
+            let attrs = self.attrs_or_getattr(&file, ok.file_attributes)?;
             Ok(self.remember(file, &attrs))
         });
         self.answer_entry(reply, result)
@@ -1091,13 +1086,10 @@ impl Filesystem for NfsFs {
                 Nfs3Option::Some(a) => file_type(a.type_),
                 // Without attributes, a LOOKUP says what it is.
                 Nfs3Option::None => {
-                    let name = OsStr::from_bytes(e.name.as_ref());
-                    match self.fh(ino).and_then(|d| {
-                        let args = LOOKUP3args {
-                            what: dirop(&d, name),
-                        };
-                        call!(self, lookup(&args))
-                    }) {
+                    let lookup = LOOKUP3args {
+                        what: dirop(&args.dir, OsStr::from_bytes(e.name.as_ref())),
+                    };
+                    match call!(self, lookup(&lookup)) {
                         Ok(found) => match found.obj_attributes {
                             Nfs3Option::Some(a) => file_type(a.type_),
                             Nfs3Option::None => FileType::RegularFile,
@@ -1197,7 +1189,7 @@ impl Filesystem for NfsFs {
 
     fn create(
         &self,
-        req: &Request,
+        _req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -1207,7 +1199,7 @@ impl Filesystem for NfsFs {
     ) {
         let exclusive = flags & libc::O_EXCL != 0;
         let truncate = flags & libc::O_TRUNC != 0;
-        match self.make_file(req, parent, name, mode, umask, exclusive, truncate) {
+        match self.make_file(parent, name, mode, umask, exclusive, truncate) {
             Ok(attr) => reply.created(
                 &self.opts.attr_ttl,
                 &attr,
@@ -1225,10 +1217,8 @@ impl NfsFs {
     /// UNCHECKED, which also truncates for O_TRUNC: the kernel asked because its lookup
     /// found nothing, so it takes the file for new and will not truncate it itself if
     /// another client made it meanwhile.
-    #[allow(clippy::too_many_arguments)]
     fn make_file(
         &self,
-        _req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
